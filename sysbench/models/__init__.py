@@ -1,0 +1,1 @@
+"""Cycle models of the accelerator: the systolic array and the vector engine."""
