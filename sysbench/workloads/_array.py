@@ -1,0 +1,66 @@
+"""GEMM on the configured systolic array: the fast kernel, the emulator and the checks
+that gemm, conv2d and the other array workloads share."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..hardware import Array
+from ..numerics import gemm_error_bound
+from .base import Validation
+
+# The cycle-stepped emulator is run (bit-exact check) when the work is at most this many
+# PE-cycles; beyond it only the float64 error bound is checked.
+EMULATOR_BUDGET = 2_000_000
+INT8_MAX_K = 131071  # 127 * 128 * K must stay below 2^31
+
+
+def array_gemm(a: np.ndarray, b: np.ndarray, array: Array, threads: int = 1) -> np.ndarray:
+    """a (M x K) @ b (K x N) with the array's accumulation order and precision."""
+    from .._kernels import systolic
+
+    if array.dtype == "int8":
+        return systolic.gemm_i8(a, b, threads)
+    return systolic.gemm_f32(a, b, array.rows, array.dataflow == "os", threads)
+
+
+def emulate(a: np.ndarray, b: np.ndarray, array: Array):
+    """(out, cycles) from the cycle-stepped emulator."""
+    from ..models.emulator import emulate_gemm
+
+    return emulate_gemm(a, b, array.rows, array.cols, array.dataflow, array.weight_load,
+                        int8=array.dtype == "int8")
+
+
+def emulator_matches(a: np.ndarray, b: np.ndarray, out: np.ndarray, array: Array) -> bool:
+    """True when the fast kernel's `out` has the emulator's bits."""
+    emulated, _ = emulate(a, b, array)
+    return emulated.dtype == out.dtype and np.array_equal(emulated, out) and \
+        emulated.tobytes() == out.tobytes()
+
+
+def emulator_affordable(cycles: int, array: Array) -> bool:
+    return cycles * array.rows * array.cols <= EMULATOR_BUDGET
+
+
+def check_gemm(pairs, outputs, array: Array, emulate_too: bool) -> Validation:
+    """Validate array GEMM outputs: bit-exact against the emulator where `emulate_too`,
+    and always within the float64 error bound (exact for int8).
+
+    pairs: [(a, b)] operand pairs; outputs: the fast kernel's result for each pair.
+    """
+    worst, ok, details = 0.0, True, []
+    for (a, b), out in zip(pairs, outputs):
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        err = np.abs(out.astype(np.float64) - exact)
+        worst = max(worst, float(err.max()) if err.size else 0.0)
+        if array.dtype == "int8":
+            ok &= bool(np.array_equal(out.astype(np.int64), exact.astype(np.int64)))
+        else:
+            ok &= bool(np.all(err <= gemm_error_bound(a, b, a.shape[1])))
+        if emulate_too and not emulator_matches(a, b, out, array):
+            ok = False
+            details.append("differs from the emulator")
+    reference = "emulator (bit-exact) + float64 bound" if emulate_too else "float64 (error bound)"
+    if array.dtype == "int8":
+        reference = "emulator (bit-exact) + exact int" if emulate_too else "exact int64"
+    return Validation(reference, worst, ok, "; ".join(details))

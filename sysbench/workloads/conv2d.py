@@ -1,0 +1,165 @@
+"""conv2d: a convolution layer as im2col GEMMs on the systolic array (one per group).
+
+Layout NCHW, weights (out_channels, in_channels/groups, kh, kw) and output sizes as in
+PyTorch. The im2col reduction index runs over (in_channel, kernel row, kernel column),
+which is PyTorch's weight flattening, so that is the array's accumulation order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.systolic import add_cycles, gemm_cycles
+from ..numerics import UNIT_ROUNDOFF_FP32, random_operand
+from ._array import INT8_MAX_K, array_gemm, emulator_affordable, emulator_matches
+from .base import Key, Validation, Workload
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """PyTorch: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def output_shape(p: dict) -> tuple[int, int]:
+    return tuple(out_size(p[d], p["kernel"][i], p["stride"][i], p["padding"][i], p["dilation"][i])
+                 for i, d in enumerate(("height", "width")))
+
+
+def gemm_dims(p: dict) -> tuple[int, int, int]:
+    """(M, K, N) of each group's GEMM."""
+    ho, wo = output_shape(p)
+    kh, kw = p["kernel"]
+    return p["batch"] * ho * wo, kh * kw * p["in_channels"] // p["groups"], p["out_channels"] // p["groups"]
+
+
+def im2col(xp: np.ndarray, group: int, p: dict) -> np.ndarray:
+    """Columns (batch*Ho*Wo, cin_g*kh*kw) of padded input `xp` for one group."""
+    batch = xp.shape[0]
+    cin_g = p["in_channels"] // p["groups"]
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["stride"], p["dilation"]
+    ho, wo = output_shape(p)
+    x = xp[:, group * cin_g:(group + 1) * cin_g]
+    cols = np.empty((batch, ho, wo, cin_g, kh, kw), dtype=xp.dtype)
+    for r in range(kh):
+        for s in range(kw):
+            window = x[:, :, r * dh: r * dh + sh * (ho - 1) + 1: sh, s * dw: s * dw + sw * (wo - 1) + 1: sw]
+            cols[:, :, :, :, r, s] = window.transpose(0, 2, 3, 1)
+    return cols.reshape(batch * ho * wo, cin_g * kh * kw)
+
+
+def group_weights(w: np.ndarray, group: int, groups: int) -> np.ndarray:
+    """(K, N) weight matrix of one group."""
+    cout_g = w.shape[0] // groups
+    return np.ascontiguousarray(w[group * cout_g:(group + 1) * cout_g].reshape(cout_g, -1).T)
+
+
+def pad(x: np.ndarray, padding) -> np.ndarray:
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def conv2d_array(x: np.ndarray, w: np.ndarray, p: dict, array, threads: int = 1) -> np.ndarray:
+    """The layer on the array: im2col, one array GEMM per group, back to NCHW."""
+    xp = pad(x, p["padding"])
+    ho, wo = output_shape(p)
+    groups = p["groups"]
+    cout_g = p["out_channels"] // groups
+    out = np.empty((x.shape[0], p["out_channels"], ho, wo),
+                   dtype=np.int32 if array.dtype == "int8" else np.float32)
+    for g in range(groups):
+        y = array_gemm(im2col(xp, g, p), group_weights(w, g, groups), array, threads)
+        out[:, g * cout_g:(g + 1) * cout_g] = y.reshape(x.shape[0], ho, wo, cout_g).transpose(0, 3, 1, 2)
+    return out
+
+
+def conv2d_direct(x: np.ndarray, w: np.ndarray, p: dict) -> np.ndarray:
+    """Reference in float64 straight from the definition, one kernel tap at a time."""
+    xp = pad(x.astype(np.float64), p["padding"])
+    w = w.astype(np.float64)
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["stride"], p["dilation"]
+    ho, wo = output_shape(p)
+    groups = p["groups"]
+    cin_g, cout_g = p["in_channels"] // groups, p["out_channels"] // groups
+    out = np.zeros((x.shape[0], p["out_channels"], ho, wo))
+    for g in range(groups):
+        xg = xp[:, g * cin_g:(g + 1) * cin_g]
+        wg = w[g * cout_g:(g + 1) * cout_g]
+        for r in range(kh):
+            for s in range(kw):
+                tap = xg[:, :, r * dh: r * dh + sh * (ho - 1) + 1: sh, s * dw: s * dw + sw * (wo - 1) + 1: sw]
+                out[:, g * cout_g:(g + 1) * cout_g] += np.einsum("bchw,oc->bohw", tap, wg[:, :, r, s])
+    return out
+
+
+class Conv2d(Workload):
+    kind = "conv2d"
+    description = "a convolution layer as im2col GEMMs per group (depthwise included) on the array"
+    keys = {
+        "batch": Key("int", default=1, minimum=1),
+        "height": Key("int", minimum=1),
+        "width": Key("int", minimum=1),
+        "in_channels": Key("int", minimum=1),
+        "out_channels": Key("int", minimum=1),
+        "kernel": Key("pair", minimum=1, help="int or [kh, kw]"),
+        "stride": Key("pair", default=1, minimum=1),
+        "padding": Key("pair", default=0, minimum=0),
+        "dilation": Key("pair", default=1, minimum=1),
+        "groups": Key("int", default=1, minimum=1, help="in_channels = depthwise"),
+    }
+
+    def check(self, p, array):
+        problems = []
+        for key in ("in_channels", "out_channels"):
+            if p[key] % p["groups"]:
+                problems.append(("groups", f"{key} = {p[key]} is not divisible by groups = {p['groups']}"))
+        if not problems:
+            ho, wo = output_shape(p)
+            if ho < 1 or wo < 1:
+                problems.append(("kernel", f"the dilated kernel does not fit the padded input: output would be {ho}x{wo}"))
+            elif array.dtype == "int8" and gemm_dims(p)[1] > INT8_MAX_K:
+                problems.append(("in_channels", f"int8 accumulates in int32: the reduction must be <= {INT8_MAX_K}"))
+        return problems
+
+    def model(self, p, array):
+        m, k, n = gemm_dims(p)
+        group = gemm_cycles(array, m, k, n)
+        metrics = add_cycles([group] * p["groups"], array)
+        ho, wo = output_shape(p)
+        metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
+                        "groups": p["groups"]})
+        return metrics
+
+    def prepare(self, p, array, rng):
+        kh, kw = p["kernel"]
+        x = random_operand(rng, (p["batch"], p["in_channels"], p["height"], p["width"]), array.dtype)
+        w = random_operand(rng, (p["out_channels"], p["in_channels"] // p["groups"], kh, kw), array.dtype)
+        cycles = self.model(p, array)["cycles"]
+        return {"x": x, "w": w, "p": p, "array": array, "emulate": emulator_affordable(cycles, array)}
+
+    def run(self, state, threads):
+        return conv2d_array(state["x"], state["w"], state["p"], state["array"], threads)
+
+    def validate(self, state, output) -> Validation:
+        x, w, p, array = state["x"], state["w"], state["p"], state["array"]
+        exact = conv2d_direct(x, w, p)
+        err = np.abs(output.astype(np.float64) - exact)
+        worst = float(err.max())
+        if array.dtype == "int8":
+            ok = bool(np.array_equal(output.astype(np.int64), exact.astype(np.int64)))
+            reference = "direct conv (exact int)"
+        else:
+            n = gemm_dims(p)[1] + 1
+            gamma = n * UNIT_ROUNDOFF_FP32 / (1 - n * UNIT_ROUNDOFF_FP32)
+            ok = bool(np.all(err <= gamma * conv2d_direct(np.abs(x), np.abs(w), p)))
+            reference = "direct conv float64 (error bound)"
+        if state["emulate"]:
+            xp = pad(x, p["padding"])
+            cout_g = p["out_channels"] // p["groups"]
+            for g in range(p["groups"]):
+                out_g = output[:, g * cout_g:(g + 1) * cout_g].transpose(0, 2, 3, 1).reshape(-1, cout_g)
+                ok &= emulator_matches(im2col(xp, g, p), group_weights(w, g, p["groups"]),
+                                       np.ascontiguousarray(out_g), array)
+            reference += " + emulator (bit-exact)"
+        return Validation(reference, worst, ok)
+
+
+WORKLOAD = Conv2d()
