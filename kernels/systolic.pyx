@@ -1,0 +1,297 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Bit-exact fast GEMM in the accumulation orders of a systolic array.
+
+Three layers (as scikit-learn does it): Python wrappers that validate and raise a
+ValueError naming the bad argument, typed memoryview shims, and nogil cores that call the
+packing and register-blocked micro-kernels of ``systolic_micro.h``.
+
+Orders (the numerics contract; every multiply-add is one fused fp32 operation):
+
+* fold (ws, is): out = +0; for each fold of ``fold_depth`` reduction indices in order,
+  psum = +0, psum = fmaf(a, b, psum) over the fold's k in increasing order, out = out + psum.
+* chain (os): out = +0; out = fmaf(a, b, out) for k = 0..K-1.
+* int8: exact int32 sums of int8 products.
+
+The micro-kernel is chosen at run time (AVX-512F, AVX2+FMA or scalar fmaf); ``isa()``
+names it, ``set_isa`` forces one (tests use this to check all paths give the same bits), and
+the environment variable SYSBENCH_ISA picks one at import.
+"""
+import os
+import warnings
+
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.math cimport fmaf
+from libc.stdint cimport int8_t, int32_t
+
+
+cdef extern from "systolic_micro.h" nogil:
+    int SB_FOLD
+    int SB_CHAIN
+    int SB_ISA_SCALAR
+    int SB_ISA_AVX2
+    int SB_ISA_AVX512
+    int sb_isa_supported(int isa)
+    int sb_isa_best()
+    int sb_isa_mr(int isa)
+    int sb_isa_nr(int isa)
+    float *sb_alloc_floats(size_t n)
+    void sb_free(void *p)
+    void sb_pack_a_panel(const float *A, long lda, long i0, long rows, long k0, long kc,
+                         int mr, float *dst)
+    void sb_pack_b_panel(const float *B, long ldb, long k0, long kc, long j0, long cols,
+                         int nr, float *dst)
+    void sb_macro(int isa, int mode, long kc, long rows, long cols,
+                  const float *pa, const float *pb, float *C, long ldc)
+
+
+cdef extern from *:
+    """
+    static void sb_i8_row(const signed char *arow, const signed char *B, long K, long N,
+                          int *orow)
+    {
+        long k, j;
+        for (k = 0; k < K; k++) {
+            const int aik = arow[k];
+            const signed char *bk = B + k * N;
+            for (j = 0; j < N; j++) orow[j] += aik * (int)bk[j];
+        }
+    }
+    """
+    void sb_i8_row(const int8_t *arow, const int8_t *B, long K, long N, int32_t *orow) nogil
+
+
+_ISA_NAMES = {SB_ISA_SCALAR: "scalar", SB_ISA_AVX2: "avx2", SB_ISA_AVX512: "avx512"}
+_ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
+
+# chain order: K block of the packed panels (accumulators reload from `out` between blocks)
+CHAIN_KC = 256
+# int8 K limit: 131071 * 128 * 128 < 2**31
+I8_MAX_K = 131071
+
+cdef int _isa = sb_isa_best()
+
+
+def available_isas():
+    """Micro-kernel paths this CPU can run, widest first."""
+    return tuple(_ISA_NAMES[c] for c in (SB_ISA_AVX512, SB_ISA_AVX2, SB_ISA_SCALAR)
+                 if sb_isa_supported(c))
+
+
+def isa():
+    """The micro-kernel path in use: "avx512", "avx2" or "scalar"."""
+    return _ISA_NAMES[_isa]
+
+
+def set_isa(name=None):
+    """Force a micro-kernel path ("avx512", "avx2", "scalar"); None picks the widest.
+
+    Returns the previous path's name. Raises ValueError for an unknown name or a path this
+    CPU cannot run.
+    """
+    global _isa
+    previous = _ISA_NAMES[_isa]
+    if name is None:
+        _isa = sb_isa_best()
+        return previous
+    if name not in _ISA_CODES:
+        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
+    if not sb_isa_supported(_ISA_CODES[name]):
+        raise ValueError(f"isa {name!r} is not supported by this CPU "
+                         f"(available: {', '.join(available_isas())})")
+    _isa = _ISA_CODES[name]
+    return previous
+
+
+_env_isa = os.environ.get("SYSBENCH_ISA")
+if _env_isa:
+    try:
+        set_isa(_env_isa)
+    except ValueError as exc:
+        warnings.warn(f"SYSBENCH_ISA ignored: {exc}", RuntimeWarning)
+
+
+# ------------------------------------------------------------------ validation helpers
+
+def _matrix(x, name, dtype):
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got ndim={x.ndim}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and column, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _positive_int(x, name):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} must be >= 1, got {x}")
+    return int(x)
+
+
+def _operands(a, b, dtype):
+    a = _matrix(a, "a", dtype)
+    b = _matrix(b, "b", dtype)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"shape mismatch: a is {a.shape[0]}x{a.shape[1]} and b is "
+                         f"{b.shape[0]}x{b.shape[1]}; a.shape[1] must equal b.shape[0]")
+    return a, b
+
+
+# ------------------------------------------------------------------ fp32 GEMM
+
+def gemm_f32(a, b, fold_depth, chain, threads=1):
+    """float32 (M, N) = a (M x K) @ b (K x N) in fold order (chain=False, folds of
+    ``fold_depth`` reduction indices) or chain order (chain=True, fold_depth ignored)."""
+    a, b = _operands(a, b, np.float32)
+    if not isinstance(chain, (bool, np.bool_)):
+        raise ValueError(f"chain must be a bool, got {chain!r}")
+    threads = _positive_int(threads, "threads")
+    if chain:
+        kc, mode = CHAIN_KC, SB_CHAIN
+    else:
+        kc, mode = _positive_int(fold_depth, "fold_depth"), SB_FOLD
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    if _gemm_f32_shim(a, b, out, kc, mode, threads, _isa) != 0:
+        raise MemoryError("could not allocate the packing buffers")
+    return out
+
+
+cdef int _gemm_f32_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
+                        long kc, int mode, int threads, int isa_code):
+    cdef int rc
+    with nogil:
+        rc = _gemm_f32_core(&a[0, 0], &b[0, 0], &out[0, 0], a.shape[0], a.shape[1],
+                            b.shape[1], kc, mode, threads, isa_code)
+    return rc
+
+
+cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K, long N,
+                        long kc_max, int mode, int threads, int isa_code) noexcept nogil:
+    """BLIS loops: K blocks (pc; each a fold in fold order) > M chunks (pack A) >
+    N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro)."""
+    cdef int mr = sb_isa_mr(isa_code)
+    cdef int nr = sb_isa_nr(isa_code)
+    cdef long kc_cap = kc_max if kc_max < K else K
+    # N block: about 1 MB of packed B; M chunk: up to 4096 rows of packed A
+    cdef long nc_blk = (262144 // kc_cap) // nr * nr
+    if nc_blk < nr:
+        nc_blk = nr
+    if nc_blk > (N + nr - 1) // nr * nr:
+        nc_blk = (N + nr - 1) // nr * nr
+    cdef long mb_blk = 4096 // mr * mr
+    if mb_blk > (M + mr - 1) // mr * mr:
+        mb_blk = (M + mr - 1) // mr * mr
+    # output tile: about 96 KB of packed A (mc rows) by a column chunk of the N block
+    cdef long mc = (24576 // kc_cap) // mr * mr
+    if mc < mr:
+        mc = mr
+    if mc > mb_blk:
+        mc = mb_blk
+    cdef long ncc = nc_blk
+    cdef long m_tiles = (mb_blk + mc - 1) // mc
+    cdef long want
+    if threads > 1:
+        want = 4 * threads
+        if m_tiles < want:
+            ncc = ((nc_blk // nr) * m_tiles + want - 1) // want * nr
+            if ncc < nr:
+                ncc = nr
+    cdef float *pa = sb_alloc_floats(<size_t>mb_blk * kc_cap)
+    cdef float *pb = sb_alloc_floats(<size_t>nc_blk * kc_cap)
+    if pa == NULL or pb == NULL:
+        sb_free(pa)
+        sb_free(pb)
+        return -1
+    cdef long pc, kc, ib, mb, jc, nb, p, npan, t, ntiles, tm, tn, i0, rows, j0, cols
+    pc = 0
+    while pc < K:
+        kc = kc_max if K - pc > kc_max else K - pc
+        ib = 0
+        while ib < M:
+            mb = mb_blk if M - ib > mb_blk else M - ib
+            npan = (mb + mr - 1) // mr
+            for p in prange(npan, num_threads=threads, schedule="static"):
+                sb_pack_a_panel(A, K, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
+                                pc, kc, mr, pa + p * mr * kc)
+            jc = 0
+            while jc < N:
+                nb = nc_blk if N - jc > nc_blk else N - jc
+                npan = (nb + nr - 1) // nr
+                for p in prange(npan, num_threads=threads, schedule="static"):
+                    sb_pack_b_panel(B, N, pc, kc, jc + p * nr,
+                                    nr if nb - p * nr > nr else nb - p * nr, nr,
+                                    pb + p * nr * kc)
+                tm = (mb + mc - 1) // mc
+                tn = (nb + ncc - 1) // ncc
+                ntiles = tm * tn
+                for t in prange(ntiles, num_threads=threads, schedule="dynamic"):
+                    i0 = (t // tn) * mc
+                    j0 = (t % tn) * ncc
+                    rows = mc if mb - i0 > mc else mb - i0
+                    cols = ncc if nb - j0 > ncc else nb - j0
+                    sb_macro(isa_code, mode, kc, rows, cols,
+                             pa + (i0 // mr) * mr * kc, pb + (j0 // nr) * nr * kc,
+                             C + (ib + i0) * N + jc + j0, N)
+                jc += nb
+            ib += mb
+        pc += kc
+    sb_free(pa)
+    sb_free(pb)
+    return 0
+
+
+# ------------------------------------------------------------------ int8 GEMM
+
+def gemm_i8(a, b, threads=1):
+    """int32 (M, N) = a (M x K, int8) @ b (K x N, int8), exact (K <= 131071)."""
+    a, b = _operands(a, b, np.int8)
+    threads = _positive_int(threads, "threads")
+    if a.shape[1] > I8_MAX_K:
+        raise ValueError(f"K = a.shape[1] = {a.shape[1]} exceeds {I8_MAX_K}: "
+                         "int32 accumulation could overflow")
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int32)
+    _gemm_i8_shim(a, b, out, threads)
+    return out
+
+
+cdef void _gemm_i8_shim(const int8_t[:, ::1] a, const int8_t[:, ::1] b, int32_t[:, ::1] out,
+                        int threads):
+    cdef long M = a.shape[0], K = a.shape[1], N = b.shape[1], i
+    with nogil:
+        for i in prange(M, num_threads=threads, schedule="static"):
+            sb_i8_row(&a[i, 0], &b[0, 0], K, N, &out[i, 0])
+
+
+# ------------------------------------------------------------------ elementwise fmaf
+
+def fmaf_array(a, b, c):
+    """Elementwise fmaf(a, b, c) (one rounding) of broadcast-compatible float32 arrays."""
+    arrays = []
+    for name, x in (("a", a), ("b", b), ("c", c)):
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
+        arrays.append(x)
+    try:
+        shape = np.broadcast_shapes(*(x.shape for x in arrays))
+    except ValueError:
+        raise ValueError("a, b and c are not broadcast-compatible: shapes "
+                         + ", ".join(str(x.shape) for x in arrays)) from None
+    flat = [np.ascontiguousarray(np.broadcast_to(x, shape)).reshape(-1) for x in arrays]
+    out = np.empty(shape, dtype=np.float32)
+    _fmaf_shim(flat[0], flat[1], flat[2], out.reshape(-1))
+    return out
+
+
+cdef void _fmaf_shim(const float[::1] a, const float[::1] b, const float[::1] c,
+                     float[::1] out):
+    cdef Py_ssize_t i, n = out.shape[0]
+    with nogil:
+        for i in range(n):
+            out[i] = fmaf(a[i], b[i], c[i])

@@ -1,0 +1,294 @@
+/* systolic_micro.h: packing and register-blocked micro-kernels for sysbench._kernels.systolic.
+ *
+ * One portable build: the AVX-512F and AVX2+FMA micro-kernels live in functions compiled
+ * with __attribute__((target(...))) and are chosen at run time with __builtin_cpu_supports;
+ * the scalar path uses C fmaf. Every multiply-add is one fused fp32 operation; the setup.py
+ * flag -ffp-contract=off keeps the compiler from fusing anything else.
+ *
+ * Packed layouts (BLIS):
+ *   A panel: MR rows x kc, stored k-major: pa[k*MR + i] = A[i0+i, k0+k]  (rows >= M are 0)
+ *   B panel: kc x NR,      stored k-major: pb[k*NR + j] = B[k0+k, j0+j]  (cols >= N are 0)
+ * Micro-kernel modes, on one MR x NR tile of C:
+ *   SB_FOLD  (fold order): acc = +0; acc = fma(a, b, acc) over the kc k's; C = C + acc
+ *   SB_CHAIN (chain order): acc = C;  acc = fma(a, b, acc) over the kc k's; C = acc
+ */
+#ifndef SYSBENCH_SYSTOLIC_MICRO_H
+#define SYSBENCH_SYSTOLIC_MICRO_H
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SB_X86 1
+#include <immintrin.h>
+#else
+#define SB_X86 0
+#endif
+
+#define SB_FOLD 0
+#define SB_CHAIN 1
+
+#define SB_ISA_SCALAR 0
+#define SB_ISA_AVX2 1
+#define SB_ISA_AVX512 2
+
+/* tile geometry per ISA */
+#define SB_S_MR 4
+#define SB_S_NR 8
+#define SB_A2_MR 6
+#define SB_A2_NR 16
+#define SB_A5_MR 12
+#define SB_A5_NR 32
+#define SB_MAX_MR 16
+#define SB_MAX_NR 32
+
+static int sb_isa_supported(int isa)
+{
+    if (isa == SB_ISA_SCALAR) return 1;
+#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (isa == SB_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == SB_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+static int sb_isa_best(void)
+{
+    if (sb_isa_supported(SB_ISA_AVX512)) return SB_ISA_AVX512;
+    if (sb_isa_supported(SB_ISA_AVX2)) return SB_ISA_AVX2;
+    return SB_ISA_SCALAR;
+}
+
+static int sb_isa_mr(int isa)
+{
+    return isa == SB_ISA_AVX512 ? SB_A5_MR : isa == SB_ISA_AVX2 ? SB_A2_MR : SB_S_MR;
+}
+
+static int sb_isa_nr(int isa)
+{
+    return isa == SB_ISA_AVX512 ? SB_A5_NR : isa == SB_ISA_AVX2 ? SB_A2_NR : SB_S_NR;
+}
+
+static float *sb_alloc_floats(size_t n)
+{
+    void *p = NULL;
+    if (n == 0) n = 1;
+    if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return NULL;
+    return (float *)p;
+}
+
+static void sb_free(void *p) { free(p); }
+
+/* ---------------------------------------------------------------- packing */
+
+/* One A panel: rows [i0, i0+rows) (rows <= mr), reduction [k0, k0+kc). */
+static void sb_pack_a_panel(const float *A, long lda, long i0, long rows, long k0, long kc,
+                            int mr, float *dst)
+{
+    long i, k;
+    if (rows == mr) {
+        for (k = 0; k < kc; k++) {
+            const float *src = A + i0 * lda + k0 + k;
+            float *d = dst + k * mr;
+            for (i = 0; i < mr; i++) d[i] = src[i * lda];
+        }
+    } else {
+        for (k = 0; k < kc; k++) {
+            const float *src = A + i0 * lda + k0 + k;
+            float *d = dst + k * mr;
+            for (i = 0; i < rows; i++) d[i] = src[i * lda];
+            for (; i < mr; i++) d[i] = 0.0f;
+        }
+    }
+}
+
+/* One B panel: columns [j0, j0+cols) (cols <= nr), reduction [k0, k0+kc). */
+static void sb_pack_b_panel(const float *B, long ldb, long k0, long kc, long j0, long cols,
+                            int nr, float *dst)
+{
+    long j, k;
+    for (k = 0; k < kc; k++) {
+        const float *src = B + (k0 + k) * ldb + j0;
+        float *d = dst + k * nr;
+        if (cols == nr) {
+            memcpy(d, src, (size_t)nr * sizeof(float));
+        } else {
+            for (j = 0; j < cols; j++) d[j] = src[j];
+            for (; j < nr; j++) d[j] = 0.0f;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- scalar micro-kernel */
+
+static void sb_uk_scalar(long kc, const float *a, const float *b, float *c, long ldc, int mode)
+{
+    float acc[SB_S_MR * SB_S_NR];
+    long i, j, k;
+    for (i = 0; i < SB_S_MR; i++)
+        for (j = 0; j < SB_S_NR; j++)
+            acc[i * SB_S_NR + j] = mode == SB_CHAIN ? c[i * ldc + j] : 0.0f;
+    for (k = 0; k < kc; k++) {
+        const float *ak = a + k * SB_S_MR, *bk = b + k * SB_S_NR;
+        for (i = 0; i < SB_S_MR; i++) {
+            float ai = ak[i];
+            for (j = 0; j < SB_S_NR; j++)
+                acc[i * SB_S_NR + j] = fmaf(ai, bk[j], acc[i * SB_S_NR + j]);
+        }
+    }
+    for (i = 0; i < SB_S_MR; i++)
+        for (j = 0; j < SB_S_NR; j++) {
+            if (mode == SB_CHAIN)
+                c[i * ldc + j] = acc[i * SB_S_NR + j];
+            else
+                c[i * ldc + j] = c[i * ldc + j] + acc[i * SB_S_NR + j];
+        }
+}
+
+#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
+
+/* ---------------------------------------------------------------- AVX2 + FMA, 6 x 16 */
+
+#define SB_A2_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+__attribute__((target("avx2,fma")))
+static void sb_uk_avx2(long kc, const float *a, const float *b, float *c, long ldc, int mode)
+{
+#define SB_A2_DECL(i) __m256 c##i##0, c##i##1;
+    SB_A2_ROWS(SB_A2_DECL)
+#undef SB_A2_DECL
+    long k;
+    if (mode == SB_CHAIN) {
+#define SB_A2_LOAD(i) c##i##0 = _mm256_loadu_ps(c + (i) * ldc); \
+                      c##i##1 = _mm256_loadu_ps(c + (i) * ldc + 8);
+        SB_A2_ROWS(SB_A2_LOAD)
+#undef SB_A2_LOAD
+    } else {
+#define SB_A2_ZERO(i) c##i##0 = _mm256_setzero_ps(); c##i##1 = _mm256_setzero_ps();
+        SB_A2_ROWS(SB_A2_ZERO)
+#undef SB_A2_ZERO
+    }
+#pragma GCC unroll 4
+    for (k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
+#define SB_A2_FMA(i) av = _mm256_broadcast_ss(a + (i)); \
+                     c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
+                     c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
+        SB_A2_ROWS(SB_A2_FMA)
+#undef SB_A2_FMA
+        a += SB_A2_MR;
+        b += SB_A2_NR;
+    }
+    if (mode == SB_CHAIN) {
+#define SB_A2_STORE(i) _mm256_storeu_ps(c + (i) * ldc, c##i##0); \
+                       _mm256_storeu_ps(c + (i) * ldc + 8, c##i##1);
+        SB_A2_ROWS(SB_A2_STORE)
+#undef SB_A2_STORE
+    } else {
+#define SB_A2_ADD(i) \
+        _mm256_storeu_ps(c + (i) * ldc, _mm256_add_ps(_mm256_loadu_ps(c + (i) * ldc), c##i##0)); \
+        _mm256_storeu_ps(c + (i) * ldc + 8, _mm256_add_ps(_mm256_loadu_ps(c + (i) * ldc + 8), c##i##1));
+        SB_A2_ROWS(SB_A2_ADD)
+#undef SB_A2_ADD
+    }
+}
+
+/* ---------------------------------------------------------------- AVX-512F, 12 x 32 */
+
+#define SB_A5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+__attribute__((target("avx512f")))
+static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long ldc, int mode)
+{
+#define SB_A5_DECL(i) __m512 c##i##_0, c##i##_1;
+    SB_A5_ROWS(SB_A5_DECL)
+#undef SB_A5_DECL
+    long k;
+    if (mode == SB_CHAIN) {
+#define SB_A5_LOAD(i) c##i##_0 = _mm512_loadu_ps(c + (i) * ldc); \
+                      c##i##_1 = _mm512_loadu_ps(c + (i) * ldc + 16);
+        SB_A5_ROWS(SB_A5_LOAD)
+#undef SB_A5_LOAD
+    } else {
+#define SB_A5_ZERO(i) c##i##_0 = _mm512_setzero_ps(); c##i##_1 = _mm512_setzero_ps();
+        SB_A5_ROWS(SB_A5_ZERO)
+#undef SB_A5_ZERO
+    }
+#pragma GCC unroll 4
+    for (k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av;
+#define SB_A5_FMA(i) av = _mm512_set1_ps(a[i]); \
+                     c##i##_0 = _mm512_fmadd_ps(av, b0, c##i##_0); \
+                     c##i##_1 = _mm512_fmadd_ps(av, b1, c##i##_1);
+        SB_A5_ROWS(SB_A5_FMA)
+#undef SB_A5_FMA
+        a += SB_A5_MR;
+        b += SB_A5_NR;
+    }
+    if (mode == SB_CHAIN) {
+#define SB_A5_STORE(i) _mm512_storeu_ps(c + (i) * ldc, c##i##_0); \
+                       _mm512_storeu_ps(c + (i) * ldc + 16, c##i##_1);
+        SB_A5_ROWS(SB_A5_STORE)
+#undef SB_A5_STORE
+    } else {
+#define SB_A5_ADD(i) \
+        _mm512_storeu_ps(c + (i) * ldc, _mm512_add_ps(_mm512_loadu_ps(c + (i) * ldc), c##i##_0)); \
+        _mm512_storeu_ps(c + (i) * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + (i) * ldc + 16), c##i##_1));
+        SB_A5_ROWS(SB_A5_ADD)
+#undef SB_A5_ADD
+    }
+}
+
+#endif /* x86 */
+
+typedef void (*sb_uk_fn)(long, const float *, const float *, float *, long, int);
+
+static sb_uk_fn sb_isa_kernel(int isa)
+{
+#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == SB_ISA_AVX512) return sb_uk_avx512;
+    if (isa == SB_ISA_AVX2) return sb_uk_avx2;
+#endif
+    return sb_uk_scalar;
+}
+
+/* ---------------------------------------------------------------- macro-kernel
+ * C block rows x cols (C points at its top-left, row stride ldc) from packed A panels
+ * (ceil(rows/MR) panels of MR*kc) and packed B panels (ceil(cols/NR) panels of kc*NR).
+ * Full tiles go straight to C; edge tiles go through a zero-padded MR x NR buffer and
+ * only their valid part is written back.
+ */
+static void sb_macro(int isa, int mode, long kc, long rows, long cols,
+                     const float *pa, const float *pb, float *C, long ldc)
+{
+    const int mr = sb_isa_mr(isa), nr = sb_isa_nr(isa);
+    sb_uk_fn uk = sb_isa_kernel(isa);
+    float tmp[SB_MAX_MR * SB_MAX_NR] __attribute__((aligned(64)));
+    long jr, ir, i, j;
+    for (jr = 0; jr < cols; jr += nr) {
+        const float *pbj = pb + (jr / nr) * kc * nr;
+        long nc = cols - jr < nr ? cols - jr : nr;
+        for (ir = 0; ir < rows; ir += mr) {
+            const float *pai = pa + (ir / mr) * kc * mr;
+            long mc = rows - ir < mr ? rows - ir : mr;
+            float *cij = C + ir * ldc + jr;
+            if (mc == mr && nc == nr) {
+                uk(kc, pai, pbj, cij, ldc, mode);
+            } else {
+                for (i = 0; i < mr; i++)
+                    for (j = 0; j < nr; j++)
+                        tmp[i * nr + j] = (i < mc && j < nc) ? cij[i * ldc + j] : 0.0f;
+                uk(kc, pai, pbj, tmp, nr, mode);
+                for (i = 0; i < mc; i++)
+                    for (j = 0; j < nc; j++) cij[i * ldc + j] = tmp[i * nr + j];
+            }
+        }
+    }
+}
+
+#endif /* SYSBENCH_SYSTOLIC_MICRO_H */
