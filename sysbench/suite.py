@@ -104,7 +104,7 @@ def load(spec: str) -> Suite:
         problems.append(f"{where(None, 'name')}: must be a string")
         suite_name = path.stem
 
-    arrays = _load_arrays(data.get("arrays", {}), label, problems)
+    arrays, invalid_arrays = _load_arrays(data.get("arrays", {}), label, problems)
     kinds = registry()
     all_kind_keys = set(COMMON_KEYS)
     for w in kinds.values():
@@ -136,18 +136,19 @@ def load(spec: str) -> Suite:
             if cname in seen_names:
                 problems.append(f"{where(cname, 'name')}: duplicate case name")
             seen_names.add(cname)
-        cases.extend(_expand_case(raw, defaults, arrays, kinds, suite_name, cname_label, path,
-                                  label, problems))
+        cases.extend(_expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name,
+                                  cname_label, path, label, problems))
     if problems:
         raise SuiteError(problems)
     return Suite(suite_name, data.get("description", ""), path, cases)
 
 
-def _load_arrays(raw: Any, label: str, problems: list[str]) -> dict[str, Array]:
+def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, Array], set[str]]:
+    """Valid arrays by name, and the names of those with errors (already reported)."""
     arrays: dict[str, Array] = {}
     if not isinstance(raw, dict):
         problems.append(f"{label}: 'arrays' must be a table of [arrays.NAME] tables")
-        return arrays
+        return arrays, set()
     for name, table in raw.items():
         if not isinstance(table, dict):
             problems.append(f"{label}: array {name!r}: must be a table")
@@ -171,10 +172,11 @@ def _load_arrays(raw: Any, label: str, problems: list[str]) -> dict[str, Array]:
                 values[key] = parsed
         if ok:
             arrays[name] = Array(name=name, **values)
-    return arrays
+    return arrays, set(raw) - set(arrays)
 
 
-def _expand_case(raw, defaults, arrays, kinds, suite_name, cname, path, label, problems) -> list[Case]:
+def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname, path, label,
+                 problems) -> list[Case]:
     where = lambda key: f"{label}: case {cname!r} key {key!r}"
     kind = raw.get("kind")
     if kind is None:
@@ -230,21 +232,23 @@ def _expand_case(raw, defaults, arrays, kinds, suite_name, cname, path, label, p
             if key_spec.kind == "path":
                 result = str((path.parent / result).resolve()) if not Path(result).is_absolute() else result
             parsed[key] = result
-        if not case_ok:
-            continue
-        array_name = parsed.pop("array")
+        array_name = parsed.pop("array", None)
         if array_name is None:
             if workload.needs_array:
                 hint = f" (arrays here: {', '.join(arrays)})" if arrays else " and the suite defines no [arrays.*]"
                 problems.append(f"{where('array')}: missing{hint}")
                 continue
             array = Array()
+        elif array_name in invalid_arrays:
+            continue  # its own errors are already reported
         elif array_name not in arrays:
             hint = _did_you_mean(array_name, arrays) or (f" (defined: {', '.join(arrays)})" if arrays else "")
             problems.append(f"{where('array')}: no array named {array_name!r}{hint}")
             continue
         else:
             array = arrays[array_name]
+        if not case_ok:
+            continue
         common = {k: parsed.pop(k) for k in ("numerics", "repeats", "warmup", "seed")}
         for key, message in workload.check(parsed, array):
             problems.append(f"{where(key)}: {message}")

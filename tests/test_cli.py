@@ -1,0 +1,166 @@
+"""The command line end to end: exit codes, one-line errors, results written atomically."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sysbench import results
+
+SMALL = """
+name = "small"
+[arrays.a]
+rows = 4
+cols = 4
+dataflow = "{dataflow}"
+dtype = "{dtype}"
+[[cases]]
+name = "g"
+kind = "gemm"
+array = "a"
+m = 5
+k = 9
+n = 3
+repeats = 2
+[[cases]]
+name = "c"
+kind = "conv2d"
+array = "a"
+batch = 2
+height = 5
+width = 6
+in_channels = 4
+out_channels = 4
+kernel = [3, 2]
+padding = 1
+groups = 2
+repeats = 1
+"""
+
+
+def sysbench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sysbench", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+
+
+def assert_clean_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("dataflow,dtype", [("ws", "fp32"), ("os", "bf16"), ("is", "int8"), ("ws", "fp16")])
+def test_run_writes_validated_result(tmp_path, dataflow, dtype):
+    suite = tmp_path / "s.toml"
+    suite.write_text(SMALL.format(dataflow=dataflow, dtype=dtype))
+    out = tmp_path / "out" / "r.json"
+    proc = sysbench("run", str(suite), "--output", str(out), "--json", "--threads", "2")
+    assert proc.returncode == 0, proc.stderr
+    doc = results.load(out)
+    assert json.loads(proc.stdout) == doc
+    assert doc["schema"] == "sysbench.result/1" and doc["machine"]["threads"] == 2
+    cases = {c["id"]: c for c in doc["cases"]}
+    assert set(cases) == {"small/g", "small/c"}
+    for case in cases.values():
+        assert case["validation"]["passed"] and "emulator" in case["validation"]["reference"]
+        assert case["timing"]["repeats"] == len(case["timing"]["samples_s"])
+        assert case["timing"]["min_s"] <= case["timing"]["median_s"] <= case["timing"]["max_s"]
+        assert case["metrics"]["cycles"] > 0
+    assert cases["small/c"]["params"]["kernel"] == [3, 2]
+    assert (cases["small/g"]["timing"]["repeats"], cases["small/c"]["timing"]["repeats"]) == (2, 1)
+    assert not list(out.parent.glob("*.tmp"))  # no temp file left behind
+
+
+def test_default_run_is_quick_suite_from_any_directory(tmp_path):
+    proc = sysbench("run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["suite"] == "quick" and all(c["validation"]["passed"] for c in doc["cases"] if c["validation"])
+    assert "suite quick" in proc.stderr  # the report table went to stderr
+
+
+def test_filter_repeats_and_model_only(tmp_path):
+    proc = sysbench("run", "resnet50", "--filter", "conv1[", "--repeats", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [c["id"] for c in doc["cases"]] == ["resnet50/conv1[array=a32]", "resnet50/conv1[array=a128]"]
+    assert all(c["timing"] is None and c["validation"] is None for c in doc["cases"])
+
+
+def test_show_renders_saved_result(tmp_path):
+    out = tmp_path / "r.json"
+    assert sysbench("run", "resnet50", "--filter", "fc", "-o", str(out)).returncode == 0
+    proc = sysbench("show", str(out))
+    assert proc.returncode == 0 and "fc" in proc.stderr and "49,024" in proc.stderr
+
+
+def test_list():
+    proc = sysbench("list")
+    assert proc.returncode == 0
+    for word in ("quick", "resnet50", "gemm", "conv2d"):
+        assert word in proc.stderr
+
+
+def test_bad_suite_key_is_exit_2_one_line(tmp_path):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(SMALL.format(dataflow="ws", dtype="fp32").replace("m = 5", "mm = 5"))
+    proc = sysbench("run", str(suite))
+    assert_clean_error(proc, f"{suite}: case 'g' key 'mm': unknown key for kind 'gemm' (did you mean 'm'?)",
+                       "case 'g' key 'm': missing")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "no_such_suite"], "no bundled suite or file"),
+    (["run", "missing.toml"], "missing.toml: no such suite file"),
+    (["run", "quick", "--filter", "zzz"], "matches no case"),
+    (["show", "missing.json"], "missing.json: no such file"),
+])
+def test_usage_errors(args, fragment, tmp_path):
+    assert_clean_error(sysbench(*args, cwd=tmp_path), fragment)
+
+
+def test_show_rejects_corrupt_and_foreign_json(tmp_path):
+    corrupt = tmp_path / "c.json"
+    corrupt.write_text("{not json")
+    assert_clean_error(sysbench("show", str(corrupt)), "not valid JSON")
+    foreign = tmp_path / "f.json"
+    foreign.write_text(json.dumps({"schema": "other/9", "cases": []}))
+    assert_clean_error(sysbench("show", str(foreign)), "not a sysbench.result/1 document")
+
+
+def test_unwritable_output_is_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = sysbench("run", "resnet50", "--filter", "fc[array=a32", "-o", str(blocker / "r.json"))
+    assert_clean_error(proc, "cannot write the result")
+
+
+def test_failed_validation_is_exit_1(tmp_path, monkeypatch):
+    # Break the fast kernel's result and check the runner reports it: exit 1, case marked FAIL.
+    from typer.testing import CliRunner
+
+    from sysbench import cli
+    from sysbench.workloads import gemm
+
+    monkeypatch.setattr(gemm.Gemm, "run", lambda self, state, threads: state["a"] @ state["b"] + 1)
+    suite = tmp_path / "s.toml"
+    suite.write_text(SMALL.format(dataflow="ws", dtype="fp32"))
+    result = CliRunner().invoke(cli.app, ["run", str(suite), "--filter", "small/g"])
+    assert result.exit_code == 1
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    results.save({"schema": results.SCHEMA, "cases": []}, path)
+    before = path.read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        results.save({"schema": results.SCHEMA, "cases": [1]}, path)
+    assert path.read_text() == before and list(tmp_path.iterdir()) == [path]
