@@ -38,10 +38,10 @@ cdef extern from "systolic_micro.h" nogil:
     int sb_isa_nr(int isa)
     float *sb_alloc_floats(size_t n)
     void sb_free(void *p)
-    void sb_pack_a_panel(const float *A, long lda, long i0, long rows, long k0, long kc,
-                         int mr, float *dst)
-    void sb_pack_b_panel(const float *B, long ldb, long k0, long kc, long j0, long cols,
-                         int nr, float *dst)
+    void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
+                   int mr, float *dst)
+    void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
+                          int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
                   const float *pa, const float *pb, float *C, long ldc)
 
@@ -71,6 +71,15 @@ CHAIN_KC = 256
 I8_MAX_K = 131071
 
 cdef int _isa = sb_isa_best()
+# blocking (in floats): packed B block per N block, packed A block per output tile
+cdef long _nc_floats = 262144
+cdef long _mc_floats = 24576
+
+
+def _set_blocking(nc_floats, mc_floats):
+    """Tune the cache blocking (floats of packed B per N block, of packed A per tile)."""
+    global _nc_floats, _mc_floats
+    _nc_floats, _mc_floats = int(nc_floats), int(mc_floats)
 
 
 def available_isas():
@@ -179,7 +188,7 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     cdef int nr = sb_isa_nr(isa_code)
     cdef long kc_cap = kc_max if kc_max < K else K
     # N block: about 1 MB of packed B; M chunk: up to 4096 rows of packed A
-    cdef long nc_blk = (262144 // kc_cap) // nr * nr
+    cdef long nc_blk = (_nc_floats // kc_cap) // nr * nr
     if nc_blk < nr:
         nc_blk = nr
     if nc_blk > (N + nr - 1) // nr * nr:
@@ -188,7 +197,7 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     if mb_blk > (M + mr - 1) // mr * mr:
         mb_blk = (M + mr - 1) // mr * mr
     # output tile: about 96 KB of packed A (mc rows) by a column chunk of the N block
-    cdef long mc = (24576 // kc_cap) // mr * mr
+    cdef long mc = (_mc_floats // kc_cap) // mr * mr
     if mc < mr:
         mc = mr
     if mc > mb_blk:
@@ -217,16 +226,15 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
             mb = mb_blk if M - ib > mb_blk else M - ib
             npan = (mb + mr - 1) // mr
             for p in prange(npan, num_threads=threads, schedule="static"):
-                sb_pack_a_panel(A, K, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
+                sb_pack_a(isa_code, A, K, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
                                 pc, kc, mr, pa + p * mr * kc)
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
                 npan = (nb + nr - 1) // nr
-                for p in prange(npan, num_threads=threads, schedule="static"):
-                    sb_pack_b_panel(B, N, pc, kc, jc + p * nr,
-                                    nr if nb - p * nr > nr else nb - p * nr, nr,
-                                    pb + p * nr * kc)
+                for p in prange(threads, num_threads=threads, schedule="static"):
+                    sb_pack_b_panels(B, N, pc, kc, jc, nb, nr, npan * p // threads,
+                                     npan * (p + 1) // threads, pb)
                 tm = (mb + mc - 1) // mc
                 tn = (nb + ncc - 1) // ncc
                 ntiles = tm * tn

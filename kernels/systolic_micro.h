@@ -86,40 +86,37 @@ static void sb_free(void *p) { free(p); }
 
 /* ---------------------------------------------------------------- packing */
 
-/* One A panel: rows [i0, i0+rows) (rows <= mr), reduction [k0, k0+kc). */
+/* One A panel: rows [i0, i0+rows) (rows <= mr), reduction [k0, k0+kc). Rows are read
+ * contiguously (a strided gather down a column would thrash the cache and the TLB). */
 static void sb_pack_a_panel(const float *A, long lda, long i0, long rows, long k0, long kc,
                             int mr, float *dst)
 {
     long i, k;
-    if (rows == mr) {
-        for (k = 0; k < kc; k++) {
-            const float *src = A + i0 * lda + k0 + k;
-            float *d = dst + k * mr;
-            for (i = 0; i < mr; i++) d[i] = src[i * lda];
-        }
-    } else {
-        for (k = 0; k < kc; k++) {
-            const float *src = A + i0 * lda + k0 + k;
-            float *d = dst + k * mr;
-            for (i = 0; i < rows; i++) d[i] = src[i * lda];
-            for (; i < mr; i++) d[i] = 0.0f;
-        }
+    for (i = 0; i < rows; i++) {
+        const float *src = A + (i0 + i) * lda + k0;
+        for (k = 0; k < kc; k++) dst[k * mr + i] = src[k];
     }
+    for (; i < mr; i++)
+        for (k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
 }
 
-/* One B panel: columns [j0, j0+cols) (cols <= nr), reduction [k0, k0+kc). */
-static void sb_pack_b_panel(const float *B, long ldb, long k0, long kc, long j0, long cols,
-                            int nr, float *dst)
+/* B panels [p0, p1) of the block whose columns start at j0 (cols valid columns in the
+ * whole block, reduction [k0, k0+kc)); row by row so B is read contiguously. */
+static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
+                             int nr, long p0, long p1, float *dst)
 {
-    long j, k;
+    long j, k, p;
     for (k = 0; k < kc; k++) {
         const float *src = B + (k0 + k) * ldb + j0;
-        float *d = dst + k * nr;
-        if (cols == nr) {
-            memcpy(d, src, (size_t)nr * sizeof(float));
-        } else {
-            for (j = 0; j < cols; j++) d[j] = src[j];
-            for (; j < nr; j++) d[j] = 0.0f;
+        for (p = p0; p < p1; p++) {
+            float *d = dst + p * kc * nr + k * nr;
+            long w = cols - p * nr;
+            if (w >= nr) {
+                memcpy(d, src + p * nr, (size_t)nr * sizeof(float));
+            } else {
+                for (j = 0; j < w; j++) d[j] = src[p * nr + j];
+                for (; j < nr; j++) d[j] = 0.0f;
+            }
         }
     }
 }
@@ -209,6 +206,10 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
     SB_A5_ROWS(SB_A5_DECL)
 #undef SB_A5_DECL
     long k;
+#define SB_A5_PF(i) _mm_prefetch((const char *)(c + (i) * ldc), _MM_HINT_T0); \
+                    _mm_prefetch((const char *)(c + (i) * ldc + 16), _MM_HINT_T0);
+    SB_A5_ROWS(SB_A5_PF)
+#undef SB_A5_PF
     if (mode == SB_CHAIN) {
 #define SB_A5_LOAD(i) c##i##_0 = _mm512_loadu_ps(c + (i) * ldc); \
                       c##i##_1 = _mm512_loadu_ps(c + (i) * ldc + 16);
@@ -244,7 +245,70 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
     }
 }
 
+/* ---------------------------------------------------------------- AVX-512 A packing
+ * 16 x 16 register transpose: rows of A (contiguous in k) become columns of the panel. */
+__attribute__((target("avx512f")))
+static void sb_transpose16_avx512(__m512 *r)
+{
+    __m512 t[16], u[16];
+    int i;
+    for (i = 0; i < 8; i++) {
+        t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]);
+        t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]);
+    }
+    for (i = 0; i < 4; i++) {
+        u[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44);
+        u[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
+        u[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
+        u[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
+    }
+    for (i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(u[i], u[4+i], 0x88);
+        t[4+i] = _mm512_shuffle_f32x4(u[i], u[4+i], 0xDD);
+        t[8+i] = _mm512_shuffle_f32x4(u[8+i], u[12+i], 0x88);
+        t[12+i] = _mm512_shuffle_f32x4(u[8+i], u[12+i], 0xDD);
+    }
+    for (i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8+i], 0x88);
+        r[8+i] = _mm512_shuffle_f32x4(t[i], t[8+i], 0xDD);
+    }
+}
+
+/* One A panel with mr <= 16 rows, 16 k at a time through the register transpose; each
+ * transposed column (mr valid floats) goes out with a masked store. */
+__attribute__((target("avx512f")))
+static void sb_pack_a_panel_avx512(const float *A, long lda, long i0, long rows, long k0,
+                                   long kc, int mr, float *dst)
+{
+    __m512 r[16];
+    const __mmask16 keep = (__mmask16)((1u << mr) - 1u);
+    long i, k, j;
+    for (k = 0; k + 16 <= kc; k += 16) {
+        for (i = 0; i < 16; i++)
+            r[i] = i < rows ? _mm512_loadu_ps(A + (i0 + i) * lda + k0 + k) : _mm512_setzero_ps();
+        sb_transpose16_avx512(r);
+        for (j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * mr, keep, r[j]);
+    }
+    for (; k < kc; k++) {
+        for (i = 0; i < rows; i++) dst[k * mr + i] = A[(i0 + i) * lda + k0 + k];
+        for (; i < mr; i++) dst[k * mr + i] = 0.0f;
+    }
+}
+
 #endif /* x86 */
+
+/* Pack one A panel with the fastest packer for `isa` (all give the same layout). */
+static void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
+                      int mr, float *dst)
+{
+#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == SB_ISA_AVX512 && mr <= 16) {
+        sb_pack_a_panel_avx512(A, lda, i0, rows, k0, kc, mr, dst);
+        return;
+    }
+#endif
+    sb_pack_a_panel(A, lda, i0, rows, k0, kc, mr, dst);
+}
 
 typedef void (*sb_uk_fn)(long, const float *, const float *, float *, long, int);
 
