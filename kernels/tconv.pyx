@@ -1,0 +1,270 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Transposed convolution by strided tiling per kernel element (no zero insertion).
+
+Layout NCHW, weights (in_channels, out_channels/groups, kh, kw) and output sizes as in
+PyTorch:  H_out = (H_in - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1.
+
+Input pixel i reaches output row  i * stride - padding + r * dilation  through kernel row r.
+For each kernel element (r, s) the input rows/columns whose output lands inside the image
+form one rectangle, computed analytically (`element_plan`); that rectangle times the
+element's Cin/groups x Cout/groups weight slice is one GEMM, whose rows are added into the
+output at the stride. No zero ever enters a GEMM.
+
+The GEMM is computed transposed, Y^T = W_rs^T @ X_window^T, so that the gathered operand
+and the product keep NCHW rows contiguous. Each output element is the same sum over the
+reduction index k in the same order either way, so the bits equal the array's Y = X W.
+Per output element, the kernel elements' contributions are added in plan order (row-major
+over (r, s)), starting from +0, in the accumulator dtype (float32, int32 for int8).
+
+Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
+memoryview shims, nogil cores with prange over independent output planes.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t
+from libc.string cimport memcpy
+
+ctypedef fused operand_t:
+    float
+    int8_t
+
+ctypedef fused acc_t:
+    float
+    int32_t
+
+# int8: every output sums at most Cin/groups * kh * kw products of magnitude <= 128 * 128
+I8_MAX_TERMS = 131071
+
+
+# ------------------------------------------------------------------ arguments
+
+def _pair(value, name, minimum):
+    """(h, w) from an int or a 2-sequence of ints, each >= minimum."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if pair[0] < minimum or pair[1] < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def output_size(n_in, kernel, stride, padding, output_padding, dilation):
+    """PyTorch: (n_in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1."""
+    return (n_in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def check_args(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Validate a layer's geometry; return it as a dict of ints and (h, w) pairs.
+
+    Raises ValueError naming the bad argument: wrong ndim, non-positive sizes, channels not
+    divisible by groups, weight/input channel mismatch, output_padding not smaller than
+    stride or dilation, an empty output.
+    """
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (batch, in_channels, height, width), got ndim={len(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError("w must be 4-D (in_channels, out_channels/groups, kh, kw), "
+                         f"got ndim={len(w_shape)}")
+    for name, shape in (("x", x_shape), ("w", w_shape)):
+        if any(d < 1 for d in shape):
+            raise ValueError(f"{name} must have positive sizes, got shape {shape}")
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    output_padding = _pair(output_padding, "output_padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    groups = _positive_int(groups, "groups")
+    batch, cin, height, width = x_shape
+    if cin % groups:
+        raise ValueError(f"in_channels = {cin} is not divisible by groups = {groups}")
+    if w_shape[0] != cin:
+        raise ValueError(f"w.shape[0] = {w_shape[0]} must equal in_channels = x.shape[1] = {cin}")
+    for d in range(2):
+        if output_padding[d] >= stride[d] and output_padding[d] >= dilation[d]:
+            raise ValueError(f"output_padding {output_padding} must be smaller than stride "
+                             f"{stride} or dilation {dilation} in each dimension")
+    kernel = (w_shape[2], w_shape[3])
+    out_hw = tuple(output_size((height, width)[d], kernel[d], stride[d], padding[d],
+                               output_padding[d], dilation[d]) for d in range(2))
+    if out_hw[0] < 1 or out_hw[1] < 1:
+        raise ValueError(f"padding {padding} is too large: the output would be {out_hw[0]}x{out_hw[1]}")
+    return {"batch": batch, "in_channels": cin, "out_channels": w_shape[1] * groups,
+            "height": height, "width": width, "kernel": kernel, "stride": stride,
+            "padding": padding, "output_padding": output_padding, "dilation": dilation,
+            "groups": groups, "output": out_hw}
+
+
+def valid_range(n_in, n_out, stride, padding, dilation, r):
+    """(lo, hi, first): input indices lo <= i < hi reach 0 <= i*stride - padding + r*dilation
+    < n_out through kernel index r; `first` is the output index of input lo. Empty: lo == hi."""
+    offset = r * dilation - padding          # output index of input 0
+    lo = max(0, -((offset) // stride))       # ceil(-offset / stride)
+    hi = min(n_in, (n_out - 1 - offset) // stride + 1)
+    if hi <= lo:
+        return 0, 0, 0
+    return lo, hi, lo * stride + offset
+
+
+def element_plan(geo):
+    """[(r, s, i_lo, i_hi, j_lo, j_hi, out_row, out_col)] for every kernel element that
+    reaches the output, in row-major (r, s) order; `geo` is check_args' result."""
+    (kh, kw), (sh, sw) = geo["kernel"], geo["stride"]
+    (ph, pw), (dh, dw) = geo["padding"], geo["dilation"]
+    ho, wo = geo["output"]
+    plan = []
+    for r in range(kh):
+        ilo, ihi, oi = valid_range(geo["height"], ho, sh, ph, dh, r)
+        if ihi == ilo:
+            continue
+        for s in range(kw):
+            jlo, jhi, oj = valid_range(geo["width"], wo, sw, pw, dw, s)
+            if jhi > jlo:
+                plan.append((r, s, ilo, ihi, jlo, jhi, oi, oj))
+    return plan
+
+
+# ------------------------------------------------------------------ gather / scatter
+
+def gather_window(x, c0, channels, i_lo, i_hi, j_lo, j_hi, threads=1):
+    """(channels, batch * (i_hi - i_lo) * (j_hi - j_lo)) = x[:, c0:c0+channels, i_lo:i_hi,
+    j_lo:j_hi] with the channel first and (batch, row, column) flattened: the transposed GEMM
+    operand of one kernel element."""
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype not in (np.float32, np.int8):
+        raise ValueError("x must be a 4-D float32 or int8 numpy array")
+    b, c, h, w = x.shape
+    if not (0 <= c0 and channels >= 1 and c0 + channels <= c):
+        raise ValueError(f"channels {c0}:{c0 + channels} out of range for {c} channels")
+    if not (0 <= i_lo < i_hi <= h and 0 <= j_lo < j_hi <= w):
+        raise ValueError(f"window rows {i_lo}:{i_hi}, columns {j_lo}:{j_hi} out of range for {h}x{w}")
+    threads = _positive_int(threads, "threads")
+    x = np.ascontiguousarray(x)
+    out = np.empty((channels, b * (i_hi - i_lo) * (j_hi - j_lo)), dtype=x.dtype)
+    if x.dtype == np.float32:
+        _gather[float](x, out, c0, i_lo, i_hi, j_lo, j_hi, threads)
+    else:
+        _gather[int8_t](x, out, c0, i_lo, i_hi, j_lo, j_hi, threads)
+    return out
+
+
+cdef void _gather(const operand_t[:, :, :, ::1] x, operand_t[:, ::1] out, long c0,
+                  long i_lo, long i_hi, long j_lo, long j_hi, int threads) noexcept nogil:
+    cdef long nb = x.shape[0], channels = out.shape[0]
+    cdef long mi = i_hi - i_lo, mj = j_hi - j_lo
+    cdef long t, c, b, ii
+    for t in prange(channels * nb, num_threads=threads, schedule="static"):
+        c = t // nb
+        b = t % nb
+        for ii in range(mi):
+            memcpy(&out[c, (b * mi + ii) * mj], &x[b, c0 + c, i_lo + ii, j_lo],
+                   mj * sizeof(operand_t))
+
+
+def scatter_add(out, yt, c0, batch, rows, cols, out_row, out_col, stride, threads=1):
+    """out[b, c0 + o, out_row + ii*sh, out_col + jj*sw] += yt[o, (b*rows + ii)*cols + jj]:
+    one kernel element's transposed GEMM result added into the NCHW output at the stride."""
+    if not isinstance(out, np.ndarray) or out.ndim != 4 or not out.flags.c_contiguous \
+            or out.dtype not in (np.float32, np.int32):
+        raise ValueError("out must be a C-contiguous 4-D float32 or int32 numpy array")
+    if not isinstance(yt, np.ndarray) or yt.ndim != 2 or yt.dtype != out.dtype:
+        raise ValueError(f"yt must be a 2-D {out.dtype} numpy array")
+    sh, sw = _pair(stride, "stride", 1)
+    nb, nc, ho, wo = out.shape
+    if batch != nb or yt.shape[1] != batch * rows * cols:
+        raise ValueError(f"yt has {yt.shape[1]} columns; expected batch*rows*cols = {batch * rows * cols}")
+    if not (0 <= c0 and c0 + yt.shape[0] <= nc):
+        raise ValueError(f"channels {c0}:{c0 + yt.shape[0]} out of range for {nc} channels")
+    if rows < 1 or cols < 1 or out_row < 0 or out_col < 0 \
+            or out_row + (rows - 1) * sh >= ho or out_col + (cols - 1) * sw >= wo:
+        raise ValueError("the strided window does not fit the output")
+    threads = _positive_int(threads, "threads")
+    yt = np.ascontiguousarray(yt)
+    if out.dtype == np.float32:
+        _scatter[float](out, yt, c0, rows, cols, out_row, out_col, sh, sw, threads)
+    else:
+        _scatter[int32_t](out, yt, c0, rows, cols, out_row, out_col, sh, sw, threads)
+
+
+cdef void _scatter(acc_t[:, :, :, ::1] out, const acc_t[:, ::1] yt, long c0, long mi, long mj,
+                   long oi0, long oj0, long sh, long sw, int threads) noexcept nogil:
+    # one (output channel, image) plane per iteration: planes never overlap, so no races
+    cdef long nb = out.shape[0], channels = yt.shape[0]
+    cdef long t, o, b, ii, jj
+    cdef const acc_t *src
+    cdef acc_t *dst
+    for t in prange(channels * nb, num_threads=threads, schedule="static"):
+        o = t // nb
+        b = t % nb
+        for ii in range(mi):
+            src = &yt[o, (b * mi + ii) * mj]
+            dst = &out[b, c0 + o, oi0 + ii * sh, oj0]
+            for jj in range(mj):
+                dst[jj * sw] = dst[jj * sw] + src[jj]
+
+
+# ------------------------------------------------------------------ the layer
+
+def _default_gemm(dtype, threads):
+    """An output-stationary array's order (one fmaf chain over k), or exact int8."""
+    from . import systolic
+
+    if dtype == np.int8:
+        return lambda a, b: systolic.gemm_i8(a, b, threads)
+    return lambda a, b: systolic.gemm_f32(a, b, 1, True, threads)
+
+
+def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
+                    gemm=None, threads=1):
+    """conv_transpose2d(x, w) by one GEMM per kernel element and a strided scatter-add.
+
+    x: (batch, in_channels, H, W); w: (in_channels, out_channels/groups, kh, kw); both
+    float32 or both int8 (the output is then int32). gemm(a, b) -> a @ b is the array
+    (default: fp32 fmaf chain / exact int8); it receives only the input pixels that reach
+    the output. Returns NCHW output of PyTorch's size.
+    """
+    for name, arr in (("x", x), ("w", w)):
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype not in (np.float32, np.int8):
+            raise ValueError(f"{name} must have dtype float32 or int8, got {arr.dtype}")
+    if x.dtype != w.dtype:
+        raise ValueError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
+    geo = check_args(x.shape, w.shape, stride, padding, output_padding, dilation, groups)
+    threads = _positive_int(threads, "threads")
+    groups = geo["groups"]
+    kh, kw = geo["kernel"]
+    cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
+    if x.dtype == np.int8 and cin_g * kh * kw > I8_MAX_TERMS:
+        raise ValueError(f"int8: in_channels/groups * kh * kw = {cin_g * kh * kw} exceeds "
+                         f"{I8_MAX_TERMS}; int32 accumulation could overflow")
+    if gemm is None:
+        gemm = _default_gemm(x.dtype, threads)
+    x = np.ascontiguousarray(x)
+    batch, (height, width), (ho, wo) = geo["batch"], (geo["height"], geo["width"]), geo["output"]
+    out = np.zeros((batch, geo["out_channels"], ho, wo),
+                   dtype=np.int32 if x.dtype == np.int8 else np.float32)
+    plan = element_plan(geo)
+    for g in range(groups):
+        # (kh, kw, cout_g, cin_g): each element's transposed weight slice is contiguous
+        wt = np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].transpose(2, 3, 1, 0))
+        for r, s, ilo, ihi, jlo, jhi, oi, oj in plan:
+            if batch == 1 and (ilo, ihi, jlo, jhi) == (0, height, 0, width):
+                at = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)  # a view
+            else:
+                at = gather_window(x, g * cin_g, cin_g, ilo, ihi, jlo, jhi, threads)
+            yt = gemm(wt[r, s], at)
+            scatter_add(out, yt, g * cout_g, batch, ihi - ilo, jhi - jlo, oi, oj,
+                        geo["stride"], threads)
+    return out
