@@ -1,0 +1,437 @@
+"""Layers of the numpy training engine: Linear, ReLU, GELU, Conv2d (im2col), MaxPool2d, Flatten.
+
+Every layer works in the dtype of its input (float32 for training, float64 for gradient
+checks; `layer.astype(np.float64)` converts its parameters) and has:
+
+    build(in_shape, rng) -> out_shape       create parameters (deterministic for a given rng)
+    forward(x) -> (y, saved)                saved is what backward needs
+    backward(grad_y, saved, need_input_grad=True) -> (grad_x or None, {param: grad})
+    saved_of(x)                             the `saved` forward(x) returns, computed at no cost
+
+`saved` is always built from the layer's input alone (a reference to x, or x's shape), never
+a new buffer: a schedule that holds a layer's input can run that layer's backward without
+running its forward again. That is the memory model the recompute schedules optimise.
+
+Per-layer figures for the schedules and the model (shapes include the batch):
+    flops(in_shape) -> (forward, backward with input grad, backward without)
+    gemms(in_shape) -> {"forward": [(m, k, n)], "backward": [...], "backward_input": [...]}
+    workspace(in_shape, itemsize) -> (forward bytes, backward bytes): transient buffers
+        beyond the input, the output and the gradients, as the code below allocates them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Layer:
+    kind = "layer"
+    has_params = False
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.in_shape: tuple | None = None
+        self.out_shape: tuple | None = None
+
+    def build(self, in_shape: tuple, rng: np.random.Generator) -> tuple:
+        self.in_shape = tuple(in_shape)
+        self.out_shape = self.output_shape(self.in_shape)
+        return self.out_shape
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        return tuple(in_shape)
+
+    def saved_of(self, x: np.ndarray):
+        return x
+
+    def forward(self, x: np.ndarray):
+        raise NotImplementedError
+
+    def backward(self, grad_y: np.ndarray, saved, need_input_grad: bool = True):
+        raise NotImplementedError
+
+    def flops(self, in_shape: tuple) -> tuple[int, int, int]:
+        n = math.prod(in_shape)
+        return n, n, 0
+
+    def gemms(self, in_shape: tuple) -> dict:
+        return {"forward": [], "backward": [], "backward_input": []}
+
+    def workspace(self, in_shape: tuple, itemsize: int) -> tuple[int, int]:
+        return 0, 0
+
+    def astype(self, dtype) -> "Layer":
+        self.params = {k: v.astype(dtype) for k, v in self.params.items()}
+        return self
+
+    def describe(self) -> str:
+        return self.kind
+
+    def __repr__(self) -> str:
+        return f"{self.describe()} {self.in_shape}->{self.out_shape}"
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape: tuple) -> np.ndarray:
+    """PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class Linear(Layer):
+    """y = x W^T + b, W stored (out, in) as in PyTorch."""
+
+    kind = "linear"
+    has_params = True
+
+    def __init__(self, out_features: int, bias: bool = True):
+        super().__init__()
+        self.out_features = out_features
+        self.bias = bias
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 2:
+            raise ValueError(f"linear needs a (batch, features) input, got shape {in_shape}; add a flatten first")
+        return (in_shape[0], self.out_features)
+
+    def build(self, in_shape, rng):
+        out = super().build(in_shape, rng)
+        fan_in = in_shape[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        self.params = {"weight": _uniform(rng, bound, (self.out_features, fan_in))}
+        if self.bias:
+            self.params["bias"] = _uniform(rng, bound, (self.out_features,))
+        return out
+
+    def forward(self, x):
+        y = x @ self.params["weight"].T
+        if self.bias:
+            y += self.params["bias"]
+        return y, x
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        x = saved
+        grads = {"weight": grad_y.T @ x}
+        if self.bias:
+            grads["bias"] = grad_y.sum(axis=0)
+        grad_x = grad_y @ self.params["weight"] if need_input_grad else None
+        return grad_x, grads
+
+    def flops(self, in_shape):
+        b, fin = in_shape
+        mm = 2 * b * fin * self.out_features
+        bias = b * self.out_features if self.bias else 0
+        return mm + bias, 2 * mm + bias, mm + bias
+
+    def gemms(self, in_shape):
+        b, fin = in_shape
+        out = self.out_features
+        return {"forward": [(b, fin, out)], "backward": [(out, b, fin)], "backward_input": [(b, out, fin)]}
+
+    def describe(self):
+        return f"linear({self.out_features})"
+
+
+class ReLU(Layer):
+    kind = "relu"
+
+    def forward(self, x):
+        return np.maximum(x, x.dtype.type(0)), x
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        if not need_input_grad:
+            return None, {}
+        return np.where(saved > 0, grad_y, grad_y.dtype.type(0)), {}
+
+    def workspace(self, in_shape, itemsize):
+        return 0, math.prod(in_shape)  # the boolean mask
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+class GELU(Layer):
+    """GELU, tanh approximation (PyTorch's approximate='tanh'):
+    y = x/2 (1 + tanh(u)), u = c (x + a x^3)."""
+
+    kind = "gelu"
+
+    def _tanh_u(self, x):
+        t = x * x
+        t *= x
+        t *= x.dtype.type(_GELU_A)
+        t += x
+        t *= x.dtype.type(_GELU_C)
+        return np.tanh(t, out=t)
+
+    def forward(self, x):
+        y = self._tanh_u(x)
+        y += x.dtype.type(1)
+        y *= x
+        y *= x.dtype.type(0.5)
+        return y, x
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        if not need_input_grad:
+            return None, {}
+        x = saved
+        one, half = x.dtype.type(1), x.dtype.type(0.5)
+        t = self._tanh_u(x)
+        # dy/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 a x^2)
+        du = x * x
+        du *= x.dtype.type(3 * _GELU_A)
+        du += one
+        du *= x.dtype.type(_GELU_C)
+        du *= x
+        du *= half
+        sq = t * t  # third buffer: 1 - t^2
+        np.subtract(one, sq, out=sq)
+        du *= sq
+        del sq
+        t += one
+        t *= half
+        t += du
+        del du
+        t *= grad_y
+        return t, {}
+
+    def flops(self, in_shape):
+        n = math.prod(in_shape)
+        return 9 * n, 18 * n, 0
+
+    def workspace(self, in_shape, itemsize):
+        n = math.prod(in_shape) * itemsize
+        return 0, 2 * n  # t becomes grad_x; du and 1 - t^2 are transient
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _out(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _pad(x, ph, pw):
+    if not (ph or pw):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def _window(a, r, s, ho, wo, sh, sw):
+    """a[:, :, r::sh, s::sw] restricted to ho x wo positions (one kernel tap, all outputs)."""
+    return a[:, :, r: r + sh * (ho - 1) + 1: sh, s: s + sw * (wo - 1) + 1: sw]
+
+
+class Conv2d(Layer):
+    """2-D convolution (NCHW, groups = 1) as one im2col GEMM; weight (out, in, kh, kw).
+
+    The im2col reduction index runs over (in_channel, kernel row, kernel column), PyTorch's
+    weight flattening. backward rebuilds the columns from the input rather than keeping them
+    (they are kh*kw times the input)."""
+
+    kind = "conv2d"
+    has_params = True
+
+    def __init__(self, out_channels: int, kernel=3, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        self.out_channels = out_channels
+        self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
+        self.bias = bias
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 4:
+            raise ValueError(f"conv2d needs an NCHW input, got shape {in_shape}")
+        b, c, h, w = in_shape
+        ho = _out(h, self.kernel[0], self.stride[0], self.padding[0])
+        wo = _out(w, self.kernel[1], self.stride[1], self.padding[1])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"conv2d kernel {self.kernel} does not fit the padded {h}x{w} input")
+        return (b, self.out_channels, ho, wo)
+
+    def build(self, in_shape, rng):
+        out = super().build(in_shape, rng)
+        cin = in_shape[1]
+        kh, kw = self.kernel
+        bound = 1.0 / math.sqrt(cin * kh * kw)
+        self.params = {"weight": _uniform(rng, bound, (self.out_channels, cin, kh, kw))}
+        if self.bias:
+            self.params["bias"] = _uniform(rng, bound, (self.out_channels,))
+        return out
+
+    def _cols(self, x):
+        """(padded input, columns (B*Ho*Wo, C*kh*kw))."""
+        b, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        _, _, ho, wo = self.output_shape(x.shape)
+        xp = _pad(x, ph, pw)
+        cols = np.empty((b, ho, wo, c, kh, kw), dtype=x.dtype)
+        for r in range(kh):
+            for s in range(kw):
+                cols[:, :, :, :, r, s] = _window(xp, r, s, ho, wo, sh, sw).transpose(0, 2, 3, 1)
+        return cols.reshape(b * ho * wo, c * kh * kw)
+
+    def forward(self, x):
+        b = x.shape[0]
+        _, o, ho, wo = self.output_shape(x.shape)
+        cols = self._cols(x)
+        ym = cols @ self.params["weight"].reshape(o, -1).T
+        del cols
+        y = np.empty((b, o, ho, wo), dtype=x.dtype)
+        ym = ym.reshape(b, ho, wo, o).transpose(0, 3, 1, 2)
+        if self.bias:
+            np.add(ym, self.params["bias"][:, None, None], out=y)
+        else:
+            y[...] = ym
+        return y, x
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        x = saved
+        b, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        _, o, ho, wo = grad_y.shape
+        gm = np.ascontiguousarray(grad_y.transpose(0, 2, 3, 1)).reshape(b * ho * wo, o)
+        grads = {}
+        cols = self._cols(x)
+        grads["weight"] = (gm.T @ cols).reshape(self.params["weight"].shape)
+        del cols
+        if self.bias:
+            grads["bias"] = gm.sum(axis=0)
+        if not need_input_grad:
+            return None, grads
+        gcols = (gm @ self.params["weight"].reshape(o, -1)).reshape(b, ho, wo, c, kh, kw)
+        del gm
+        gxp = np.zeros((b, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        for r in range(kh):
+            for s in range(kw):
+                _window(gxp, r, s, ho, wo, sh, sw)[...] += gcols[:, :, :, :, r, s].transpose(0, 3, 1, 2)
+        del gcols
+        if ph or pw:
+            gxp = np.ascontiguousarray(gxp[:, :, ph: ph + h, pw: pw + w])
+        return gxp, grads
+
+    def flops(self, in_shape):
+        m, k, n = self.gemms(in_shape)["forward"][0]
+        mm = 2 * m * k * n
+        bias = m * n if self.bias else 0
+        return mm + bias, 2 * mm + bias, mm + bias
+
+    def gemms(self, in_shape):
+        b, c, _, _ = in_shape
+        _, o, ho, wo = self.output_shape(in_shape)
+        m, k = b * ho * wo, c * self.kernel[0] * self.kernel[1]
+        return {"forward": [(m, k, o)], "backward": [(o, m, k)], "backward_input": [(m, o, k)]}
+
+    def workspace(self, in_shape, itemsize):
+        b, c, h, w = in_shape
+        _, o, ho, wo = self.output_shape(in_shape)
+        ph, pw = self.padding
+        padded = b * c * (h + 2 * ph) * (w + 2 * pw) * itemsize if (ph or pw) else 0
+        m, k = b * ho * wo, c * self.kernel[0] * self.kernel[1]
+        cols, ym = m * k * itemsize, m * o * itemsize
+        forward = max(padded + cols, cols + ym, ym)
+        # backward: gm with (xp + cols), then gm + gcols, then gcols + grad of the padded input
+        gxp = b * c * (h + 2 * ph) * (w + 2 * pw) * itemsize
+        backward = max(ym + padded + cols, ym + cols, ym + cols + (o * k * itemsize), cols + gxp)
+        return forward, backward
+
+    def describe(self):
+        return (f"conv2d({self.out_channels}, k={self.kernel[0]}x{self.kernel[1]}, "
+                f"s={self.stride[0]}, p={self.padding[0]})")
+
+
+class MaxPool2d(Layer):
+    """Max over kh x kw windows; ties pick the first maximum in row-major window order
+    (as PyTorch). backward finds the maxima again from the input."""
+
+    kind = "maxpool2d"
+
+    def __init__(self, kernel=2, stride=None, padding=0):
+        super().__init__()
+        self.kernel = _pair(kernel)
+        self.stride = _pair(stride) if stride is not None else self.kernel
+        if padding:
+            raise ValueError("maxpool2d: padding is not supported")
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 4:
+            raise ValueError(f"maxpool2d needs an NCHW input, got shape {in_shape}")
+        b, c, h, w = in_shape
+        ho, wo = _out(h, self.kernel[0], self.stride[0], 0), _out(w, self.kernel[1], self.stride[1], 0)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"maxpool2d kernel {self.kernel} is larger than the {h}x{w} input")
+        return (b, c, ho, wo)
+
+    def _argmax(self, x):
+        """(max values, index of the first maximum in each window as r*kw + s)."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        _, _, ho, wo = self.output_shape(x.shape)
+        best = np.array(_window(x, 0, 0, ho, wo, sh, sw))
+        index = np.zeros(best.shape, dtype=np.int16)
+        for r in range(kh):
+            for s in range(kw):
+                if r == 0 and s == 0:
+                    continue
+                tap = _window(x, r, s, ho, wo, sh, sw)
+                larger = tap > best
+                np.copyto(best, tap, where=larger)
+                index[larger] = r * kw + s
+        return best, index
+
+    def forward(self, x):
+        return self._argmax(x)[0], x
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        if not need_input_grad:
+            return None, {}
+        x = saved
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        _, _, ho, wo = grad_y.shape
+        _, index = self._argmax(x)
+        grad_x = np.zeros_like(x)
+        zero = grad_y.dtype.type(0)
+        for r in range(kh):
+            for s in range(kw):
+                _window(grad_x, r, s, ho, wo, sh, sw)[...] += np.where(index == r * kw + s, grad_y, zero)
+        return grad_x, {}
+
+    def flops(self, in_shape):
+        n = math.prod(self.output_shape(in_shape)) * self.kernel[0] * self.kernel[1]
+        return n, 2 * n, 0
+
+    def workspace(self, in_shape, itemsize):
+        n = math.prod(self.output_shape(in_shape))
+        # forward: index (int16) and one boolean mask; backward adds the recomputed maxima
+        # and a masked gradient per tap
+        return n * (2 + 1), n * (itemsize + 2 + 1 + itemsize)
+
+    def describe(self):
+        return f"maxpool2d({self.kernel[0]}x{self.kernel[1]}, s={self.stride[0]})"
+
+
+class Flatten(Layer):
+    """(batch, ...) -> (batch, features). The output is a copy so that it is a buffer of
+    its own, which the memory model counts like every other layer output."""
+
+    kind = "flatten"
+
+    def output_shape(self, in_shape):
+        return (in_shape[0], math.prod(in_shape[1:]))
+
+    def saved_of(self, x):
+        return x.shape
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1).copy(), x.shape
+
+    def backward(self, grad_y, saved, need_input_grad=True):
+        if not need_input_grad:
+            return None, {}
+        return grad_y.reshape(saved).copy(), {}
+
+    def flops(self, in_shape):
+        return 0, 0, 0
+
+
+LAYER_TYPES = {"linear": Linear, "relu": ReLU, "gelu": GELU, "conv2d": Conv2d,
+               "maxpool2d": MaxPool2d, "flatten": Flatten}

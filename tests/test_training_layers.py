@@ -1,0 +1,184 @@
+"""Layer and loss gradients against central finite differences in float64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sysbench.training import layers as L
+from sysbench.training import network
+from sysbench.training.losses import MSE, SoftmaxCrossEntropy
+from sysbench.training.optim import SGD
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of scalar f() with respect to every element of x (in place)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return g
+
+
+def check_layer(layer, in_shape, seed=0, positive_margin=False):
+    rng = np.random.default_rng(seed)
+    layer.build(in_shape, np.random.default_rng([seed, 7]))
+    layer.astype(np.float64)
+    x = rng.standard_normal(in_shape)
+    if positive_margin:  # keep inputs away from kinks (ReLU at 0, max-pool ties)
+        x = np.sign(x) * (np.abs(x) + 0.05)
+    y, _ = layer.forward(x)
+    assert y.shape == layer.out_shape and y.dtype == np.float64
+    r = rng.standard_normal(y.shape)  # objective: sum(y * r), so d/dy = r
+
+    def objective():
+        return float(np.sum(layer.forward(x)[0] * r))
+
+    grad_x, grads = layer.backward(r, layer.saved_of(x))
+    np.testing.assert_allclose(grad_x, numeric_grad(objective, x), rtol=1e-6, atol=1e-7)
+    assert set(grads) == set(layer.params)
+    for name, p in layer.params.items():
+        np.testing.assert_allclose(grads[name], numeric_grad(objective, p), rtol=1e-6, atol=1e-7)
+    none, grads2 = layer.backward(r, layer.saved_of(x), need_input_grad=False)
+    assert none is None
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], grads2[name])
+
+
+def test_linear():
+    check_layer(L.Linear(5), (4, 7))
+    check_layer(L.Linear(1, bias=False), (1, 3))
+
+
+def test_relu():
+    check_layer(L.ReLU(), (3, 11), positive_margin=True)
+
+
+def test_gelu():
+    check_layer(L.GELU(), (4, 9))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    (3, 1, 1, (2, 3, 6, 5)),
+    (3, 2, 0, (1, 2, 7, 7)),
+    ((2, 3), (2, 1), (1, 0), (2, 2, 5, 6)),
+    (1, 1, 0, (1, 4, 3, 3)),
+    (5, 3, 2, (1, 1, 4, 4)),  # stride > kernel / 2, ragged windows
+])
+def test_conv2d(kernel, stride, padding, shape):
+    check_layer(L.Conv2d(3, kernel, stride, padding), shape)
+
+
+def test_conv2d_matches_direct_definition():
+    """The im2col forward against a loop over outputs straight from the definition."""
+    rng = np.random.default_rng(3)
+    layer = L.Conv2d(2, kernel=3, stride=2, padding=1)
+    layer.build((1, 2, 5, 4), rng)
+    layer.astype(np.float64)
+    x = rng.standard_normal((1, 2, 5, 4))
+    y, _ = layer.forward(x)
+    w, b = layer.params["weight"], layer.params["bias"]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for o in range(2):
+        for i in range(y.shape[2]):
+            for j in range(y.shape[3]):
+                patch = xp[0, :, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3]
+                assert y[0, o, i, j] == pytest.approx(np.sum(patch * w[o]) + b[o], rel=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride,shape", [(2, None, (2, 3, 6, 4)), (3, 2, (1, 2, 7, 7)), (2, 1, (1, 1, 4, 5))])
+def test_maxpool(kernel, stride, shape):
+    rng = np.random.default_rng(1)
+    layer = L.MaxPool2d(kernel, stride)
+    layer.build(shape, rng)
+    # distinct values, so no window has a tie and differences stay on one side
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float64) * 0.1
+    y, _ = layer.forward(x)
+    r = rng.standard_normal(y.shape)
+    grad_x, _ = layer.backward(r, layer.saved_of(x))
+    np.testing.assert_allclose(grad_x, numeric_grad(lambda: float(np.sum(layer.forward(x)[0] * r)), x, 1e-4),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_maxpool_ties_pick_the_first_maximum():
+    layer = L.MaxPool2d(2)
+    layer.build((1, 1, 2, 2), None)
+    x = np.ones((1, 1, 2, 2))
+    grad_x, _ = layer.backward(np.ones((1, 1, 1, 1)), x)
+    assert grad_x.tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]]
+
+
+def test_flatten():
+    check_layer(L.Flatten(), (2, 3, 2, 2))
+
+
+def test_losses():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((5, 4))
+    target = rng.integers(0, 4, 5)
+    ce = SoftmaxCrossEntropy()
+    loss, grad = ce.forward_backward(logits, target)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert loss == pytest.approx(-np.mean(np.log(p[np.arange(5), target])), rel=1e-12)
+    np.testing.assert_allclose(grad, numeric_grad(lambda: ce.forward_backward(logits, target)[0], logits),
+                               rtol=1e-6, atol=1e-8)
+    mse = MSE()
+    out, tgt = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    loss, grad = mse.forward_backward(out, tgt)
+    assert loss == pytest.approx(np.mean((out - tgt) ** 2), rel=1e-12)
+    np.testing.assert_allclose(grad, numeric_grad(lambda: mse.forward_backward(out, tgt)[0], out), rtol=1e-6, atol=1e-9)
+
+
+def test_whole_network_gradient_float64():
+    """Chained forward/backward of a small CNN equals finite differences of the loss."""
+    net = network.from_specs([{"type": "conv2d", "out_channels": 2, "kernel": 3, "padding": 1}, "gelu",
+                              "maxpool2d", "flatten", "linear:3"], (2, 1, 4, 4), seed=5, dtype=np.float64)
+    x, target = net.make_batch(1)
+
+    def loss():
+        a = x
+        for i in range(net.n):
+            a = net.forward_layer(i, a)[0]
+        return net.loss_and_grad(a, target)[0]
+
+    acts, saved = [x], []
+    for i in range(net.n):
+        y, s = net.forward_layer(i, acts[-1])
+        acts.append(y)
+        saved.append(s)
+    _, g = net.loss_and_grad(acts[-1], target)
+    grads = [None] * net.n
+    for i in reversed(range(net.n)):
+        g, grads[i] = net.backward_layer(i, g, saved[i], need_input_grad=i > 0)
+    for i in (0, 4):
+        w = net.layers[i].params["weight"]
+        np.testing.assert_allclose(grads[i]["weight"], numeric_grad(loss, w), rtol=1e-5, atol=1e-8)
+
+
+def test_init_is_deterministic_by_seed_and_float32():
+    a, b, c = network.mlp(2, 8, 4, seed=1), network.mlp(2, 8, 4, seed=1), network.mlp(2, 8, 4, seed=2)
+    assert a.layers[0].params["weight"].dtype == np.float32
+    assert np.array_equal(a.layers[2].params["weight"], b.layers[2].params["weight"])
+    assert not np.array_equal(a.layers[2].params["weight"], c.layers[2].params["weight"])
+
+
+def test_sgd_step():
+    net = network.mlp(1, 3, 2)
+    w0 = net.layers[0].params["weight"].copy()
+    g = np.full_like(w0, 2.0)
+    SGD(lr=0.5).step(net.layers[:1], [{"weight": g, "bias": np.zeros(3, np.float32)}])
+    np.testing.assert_array_equal(net.layers[0].params["weight"], w0 - np.float32(1.0))
+
+
+def test_bad_specs_are_clear_errors():
+    with pytest.raises(ValueError, match="layer 2"):
+        network.from_specs(["linear:4", "softmax"], (2, 3))
+    with pytest.raises(ValueError, match="flatten"):
+        network.from_specs([{"type": "conv2d", "out_channels": 2, "kernel": 3}, "linear:4"], (1, 1, 4, 4))
+    with pytest.raises(ValueError, match="does not fit"):
+        network.from_specs([{"type": "conv2d", "out_channels": 2, "kernel": 5}], (1, 1, 4, 4))
