@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import report, results, suite as suite_mod
+from . import compare as compare_mod, report, results, suite as suite_mod
 from .runner import InputError, resolve_threads, run_case
 from .workloads import registry
 
@@ -31,8 +31,16 @@ def run(
     filter_text: Optional[str] = typer.Option(None, "--filter", "-k", help="run only cases whose id contains TEXT"),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="kernel threads (default 1; 0 = all cores)"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="override every case's repeats"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="compare the run against this result (as `compare`)"),
+    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold", help="with --baseline: slowdown ratio that counts"),
 ) -> None:
     """Run suites: validate every case, print a report, write a versioned JSON result."""
+    base_document = None
+    if baseline is not None:
+        try:
+            base_document = compare_mod.load(baseline)
+        except compare_mod.CompareError as exc:
+            fail(str(exc))
     specs = suites or ["quick"]
     loaded, problems = [], []
     for spec in specs:
@@ -77,8 +85,17 @@ def run(
         report.stderr.print(f"result written to {output}")
     if as_json:
         sys.stdout.write(results.dumps(document))
-    if not all(r.passed for r in done):
-        raise typer.Exit(1)
+    code = 0 if all(r.passed for r in done) else 1
+    if base_document is not None:
+        try:
+            comparison = compare_mod.compare_documents(base_document, document, str(baseline),
+                                                       str(output or "this run"), threshold)
+        except compare_mod.CompareError as exc:
+            fail(str(exc))
+        report.render_comparison(comparison)
+        code = max(code, comparison.exit_code)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("list")
@@ -116,6 +133,48 @@ def show(file: Path = typer.Argument(..., help="a result JSON written by `sysben
     report.stderr.print(f"[bold]{document.get('suite')}[/bold] · created {document.get('created')}")
     report.render_cases(document)
     report.render_summary(document)
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="the baseline result JSON"),
+    new: Path = typer.Argument(..., help="the result JSON to judge"),
+    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold", help="slowdown ratio new/base that counts as a regression (when also significant)"),
+    alpha: float = typer.Option(compare_mod.DEFAULT_ALPHA, "--alpha", help="significance level of the Mann-Whitney U test"),
+    as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
+) -> None:
+    """Compare two results. Exit 0 no regression, 1 regression or model change, 2 bad files."""
+    try:
+        comparison = compare_mod.compare_files(base, new, threshold, alpha)
+    except compare_mod.CompareError as exc:
+        fail(str(exc))
+    report.render_comparison(comparison)
+    if as_json:
+        sys.stdout.write(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    raise typer.Exit(comparison.exit_code)
+
+
+@app.command("report")
+def report_(
+    file: Path = typer.Argument(..., help="a result JSON written by `sysbench run`"),
+    html: Optional[Path] = typer.Option(None, "--html", help="write an HTML report with the plots here"),
+    png: Optional[Path] = typer.Option(None, "--png", help="write each plot as a PNG into this folder"),
+) -> None:
+    """Plots of a saved result (needs matplotlib: pip install 'sysbench[plot]')."""
+    if html is None and png is None:
+        fail("say where to write the report: --html OUT.html and/or --png FOLDER")
+    try:
+        document = results.load(file)
+    except results.ResultError as exc:
+        fail(str(exc))
+    try:
+        written = report.write_plots(document, html=html, png_dir=png, source=str(file))
+    except report.PlotUnavailable as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or html or png}: cannot write the report: {exc.strerror or exc}")
+    for path in written:
+        report.stderr.print(f"written {path}", highlight=False)
 
 
 def main() -> None:

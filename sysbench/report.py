@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .plots import PlotUnavailable  # noqa: F401  (re-exported for the CLI)
 from .workloads import registry
 
 stderr = Console(stderr=True)
@@ -58,7 +60,7 @@ def render_cases(document: dict, console: Console = stderr) -> None:
             workload = kinds.get(case["kind"])
             summary = workload.summary(case["metrics"]) if workload else case["metrics"]
             timing = case.get("timing") or {}
-            table.add_row(case["id"].split("/", 1)[-1], _array_cell(case["array"]),
+            table.add_row(escape(case["id"].split("/", 1)[-1]), _array_cell(case["array"]),
                           fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
                           fmt_time(timing.get("median_s")), _validation_cell(case))
         console.print(table)
@@ -74,6 +76,170 @@ def render_summary(document: dict, console: Console = stderr) -> None:
     validated = sum(1 for c in cases if c.get("validation"))
     if failed:
         console.print(f"[red]{len(failed)} of {len(cases)} case(s) failed validation:[/red] "
-                      + ", ".join(c["id"] for c in failed))
+                      + escape(", ".join(c["id"] for c in failed)))
     else:
         console.print(f"[green]{len(cases)} case(s) ran; {validated} validated, all passed[/green]")
+    render_stability(document, console)
+
+
+def render_stability(document: dict, console: Console = stderr) -> None:
+    """Warn about cases whose timing samples vary too much to be compared."""
+    from .results import STABILITY_CV, unstable_cases
+
+    limit = (document.get("settings") or {}).get("stability_cv", STABILITY_CV)
+    for case in unstable_cases(document):
+        timing = case["timing"]
+        console.print(f"[yellow]warning:[/yellow] {escape(case['id'])}: unstable timing "
+                      f"(cv {100 * timing['cv']:.1f}% > {100 * limit:.0f}% over {timing.get('repeats')} "
+                      f"samples); rerun with more --repeats on a quieter machine", highlight=False)
+
+
+_VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "same": "dim",
+                  "no timing": "dim", "model change": "bold red", "validation failed": "bold red"}
+
+
+def _verdict_cell(verdict: str) -> str:
+    parts = []
+    for part in verdict.split("; "):
+        style = _VERDICT_STYLE.get(part, "yellow")
+        parts.append(f"[{style}]{part}[/{style}]")
+    return "; ".join(parts)
+
+
+def _short_value(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def render_comparison(comparison, console: Console = stderr, max_changes: int = 8) -> None:
+    """The compare table (case, base, new, ratio, p, verdict), model changes, warnings, summary."""
+    table = Table(title=escape(f"{comparison.base} -> {comparison.new} "
+                               f"(threshold {comparison.threshold:g}x, alpha {comparison.alpha:g})"),
+                  title_justify="left", header_style="bold")
+    table.add_column("case", overflow="fold")
+    table.add_column("base", justify="right")
+    table.add_column("new", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("p", justify="right")
+    table.add_column("verdict", overflow="fold")
+    for case in comparison.cases:
+        ratio = "-" if case.ratio is None else f"{case.ratio:.2f}x"
+        p = "-" if case.p_value is None else f"{case.p_value:.2g}"
+        flag = " [yellow](unstable)[/yellow]" if case.unstable else ""
+        table.add_row(escape(case.id), fmt_time(case.base_s), fmt_time(case.new_s), ratio, p,
+                      _verdict_cell(case.verdict) + flag)
+    console.print(table)
+    for case in comparison.cases:
+        if not case.model_changes:
+            continue
+        console.print(f"[bold red]model change[/bold red] {escape(case.id)}:", highlight=False)
+        for change in case.model_changes[:max_changes]:
+            console.print(escape(f"    {change['path']}: {_short_value(change['old'])} -> "
+                                 f"{_short_value(change['new'])}"), highlight=False)
+        if len(case.model_changes) > max_changes:
+            console.print(f"    ... and {len(case.model_changes) - max_changes} more (see --json)")
+    for label, ids in (("only in base", comparison.only_in_base), ("only in new", comparison.only_in_new)):
+        if ids:
+            console.print(f"[yellow]{label} ({len(ids)}):[/yellow] " + escape(", ".join(ids)), highlight=False)
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    counts = [f"{len(comparison.cases)} compared", f"{len(comparison.regressions)} regression(s)",
+              f"{len(comparison.model_changes)} model change(s)",
+              f"{len(comparison.improvements)} improvement(s)"]
+    if comparison.validation_failures:
+        counts.append(f"{len(comparison.validation_failures)} validation failure(s)")
+    style = "red" if comparison.exit_code else "green"
+    console.print(f"[{style}]{', '.join(counts)}[/{style}]")
+
+
+# ----------------------------------------------------------------------------------------
+# HTML / PNG report
+
+
+def write_plots(document: dict, html=None, png_dir=None, source: str = "") -> list:
+    """Render the plots of a result; write an HTML page (plots embedded) and/or one PNG per plot.
+
+    Raises PlotUnavailable (one line, with the install command) without matplotlib."""
+    import io
+    from pathlib import Path
+
+    from . import plots
+
+    figures = plots.build_plots(document)
+    images = {}
+    for plot in figures:
+        buffer = io.BytesIO()
+        plot.figure.savefig(buffer, format="png", dpi=100)
+        images[plot.id] = buffer.getvalue()
+    written = []
+    if png_dir is not None:
+        folder = Path(png_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for plot in figures:
+            target = folder / f"{plot.id}.png"
+            target.write_bytes(images[plot.id])
+            written.append(target)
+    if html is not None:
+        target = Path(html)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(html_page(document, figures, images, source), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}
+th{background:#f3f3f3;text-align:left}td.n{text-align:right}img{max-width:100%;border:1px solid #eee}
+.warn{color:#a60}.fail{color:#c00}.ok{color:#070}figcaption{color:#555;font-size:13px}"""
+
+
+def html_page(document: dict, figures, images: dict, source: str = "") -> str:
+    import base64
+    from html import escape
+
+    kinds = registry()
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sysbench report: "
+             f"{escape(str(document.get('suite', '')))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>sysbench report: {escape(str(document.get('suite', '')))}</h1>",
+             f"<p>{escape(source)} · created {escape(str(document.get('created', '?')))}</p>"]
+    machine = document.get("machine") or {}
+    parts.append("<h2>Machine</h2><table>" + "".join(
+        f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in machine.items()) + "</table>")
+    if figures:
+        parts.append("<h2>Plots</h2><ul>" + "".join(
+            f"<li><a href='#plot-{escape(p.id)}'>{escape(p.title)}</a></li>" for p in figures) + "</ul>")
+    else:
+        parts.append("<p>No plots: the result holds no case of a plotted kind "
+                     "(gemm/conv2d suites, sparse_gemm, tconv2d, train_recompute, train_distributed).</p>")
+    for plot in figures:
+        data = base64.b64encode(images[plot.id]).decode("ascii")
+        parts.append(f"<section id='plot-{escape(plot.id)}'><h3>{escape(plot.title)}</h3><figure>"
+                     f"<img alt='{escape(plot.title)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{escape(plot.caption)}</figcaption></figure></section>")
+    parts.append("<h2>Cases</h2><table><tr><th>case</th><th>kind</th><th>array</th><th>cycles</th>"
+                 "<th>util</th><th>time (median)</th><th>cv</th><th>validation</th></tr>")
+    for case in document.get("cases", []):
+        workload = kinds.get(case.get("kind"))
+        metrics = case.get("metrics") or {}
+        summary = workload.summary(metrics) if workload else metrics
+        timing = case.get("timing") or {}
+        cv = timing.get("cv")
+        cv_cell = "-" if cv is None else (f"<span class='warn'>{100 * cv:.0f}% unstable</span>"
+                                          if timing.get("stable") is False else f"{100 * cv:.1f}%")
+        v = case.get("validation")
+        if case.get("error"):
+            v_cell = f"<span class='fail'>error: {escape(str(case['error']))}</span>"
+        elif v is None:
+            v_cell = "model only"
+        else:
+            v_cell = (f"<span class='{'ok' if v.get('passed') else 'fail'}'>"
+                      f"{'ok' if v.get('passed') else 'FAIL'}</span> {escape(str(v.get('reference', '')))}")
+        array = case.get("array") or {}
+        parts.append(f"<tr><td>{escape(str(case.get('id')))}</td><td>{escape(str(case.get('kind')))}</td>"
+                     f"<td>{escape(str(array.get('name', '')))}</td>"
+                     f"<td class='n'>{escape(fmt_int(summary.get('cycles')))}</td>"
+                     f"<td class='n'>{escape(fmt_pct(summary.get('utilization')))}</td>"
+                     f"<td class='n'>{escape(fmt_time(timing.get('median_s')))}</td>"
+                     f"<td class='n'>{cv_cell}</td><td>{v_cell}</td></tr>")
+    parts.append("</table></body></html>\n")
+    return "\n".join(parts)

@@ -16,6 +16,14 @@ from . import __version__
 
 SCHEMA = "sysbench.result/1"
 
+# A case whose timing samples vary more than this (standard deviation / mean) is flagged
+# unstable: pyperf warns at the same 10%. Its timings should not be trusted for a comparison.
+STABILITY_CV = 0.10
+
+# Environment variables that change how many threads BLAS/OpenMP use, or which kernels they pick.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
 
 class ResultError(Exception):
     """A result file that cannot be read or is not a sysbench result."""
@@ -41,6 +49,38 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _git_dirty() -> bool | None:
+    """True when the working tree has uncommitted changes to tracked files."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _compiler_version(cc: str | None) -> str | None:
+    """First line of `CC --version` (the compiler that built the extensions, as Python records it)."""
+    if not cc:
+        return None
+    try:
+        out = subprocess.run(cc.split()[:1] + ["--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def _version_of(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # not installed, or no metadata
+        return None
+
+
 def _blas() -> str | None:
     try:
         config = np.show_config(mode="dicts")
@@ -53,18 +93,25 @@ def _blas() -> str | None:
 def machine_info(threads: int) -> dict:
     from . import openmp_enabled
 
+    cc = sysconfig.get_config_var("CC")
     info = {
         "cpu": _cpu_model(),
+        "arch": platform.machine(),
         "cores": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
         "numpy": np.__version__,
         "blas": _blas(),
-        "compiler": sysconfig.get_config_var("CC"),
+        "compiler": cc,
+        "compiler_version": _compiler_version(cc),
+        "cython": _version_of("Cython"),
         "openmp": openmp_enabled(),
         "sysbench": __version__,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
+        "env": {name: os.environ[name] for name in THREAD_ENV if name in os.environ},
     }
     try:
         from ._kernels import systolic
@@ -75,7 +122,32 @@ def machine_info(threads: int) -> dict:
     return info
 
 
+def stability(samples: list[float], limit: float = STABILITY_CV) -> tuple[float | None, bool | None]:
+    """(coefficient of variation, stable?) of timing samples; (None, None) below two samples."""
+    if len(samples) < 2:
+        return None, None
+    values = np.asarray(samples, dtype=np.float64)
+    mean = float(values.mean())
+    cv = float(values.std(ddof=1) / mean) if mean > 0 else 0.0
+    return cv, cv <= limit
+
+
+def mark_stability(case: dict, limit: float = STABILITY_CV) -> dict:
+    """Add `cv` and `stable` to a case's timing (in place; returns the case)."""
+    timing = case.get("timing")
+    if isinstance(timing, dict) and isinstance(timing.get("samples_s"), list):
+        timing["cv"], timing["stable"] = stability(timing["samples_s"], limit)
+    return case
+
+
+def unstable_cases(document: dict) -> list[dict]:
+    """Cases whose timing was flagged unstable (cv above the threshold)."""
+    return [c for c in document.get("cases", [])
+            if isinstance(c.get("timing"), dict) and c["timing"].get("stable") is False]
+
+
 def build_document(suites: list[str], results, threads: int, settings: dict) -> dict:
+    settings = {**settings, "stability_cv": STABILITY_CV}
     return {
         "schema": SCHEMA,
         "suite": "+".join(suites),
@@ -83,7 +155,7 @@ def build_document(suites: list[str], results, threads: int, settings: dict) -> 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
         "settings": settings,
-        "cases": [r.to_dict() for r in results],
+        "cases": [mark_stability(r.to_dict()) for r in results],
     }
 
 
