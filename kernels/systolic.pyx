@@ -165,7 +165,7 @@ def gemm_f32(a, b, fold_depth, chain, threads=1):
         kc, mode = CHAIN_KC, SB_CHAIN
     else:
         kc, mode = _positive_int(fold_depth, "fold_depth"), SB_FOLD
-    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)  # first K block stores
     if _gemm_f32_shim(a, b, out, kc, mode, threads, _isa) != 0:
         raise MemoryError("could not allocate the packing buffers")
     return out
@@ -243,7 +243,7 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
                     j0 = (t % tn) * ncc
                     rows = mc if mb - i0 > mc else mb - i0
                     cols = ncc if nb - j0 > ncc else nb - j0
-                    sb_macro(isa_code, mode, kc, rows, cols,
+                    sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, cols,
                              pa + (i0 // mr) * mr * kc, pb + (j0 // nr) * nr * kc,
                              C + (ib + i0) * N + jc + j0, N)
                 jc += nb

@@ -11,6 +11,9 @@
  * Micro-kernel modes, on one MR x NR tile of C:
  *   SB_FOLD  (fold order): acc = +0; acc = fma(a, b, acc) over the kc k's; C = C + acc
  *   SB_CHAIN (chain order): acc = C;  acc = fma(a, b, acc) over the kc k's; C = acc
+ *   SB_FOLD_FIRST / SB_CHAIN_FIRST: the first K block, as if C held +0 (C is not read):
+ *     fold stores C = +0 + acc (turns a -0 psum into +0, as out = +0 + psum does),
+ *     chain starts from acc = +0 and stores C = acc.
  */
 #ifndef SYSBENCH_SYSTOLIC_MICRO_H
 #define SYSBENCH_SYSTOLIC_MICRO_H
@@ -29,6 +32,9 @@
 
 #define SB_FOLD 0
 #define SB_CHAIN 1
+/* first K block: C is not read (it may be uninitialised); fold stores +0 + acc */
+#define SB_FOLD_FIRST 2
+#define SB_CHAIN_FIRST 3
 
 #define SB_ISA_SCALAR 0
 #define SB_ISA_AVX2 1
@@ -140,8 +146,10 @@ static void sb_uk_scalar(long kc, const float *a, const float *b, float *c, long
     }
     for (i = 0; i < SB_S_MR; i++)
         for (j = 0; j < SB_S_NR; j++) {
-            if (mode == SB_CHAIN)
+            if (mode == SB_CHAIN || mode == SB_CHAIN_FIRST)
                 c[i * ldc + j] = acc[i * SB_S_NR + j];
+            else if (mode == SB_FOLD_FIRST)
+                c[i * ldc + j] = 0.0f + acc[i * SB_S_NR + j];
             else
                 c[i * ldc + j] = c[i * ldc + j] + acc[i * SB_S_NR + j];
         }
@@ -181,11 +189,17 @@ static void sb_uk_avx2(long kc, const float *a, const float *b, float *c, long l
         a += SB_A2_MR;
         b += SB_A2_NR;
     }
-    if (mode == SB_CHAIN) {
+    if (mode == SB_CHAIN || mode == SB_CHAIN_FIRST) {
 #define SB_A2_STORE(i) _mm256_storeu_ps(c + (i) * ldc, c##i##0); \
                        _mm256_storeu_ps(c + (i) * ldc + 8, c##i##1);
         SB_A2_ROWS(SB_A2_STORE)
 #undef SB_A2_STORE
+    } else if (mode == SB_FOLD_FIRST) {
+        const __m256 z = _mm256_setzero_ps();
+#define SB_A2_ADDZ(i) _mm256_storeu_ps(c + (i) * ldc, _mm256_add_ps(z, c##i##0)); \
+                      _mm256_storeu_ps(c + (i) * ldc + 8, _mm256_add_ps(z, c##i##1));
+        SB_A2_ROWS(SB_A2_ADDZ)
+#undef SB_A2_ADDZ
     } else {
 #define SB_A2_ADD(i) \
         _mm256_storeu_ps(c + (i) * ldc, _mm256_add_ps(_mm256_loadu_ps(c + (i) * ldc), c##i##0)); \
@@ -231,11 +245,17 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
         a += SB_A5_MR;
         b += SB_A5_NR;
     }
-    if (mode == SB_CHAIN) {
+    if (mode == SB_CHAIN || mode == SB_CHAIN_FIRST) {
 #define SB_A5_STORE(i) _mm512_storeu_ps(c + (i) * ldc, c##i##_0); \
                        _mm512_storeu_ps(c + (i) * ldc + 16, c##i##_1);
         SB_A5_ROWS(SB_A5_STORE)
 #undef SB_A5_STORE
+    } else if (mode == SB_FOLD_FIRST) {
+        const __m512 z = _mm512_setzero_ps();
+#define SB_A5_ADDZ(i) _mm512_storeu_ps(c + (i) * ldc, _mm512_add_ps(z, c##i##_0)); \
+                      _mm512_storeu_ps(c + (i) * ldc + 16, _mm512_add_ps(z, c##i##_1));
+        SB_A5_ROWS(SB_A5_ADDZ)
+#undef SB_A5_ADDZ
     } else {
 #define SB_A5_ADD(i) \
         _mm512_storeu_ps(c + (i) * ldc, _mm512_add_ps(_mm512_loadu_ps(c + (i) * ldc), c##i##_0)); \
