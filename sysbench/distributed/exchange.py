@@ -1,0 +1,141 @@
+"""Run a Plan over real MPI ranks: compute layer by layer, exchange gradients with
+non-blocking MPI Iallreduce, progress them between layer computations.
+
+MPICH progresses a non-blocking collective only inside MPI calls unless its asynchronous
+progress thread is on (MPIR_CVAR_ASYNC_PROGRESS=1). So after every layer computation the
+executor tests every outstanding request (`polls` rounds of MPI_Test), which is what moves
+the messages along; with the progress thread the tests only observe completion.
+
+A program is any object with:
+    layer_sizes                 gradient elements per layer (float32)
+    start_step(step)            load the step's batch
+    forward(l)                  forward of layer l
+    backward(l, grad)           backward of layer l; writes its weight gradient into `grad`
+                                (a float32 view of the flat buffer, layer l's slice)
+    update(l, grad, scale)      SGD on layer l with the reduced (summed) gradient times scale
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .schedules import Plan
+
+
+class Recorder:
+    """Per-rank events (type, step, id, start, end) on a clock shared after a barrier."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.events: list = []
+        self.issues: list = []       # (step, message id, after backward of layer)
+        self.completions: list = []  # (step, message id, start, stop)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def add(self, kind, step, ident, start, end):
+        self.events.append((kind, step, ident, start, end))
+
+
+def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1,
+             beat=None, fault=None) -> tuple[Recorder, list]:
+    """Train `steps` steps under `plan`; returns the recorder and the end of each step's backward.
+
+    `beat(step, phase)` is called as work completes (the watchdog's heartbeat); `fault` is a
+    test hook {"rank", "step", "mode": "die" | "hang"}.
+    """
+    from mpi4py import MPI
+
+    L = plan.layers
+    grads = np.zeros(plan.total_elements, dtype=np.float32)
+    layer_grad = [grads[plan.offsets[l]:plan.offsets[l + 1]] for l in range(L)]
+    views = [grads[m.start:m.stop] for m in plan.messages]
+    requests: dict = {}            # message id -> (request, issue time, step)
+    beat = beat or (lambda step, phase: None)
+    comm.Barrier()
+    rec = Recorder(time.perf_counter())
+    boundaries = []
+
+    def complete(mid, when):
+        _, issued, step = requests.pop(mid)
+        m = plan.messages[mid]
+        rec.add("allreduce", step, mid, issued, when)
+        rec.completions.append((step, mid, m.start, m.stop))
+
+    def progress():
+        # Drive MPI's progress engine and note what has finished.
+        for _ in range(polls):
+            for mid in list(requests):
+                if requests[mid][0].Test():
+                    complete(mid, rec.now())
+
+    for step in range(steps + 1):
+        if step < steps:
+            program.start_step(step)
+            beat(step, "forward")
+        for l in range(L):
+            if step > 0:
+                pending = [mid for mid in plan.wait_before_fwd[l] if mid in requests]
+                if pending:
+                    start = rec.now()
+                    for mid in pending:
+                        requests[mid][0].Wait()
+                        complete(mid, rec.now())
+                    rec.add("wait", step, l, start, rec.now())
+                    beat(step, f"waited for layer {l}")
+                for u in plan.update_before_fwd[l]:
+                    start = rec.now()
+                    program.update(u, layer_grad[u], scale)
+                    rec.add("update", step, u, start, rec.now())
+            if step == steps:
+                continue
+            start = rec.now()
+            program.forward(l)
+            rec.add("forward", step, l, start, rec.now())
+            progress()
+        if step == steps:
+            boundaries.append(rec.now())
+            break
+        for l in reversed(range(L)):
+            if fault and fault.get("rank") == comm.rank and fault.get("step") == step:
+                _inject(fault)
+            start = rec.now()
+            program.backward(l, layer_grad[l])
+            rec.add("backward", step, l, start, rec.now())
+            beat(step, f"backward of layer {l}")
+            for mid in plan.issue_after_bwd[l]:
+                requests[mid] = (comm.Iallreduce(MPI.IN_PLACE, views[mid], op=MPI.SUM), rec.now(), step)
+                rec.issues.append((step, mid, l))
+            progress()
+        boundaries.append(rec.now())
+    return rec, boundaries
+
+
+def _inject(fault):
+    import os
+    import signal
+    if fault.get("mode") == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault.get("mode") == "hang":
+        while True:
+            time.sleep(3600)
+
+
+def step_metrics(rec: Recorder, boundaries: list, first: int = 1) -> list:
+    """Per steady step k (k >= first): the window from the end of backward k-1 to that of k."""
+    from .simulator import clip_intervals, overlap_fraction, union_length
+    out = []
+    compute_types = ("forward", "backward", "update")
+    comm = [(a, b) for kind, _, _, a, b in rec.events if kind == "allreduce"]
+    for k in range(max(first, 1), len(boundaries) - 1):
+        lo, hi = boundaries[k - 1], boundaries[k]
+        compute = sum(b - a for kind, _, _, a, b in rec.events
+                      if kind in compute_types and a >= lo and b <= hi)
+        step_s = hi - lo
+        exposed = max(0.0, step_s - compute)
+        inflight = union_length(clip_intervals(comm, lo, hi))
+        out.append({"step_s": step_s, "compute_s": compute, "exposed_comm_s": exposed,
+                    "comm_inflight_s": inflight, "overlap_fraction": overlap_fraction(exposed, inflight)})
+    return out

@@ -1,0 +1,157 @@
+"""Launch a distributed job on this machine: `mpiexec -n R python -m sysbench.distributed.worker`,
+wait for it with a timeout, turn every way it can fail into one clear error.
+
+The job ends, never hangs: each rank's watchdog exits when it sees no progress for timeout_s
+(mpiexec then ends the others); as a backstop the launcher kills the whole process group when
+no rank has started a new step for timeout_s plus a grace period.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STARTUP_S = 60.0     # MPI start-up and imports, before the first heartbeat
+GRACE_S = 5.0
+
+
+class DistributedError(RuntimeError):
+    """The job failed: a rank died, hung, raised, or mpiexec could not start."""
+
+
+def in_mpi_job() -> bool:
+    """True when this process is one rank of a job of more than one rank (run under mpiexec)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(var, "1").isdigit() and int(os.environ.get(var, "1")) > 1:
+            return True
+    return False
+
+
+def find_mpiexec() -> str:
+    """SYSBENCH_MPIEXEC, else the mpiexec beside this Python (the mpich wheel puts it there), else PATH."""
+    env = os.environ.get("SYSBENCH_MPIEXEC")
+    if env:
+        return env
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if not found:
+        raise DistributedError("no mpiexec found: install the MPI wheel (pip install mpich) or set SYSBENCH_MPIEXEC")
+    return found
+
+
+def launch(spec: dict, ranks: int, timeout_s: float, threads: int = 1, async_progress: bool = False,
+           keep: Path | None = None) -> dict:
+    """Run `spec` on `ranks` local ranks; rank 0's result (with 'weights' loaded when written)."""
+    if not isinstance(ranks, int) or ranks < 1:
+        raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    spec = dict(spec, ranks=ranks, timeout_s=timeout_s)
+    tmp = tempfile.TemporaryDirectory(prefix="sysbench-mpi-")
+    outdir = Path(keep) if keep else Path(tmp.name)
+    outdir.mkdir(parents=True, exist_ok=True)
+    spec_path = outdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["MPIR_CVAR_ASYNC_PROGRESS"] = "1" if async_progress else "0"
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sysbench.distributed.worker",
+           str(spec_path), str(outdir)]
+    log = open(outdir / "mpiexec.log", "w+b")
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    except OSError as exc:
+        raise DistributedError(f"cannot start {cmd[0]}: {exc}") from None
+    try:
+        code = _wait(proc, outdir, ranks, timeout_s)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+        if code is None:
+            raise DistributedError(_explain(outdir, ranks, output, None,
+                                            f"the job made no progress for {timeout_s:g} s (timeout_s) and was killed"))
+        if code != 0 or not (outdir / "result.json").exists():
+            raise DistributedError(_explain(outdir, ranks, output, code, None))
+        result = json.loads((outdir / "result.json").read_text())
+        if (outdir / "weights.npy").exists():
+            result["weights"] = np.load(outdir / "weights.npy")
+        return result
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+        log.close()
+        tmp.cleanup()
+
+
+def _wait(proc, outdir: Path, ranks: int, timeout_s: float):
+    """mpiexec's exit code, or None after killing a job whose ranks stopped beating."""
+    started = time.monotonic()
+    last_change, last_seen = started, None
+    while True:
+        try:
+            return proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        beats = tuple(_read(outdir / f"rank{r}.beat") for r in range(ranks))
+        if beats != last_seen:
+            last_seen, last_change = beats, now
+        limit = timeout_s + GRACE_S + (STARTUP_S if not any(beats) else 0.0)
+        if now - last_change > limit:
+            _kill(proc)
+            return None
+
+
+def _kill(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
+    """One message: which rank failed and how, from the ranks' own reports and mpiexec's."""
+    errors = [_read(outdir / f"rank{r}.error") for r in range(ranks)]
+    errors = [e for e in errors if e]
+    pids = {}
+    for r in range(ranks):
+        text = _read(outdir / f"rank{r}.pid").split()
+        if text:
+            pids[text[0]] = r
+    lines = [headline] if headline else []
+    lines += errors
+    bad_pid = re.search(r"PID (\d+) RUNNING AT (\S+)\s*=\s*EXIT CODE: (\d+)", output)
+    if bad_pid and not errors:
+        pid, host, status = bad_pid.groups()
+        who = f"rank {pids[pid]}" if pid in pids else f"process {pid}"
+        status = int(status)
+        how = (f"was killed by signal {status} ({signal.Signals(status).name})"
+               if 0 < status < 32 and status in signal.Signals._value2member_map_ else f"exited with code {status}")
+        lines.append(f"{who} on {host} {how}; mpiexec ended the job")
+    if not lines:
+        tail = " | ".join(l.strip() for l in output.strip().splitlines()[-5:] if l.strip())
+        lines.append(f"mpiexec exited with code {code}" + (f": {tail}" if tail else ""))
+    missing = [r for r in range(ranks) if not _read(outdir / f"rank{r}.pid")]
+    if missing and len(missing) < ranks:
+        lines.append(f"ranks {missing} never started")
+    return "; ".join(lines)

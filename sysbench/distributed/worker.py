@@ -1,0 +1,287 @@
+"""The per-rank entry point of a distributed job.
+
+    mpiexec -n R python -m sysbench.distributed.worker SPEC.json OUTDIR
+
+Every rank runs the spec (a JSON object the launcher writes, see run_spec) and rank 0 writes
+OUTDIR/result.json with everything gathered. Each rank writes OUTDIR/rank<r>.pid at start,
+OUTDIR/rank<r>.beat at every step, and OUTDIR/rank<r>.error when it fails or its watchdog
+sees no progress for timeout_s seconds (then it exits, and mpiexec ends the other ranks).
+
+Under your own mpiexec (a cluster), run a suite's train_distributed cases instead:
+
+    mpiexec -n R [-f hosts] python -m sysbench.distributed.worker --suite distributed \
+        --filter mlp -o result.json
+
+which runs the cases whose `ranks` equals R on COMM_WORLD; rank 0 validates and writes the result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Watchdog:
+    """Ends this rank (and so the job) when no work completes for `timeout_s` seconds."""
+
+    def __init__(self, rank: int, timeout_s: float, outdir: Path | None):
+        self.rank, self.timeout_s, self.outdir = rank, timeout_s, outdir
+        self.last = time.monotonic()
+        self.where = "starting"
+        self.step = -1
+        self.stopped = False
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def beat(self, step, phase):
+        self.last = time.monotonic()
+        self.where = phase
+        if step != self.step:
+            self.step = step
+            if self.outdir:
+                (self.outdir / f"rank{self.rank}.beat").write_text(f"{step}\n")
+
+    def stop(self):
+        self.stopped = True
+
+    def _watch(self):
+        while not self.stopped:
+            time.sleep(min(0.1, self.timeout_s / 10))
+            idle = time.monotonic() - self.last
+            if idle > self.timeout_s and not self.stopped:
+                message = (f"rank {self.rank} made no progress for {idle:.1f} s (timeout_s = {self.timeout_s:g})"
+                           f" at step {self.step}, after {self.where}")
+                write_error(self.outdir, self.rank, message)
+                sys.stderr.write(f"sysbench worker: {message}\n")
+                sys.stderr.flush()
+                os._exit(75)
+
+
+def write_error(outdir, rank, message):
+    if outdir:
+        try:
+            (Path(outdir) / f"rank{rank}.error").write_text(message + "\n")
+        except OSError:
+            pass
+
+
+def calibrate(comm, sizes_bytes, repeats: int) -> dict:
+    """Median time of Iallreduce+Wait per size (the slowest rank's), and the alpha-beta fit."""
+    from mpi4py import MPI
+    from .costs import fit_alpha_beta
+    medians = []
+    for nbytes in sizes_bytes:
+        buf = np.ones(max(1, nbytes // 4), dtype=np.float32)
+        comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM).Wait()   # warm-up (connections, buffers)
+        samples = []
+        for _ in range(repeats):
+            comm.Barrier()
+            start = time.perf_counter()
+            comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM).Wait()
+            samples.append(time.perf_counter() - start)
+        medians.append(float(np.median(samples)))
+    times = np.array(medians)
+    comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)   # identical on every rank
+    sizes = [max(1, n // 4) * 4 for n in sizes_bytes]
+    out = {"sizes_bytes": sizes, "times_s": times.tolist()}
+    if comm.size > 1:
+        out.update(fit_alpha_beta(sizes, times, comm.size))
+    return out
+
+
+def make_program(spec, rank, ranks):
+    from .programs import BufferProgram, NetProgram
+    return BufferProgram(spec, rank, ranks) if spec.get("program") == "buffers" else NetProgram(spec, rank, ranks)
+
+
+def layer_times(rec, L, first_step=0):
+    """Median per-layer forward, backward and update seconds over the recorded steps."""
+    per = {k: [[] for _ in range(L)] for k in ("forward", "backward", "update")}
+    for kind, step, ident, a, b in rec.events:
+        if kind in per and step >= first_step:
+            per[kind][ident].append(b - a)
+    return {k: [float(np.median(v)) if v else 0.0 for v in lists] for k, lists in per.items()}
+
+
+def reduced_once(plan, completions) -> dict:
+    """Per step: does the set of completed all-reduces cover every gradient element exactly once?"""
+    by_step: dict = {}
+    for step, mid, start, stop in completions:
+        by_step.setdefault(step, []).append((start, stop))
+    ok = {}
+    for step, spans in by_step.items():
+        spans.sort()
+        pos, good = 0, True
+        for start, stop in spans:
+            good &= start == pos
+            pos = stop
+        ok[step] = good and pos == plan.total_elements
+    return ok
+
+
+def run_spec(comm, spec: dict, outdir: Path | None = None) -> dict | None:
+    """Run one spec on `comm`; rank 0 returns the gathered result, the others None."""
+    from mpi4py import MPI
+    from .costs import LinkCost
+    from .exchange import run_plan, step_metrics
+    from .schedules import make_plan
+    from .simulator import timeline_event
+
+    rank, ranks = comm.rank, comm.size
+    if spec.get("ranks") not in (None, ranks):
+        raise RuntimeError(f"the job has {ranks} ranks but the case asks for ranks = {spec['ranks']}")
+    dog = Watchdog(rank, spec.get("timeout_s", 60.0), outdir)
+    try:
+        if spec.get("mode") == "calibrate":
+            cal = calibrate(comm, spec["sizes_bytes"], spec.get("repeats", 5))
+            dog.stop()
+            return {"ranks": ranks, "calibration": cal} if rank == 0 else None
+        return _train(comm, spec, dog, outdir)
+    finally:
+        dog.stop()
+
+
+def _train(comm, spec, dog, outdir):
+    from mpi4py import MPI
+    from .costs import LinkCost
+    from .exchange import run_plan, step_metrics
+    from .schedules import make_plan
+    from .simulator import timeline_event
+
+    rank, ranks = comm.rank, comm.size
+    program = make_program(spec, rank, ranks)
+    sizes = program.layer_sizes
+    L = len(sizes)
+    scale = 1.0 / ranks
+    polls = spec.get("polls", 1)
+    calibration = None
+    if spec.get("cost"):
+        cost = LinkCost(spec["cost"]["alpha_s"], spec["cost"]["beta_s_per_byte"], ranks)
+    elif ranks > 1:
+        largest = max(spec.get("portion_bytes", 0), max(sizes) * 4, 4096)
+        sweep = sorted({4096, 65536, min(largest, 1 << 20), min(sum(sizes) * 4, 8 << 20)})
+        calibration = calibrate(comm, sweep, spec.get("calibrate_repeats", 5))
+        cost = LinkCost(calibration["alpha_s"], calibration["beta_s_per_byte"], ranks)
+    else:
+        cost = LinkCost(0.0, 0.0, 1)
+
+    # Probe: a few plain steps to measure each layer; every rank plans from the slowest rank's times.
+    probe = make_plan("sequential", sizes)
+    probe_steps = spec.get("probe_steps", 2)
+    rec, _ = run_plan(comm, program, probe, probe_steps, scale, polls, dog.beat)
+    times = layer_times(rec, L)
+    flat = np.array(times["forward"] + times["backward"] + times["update"], dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.MAX)
+    estimates = {"forward": flat[:L].tolist(), "backward": flat[L:2 * L].tolist(), "update": flat[2 * L:].tolist()}
+
+    plan = make_plan(spec["schedule"], sizes, bucket_bytes=spec.get("bucket_bytes", 25 << 20),
+                     portion_bytes=spec.get("portion_bytes", 64 << 10), bwd_s=estimates["backward"],
+                     cost=cost.allreduce_s)
+    program.step_offset = probe_steps
+    steps = spec.get("warmup", 1) + spec.get("repeats", 3) + 1
+    fault = spec.get("fault")
+    rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault)
+    dog.beat(steps, "training done")
+
+    first = 1 + spec.get("warmup", 1)
+    metrics = step_metrics(rec, boundaries, first)
+    measured_times = layer_times(rec, L, first)
+    weights = program.weights()
+    keep = spec.get("timeline_steps", 2)
+    timeline = [timeline_event(kind, step, ident, a, b, plan, rank)
+                for kind, step, ident, a, b in rec.events if step >= steps - keep]
+    mine = {
+        "rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
+        "weights_sha256": hashlib.sha256(weights.tobytes()).hexdigest(),
+        "steps": metrics, "layer_times": measured_times,
+        "reduced_once": all(reduced_once(plan, rec.completions).values()),
+        "reductions": len(rec.completions), "issues": rec.issues, "timeline": timeline,
+    }
+    gathered = comm.gather(mine, root=0)
+    if rank != 0:
+        return None
+    return {"ranks": ranks, "schedule": plan.schedule, "plan": plan.to_dict(),
+            "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
+            "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
+            "per_rank": gathered, "weights": weights}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--suite":
+        return suite_main(argv)
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m sysbench.distributed.worker SPEC.json OUTDIR\n"
+                         "   or: python -m sysbench.distributed.worker --suite SUITE [--filter TEXT] [-o FILE]\n")
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    outdir = Path(argv[1])
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    (outdir / f"rank{comm.rank}.pid").write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    try:
+        result = run_spec(comm, spec, outdir)
+    except Exception as exc:  # one line for the launcher, then end the whole job
+        write_error(outdir, comm.rank, f"rank {comm.rank}: {type(exc).__name__}: {exc}")
+        sys.stderr.write(f"sysbench worker rank {comm.rank}: {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        comm.Abort(3)
+        return 3
+    if result is not None:
+        weights = result.pop("weights", None)
+        if weights is not None:
+            np.save(outdir / "weights.npy", weights)
+        tmp = outdir / "result.json.tmp"
+        tmp.write_text(json.dumps(result))
+        tmp.replace(outdir / "result.json")
+    return 0
+
+
+def suite_main(argv) -> int:
+    """Run a suite's train_distributed cases inside an existing MPI job (see the module doc)."""
+    import argparse
+    from mpi4py import MPI
+    from .. import results, suite as suite_mod
+    from ..runner import run_case
+    parser = argparse.ArgumentParser(prog="python -m sysbench.distributed.worker")
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--filter", default=None)
+    parser.add_argument("-o", "--output", default=None)
+    args = parser.parse_args(argv)
+    comm = MPI.COMM_WORLD
+    try:
+        loaded = suite_mod.load(args.suite)
+    except suite_mod.SuiteError as exc:
+        if comm.rank == 0:
+            sys.stderr.write(f"error: {exc}\n")
+        return 2
+    cases = [c for c in loaded.cases if c.kind == "train_distributed" and c.params.get("mode") == "mpi"
+             and c.params["ranks"] == comm.size and (not args.filter or args.filter in c.id)]
+    if not cases:
+        if comm.rank == 0:
+            sys.stderr.write(f"error: {args.suite}: no train_distributed case with ranks = {comm.size}"
+                             + (f" matching {args.filter!r}" if args.filter else "") + "\n")
+        return 2
+    done = [run_case(case, 1) for case in cases]
+    if comm.rank == 0:
+        document = results.build_document([loaded.name], done, 1, {"mpiexec_ranks": comm.size})
+        text = results.dumps(document)
+        if args.output:
+            results.save(document, Path(args.output))
+        else:
+            sys.stdout.write(text)
+        ok = all(r.passed for r in done)
+        for r in done:
+            sys.stderr.write(f"{r.case.id}: {'passed' if r.passed else 'FAILED'}\n")
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
