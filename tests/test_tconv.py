@@ -1,0 +1,243 @@
+"""tconv2d numerics: the strided kernel, the zero-insertion baseline and the float64 direct
+reference agree on a grid of layers; the kernel's gather/scatter gives the bits of a numpy
+scatter in the same order; torch's conv_transpose2d agrees when torch is installed."""
+import itertools
+
+import numpy as np
+import pytest
+
+from sysbench._kernels import tconv
+from sysbench.hardware import Array
+from sysbench.numerics import random_operand
+from sysbench.workloads import tconv2d as T
+from sysbench.workloads._array import array_gemm, emulate
+
+ARRAYS = {
+    "ws8-fp32": Array(rows=8, cols=8, dataflow="ws", dtype="fp32"),  # K > 8 crosses folds
+    "os4-bf16": Array(rows=4, cols=4, dataflow="os", dtype="bf16"),
+    "is8-int8": Array(rows=8, cols=8, dataflow="is", dtype="int8"),
+}
+
+
+def grid():
+    """(batch, cin, cout, h, w, kernel, stride, padding, output_padding, dilation, groups):
+    strides 1-4 (rectangular too), paddings up to past the kernel, output_padding, dilation,
+    groups, odd sizes, stride > kernel."""
+    layers = []
+    for s in (1, 2, 3, 4):
+        for k, p, op in itertools.product((1, 2, 3, 4), (0, 1, 2), (0, s - 1)):
+            layers.append((2, 3, 5, 5, 4, k, s, p, op, 1, 1))
+    layers += [
+        (1, 4, 6, 5, 7, (3, 2), (2, 3), (1, 0), (1, 2), (1, 1), 2),
+        (2, 6, 4, 3, 5, (2, 3), (4, 1), (2, 1), (3, 0), (2, 1), 3),
+        (1, 8, 8, 6, 5, 3, 1, 2, 0, 2, 4),                  # stride 1, dilation 2, groups 4
+        (3, 4, 4, 4, 4, 3, 2, 1, 1, (2, 3), 4),             # depthwise-like, dilated
+        (1, 3, 2, 7, 2, (5, 1), (3, 2), (4, 0), (0, 1), (1, 1), 1),
+        (2, 2, 3, 2, 2, 3, 4, 2, 0, 1, 1),                  # kernel row 1 reaches nothing
+        (1, 2, 2, 1, 1, 1, 3, 1, 2, 1, 1),                  # no input pixel reaches the output
+        (1, 40, 3, 3, 3, 2, 2, 0, 0, 1, 1),                 # K = 40: five folds of 8
+        (1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1),                  # 1x1 everything
+        (2, 5, 7, 9, 1, (1, 4), (1, 3), (0, 2), (0, 2), (1, 1), 1),
+        (1, 6, 6, 3, 4, 3, 2, 0, 1, 3, 3),                  # output_padding < dilation only
+    ]
+    return layers
+
+
+def make(layer, dtype, seed=0):
+    batch, cin, cout, h, w, k, s, p, op, d, g = layer
+    k = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(seed)
+    x = random_operand(rng, (batch, cin, h, w), dtype)
+    wt = random_operand(rng, (cin, cout // g, *k), dtype)
+    return x, wt, T.layer_params(x.shape, wt.shape, s, p, op, d, g)
+
+
+def valid_grid():
+    out = []
+    for layer in grid():
+        try:
+            make(layer, "fp32")
+        except ValueError:  # op >= both stride and dilation, or empty output: tested below
+            continue
+        out.append(layer)
+    return out
+
+
+def test_grid_is_wide():
+    layers = valid_grid()
+    assert len(layers) >= 60
+    assert {lay[6] for lay in layers if isinstance(lay[6], int)} == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_strided_zero_insertion_direct_agree(name):
+    array = ARRAYS[name]
+    for layer in valid_grid():
+        x, w, p = make(layer, array.dtype)
+        strided = T.tconv2d_strided(x, w, p, array)
+        zero = T.tconv2d_zero_insertion(x, w, p, array)
+        exact = T.tconv2d_direct(x, w, p)
+        assert strided.shape == zero.shape == exact.shape == (x.shape[0], p["out_channels"],
+                                                              *T.output_shape(p)), layer
+        if array.dtype == "int8":
+            assert strided.dtype == zero.dtype == np.int32
+            assert np.array_equal(strided, exact.astype(np.int64)), layer
+            assert np.array_equal(zero, exact.astype(np.int64)), layer
+        else:
+            assert strided.dtype == zero.dtype == np.float32
+            assert np.all(np.abs(strided - exact) <= T.error_bound(x, w, p)), layer
+            assert np.all(np.abs(zero - exact) <= T.error_bound(x, w, p, zero_insertion=True)), layer
+
+
+def test_outputs_are_not_trivially_zero():
+    # guard against a grid that tests nothing: most layers produce nonzero outputs
+    nonzero = sum(bool(np.any(T.tconv2d_direct(*make(lay, "fp32")))) for lay in valid_grid())
+    assert nonzero >= len(valid_grid()) - 1
+
+
+def test_direct_reference_by_nested_loops():
+    """The vectorised float64 reference against the definition written as plain loops."""
+    for layer in [valid_grid()[i] for i in (5, 40, -3, -6, -8)]:
+        x, w, p = make(layer, "fp32", seed=3)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["padding"], p["dilation"]
+        ho, wo = T.output_shape(p)
+        g, cin_g, cout_g = p["groups"], p["in_channels"] // p["groups"], w.shape[1]
+        out = np.zeros((x.shape[0], cout_g * g, ho, wo))
+        for b, c, i, j, o, r, s in itertools.product(range(x.shape[0]), range(x.shape[1]),
+                                                     range(x.shape[2]), range(x.shape[3]),
+                                                     range(cout_g), range(kh), range(kw)):
+            oi, oj = i * sh - ph + r * dh, j * sw - pw + s * dw
+            if 0 <= oi < ho and 0 <= oj < wo:
+                out[b, (c // cin_g) * cout_g + o, oi, oj] += float(x[b, c, i, j]) * float(w[c, o, r, s])
+        assert np.allclose(T.tconv2d_direct(x, w, p), out, rtol=1e-12, atol=1e-12), layer
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_kernel_bits_equal_numpy_scatter(name):
+    """Same per-element GEMMs, gathered and scattered by numpy in plan order: same bits."""
+    array = ARRAYS[name]
+    for layer in valid_grid()[::3]:
+        x, w, p = make(layer, array.dtype, seed=1)
+        fast = T.tconv2d_strided(x, w, p, array, threads=2)
+        slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+        assert fast.dtype == slow.dtype and fast.tobytes() == slow.tobytes(), layer
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_kernel_bits_equal_emulated_array(name):
+    """Per-element GEMMs from the cycle-stepped emulator: the kernel has the array's bits."""
+    array = ARRAYS[name]
+    for layer in [(1, 12, 5, 3, 4, 3, 2, 1, 1, 1, 1), (2, 4, 4, 3, 3, (2, 3), (3, 2), 0, 0, 1, 2)]:
+        x, w, p = make(layer, array.dtype, seed=2)
+        fast = T.tconv2d_strided(x, w, p, array)
+        emulated = T.strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0])
+        assert fast.tobytes() == emulated.tobytes(), layer
+
+
+def test_threads_do_not_change_bits():
+    array = ARRAYS["ws8-fp32"]
+    x, w, p = make((3, 16, 12, 9, 7, 3, 2, 1, 1, 1, 2), "fp32")
+    one = T.tconv2d_strided(x, w, p, array, threads=1)
+    assert one.tobytes() == T.tconv2d_strided(x, w, p, array, threads=2).tobytes()
+
+
+def test_default_gemm_is_fmaf_chain():
+    x, w, p = make((2, 9, 4, 5, 6, 3, 2, 1, 1, 1, 1), "fp32")
+    os_array = Array(rows=4, cols=4, dataflow="os")
+    fast = tconv.tconv2d_strided(x, w, (2, 2), 1, 1, 1, 1)
+    assert fast.tobytes() == T.tconv2d_strided(x, w, p, os_array).tobytes()
+
+
+def test_kernel_elements_reaching_nothing_are_skipped():
+    # H=2, k=3, s=4, p=2: output rows 0..2; input i, kernel row r land on 4i - 2 + r:
+    # r=0 -> {-2, 2}, r=1 -> {-1, 3}, r=2 -> {0, 4}: row 1 of the kernel reaches no output.
+    geo = tconv.check_args((1, 1, 2, 2), (1, 1, 3, 3), 4, 2, 0, 1, 1)
+    assert geo["output"] == (3, 3)
+    plan = tconv.element_plan(geo)
+    assert sorted({r for r, *_ in plan}) == [0, 2]
+    assert (0, 0, 1, 2, 1, 2, 2, 2) in plan and (2, 2, 0, 1, 0, 1, 0, 0) in plan
+    # nothing at all reaches: H=1, k=1, s=3, p=1, op=2 -> one output pixel, input lands on -1
+    x = np.ones((1, 2, 1, 1), np.float32)
+    w = np.ones((2, 2, 1, 1), np.float32)
+    out = tconv.tconv2d_strided(x, w, 3, 1, 2)
+    assert out.shape == (1, 2, 1, 1) and not out.any()
+
+
+def test_gather_and_scatter_against_slicing():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 6, 7), dtype=np.float32)
+    at = tconv.gather_window(x, 1, 3, 2, 5, 1, 7, threads=2)
+    assert np.array_equal(at, x[:, 1:4, 2:5, 1:7].transpose(1, 0, 2, 3).reshape(3, -1))
+    out = rng.standard_normal((2, 4, 9, 20), dtype=np.float32)
+    expected = out.copy()
+    yt = rng.standard_normal((2, 2 * 3 * 5), dtype=np.float32)
+    tconv.scatter_add(out, yt, 1, 2, 3, 5, 2, 1, (3, 4), threads=2)
+    expected[:, 1:3, 2:9:3, 1:18:4] += yt.reshape(2, 2, 3, 5).transpose(1, 0, 2, 3)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_torch_conv_transpose2d_agrees():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for layer in valid_grid():
+        batch, cin, cout, h, wd, k, s, p_, op, d, g = layer
+        x, w, p = make(layer, "fp32", seed=4)
+        expected = F.conv_transpose2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
+                                      stride=s, padding=p_, output_padding=op, dilation=d, groups=g).numpy()
+        exact = T.tconv2d_direct(x, w, p)
+        assert expected.shape == exact.shape, layer
+        assert np.allclose(exact, expected, rtol=1e-12, atol=1e-12), layer
+        fp32 = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), stride=s, padding=p_,
+                                  output_padding=op, dilation=d, groups=g).numpy()
+        strided = T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"])
+        # both are fp32 sums of the same products: each within the bound of the exact value
+        bound = T.error_bound(x, w, p, zero_insertion=True)
+        assert np.all(np.abs(strided - fp32) <= 2 * bound), layer
+
+
+BAD = [
+    # (x shape, w shape, kwargs, fragment of the message)
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"groups": 3}, "not divisible by groups"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 2, "output_padding": 2}, "output_padding"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 2, "dilation": 2, "output_padding": (0, 2)}, "output_padding"),
+    ((1, 4, 0, 5), (4, 2, 3, 3), {}, "positive sizes"),
+    ((1, 4, 5, 5), (4, 0, 3, 3), {}, "positive sizes"),
+    ((4, 5, 5), (4, 2, 3, 3), {}, "x must be 4-D"),
+    ((1, 4, 5, 5), (4, 2, 3), {}, "w must be 4-D"),
+    ((1, 4, 5, 5), (3, 2, 3, 3), {}, "w.shape[0]"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 0}, "stride"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"padding": -1}, "padding"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"dilation": (1, 0)}, "dilation"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"groups": 0}, "groups"),
+    ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 1.5}, "stride"),
+    ((1, 4, 1, 1), (4, 2, 1, 1), {"padding": 1}, "too large"),
+]
+
+
+@pytest.mark.parametrize("xs, ws, kwargs, fragment", BAD)
+def test_bad_input_is_value_error(xs, ws, kwargs, fragment):
+    x, w = np.zeros(xs, np.float32), np.zeros(ws, np.float32)
+    with pytest.raises(ValueError) as info:
+        tconv.tconv2d_strided(x, w, **kwargs)
+    assert fragment in str(info.value)
+    p = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1, **kwargs}
+    with pytest.raises(ValueError) as info:
+        T.tconv2d_zero_insertion(x, w, p, ARRAYS["ws8-fp32"])
+    assert fragment in str(info.value)
+
+
+def test_bad_operands_are_value_errors():
+    x, w = np.zeros((1, 2, 3, 3), np.float32), np.zeros((2, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="same dtype"):
+        tconv.tconv2d_strided(x, w.astype(np.int8))
+    with pytest.raises(ValueError, match="float32 or int8"):
+        tconv.tconv2d_strided(x.astype(np.float64), w)
+    with pytest.raises(ValueError, match="numpy array"):
+        tconv.tconv2d_strided(x.tolist(), w)
+    with pytest.raises(ValueError, match="threads"):
+        tconv.tconv2d_strided(x, w, threads=0)
+    with pytest.raises(ValueError, match="out of range"):
+        tconv.gather_window(x, 1, 2, 0, 3, 0, 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        tconv.scatter_add(np.zeros((1, 2, 4, 4), np.float32), np.zeros((2, 4), np.float32),
+                          0, 1, 2, 2, 2, 0, 2)  # rows 2 and 4 of a 4-row output
