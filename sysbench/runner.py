@@ -82,12 +82,14 @@ def run_case(case: Case, threads: int, repeats: int | None = None) -> CaseResult
     rng = np.random.default_rng(case.seed)
     try:
         state = workload.prepare(case.params, case.array, rng)
+        samples, output, measured = workload.measure(state, threads, case.warmup, repeats or case.repeats)
+        result.timing = timing_summary(samples)
+        result.measured = measured
+        result.validation = workload.validate(state, output).to_dict()
     except CaseError as exc:
         raise InputError(f"{case.source}: case {case.name!r} key {exc.key!r}: {exc}") from None
-    samples, output, measured = workload.measure(state, threads, case.warmup, repeats or case.repeats)
-    result.timing = timing_summary(samples)
-    result.measured = measured
-    result.validation = workload.validate(state, output).to_dict()
+    except Exception as exc:  # a failing case is reported and the run goes on (exit 1)
+        result.error = f"{type(exc).__name__}: {exc}"
     return result
 
 
