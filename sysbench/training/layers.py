@@ -3,7 +3,8 @@
 Every layer works in the dtype of its input (float32 for training, float64 for gradient
 checks; `layer.astype(np.float64)` converts its parameters) and has:
 
-    build(in_shape, rng) -> out_shape       create parameters (deterministic for a given rng)
+    build(in_shape, rng) -> out_shape       create parameters (deterministic for a given rng;
+                                            rng None: shapes only, parameters left unset)
     forward(x) -> (y, saved)                saved is what backward needs
     backward(grad_y, saved, need_input_grad=True) -> (grad_x or None, {param: grad})
     saved_of(x)                             the `saved` forward(x) returns, computed at no cost
@@ -72,8 +73,11 @@ class Layer:
         return f"{self.describe()} {self.in_shape}->{self.out_shape}"
 
 
-def _uniform(rng: np.random.Generator, bound: float, shape: tuple) -> np.ndarray:
-    """PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+def _uniform(rng: np.random.Generator | None, bound: float, shape: tuple) -> np.ndarray:
+    """PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    rng None: shapes only (an uninitialised buffer, for models that need no numbers)."""
+    if rng is None:
+        return np.empty(shape, dtype=np.float32)
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 

@@ -6,8 +6,11 @@ Buffers are counted by category:
     activation   layer outputs that a schedule keeps (or holds while the next layer runs)
     gradient     the gradient flowing backward (d loss / d activation)
     workspace    a layer's transient buffers while its forward or backward runs
-"Activation memory" is activation + gradient + workspace: what a schedule decides and what
-a memory budget limits. "Total" adds params and weight gradients.
+"Activation memory" is activation + gradient: what a schedule decides and what a memory
+budget limits. Workspace is the CPU engine's scratch inside one operation (im2col columns,
+masks), which an accelerator streams instead of storing; it is tracked and counted in the
+total, not in the budget. "Total" is everything: params, weight gradients, activations,
+gradients and workspace.
 
 Every add/remove appends a point to the time series, so a run's memory over time can be
 plotted: (event number, label, activation bytes, total bytes).
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CATEGORIES = ("param", "weight_grad", "activation", "gradient", "workspace")
-ACTIVATION_CATEGORIES = ("activation", "gradient", "workspace")
+ACTIVATION_CATEGORIES = ("activation", "gradient")
 
 
 @dataclass
@@ -26,6 +29,7 @@ class MemoryTracker:
     current: dict = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     peak_activation: int = 0
     peak_total: int = 0
+    peak_workspace: int = 0
     series: list = field(default_factory=list)
     _live: dict = field(default_factory=dict)
     _next: int = 0
@@ -65,15 +69,17 @@ class MemoryTracker:
         """Start a new measurement from what is live now (the series restarts too)."""
         self.peak_activation = self.activation_bytes
         self.peak_total = self.total_bytes
+        self.peak_workspace = self.current["workspace"]
         self.series = []
 
     def _note(self, label: str) -> None:
         act, total = self.activation_bytes, self.total_bytes
         self.peak_activation = max(self.peak_activation, act)
         self.peak_total = max(self.peak_total, total)
+        self.peak_workspace = max(self.peak_workspace, self.current["workspace"])
         if self.record_series:
             self.series.append((len(self.series), label, act, total))
 
     def summary(self) -> dict:
         return {"peak_activation_bytes": self.peak_activation, "peak_total_bytes": self.peak_total,
-                "current": dict(self.current)}
+                "peak_workspace_bytes": self.peak_workspace, "current": dict(self.current)}

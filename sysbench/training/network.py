@@ -22,7 +22,7 @@ ACTIVATIONS = {"relu", "gelu"}
 
 class Network:
     def __init__(self, layers: list[Layer], input_shape: tuple, loss: str = "cross_entropy",
-                 seed: int = 0, dtype=np.float32):
+                 seed: int = 0, dtype=np.float32, init: bool = True):
         if not layers:
             raise ValueError("a network needs at least one layer")
         if loss not in LOSSES:
@@ -35,7 +35,8 @@ class Network:
         for i, layer in enumerate(layers):
             try:
                 # one generator per layer: a layer's weights do not depend on the others
-                shapes.append(layer.build(shapes[-1], np.random.default_rng([seed, i])))
+                rng = np.random.default_rng([seed, i]) if init else None
+                shapes.append(layer.build(shapes[-1], rng))
             except ValueError as exc:
                 raise ValueError(f"layer {i + 1} ({layer.describe()}): {exc}") from None
         if self.dtype != np.float32:
@@ -137,14 +138,14 @@ def layer_from_spec(spec) -> Layer:
 
 
 def from_specs(specs: list, input_shape: tuple, loss: str = "cross_entropy", seed: int = 0,
-               dtype=np.float32) -> Network:
+               dtype=np.float32, init: bool = True) -> Network:
     layers = []
     for i, spec in enumerate(specs):
         try:
             layers.append(layer_from_spec(spec))
         except ValueError as exc:
             raise ValueError(f"layer {i + 1}: {exc}") from None
-    return Network(layers, input_shape, loss, seed, dtype)
+    return Network(layers, input_shape, loss, seed, dtype, init)
 
 
 def _activation(name: str) -> Layer:
@@ -154,18 +155,19 @@ def _activation(name: str) -> Layer:
 
 
 def mlp(layers: int = 16, width: int = 2048, batch: int = 256, in_features: int | None = None,
-        activation: str = "relu", loss: str = "cross_entropy", seed: int = 0, dtype=np.float32) -> Network:
+        activation: str = "relu", loss: str = "cross_entropy", seed: int = 0, dtype=np.float32,
+        init: bool = True) -> Network:
     """`layers` x (Linear width -> width + activation); the first Linear takes in_features
     (default width). The last block's output (width logits) feeds the loss."""
     chain = []
     for _ in range(layers):
         chain += [Linear(width), _activation(activation)]
-    return Network(chain, (batch, in_features or width), loss, seed, dtype)
+    return Network(chain, (batch, in_features or width), loss, seed, dtype, init)
 
 
 def cnn(channels=(32, 32, 64, 64, 128, 128), image: int = 32, batch: int = 32, in_channels: int = 3,
         classes: int = 10, pool_every: int = 2, activation: str = "relu", loss: str = "cross_entropy",
-        seed: int = 0, dtype=np.float32) -> Network:
+        seed: int = 0, dtype=np.float32, init: bool = True) -> Network:
     """A small CNN: conv3x3 (padding 1) + activation per entry of `channels`, a 2x2 max-pool
     after every `pool_every` convolutions (while the image is at least 2x2), then flatten and
     a Linear to `classes`."""
@@ -177,17 +179,19 @@ def cnn(channels=(32, 32, 64, 64, 128, 128), image: int = 32, batch: int = 32, i
             chain.append(MaxPool2d(2))
             size //= 2
     chain += [Flatten(), Linear(classes)]
-    return Network(chain, (batch, in_channels, image, image), loss, seed, dtype)
+    return Network(chain, (batch, in_channels, image, image), loss, seed, dtype, init)
 
 
-def build(params: dict, seed: int = 0) -> Network:
-    """A network from suite keys: model ("mlp" | "cnn" | "custom"), layers (a depth, or a
-    list of layer specs with "input" the per-sample input shape), width, batch, image,
-    in_channels, channels, classes, activation, loss."""
+def build(params: dict, seed: int = 0, init: bool = True) -> Network:
+    """A network from suite keys: model ("mlp" | "cnn"), layers (a depth) or specs (a list
+    of layer specs, with "input" the per-sample input shape), width, batch, image,
+    in_channels, channels, classes, activation, loss. init=False: shapes only (no weights)."""
     model = params.get("model", "mlp")
     batch = params.get("batch", 32)
-    common = {"loss": params.get("loss", "cross_entropy"), "seed": seed}
+    common = {"loss": params.get("loss", "cross_entropy"), "seed": seed, "init": init}
     layers = params.get("layers")
+    if isinstance(params.get("specs"), list):
+        layers = params["specs"]
     if isinstance(layers, list):
         shape = params.get("input")
         if not shape:
