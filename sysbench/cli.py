@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import compare as compare_mod, report, results, suite as suite_mod
@@ -19,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
 
 def fail(message: str, code: int = 2) -> None:
     """A usage or input error: the message on stderr, no traceback."""
-    report.stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # escape: ids ("gemm[k=64]") and hints ("sysbench[plot]") are not rich markup
+    report.stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -77,9 +77,16 @@ def _cases(document: dict, kind: str) -> list[dict]:
     return [c for c in document.get("cases", []) if c.get("kind") == kind and isinstance(c.get("metrics"), dict)]
 
 
-def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], log: bool = False) -> None:
-    """One group of bars per label, one bar per series (missing values are left out)."""
+def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], log: bool | str = False) -> None:
+    """One group of bars per label, one bar per series (missing values are left out).
+
+    log="auto": a log axis only when the values span more than two decades (on a log axis
+    a small range makes the shorter bars look like nothing)."""
     import numpy as np
+
+    if log == "auto":
+        positive = [v for values in series.values() for v in values if v is not None and v > 0]
+        log = bool(positive) and max(positive) / min(positive) > 100
 
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
@@ -121,8 +128,8 @@ def network_plots(document: dict) -> list[Plot]:
         fig, axes = _figure(min(18.0, max(8.0, 0.2 * len(layers) * max(1, len(arrays)) + 3)), 7.5, rows=2, sharex=True)
         cycles = {a: [_first(table.get((layer, a), {}), ("cycles",)) for layer in layers] for a in arrays}
         util = {a: [_first(table.get((layer, a), {}), ("utilization",)) for layer in layers] for a in arrays}
-        _grouped_bars(axes[0][0], layers, cycles, log=True)
-        axes[0][0].set_ylabel("cycles (log)")
+        _grouped_bars(axes[0][0], layers, cycles, log="auto")
+        axes[0][0].set_ylabel("cycles")
         _grouped_bars(axes[1][0], layers, {a: [None if v is None else 100 * v for v in vals]
                                            for a, vals in util.items()})
         axes[1][0].set_ylabel("utilization (%)")
@@ -150,7 +157,7 @@ def sparse_plot(document: dict) -> list[Plot]:
     labels = [r[0] for r in rows]
     fig, axes = _figure(max(7.0, 0.45 * len(rows) + 3), 5.0)
     _grouped_bars(axes[0][0], labels, {"dense": [r[1] for r in rows], "sparse (all passes)": [r[2] for r in rows]},
-                  log=max(r[1] for r in rows) / max(1.0, min(r[2] for r in rows)) > 50)
+                  log="auto")
     axes[0][0].set_ylabel("cycles")
     fig.suptitle("sparse_gemm: dense vs N:M sparse cycles")
     return [Plot("sparse", "sparse_gemm: dense vs sparse cycles",
@@ -172,12 +179,12 @@ def tconv_plot(document: dict) -> list[Plot]:
     fig, axes = _figure(max(7.0, 0.45 * len(rows) + 3), 8.0 if with_cycles else 4.5,
                         rows=2 if with_cycles else 1, sharex=True)
     _grouped_bars(axes[0][0], labels, {"strided tiling": [r[1] for r in rows],
-                                       "zero insertion": [r[2] for r in rows]}, log=True)
-    axes[0][0].set_ylabel("MACs (log)")
+                                       "zero insertion": [r[2] for r in rows]}, log="auto")
+    axes[0][0].set_ylabel("MACs")
     if with_cycles:
         _grouped_bars(axes[1][0], labels, {"strided tiling": [r[3] for r in rows],
-                                           "zero insertion": [r[4] for r in rows]}, log=True)
-        axes[1][0].set_ylabel("cycles (log)")
+                                           "zero insertion": [r[4] for r in rows]}, log="auto")
+        axes[1][0].set_ylabel("cycles")
     fig.suptitle("tconv2d: strided tiling vs zero insertion")
     return [Plot("tconv", "tconv2d: strided vs zero-insertion MACs",
                  "MACs (and array cycles) of strided tiling per kernel element against zero insertion.", fig)]
@@ -258,8 +265,9 @@ def recompute_plot(document: dict) -> list[Plot]:
                  "Live activation memory through one training step per schedule; dotted: the budget.", fig)]
 
 
-COMPUTE_WORDS = ("compute", "forward", "backward", "fwd", "bwd", "recompute")
-EXCHANGE_WORDS = ("comm", "exchange", "reduce", "send", "recv", "wait")
+# Event types of a timeline by lane; anything else (e.g. "wait", idle time) is left as a gap.
+COMPUTE_WORDS = ("compute", "forward", "backward", "fwd", "bwd", "update")
+EXCHANGE_WORDS = ("comm", "exchange", "reduce", "send", "recv")
 
 
 def _timeline_events(case: dict) -> list[dict] | None:

@@ -1,0 +1,178 @@
+"""sysbench report: the HTML/PNG plots, kinds that are absent skipped, and life without matplotlib."""
+import base64
+import json
+import re
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sysbench import cli, report, results, suite as suite_mod
+from sysbench.runner import CaseResult
+from sysbench.workloads import registry
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def case(case_id, kind, metrics, measured=None, suite="t", array="a32"):
+    out = {"id": case_id, "suite": suite, "name": case_id.split("/")[-1], "kind": kind, "params": {},
+           "array": {"name": array, "rows": 32, "cols": 32, "dataflow": "ws", "dtype": "fp32"},
+           "metrics": metrics, "timing": None, "validation": None}
+    if measured:
+        out["measured"] = measured
+    return out
+
+
+def document(*cases):
+    return {"schema": results.SCHEMA, "suite": "t", "created": "2026-01-01T00:00:00+00:00",
+            "machine": {"cpu": "Test CPU", "threads": 1}, "settings": {}, "cases": list(cases)}
+
+
+def model_only_document(suite_name: str, kinds=None) -> dict:
+    """A bundled suite's cases with their real model metrics (nothing timed): the names the
+    workloads really emit, so the plots are tested against them and not against a guess."""
+    loaded = suite_mod.load(suite_name)
+    workloads = registry()
+    done = [CaseResult(c, workloads[c.kind].model(c.params, c.array)).to_dict()
+            for c in loaded.cases if kinds is None or c.kind in kinds]
+    return document(*done)
+
+
+def every_kind_document():
+    timeline = []
+    for rank in (0, 1):
+        t = 0.0
+        for layer in (0, 1, 2):
+            timeline.append({"rank": rank, "step": 0, "type": "backward", "layer": layer, "start_s": t, "end_s": t + 1e-3})
+            timeline.append({"rank": rank, "step": 0, "type": "allreduce", "message": layer, "layer": layer,
+                             "start_s": t + 1e-3, "end_s": t + 1.6e-3})
+            t += 1e-3
+    memory = [[i, f"layer{i}", 1000 * (i % 5), 5000 + 1000 * (i % 5)] for i in range(12)]
+    return document(
+        case("net/conv1", "conv2d", {"cycles": 120000, "utilization": 0.9}, suite="net", array="a32"),
+        case("net/conv1", "conv2d", {"cycles": 20000, "utilization": 0.3}, suite="net", array="a128"),
+        case("net/conv2", "conv2d", {"cycles": 50000, "utilization": 0.97}, suite="net", array="a32"),
+        case("net/fc", "gemm", {"cycles": 3000, "utilization": 0.01}, suite="net", array="a32"),
+        case("t/sparse", "sparse_gemm", {"cycles_dense": 40000, "cycles_sparse": 21000, "cycles": 21000}),
+        case("t/tconv", "tconv2d", {"macs": 1000, "macs_zero_insertion": 4000, "cycles": 900,
+                                    "cycles_zero_insertion": 3100}),
+        case("t/recompute", "train_recompute", {"peak_activation_bytes": 4000}, {"memory_series": memory}),
+        case("t/dist", "train_distributed", {"step_s": 4e-3}, {"timeline": timeline}),
+    )
+
+
+PLOT_IDS = ["network-net", "sparse", "tconv", "recompute", "distributed"]
+
+
+def embedded_images(html: str) -> dict[str, bytes]:
+    """Plot id -> PNG bytes of every <section id='plot-...'> image in the page."""
+    found = re.findall(r"<section id='plot-([^']+)'>.*?src='data:image/png;base64,([^']+)'", html, re.S)
+    return {plot_id: base64.b64decode(data) for plot_id, data in found}
+
+
+def test_html_report_contains_every_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    source = tmp_path / "r.json"
+    results.save(every_kind_document(), source)
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(cli.app, ["report", str(source), "--html", str(out)])
+    assert result.exit_code == 0, result.stderr
+    html = out.read_text()
+    images = embedded_images(html)
+    assert sorted(images) == sorted(PLOT_IDS)
+    assert all(png.startswith(PNG_MAGIC) and len(png) > 5000 for png in images.values())
+    for case_id in ("net/conv1", "t/sparse", "t/tconv", "t/recompute", "t/dist"):
+        assert f"<td>{case_id}</td>" in html
+    assert "Test CPU" in html and html.rstrip().endswith("</html>")
+
+
+def test_png_folder_one_file_per_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    source = tmp_path / "r.json"
+    results.save(every_kind_document(), source)
+    result = CliRunner().invoke(cli.app, ["report", str(source), "--png", str(tmp_path / "png")])
+    assert result.exit_code == 0, result.stderr
+    written = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert written == sorted(f"{plot_id}.png" for plot_id in PLOT_IDS)
+    assert all((tmp_path / "png" / name).read_bytes().startswith(PNG_MAGIC) for name in written)
+
+
+def test_absent_kinds_are_skipped():
+    pytest.importorskip("matplotlib")
+    from sysbench import plots
+
+    only_tconv = document(case("t/tconv", "tconv2d", {"macs": 10, "macs_zero_insertion": 40}))
+    assert [p.id for p in plots.build_plots(only_tconv)] == ["tconv"]
+    assert plots.build_plots(document()) == []
+    html = report.html_page(document(), [], {})
+    assert "No plots" in html
+
+
+def test_real_suites_feed_their_plots():
+    """The model metrics of the bundled resnet50 and tconv suites reach their plots."""
+    pytest.importorskip("matplotlib")
+    from sysbench import plots
+
+    network = plots.network_plots(model_only_document("resnet50"))
+    assert [p.id for p in network] == ["network-resnet50"]
+    axes = network[0].figure.axes
+    assert len(axes[0].patches) == 2 * 54   # 53 convolutions + fc, on two arrays
+    if "tconv2d" in registry():
+        tconv = plots.tconv_plot(model_only_document("tconv", {"tconv2d"}))
+        assert [p.id for p in tconv] == ["tconv"]
+
+
+def test_timeline_and_memory_parsing():
+    from sysbench import plots
+
+    events = plots._parse_timeline([
+        {"rank": 1, "type": "forward", "start_s": 0.0, "end_s": 1.0},
+        {"rank": 1, "type": "wait", "start_s": 1.0, "end_s": 2.0},           # idle: no bar
+        {"rank": 0, "type": "allreduce", "start_s": 0.5, "end_s": 0.75}])
+    assert [(e["rank"], e["lane"], e["start"], e["end"]) for e in events] == [
+        (1, "compute", 0.0, 1.0), (0, "exchange", 0.5, 0.75)]
+    assert plots._parse_series([[0, "in", 10, 20], [1, "h", 30, 40]]) == ([0.0, 1.0], [10.0, 30.0])
+    assert plots._parse_series([5, 6, 7]) == ([0, 1, 2], [5.0, 6.0, 7.0])
+    assert plots._parse_series({"t": [0, 2], "bytes": [1, 3]}) == ([0.0, 2.0], [1.0, 3.0])
+    assert plots._parse_series(["a", "b"]) is None
+
+
+def test_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    source = tmp_path / "r.json"
+    results.save(every_kind_document(), source)
+    for module in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, module, None)   # import now raises ImportError
+    result = CliRunner().invoke(cli.app, ["report", str(source), "--html", str(tmp_path / "r.html")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'sysbench[plot]'" in lines[0]
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ([], "--html OUT.html and/or --png FOLDER"),
+    (["--html", "x.html"], "not valid JSON"),
+])
+def test_report_usage_errors(tmp_path, args, fragment):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    result = CliRunner().invoke(cli.app, ["report", str(bad), *args])
+    assert result.exit_code == 2 and fragment in result.stderr
+
+
+def test_show_warns_about_unstable_timing(tmp_path):
+    unstable = case("t/jittery", "gemm", {"cycles": 10, "utilization": 0.5})
+    samples = [1e-3, 3e-3, 1e-3, 2e-3]
+    unstable["timing"] = {"median_s": 1.5e-3, "repeats": 4, "samples_s": samples}
+    results.mark_stability(unstable)
+    assert unstable["timing"]["stable"] is False and unstable["timing"]["cv"] > 0.1
+    steady = case("t/steady", "gemm", {"cycles": 10, "utilization": 0.5})
+    steady["timing"] = {"median_s": 1e-3, "repeats": 3, "samples_s": [1e-3, 1.01e-3, 0.99e-3]}
+    results.mark_stability(steady)
+    assert steady["timing"]["stable"] is True
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(document(unstable, steady)))
+    result = CliRunner().invoke(cli.app, ["show", str(path)])
+    assert result.exit_code == 0
+    warned = [line for line in result.stderr.splitlines() if "unstable" in line]
+    assert warned and "t/jittery" in " ".join(warned) and "t/steady" not in " ".join(warned)
