@@ -49,9 +49,12 @@ SCHEDULE_FORMS = ("store_all | full_recompute | checkpoint_every=K | "
 
 
 class InfeasibleBudget(ValueError):
-    def __init__(self, budget: int, minimum: int):
-        super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is below the minimum activation "
-                         f"memory of any schedule for this network: {format_bytes(minimum)} ({minimum} bytes)")
+    def __init__(self, budget: int, minimum: int, store_all_peak: int | None = None):
+        text = (f"budget {format_bytes(budget)} ({budget} bytes) is below the minimum activation memory of "
+                f"any schedule for this network: {format_bytes(minimum)} ({minimum} bytes)")
+        if store_all_peak:
+            text += f", {minimum / store_all_peak:.3f} of store_all's {format_bytes(store_all_peak)}"
+        super().__init__(text)
         self.budget, self.minimum = budget, minimum
 
 
@@ -261,7 +264,7 @@ def optimal(c: Chain, budget: int) -> tuple[int, list]:
     The top problem is P(0, N, budget)."""
     minimum = minimum_budget(c)
     if budget < minimum:
-        raise InfeasibleBudget(budget, minimum)
+        raise InfeasibleBudget(budget, minimum, store_all_peak(c))
     memo: dict = {}
 
     def cost(s: int, t: int, m: int):
@@ -344,13 +347,29 @@ class StepResult:
     events: list = field(default_factory=list)
 
 
+class _Placeholder:
+    """Stands for a buffer in a dry run: only its size."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+
+def dry_run(net, ops: list, optimizer: bool = True) -> MemoryTracker:
+    """The tracker a real run of `ops` fills (peaks, series), without computing anything.
+    The network may be built without weights (network.build(..., init=False))."""
+    return run_program(net, None, None, ops, optimizer=True if optimizer else None, dry=True).tracker
+
+
 def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: MemoryTracker | None = None,
-                optimizer=None) -> StepResult:
+                optimizer=None, dry: bool = False) -> StepResult:
     """One training step following `ops`; every buffer goes through `tracker`. With an
-    optimizer, the weights are updated and the weight gradients freed at the end."""
+    optimizer, the weights are updated and the weight gradients freed at the end.
+    dry: sizes only (see dry_run)."""
     if tracker is None:
         tracker = MemoryTracker()
         tracker.add("params", net.param_bytes(), "param")
+    if dry:
+        x = _Placeholder(net.activation_bytes(0))
     n = net.n
     N = n + 1
     held = {0: x}
@@ -364,7 +383,10 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     for op, k in ops:
         if op == "F":
             ws = tracker.add(f"ws F{k}", net.workspace(k - 1)[0], "workspace")
-            y, _ = net.forward_layer(k - 1, held[k - 1])
+            if dry:
+                y = _Placeholder(net.activation_bytes(k))
+            else:
+                y, _ = net.forward_layer(k - 1, held[k - 1])
             held[k] = y
             handles[k] = tracker.hold(f"a{k}", y)
             tracker.remove(ws)
@@ -375,13 +397,21 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
             tracker.remove(handles.pop(k))
         elif k == N:
             ws = tracker.add("ws loss", net.loss_workspace(), "workspace")
-            loss, d = net.loss_and_grad(held[n], target)
+            if dry:
+                loss, d = 0.0, _Placeholder(net.activation_bytes(n))
+            else:
+                loss, d = net.loss_and_grad(held[n], target)
             d_handle = tracker.hold(f"d{n}", d, "gradient")
             tracker.remove(ws)
         else:
             layer = net.layers[k - 1]
             ws = tracker.add(f"ws B{k}", net.workspace(k - 1)[1], "workspace")
-            d_in, grads[k - 1] = net.backward_layer(k - 1, d, layer.saved_of(held[k - 1]), need_input_grad=k > 1)
+            if dry:
+                d_in = _Placeholder(net.activation_bytes(k - 1)) if k > 1 else None
+                grads[k - 1] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
+            else:
+                d_in, grads[k - 1] = net.backward_layer(k - 1, d, layer.saved_of(held[k - 1]),
+                                                        need_input_grad=k > 1)
             new_handle = tracker.hold(f"d{k - 1}", d_in, "gradient") if d_in is not None else None
             for name, g in grads[k - 1].items():
                 grad_handles.append(tracker.hold(f"g{k}.{name}", g, "weight_grad"))
@@ -391,7 +421,8 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
-        optimizer.step(net.layers, grads)
+        if not dry:
+            optimizer.step(net.layers, grads)
         for h in grad_handles:
             tracker.remove(h)
     return StepResult(loss, grads, tracker, forwards, flops)

@@ -1,0 +1,240 @@
+"""train_recompute: one training step under a memory restraint (forward recompute).
+
+The network (an MLP, a small CNN, or a list of layer specs) runs one SGD step in numpy
+float32 under a schedule (store_all | full_recompute | checkpoint_every=K | budget=SIZE; see
+sysbench.training.recompute). Every schedule gives the same loss, weight gradients and
+updated weights bit for bit; they differ in peak activation memory and in how many layer
+forwards run again.
+
+Model (deterministic): per-schedule FLOPs (forward, backward, recompute), the FLOP-predicted
+overhead against store_all, the memory figures of the step (a dry run through the same
+memory tracker: peak activation, peak total, workspace), and the accelerator time of every
+layer's GEMMs on the configured array (gemm_cycles; element-wise layers run on a vector
+unit and are not counted). Measured: step time, the tracker's figures from the real run and
+a memory-over-time series. Validation: the step against a plain layer-by-layer store-all
+step, bit for bit.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..models.systolic import add_cycles, gemm_cycles
+from ..training import network as nets
+from ..training import recompute as rc
+from ..training.optim import SGD, blas_threads
+from .base import Key, Validation, Workload
+
+SERIES_POINTS = 400  # memory-over-time points kept in a result
+
+
+def _network(p: dict, init: bool = True, seed: int = 0) -> nets.Network:
+    return nets.build({k: v for k, v in p.items() if v is not None}, seed=seed, init=init)
+
+
+def _downsample(series: list, points: int = SERIES_POINTS) -> list:
+    """[event, activation bytes, total bytes] rows, every k-th plus the peak."""
+    if not series:
+        return []
+    stride = max(1, -(-len(series) // points))
+    keep = set(range(0, len(series), stride)) | {len(series) - 1}
+    keep.add(max(range(len(series)), key=lambda i: series[i][2]))
+    return [[series[i][0], series[i][2], series[i][3]] for i in sorted(keep)]
+
+
+def step_gemms(net: nets.Network, ops: list) -> list[tuple[int, int, int]]:
+    """Every GEMM the step runs: each F op's forward GEMMs, each layer's weight-gradient
+    GEMMs, and the input-gradient GEMMs of every layer but the first."""
+    out = []
+    for op, k in ops:
+        if op == "F":
+            out += net.layers[k - 1].gemms(net.shapes[k - 1])["forward"]
+        elif op == "B" and k <= net.n:
+            g = net.layers[k - 1].gemms(net.shapes[k - 1])
+            out += g["backward"] + (g["backward_input"] if k > 1 else [])
+    return out
+
+
+def array_time(net, ops, array) -> dict:
+    cache: dict = {}
+    parts = []
+    for dims in step_gemms(net, ops):
+        if dims not in cache:
+            cache[dims] = gemm_cycles(array, *dims)
+        parts.append(cache[dims])
+    if not parts:
+        return {"cycles": 0, "macs": 0, "utilization": 0.0, "time_us": 0.0}
+    total = add_cycles(parts, array)
+    return {k: total[k] for k in ("cycles", "macs", "utilization", "time_us")}
+
+
+class TrainRecompute(Workload):
+    kind = "train_recompute"
+    description = ("one SGD step under a recompute schedule (store_all, full_recompute, checkpoint_every, "
+                   "optimal under a memory budget): identical results, memory, recompute cost, array time")
+    keys = {
+        "model": Key("str", default="mlp", choices=("mlp", "cnn"), help="mlp | cnn (ignored with specs)"),
+        "layers": Key("int", default=None, minimum=1,
+                      help="mlp: Linear+activation blocks (16); cnn: conv layers (len(channels))"),
+        "specs": Key("list", default=None, help="layer specs instead of model: 'relu', 'linear:512', "
+                     "{type = 'conv2d', out_channels = 16, kernel = 3, padding = 1}, ..."),
+        "input": Key("list", default=None, help="per-sample input shape for specs, e.g. [3, 32, 32]"),
+        "width": Key("int", default=2048, minimum=1, help="mlp: features of every Linear"),
+        "in_features": Key("int", default=None, minimum=1, help="mlp: input features (default width)"),
+        "batch": Key("int", default=32, minimum=1),
+        "image": Key("int", default=32, minimum=1, help="cnn: input height = width"),
+        "in_channels": Key("int", default=3, minimum=1, help="cnn: input channels"),
+        "channels": Key("list", default=None, help="cnn: output channels per conv (default 32,32,64,64,128,128)"),
+        "classes": Key("int", default=10, minimum=1, help="cnn: outputs of the last Linear"),
+        "activation": Key("str", default="relu", choices=("relu", "gelu")),
+        "loss": Key("str", default="cross_entropy", choices=("cross_entropy", "mse")),
+        "schedule": Key("str", default="store_all", help=rc.SCHEDULE_FORMS),
+        "lr": Key("float", default=0.01, help="SGD learning rate"),
+    }
+
+    def check(self, p, array):
+        try:
+            schedule = rc.parse_schedule(p["schedule"])
+        except ValueError as exc:
+            return [("schedule", str(exc))]
+        if p["specs"] is not None and not p["input"]:
+            return [("input", "a list of layer specs needs 'input', the per-sample input shape, e.g. [3, 32, 32]")]
+        if p["input"] is not None and not all(isinstance(v, int) and v > 0 for v in p["input"]):
+            return [("input", f"must be a list of positive integers, got {p['input']!r}")]
+        if p["channels"] is not None and not all(isinstance(v, int) and v > 0 for v in p["channels"]):
+            return [("channels", f"must be a list of positive integers, got {p['channels']!r}")]
+        if p["lr"] <= 0:
+            return [("lr", f"must be positive, got {p['lr']}")]
+        try:
+            net = _network(p, init=False)
+        except ValueError as exc:
+            return [("specs" if p["specs"] is not None else "model", str(exc))]
+        if p["loss"] == "cross_entropy" and len(net.shapes[-1]) != 2:
+            return [("loss", f"cross_entropy needs a (batch, classes) output; the network gives {net.shapes[-1]}")]
+        if schedule.kind == "budget":
+            chain = rc.chain_of(net)
+            try:
+                rc.optimal(chain, rc.budget_bytes(chain, schedule))
+            except rc.InfeasibleBudget as exc:
+                return [("schedule", str(exc))]
+        return []
+
+    def model(self, p, array):
+        net = _network(p, init=False)
+        chain = rc.chain_of(net)
+        schedule = rc.parse_schedule(p["schedule"])
+        ops = rc.program_for(chain, schedule)
+        sim = rc.simulate(chain, ops)
+        base_ops = rc.store_all(chain)
+        base = rc.simulate(chain, base_ops)
+        tracker = rc.dry_run(net, ops)
+        one_forward = sum(chain.fcost[1:net.n + 1])
+        backward = sum(net.backward_flops(i) for i in range(net.n))
+        loss_flops = net.loss.flops(net.shapes[-1])
+        recompute = sim["forward_flops"] - one_forward
+        base_total = one_forward + backward + loss_flops
+        acc = array_time(net, ops, array)
+        acc_base = array_time(net, base_ops, array)
+        metrics = {
+            **acc,
+            "schedule": str(schedule),
+            "layers": net.n,
+            "params": net.param_count(),
+            "param_bytes": net.param_bytes(),
+            "forward_flops": one_forward,
+            "backward_flops": backward + loss_flops,
+            "recompute_flops": recompute,
+            "step_flops": base_total + recompute,
+            "predicted_overhead": recompute / base_total,
+            "layer_forwards": sim["layer_forwards"],
+            "recomputed_layer_forwards": sim["layer_forwards"] - net.n,
+            "peak_activation_bytes": sim["peak_activation_bytes"],
+            "peak_with_workspace_bytes": sim["peak_with_workspace_bytes"],
+            "peak_total_bytes": tracker.peak_total,
+            "peak_workspace_bytes": tracker.peak_workspace,
+            "store_all_peak_activation_bytes": base["peak_activation_bytes"],
+            "activation_memory_ratio": sim["peak_activation_bytes"] / base["peak_activation_bytes"],
+            "min_budget_bytes": rc.minimum_budget(chain),
+            "array_overhead": acc["cycles"] / acc_base["cycles"] - 1 if acc_base["cycles"] else 0.0,
+        }
+        if schedule.kind == "budget":
+            metrics["budget_bytes"] = rc.budget_bytes(chain, schedule)
+        return metrics
+
+    def prepare(self, p, array, rng):
+        seed = int(rng.integers(2**31))
+        net = _network(p, seed=seed)
+        x, target = net.make_batch(seed)
+        ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(p["schedule"]))
+        return {"p": p, "net": net, "x": x, "target": target, "ops": ops, "seed": seed,
+                "initial": net.copy_params()}
+
+    def measure(self, state, threads, warmup, repeats):
+        net, ops = state["net"], state["ops"]
+        samples, result = [], None
+        with blas_threads(threads):
+            for i in range(warmup + repeats):
+                net.set_params(state["initial"])  # every repeat is the same first step
+                tracker = rc.MemoryTracker()
+                tracker.add("params", net.param_bytes(), "param")
+                start = time.perf_counter()
+                result = rc.run_program(net, state["x"], state["target"], ops, tracker, SGD(state["p"]["lr"]))
+                if i >= warmup:
+                    samples.append(time.perf_counter() - start)
+        output = {"loss": result.loss, "grads": result.grads, "weights": net.copy_params()}
+        net.set_params(state["initial"])
+        t = result.tracker
+        measured = {"loss": result.loss, "peak_activation_bytes": t.peak_activation,
+                    "peak_total_bytes": t.peak_total, "peak_workspace_bytes": t.peak_workspace,
+                    "layer_forwards": result.layer_forwards, "memory_series": _downsample(t.series),
+                    "memory_series_columns": ["event", "activation_bytes", "total_bytes"]}
+        return samples, output, measured
+
+    def validate(self, state, output) -> Validation:
+        ref = reference_step(state["net"], state["x"], state["target"], state["initial"], state["p"]["lr"])
+        worst, identical = 0.0, output["loss"] == ref["loss"]
+        for mine, theirs in ((output["grads"], ref["grads"]), (output["weights"], ref["weights"])):
+            for a, b in zip(mine, theirs):
+                for name in b:
+                    diff = np.abs(a[name].astype(np.float64) - b[name])
+                    worst = max(worst, float(diff.max()) if diff.size else 0.0)
+                    identical &= bool(np.array_equal(a[name], b[name]))
+        return Validation("plain store-all step (bit-identical loss, grads, weights)",
+                          worst, identical, extra={"loss": output["loss"]})
+
+    def summary(self, metrics):
+        return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
+
+
+_REFERENCE: dict = {}
+
+
+def reference_step(net, x, target, initial, lr) -> dict:
+    """A plain step (every activation kept, no tracker, no program) from `initial` weights.
+    The last one is cached: a suite runs several schedules of one network in a row."""
+    key = (tuple(net.describe()), net.shapes[0], net.seed, net.loss.kind, lr, float(x.reshape(-1)[:64].sum()))
+    if _REFERENCE.get("key") == key:
+        return _REFERENCE["value"]
+    saved_params = net.copy_params()
+    net.set_params(initial)
+    acts, saved = [x], []
+    for i in range(net.n):
+        y, s = net.forward_layer(i, acts[-1])
+        acts.append(y)
+        saved.append(s)
+    loss, grad = net.loss_and_grad(acts[-1], target)
+    del acts
+    grads = [None] * net.n
+    for i in reversed(range(net.n)):
+        grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
+    del saved
+    SGD(lr).step(net.layers, grads)
+    value = {"loss": loss, "grads": grads, "weights": net.copy_params()}
+    net.set_params(saved_params)
+    _REFERENCE.clear()
+    _REFERENCE.update(key=key, value=value)
+    return value
+
+
+WORKLOAD = TrainRecompute()
