@@ -1,0 +1,526 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""N:M sparsity by exact decomposition, and the sparse passes of a systolic array.
+
+A weight matrix W (K x cols; K is the reduction dimension) obeys N:M when every group of
+M consecutive rows (per column) holds at most N nonzeros. Groups run over the rows
+[g*M, g*M + M); when K is not a multiple of M the last group is padded with zero rows
+(Kp = G*M rows, G = ceil(K / M)).
+
+* ``check(w, n, m)``: does W obey N:M; the per-group nonzero counts (G x cols, uint8).
+* ``decompose(w, n, m)``: the fewest N:M matrices whose sum is W, P = ceil(max count / N),
+  in compressed form: ``values`` (P, G*N, cols) float32 and ``indices`` (P, G*N, cols)
+  uint8. In each group and column the nonzeros are taken in row order; the j-th goes to
+  pass j // N, slot j % N (compressed row g*N + j % N) with its in-group index. Unused
+  slots hold +0.0 with index 0. A zero of either sign is a zero: the parts hold only the
+  nonzeros, so their sum is W with every -0.0 read as +0.0 (``canonical(w)``), bit for bit.
+* ``reconstruct``/``expand``: the parts back as dense matrices, and their sum.
+* ``permute(w, n, m)``: one permutation of the (padded) reduction dimension that balances
+  nonzeros across groups; never more passes than the identity (which it falls back to).
+* ``spmm(a, values, indices, n, m, fold_depth)``: A (rows x Kp) times the compressed
+  passes, in the order below.
+
+Sparse pass order (the numerics contract; every multiply-add is one fused fp32 operation):
+out = +0; for each pass p in order, for each fold of ``fold_depth`` compressed rows in
+order: psum = +0; psum = fmaf(A[i, g*M + q], v, psum) over the fold's compressed rows r in
+increasing order (g = r // N, (v, q) the slot's value and index in column c);
+out[i, c] = out[i, c] + psum. This is a ws array's fold order applied to the K*N/M
+compressed reduction rows, every fold of every pass adding into one output accumulator.
+
+Wrappers validate and raise a ValueError naming the bad argument; cores are nogil C loops;
+the spmm micro-kernel (sparse_micro.h) is AVX-512F, AVX2+FMA or scalar, chosen at run time.
+"""
+import numpy as np
+
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+cdef extern from "sparse_micro.h" nogil:
+    int SP_ISA_SCALAR
+    int SP_ISA_AVX2
+    int SP_ISA_AVX512
+    int sp_isa_supported(int isa)
+    int sp_isa_best()
+    int sp_isa_mb(int isa)
+    int sp_isa_nc(int isa)
+    void *sp_alloc(size_t nbytes)
+    void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
+                  float *ot, long ldo)
+
+MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
+
+_ISA_NAMES = {SP_ISA_SCALAR: "scalar", SP_ISA_AVX2: "avx2", SP_ISA_AVX512: "avx512"}
+_ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
+cdef int _isa = sp_isa_best()
+
+
+def available_isas():
+    """Micro-kernel paths this CPU can run, widest first."""
+    return tuple(_ISA_NAMES[c] for c in (SP_ISA_AVX512, SP_ISA_AVX2, SP_ISA_SCALAR)
+                 if sp_isa_supported(c))
+
+
+def isa():
+    """The spmm micro-kernel path in use."""
+    return _ISA_NAMES[_isa]
+
+
+def set_isa(name=None):
+    """Force a spmm micro-kernel path ("avx512", "avx2", "scalar"); None picks the widest.
+    Returns the previous path's name."""
+    global _isa
+    previous = _ISA_NAMES[_isa]
+    if name is None:
+        _isa = sp_isa_best()
+        return previous
+    if name not in _ISA_CODES:
+        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
+    if not sp_isa_supported(_ISA_CODES[name]):
+        raise ValueError(f"isa {name!r} is not supported by this CPU")
+    _isa = _ISA_CODES[name]
+    return previous
+
+
+# ------------------------------------------------------------------ validation
+
+def _int(x, name):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {x!r}")
+    return int(x)
+
+
+def _nm(n, m):
+    n, m = _int(n, "n"), _int(m, "m")
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"m must be in 2..{MAX_M} (an in-group index must fit), got {m}")
+    if not 1 <= n < m:
+        raise ValueError(f"n must satisfy 1 <= n < m = {m}, got {n}")
+    return n, m
+
+
+def _weights(w, name="w"):
+    if not isinstance(w, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got ndim={w.ndim}")
+    if w.dtype != np.float32:
+        raise ValueError(f"{name} must have dtype float32, got {w.dtype} "
+                         f"(convert with {name}.astype(np.float32))")
+    if w.shape[0] < 1 or w.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and column, got shape {w.shape}")
+    return np.ascontiguousarray(w)
+
+
+def _threads(threads):
+    threads = _int(threads, "threads")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads
+
+
+def groups(k, m):
+    """Number of groups G = ceil(k / m) (the last one padded with zero rows)."""
+    return -(-k // m)
+
+
+def canonical(w):
+    """W with -0.0 read as +0.0: what the sum of the decomposed parts equals, bit for bit."""
+    return np.where(w == 0, np.float32(0), w).astype(np.float32)
+
+
+# ------------------------------------------------------------------ group counts
+
+def counts(w, m, threads=1):
+    """Per-group nonzero counts (G x cols, uint8) of w (K x cols) for groups of m rows.
+    Raises ValueError if w holds NaN or inf (naming the first bad row and column)."""
+    w = _weights(w)
+    m = _int(m, "m")
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"m must be in 2..{MAX_M}, got {m}")
+    threads = _threads(threads)
+    cdef long k = w.shape[0], cols = w.shape[1], G = groups(w.shape[0], m)
+    out = np.empty((G, cols), dtype=np.uint8)
+    bad = np.zeros(G, dtype=np.uint8)
+    _counts_shim(w, m, out, bad, threads)
+    if bad.any():
+        finite = np.isfinite(w)
+        r, c = np.argwhere(~finite)[0]
+        raise ValueError(f"w must be finite: w[{r}, {c}] = {w[r, c]}")
+    return out
+
+
+cdef void _counts_shim(const float[:, ::1] w, int m, uint8_t[:, ::1] out, uint8_t[::1] bad,
+                       int threads):
+    cdef long K = w.shape[0], cols = w.shape[1], G = out.shape[0], g
+    cdef const uint32_t *bits = <const uint32_t *>&w[0, 0]
+    with nogil:
+        for g in prange(G, num_threads=threads, schedule="static"):
+            bad[g] = _count_group(bits, K, cols, m, g, &out[g, 0])
+
+
+cdef inline uint8_t _count_group(const uint32_t *bits, long K, long cols, int m, long g,
+                                 uint8_t *cnt) noexcept nogil:
+    cdef long c, row
+    cdef int q
+    cdef uint32_t b, nonfinite = 0
+    for c in range(cols):
+        cnt[c] = 0
+    for q in range(m):
+        row = g * m + q
+        if row >= K:
+            break
+        for c in range(cols):
+            b = bits[row * cols + c]
+            cnt[c] += (b & 0x7FFFFFFF) != 0              # +0.0 and -0.0 are zeros
+            nonfinite |= (b & 0x7F800000) == 0x7F800000  # NaN or inf
+    return nonfinite != 0
+
+
+def passes_for(group_counts, n):
+    """Fewest N:M matrices for these per-group counts: ceil(max count / n)."""
+    top = int(group_counts.max()) if group_counts.size else 0
+    return -(-top // n)
+
+
+def check(w, n, m, threads=1):
+    """(obeys, counts): True when every group of m rows has at most n nonzeros per column;
+    counts is the per-group nonzero count array (G x cols, uint8)."""
+    n, m = _nm(n, m)
+    group_counts = counts(w, m, threads)
+    return bool(group_counts.size == 0 or group_counts.max() <= n), group_counts
+
+
+def lower_bound(w, n, m):
+    """ceil(max over columns of ceil(column nonzeros / G) / n): no row order does better."""
+    n, m = _nm(n, m)
+    w = _weights(w)
+    G = groups(w.shape[0], m)
+    per_column = np.count_nonzero(w, axis=0)
+    densest = -(-int(per_column.max()) // G)
+    return -(-densest // n)
+
+
+# ------------------------------------------------------------------ decompose
+
+def decompose(w, n, m, threads=1):
+    """(values, indices): the fewest N:M parts of w in compressed form, (P, G*n, cols)
+    float32 and uint8 (see the module docstring for the slot order)."""
+    n, m = _nm(n, m)
+    w = _weights(w)
+    threads = _threads(threads)
+    group_counts = counts(w, m, threads)
+    P = passes_for(group_counts, n)
+    cdef long G = group_counts.shape[0], cols = w.shape[1]
+    values = np.zeros((P, G * n, cols), dtype=np.float32)
+    indices = np.zeros((P, G * n, cols), dtype=np.uint8)
+    if P:
+        _fill_shim(w, n, m, P, values, indices, threads)
+    return values, indices
+
+
+cdef void _fill_shim(const float[:, ::1] w, int n, int m, long P, float[:, :, ::1] values,
+                     uint8_t[:, :, ::1] indices, int threads):
+    cdef long K = w.shape[0], cols = w.shape[1], kc = values.shape[1], G = kc // n, g, s
+    # slot j of a group -> its offset in values: pass j // n, compressed row j % n
+    cdef long slot_offset[256]
+    for s in range(P * n):
+        slot_offset[s] = (s // n) * kc * cols + (s % n) * cols
+    cdef uint8_t *slots = <uint8_t *>malloc(threads * cols)
+    with nogil:
+        for g in prange(G, num_threads=threads, schedule="static"):
+            _fill_group(&w[0, 0], K, cols, n, m, g, slot_offset, &values[0, 0, 0],
+                        &indices[0, 0, 0], slots + threadid() * cols)
+    free(slots)
+
+
+cdef inline void _fill_group(const float *w, long K, long cols, int n, int m, long g,
+                             const long *slot_offset, float *values, uint8_t *indices,
+                             uint8_t *slot) noexcept nogil:
+    cdef long c, row, dest
+    cdef long base = g * n * cols
+    cdef int q
+    cdef float x
+    for c in range(cols):
+        slot[c] = 0
+    for q in range(m):
+        row = g * m + q
+        if row >= K:
+            break
+        for c in range(cols):
+            x = w[row * cols + c]
+            if x != 0:
+                dest = slot_offset[slot[c]] + base + c
+                values[dest] = x
+                indices[dest] = <uint8_t>q
+                slot[c] += 1
+
+
+def _compressed(values, indices, n, m):
+    n, m = _nm(n, m)
+    if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.ndim != 3:
+        raise ValueError("values must be a 3-D float32 array (passes, G*n, cols)")
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.uint8 or \
+            indices.shape != values.shape:
+        raise ValueError(f"indices must be a uint8 array of the shape of values {values.shape}")
+    if values.shape[1] % n or values.shape[1] == 0 or values.shape[2] == 0:
+        raise ValueError(f"values.shape[1] = {values.shape[1]} must be a positive multiple "
+                         f"of n = {n}, and cols positive")
+    if indices.size and int(indices.max()) >= m:
+        raise ValueError(f"indices must be < m = {m}, found {int(indices.max())}")
+    return np.ascontiguousarray(values), np.ascontiguousarray(indices), n, m
+
+
+def expand(values, indices, n, m, k):
+    """The parts as dense matrices (P, k, cols): part p holds pass p's nonzeros in place."""
+    values, indices, n, m = _compressed(values, indices, n, m)
+    P, kc, cols = values.shape
+    G = kc // n
+    k = _int(k, "k")
+    if not (G - 1) * m < k <= G * m:
+        raise ValueError(f"k = {k} does not match {G} groups of m = {m}")
+    rows = (np.arange(kc) // n * m)[:, None] + indices.astype(np.int64)  # (P, kc, cols)
+    parts = np.zeros((P, G * m, cols), dtype=np.float32)
+    for p in range(P):
+        nz = values[p] != 0
+        parts[p, rows[p][nz], np.nonzero(nz)[1]] = values[p][nz]
+    return parts[:, :k]
+
+
+def reconstruct(values, indices, n, m, k):
+    """The sum of the parts, added in pass order in float32 (== canonical(W) exactly)."""
+    parts = expand(values, indices, n, m, k)
+    total = np.zeros(parts.shape[1:], dtype=np.float32)
+    for part in parts:
+        total = total + part
+    return total
+
+
+# ------------------------------------------------------------------ permutation
+
+def permute(w, n, m):
+    """(perm, before, after, bound): perm (Kp,) int64 reorders the padded reduction
+    dimension (new row j = old row perm[j]; perm[j] >= K is a padding row), balancing
+    nonzeros across groups. before/after are the pass counts without/with it and bound the
+    lower bound. When no order with fewer passes is found, perm is the identity.
+
+    Greedy: rows by decreasing nonzeros, each into the group with room that keeps every
+    per-column count <= cap and has the smallest count sum over the row's nonzero columns;
+    cap = n * target for target from the lower bound up to before - 1, first success wins.
+    """
+    n, m = _nm(n, m)
+    w = _weights(w)
+    k, cols = w.shape
+    G = groups(k, m)
+    kp = G * m
+    before = passes_for(counts(w, m), n)
+    bound = lower_bound(w, n, m)
+    identity = np.arange(kp, dtype=np.int64)
+    if before <= bound:
+        return identity, before, before, bound
+    nz_rows, nz_cols = np.nonzero(w)
+    row_ptr = np.zeros(kp + 1, dtype=np.int32)
+    np.cumsum(np.bincount(nz_rows, minlength=kp), out=row_ptr[1:])
+    col_idx = nz_cols.astype(np.int32)
+    order = np.argsort(-np.diff(row_ptr), kind="stable").astype(np.int64)
+    group_of = np.empty(kp, dtype=np.int64)
+    for target in range(bound, before):
+        if _assign_shim(row_ptr, col_idx, order, G, m, cols, n * target, group_of):
+            perm = np.argsort(group_of, kind="stable").astype(np.int64)
+            return perm, before, target, bound
+    return identity, before, before, bound
+
+
+cdef int _assign_shim(const int32_t[::1] row_ptr, const int32_t[::1] col_idx,
+                      const int64_t[::1] order, long G, int m, long cols, int cap,
+                      int64_t[::1] group_of):
+    cdef uint16_t *cnt = <uint16_t *>malloc(G * cols * sizeof(uint16_t))
+    cdef int *fill = <int *>malloc(G * sizeof(int))
+    cdef int ok
+    with nogil:
+        ok = _assign(&row_ptr[0], &col_idx[0] if col_idx.shape[0] else NULL, &order[0],
+                     order.shape[0], G, m, cols, cap, cnt, fill, &group_of[0])
+    free(cnt)
+    free(fill)
+    return ok
+
+
+cdef int _assign(const int32_t *row_ptr, const int32_t *col_idx, const int64_t *order,
+                 long nrows, long G, int m, long cols, int cap, uint16_t *cnt, int *fill,
+                 int64_t *group_of) noexcept nogil:
+    """1 when every row found a group with room keeping all counts <= cap, else 0."""
+    cdef long t, row, g, best, j
+    cdef long total, best_total
+    cdef int feasible
+    memset(cnt, 0, G * cols * sizeof(uint16_t))
+    memset(fill, 0, G * sizeof(int))
+    for t in range(nrows):
+        row = order[t]
+        best = -1
+        best_total = -1
+        for g in range(G):
+            if fill[g] >= m:
+                continue
+            total = 0
+            feasible = 1
+            for j in range(row_ptr[row], row_ptr[row + 1]):
+                if cnt[g * cols + col_idx[j]] >= cap:
+                    feasible = 0
+                    break
+                total += cnt[g * cols + col_idx[j]]
+            if feasible and (best < 0 or total < best_total):
+                best, best_total = g, total
+                if total == 0:
+                    break
+        if best < 0:
+            return 0
+        fill[best] += 1
+        group_of[row] = best
+        for j in range(row_ptr[row], row_ptr[row + 1]):
+            cnt[best * cols + col_idx[j]] += 1
+    return 1
+
+
+# ------------------------------------------------------------------ sparse GEMM
+
+def spmm(a, values, indices, n, m, fold_depth, threads=1):
+    """float32 (rows, cols) = A (rows x G*m) times the compressed passes, in the sparse
+    pass order of the module docstring (folds of ``fold_depth`` compressed rows)."""
+    values, indices, n, m = _compressed(values, indices, n, m)
+    a = _weights(a, "a")
+    P, kc, cols = values.shape
+    kp = kc // n * m
+    if a.shape[1] != kp:
+        raise ValueError(f"a must have {kp} columns (G = {kc // n} groups of m = {m}, pad with "
+                         f"zero columns), got {a.shape[1]}")
+    fold_depth = _int(fold_depth, "fold_depth")
+    if fold_depth < 1:
+        raise ValueError(f"fold_depth must be >= 1, got {fold_depth}")
+    threads = _threads(threads)
+    rows = a.shape[0]
+    if P == 0:
+        return np.zeros((rows, cols), dtype=np.float32)
+    cdef int mb = sp_isa_mb(_isa), nc = sp_isa_nc(_isa)
+    rows_pad = -(-rows // mb) * mb
+    cols_pad = -(-cols // nc) * nc
+    ot = np.zeros((cols_pad, rows_pad), dtype=np.float32)
+    if _spmm_shim(a, values, indices, n, m, fold_depth, ot, threads, _isa) != 0:
+        raise MemoryError("could not allocate the packing buffers")
+    out = np.empty((rows, cols), dtype=np.float32)
+    _transpose_shim(ot, out, threads)
+    return out
+
+
+cdef void _transpose_shim(const float[:, ::1] ot, float[:, ::1] out, int threads):
+    """out[i, c] = ot[c, i], in 64 x 64 blocks (a strided copy would miss the cache)."""
+    cdef long rows = out.shape[0], cols = out.shape[1], nbi = (rows + 63) // 64
+    cdef long bi, i0, i1, c0, c1, i, c
+    with nogil:
+        for bi in prange(nbi, num_threads=threads, schedule="static"):
+            i0 = bi * 64
+            i1 = i0 + 64 if rows - i0 > 64 else rows
+            c0 = 0
+            while c0 < cols:
+                c1 = c0 + 64 if cols - c0 > 64 else cols
+                for i in range(i0, i1):
+                    for c in range(c0, c1):
+                        out[i, c] = ot[c, i]
+                c0 = c1
+
+
+cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,
+                    const uint8_t[:, :, ::1] indices, int n, int m, long depth,
+                    float[:, ::1] ot, int threads, int isa_code):
+    cdef int rc
+    with nogil:
+        rc = _spmm_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0], &indices[0, 0, 0],
+                        values.shape[0], values.shape[1], values.shape[2], n, m, depth,
+                        &ot[0, 0], ot.shape[0], ot.shape[1], threads, isa_code)
+    return rc
+
+
+cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const uint8_t *I,
+                    long P, long kc, long cols, int n, int m, long depth, float *ot,
+                    long cols_pad, long rows_pad, int threads, int isa_code) noexcept nogil:
+    """Per pass, per fold: pack the fold's compressed B (values and A offsets, NC columns
+    per block), pack the fold's span of A (MB rows per block, k-major), then one micro-kernel
+    per MB x NC tile; tiles are spread over the threads by rows of A and column chunks."""
+    cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
+    cdef long nib = rows_pad // mb, ncb = cols_pad // nc
+    cdef long nr_max = depth if depth < kc else kc
+    cdef long span_max = ((nr_max + n - 1) // n + 1) * m
+    cdef float *pa = <float *>sp_alloc(<size_t>rows_pad * span_max * sizeof(float))
+    cdef float *bv = <float *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(float))
+    cdef int32_t *bo = <int32_t *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(int32_t))
+    if pa == NULL or bv == NULL or bo == NULL:
+        free(pa)
+        free(bv)
+        free(bo)
+        return -1
+    # column chunks per row block so that there are a few tiles per thread
+    cdef long nchunk = 1
+    if threads > 1 and nib < 4 * threads:
+        nchunk = (4 * threads + nib - 1) // nib
+        if nchunk > ncb:
+            nchunk = ncb
+    cdef long chunk = (ncb + nchunk - 1) // nchunk
+    cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi
+    for p in range(P):
+        f0 = 0
+        while f0 < kc:
+            f1 = f0 + depth if kc - f0 > depth else kc
+            nr = f1 - f0
+            g0 = f0 // n
+            g1 = (f1 - 1) // n + 1
+            span = (g1 - g0) * m
+            for cb in prange(ncb, num_threads=threads, schedule="static"):
+                _pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr, g0,
+                        cb, bv + cb * nr * nc, bo + cb * nr * nc)
+            for ib in prange(nib, num_threads=threads, schedule="static"):
+                _pack_a(A, rows, kp, mb, ib, g0 * m, span, pa + ib * mb * span)
+            for t in prange(nib * nchunk, num_threads=threads, schedule="dynamic"):
+                ib = t // nchunk
+                c0 = (t % nchunk) * chunk
+                c1 = c0 + chunk if ncb - c0 > chunk else ncb
+                for cbi in range(c0, c1):
+                    sp_micro(isa_code, nr, pa + ib * mb * span, bv + cbi * nr * nc,
+                             bo + cbi * nr * nc, ot + cbi * nc * rows_pad + ib * mb, rows_pad)
+            f0 = f1
+    free(pa)
+    free(bv)
+    free(bo)
+    return 0
+
+
+cdef inline void _pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb,
+                         int nc, long f0, long nr, long g0, long cb, float *bv,
+                         int32_t *bo) noexcept nogil:
+    """bv[r*nc + j], bo[r*nc + j]: value and packed-A offset of compressed row f0 + r,
+    column cb*nc + j (columns past the end: value 0, offset 0)."""
+    cdef long r, j, c, row
+    for r in range(nr):
+        row = f0 + r
+        for j in range(nc):
+            c = cb * nc + j
+            if c < cols:
+                bv[r * nc + j] = V[row * cols + c]
+                bo[r * nc + j] = <int32_t>(((row // n - g0) * m + I[row * cols + c]) * mb)
+            else:
+                bv[r * nc + j] = 0.0
+                bo[r * nc + j] = 0
+
+
+cdef inline void _pack_a(const float *A, long rows, long kp, int mb, long ib, long k0,
+                         long span, float *pa) noexcept nogil:
+    """pa[k*mb + i] = A[ib*mb + i, k0 + k] (rows past the end: 0)."""
+    cdef long i, k, row
+    cdef const float *src
+    for i in range(mb):
+        row = ib * mb + i
+        if row < rows:
+            src = A + row * kp + k0
+            for k in range(span):
+                pa[k * mb + i] = src[k]
+        else:
+            for k in range(span):
+                pa[k * mb + i] = 0.0

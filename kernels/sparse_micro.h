@@ -1,0 +1,183 @@
+/* sparse_micro.h: micro-kernels of sysbench._kernels.sparse (N:M sparse passes).
+ *
+ * One sparse pass multiplies A (rows x Kp) by a compressed N:M weight matrix: compressed
+ * row r belongs to group g = r / N and holds, per output column c, a value v[r, c] and an
+ * in-group index q[r, c], i.e. the weight at reduction index g*M + q. A PE of column c
+ * multiplies v by the A element its index selects (the sparse array's multiplexer).
+ *
+ * Order (the numerics contract, fold order of a ws array over the compressed rows):
+ *   for each fold of compressed rows [f0, f1): psum = +0;
+ *       psum = fmaf(A[i, g(r)*M + q[r,c]], v[r,c], psum) for r = f0 .. f1-1 in order;
+ *       out[i, c] = out[i, c] + psum.
+ * Every output element is its own chain, so SIMD lanes run along i (rows of A) and the
+ * result is bit-identical whatever the vector width.
+ *
+ * Layouts prepared by the caller for one fold (span = reduction indices the fold touches):
+ *   packed A block: pa[k * MB + i] = A[i0 + i, k0 + k]   (MB rows, k-major; padded rows 0)
+ *   packed B block of NC columns: bv[r * NC + c] = value, bo[r * NC + c] = offset of the
+ *       selected A vector in pa, in floats ((g - g0) * M + q) * MB
+ *   output, transposed: ot[c * ldo + i] (so that a column's MB rows are contiguous).
+ * The AVX-512F and AVX2+FMA kernels are compiled with target attributes and chosen at run
+ * time; the scalar kernel uses C fmaf. -ffp-contract=off keeps every other operation unfused.
+ */
+#ifndef SYSBENCH_SPARSE_MICRO_H
+#define SYSBENCH_SPARSE_MICRO_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SP_X86 1
+#include <immintrin.h>
+#else
+#define SP_X86 0
+#endif
+
+#define SP_ISA_SCALAR 0
+#define SP_ISA_AVX2 1
+#define SP_ISA_AVX512 2
+
+/* tile: MB rows of A (lanes) x NC output columns */
+#define SP_S_MB 4
+#define SP_S_NC 4
+#define SP_A2_MB 16
+#define SP_A2_NC 6
+#define SP_A5_MB 32
+#define SP_A5_NC 12
+
+static int sp_isa_supported(int isa)
+{
+    if (isa == SP_ISA_SCALAR) return 1;
+#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (isa == SP_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == SP_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+static int sp_isa_best(void)
+{
+    if (sp_isa_supported(SP_ISA_AVX512)) return SP_ISA_AVX512;
+    if (sp_isa_supported(SP_ISA_AVX2)) return SP_ISA_AVX2;
+    return SP_ISA_SCALAR;
+}
+
+static int sp_isa_mb(int isa)
+{
+    return isa == SP_ISA_AVX512 ? SP_A5_MB : isa == SP_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
+}
+
+static int sp_isa_nc(int isa)
+{
+    return isa == SP_ISA_AVX512 ? SP_A5_NC : isa == SP_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
+}
+
+static void *sp_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0) bytes = 64;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    return p;
+}
+
+/* ---------------------------------------------------------------- scalar, 4 x 4 */
+
+static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_t *bo,
+                         float *ot, long ldo)
+{
+    float acc[SP_S_NC][SP_S_MB];
+    long r;
+    int c, i;
+    for (c = 0; c < SP_S_NC; c++)
+        for (i = 0; i < SP_S_MB; i++) acc[c][i] = 0.0f;
+    for (r = 0; r < nr; r++) {
+        for (c = 0; c < SP_S_NC; c++) {
+            const float *a = pa + bo[r * SP_S_NC + c];
+            const float v = bv[r * SP_S_NC + c];
+            for (i = 0; i < SP_S_MB; i++) acc[c][i] = fmaf(a[i], v, acc[c][i]);
+        }
+    }
+    for (c = 0; c < SP_S_NC; c++)
+        for (i = 0; i < SP_S_MB; i++) ot[c * ldo + i] = ot[c * ldo + i] + acc[c][i];
+}
+
+#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
+
+/* ---------------------------------------------------------------- AVX2 + FMA, 16 x 6 */
+
+#define SP_A2_COLS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+__attribute__((target("avx2,fma")))
+static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t *bo,
+                       float *ot, long ldo)
+{
+#define SP_A2_DECL(c) __m256 a##c##_0 = _mm256_setzero_ps(), a##c##_1 = _mm256_setzero_ps();
+    SP_A2_COLS(SP_A2_DECL)
+#undef SP_A2_DECL
+    long r;
+    for (r = 0; r < nr; r++) {
+        __m256 v;
+        const float *a;
+#define SP_A2_FMA(c) a = pa + bo[c]; v = _mm256_broadcast_ss(bv + (c)); \
+        a##c##_0 = _mm256_fmadd_ps(_mm256_loadu_ps(a), v, a##c##_0); \
+        a##c##_1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8), v, a##c##_1);
+        SP_A2_COLS(SP_A2_FMA)
+#undef SP_A2_FMA
+        bv += SP_A2_NC;
+        bo += SP_A2_NC;
+    }
+#define SP_A2_ADD(c) \
+    _mm256_storeu_ps(ot + (c) * ldo, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo), a##c##_0)); \
+    _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo + 8), a##c##_1));
+    SP_A2_COLS(SP_A2_ADD)
+#undef SP_A2_ADD
+}
+
+/* ---------------------------------------------------------------- AVX-512F, 32 x 12 */
+
+#define SP_A5_COLS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+__attribute__((target("avx512f")))
+static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_t *bo,
+                         float *ot, long ldo)
+{
+#define SP_A5_DECL(c) __m512 a##c##_0 = _mm512_setzero_ps(), a##c##_1 = _mm512_setzero_ps();
+    SP_A5_COLS(SP_A5_DECL)
+#undef SP_A5_DECL
+    long r;
+    for (r = 0; r < nr; r++) {
+        __m512 v;
+        const float *a;
+#define SP_A5_FMA(c) a = pa + bo[c]; v = _mm512_set1_ps(bv[c]); \
+        a##c##_0 = _mm512_fmadd_ps(_mm512_loadu_ps(a), v, a##c##_0); \
+        a##c##_1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + 16), v, a##c##_1);
+        SP_A5_COLS(SP_A5_FMA)
+#undef SP_A5_FMA
+        bv += SP_A5_NC;
+        bo += SP_A5_NC;
+    }
+#define SP_A5_ADD(c) \
+    _mm512_storeu_ps(ot + (c) * ldo, _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo), a##c##_0)); \
+    _mm512_storeu_ps(ot + (c) * ldo + 16, _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo + 16), a##c##_1));
+    SP_A5_COLS(SP_A5_ADD)
+#undef SP_A5_ADD
+}
+
+#endif /* x86 */
+
+/* One MB x NC tile of one fold on the chosen path. */
+static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
+                     float *ot, long ldo)
+{
+#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == SP_ISA_AVX512) { sp_uk_avx512(nr, pa, bv, bo, ot, ldo); return; }
+    if (isa == SP_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ot, ldo); return; }
+#endif
+    sp_uk_scalar(nr, pa, bv, bo, ot, ldo);
+}
+
+#endif /* SYSBENCH_SPARSE_MICRO_H */
