@@ -12,6 +12,12 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity: dict = {}
 
+    def workspace(self, layers) -> int:
+        """Bytes of the temporaries step() allocates at once (lr * g of the largest tensor,
+        and g + weight_decay * p with weight decay)."""
+        largest = max((p.nbytes for layer in layers for p in layer.params.values()), default=0)
+        return largest * (2 if self.weight_decay else 1)
+
     def step(self, layers, grads: list[dict]) -> None:
         """Update every layer's params from grads[i] (the dict layer i's backward returned)."""
         for i, layer in enumerate(layers):

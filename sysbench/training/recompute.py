@@ -386,9 +386,10 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
             if dry:
                 y = _Placeholder(net.activation_bytes(k))
             else:
-                y, _ = net.forward_layer(k - 1, held[k - 1])
+                y = net.forward_layer(k - 1, held[k - 1])[0]  # saved is rebuilt at B(k)
             held[k] = y
             handles[k] = tracker.hold(f"a{k}", y)
+            del y  # held[k] is its only reference: D(k) frees it
             tracker.remove(ws)
             forwards += 1
             flops += net.forward_flops(k - 1)
@@ -415,14 +416,21 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
             new_handle = tracker.hold(f"d{k - 1}", d_in, "gradient") if d_in is not None else None
             for name, g in grads[k - 1].items():
                 grad_handles.append(tracker.hold(f"g{k}.{name}", g, "weight_grad"))
+            del d  # before the tracker frees it, so the two agree
             tracker.remove(ws)
             tracker.remove(d_handle)
             d, d_handle = d_in, new_handle
+            del d_in
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
-        if not dry:
+        if dry:
+            largest = max((p.nbytes for layer in net.layers for p in layer.params.values()), default=0)
+            ws = tracker.add("ws sgd", largest, "workspace")
+        else:
+            ws = tracker.add("ws sgd", optimizer.workspace(net.layers), "workspace")
             optimizer.step(net.layers, grads)
+        tracker.remove(ws)
         for h in grad_handles:
             tracker.remove(h)
     return StepResult(loss, grads, tracker, forwards, flops)
