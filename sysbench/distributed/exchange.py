@@ -40,7 +40,7 @@ class Recorder:
 
 
 def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1,
-             beat=None, fault=None) -> tuple[Recorder, list]:
+             beat=None, fault=None, progress_interval_s: float = 0.0) -> tuple[Recorder, list]:
     """Train `steps` steps under `plan`; returns the recorder and the end of each step's backward.
 
     `beat(step, phase)` is called as work completes (the watchdog's heartbeat); `fault` is a
@@ -54,6 +54,48 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     views = [grads[m.start:m.stop] for m in plan.messages]
     requests: dict = {}            # message id -> (request, issue time, step)
     beat = beat or (lambda step, phase: None)
+    poker = ProgressThread(comm, progress_interval_s) if progress_interval_s > 0 else None
+    try:
+        return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests)
+    finally:
+        if poker:
+            poker.stop()
+
+
+class ProgressThread:
+    """Drives MPI's progress engine every `interval_s` while the main thread computes.
+
+    numpy releases the GIL inside its kernels, so this thread's MPI_Iprobe (on a private
+    duplicate communicator that never carries a message) runs alongside them and moves the
+    outstanding Iallreduces along. Unlike MPICH's own asynchronous progress thread
+    (MPIR_CVAR_ASYNC_PROGRESS=1), which spins on a core, it sleeps between pokes. Needs
+    MPI_THREAD_MULTIPLE (mpi4py's default request)."""
+
+    def __init__(self, comm, interval_s: float):
+        import threading
+        from mpi4py import MPI
+        if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise RuntimeError("a progress thread needs MPI_THREAD_MULTIPLE")
+        self.comm = comm.Dup()
+        self.interval_s = interval_s
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._poke, daemon=True)
+        self.thread.start()
+
+    def _poke(self):
+        from mpi4py import MPI
+        while not self.halt.wait(self.interval_s):
+            self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+
+    def stop(self):
+        self.halt.set()
+        self.thread.join()
+        self.comm.Free()
+
+
+def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests):
+    from mpi4py import MPI
+    L = plan.layers
     comm.Barrier()
     rec = Recorder(time.perf_counter())
     boundaries = []

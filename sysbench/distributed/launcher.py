@@ -85,8 +85,9 @@ def launch(spec: dict, ranks: int, timeout_s: float, threads: int = 1, async_pro
         if code != 0 or not (outdir / "result.json").exists():
             raise DistributedError(_explain(outdir, ranks, output, code, None))
         result = json.loads((outdir / "result.json").read_text())
-        if (outdir / "weights.npy").exists():
-            result["weights"] = np.load(outdir / "weights.npy")
+        for name in ("weights", "reference", "full_batch"):
+            if (outdir / f"{name}.npy").exists():
+                result[name] = np.load(outdir / f"{name}.npy")
         return result
     finally:
         if proc.poll() is None:

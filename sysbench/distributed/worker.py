@@ -186,7 +186,8 @@ def _train(comm, spec, dog, outdir):
     program.step_offset = probe_steps
     steps = spec.get("warmup", 1) + spec.get("repeats", 3) + 1
     fault = spec.get("fault")
-    rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault)
+    rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault,
+                               spec.get("progress_us", 0) * 1e-6)
     dog.beat(steps, "training done")
 
     first = 1 + spec.get("warmup", 1)
@@ -206,7 +207,14 @@ def _train(comm, spec, dog, outdir):
     gathered = comm.gather(mine, root=0)
     if rank != 0:
         return None
-    return {"ranks": ranks, "schedule": plan.schedule, "plan": plan.to_dict(),
+    references = {}
+    if spec.get("reference", True) and spec.get("program") != "buffers":
+        # Here, not in the launching process: the same BLAS thread count as the ranks', so
+        # the same bits (OpenBLAS's sums depend on its thread count).
+        from .programs import full_batch_weights, reference_weights
+        references = {"reference": reference_weights(spec, ranks, probe_steps + steps),
+                      "full_batch": full_batch_weights(spec, probe_steps + steps)}
+    return {**references, "ranks": ranks, "schedule": plan.schedule, "plan": plan.to_dict(),
             "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
             "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
             "per_rank": gathered, "weights": weights}
@@ -234,9 +242,10 @@ def main(argv=None) -> int:
         comm.Abort(3)
         return 3
     if result is not None:
-        weights = result.pop("weights", None)
-        if weights is not None:
-            np.save(outdir / "weights.npy", weights)
+        for name in ("weights", "reference", "full_batch"):
+            array = result.pop(name, None)
+            if array is not None:
+                np.save(outdir / f"{name}.npy", array)
         tmp = outdir / "result.json.tmp"
         tmp.write_text(json.dumps(result))
         tmp.replace(outdir / "result.json")

@@ -1,0 +1,279 @@
+"""train_distributed: data-parallel training with gradient exchange overlapped with backward.
+
+mode = "mpi": real ranks. The case launches `mpiexec -n ranks python -m
+sysbench.distributed.worker` itself (or, when sysbench already runs under mpiexec, uses the
+job it is in), trains the network on `batch` samples per step split evenly over the ranks,
+and exchanges gradients with non-blocking Iallreduce under the case's schedule (see
+sysbench.distributed.schedules). Every rank must end with bit-identical weights, equal to
+single-process training on the concatenated batch: bit for bit with 2 ranks (a + b is the
+same in any order); with more ranks the MPI library's summation order differs from rank
+order, so the weights agree within steps * (ranks - 1) * 2^-23 * max(1, max |w|).
+
+mode = "sim": the discrete-event simulator runs the same schedule code for `workers` workers
+over links of `link_gbps` and `link_latency_us` (ring or tree all-reduce), compute from FLOPs
+at `device_tflops`. Nothing is trained; the plan is checked and the figures are the model's.
+
+Metrics: step time, compute time, exposed (non-overlapped) communication, the time any
+all-reduce was in flight, overlap fraction = 1 - exposed / in-flight, gradient bytes and bytes
+each rank sends (ring model), and per-rank timelines of compute and communication events.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..distributed.costs import ALGORITHMS, LinkCost
+from ..distributed.schedules import SCHEDULES, check_plan, make_plan
+from .base import CaseError, Key, Validation, Workload
+
+MODELS = ("mlp", "cnn", "resnet50")
+UNIT_ROUNDOFF = 2.0 ** -23
+
+
+def network_keys(p: dict) -> dict:
+    keys = {"model": p["model"], "layers": p["layers"], "width": p["width"], "image": p["image"],
+            "in_channels": p["in_channels"], "classes": p["classes"]}
+    if p["channels"]:
+        keys["channels"] = p["channels"]
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+class TrainDistributed(Workload):
+    kind = "train_distributed"
+    description = "data-parallel SGD over MPI ranks: gradient all-reduce overlapped with backward; a simulator to 4096 workers"
+    needs_array = False
+    keys = {
+        "mode": Key("str", default="mpi", choices=("mpi", "sim"), help="mpi: real ranks; sim: the simulator"),
+        "model": Key("str", default="mlp", choices=MODELS, help="mlp | cnn (training engine) | resnet50 (sim only)"),
+        "layers": Key("int", default=None, minimum=1, help="mlp/cnn depth"),
+        "width": Key("int", default=None, minimum=1, help="mlp width"),
+        "image": Key("int", default=None, minimum=1, help="cnn image size"),
+        "in_channels": Key("int", default=None, minimum=1, help="cnn input channels"),
+        "channels": Key("list", default=None, help="cnn channels per convolution"),
+        "classes": Key("int", default=None, minimum=2, help="cnn classes"),
+        "batch": Key("int", default=64, minimum=1, help="global batch per step (split over ranks/workers)"),
+        "local_batch": Key("int", default=None, minimum=1,
+                           help="batch per rank/worker; when set, the global batch is local_batch x ranks/workers"),
+        "lr": Key("float", default=0.01, help="SGD learning rate"),
+        "ranks": Key("int", default=2, minimum=1, help="MPI ranks (mode mpi)"),
+        "workers": Key("int", default=8, minimum=1, help="simulated workers (mode sim)"),
+        "schedule": Key("str", default="split_priority", choices=SCHEDULES, help="gradient exchange schedule"),
+        "bucket_mib": Key("float", default=25.0, minimum=1e-3, help="bucketed: bucket size in MiB"),
+        "portion_kib": Key("float", default=256.0, minimum=1e-3, help="split_priority: portion size in KiB"),
+        "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
+        "progress_us": Key("int", default=0, minimum=0,
+                           help="mpi: a helper thread pokes MPI progress every N us (0: only between layers)"),
+        "link_gbps": Key("float", default=10.0, minimum=1e-6, help="sim: link bandwidth, Gb/s"),
+        "link_latency_us": Key("float", default=5.0, minimum=0, help="sim: per-message latency, us"),
+        "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="all-reduce cost model"),
+        "device_tflops": Key("float", default=20.0, minimum=1e-6, help="sim: sustained compute throughput"),
+        "calibration": Key("path", default=None, help="JSON written by distributed_calibrate: alpha/beta to use"),
+    }
+
+    # ------------------------------------------------------------------ checks and model
+    def check(self, params, array):
+        if params["local_batch"]:
+            params["batch"] = params["local_batch"] * (params["workers"] if params["mode"] == "sim" else params["ranks"])
+        problems = []
+        mode, model = params["mode"], params["model"]
+        if mode == "mpi":
+            if model == "resnet50":
+                problems.append(("model", "resnet50 is simulator-only (mode = \"sim\"); use mlp or cnn"))
+            ranks, batch = params["ranks"], params["batch"]
+            if batch % ranks:
+                problems.append(("ranks", f"ranks = {ranks} cannot split batch = {batch} evenly "
+                                          f"(batch must be a multiple of ranks)"))
+            if model != "resnet50":
+                try:
+                    from ..training import network
+                    network.build(dict(network_keys(params), batch=max(1, batch // ranks)))
+                except ValueError as exc:
+                    problems.append(("model", f"cannot build the network: {exc}"))
+        elif params["batch"] % params["workers"]:
+            problems.append(("workers", f"workers = {params['workers']} cannot split batch = {params['batch']} evenly"))
+        return problems
+
+    def sizes_and_flops(self, params):
+        """(gradient elements per schedule layer, forward FLOPs per layer for the whole local batch)."""
+        p = params
+        if p["model"] == "resnet50":
+            from ..distributed.models import resnet50
+            sizes, per_sample = resnet50(p["image"] or 224, p["classes"] or 1000)
+            local = p["batch"] // (p["workers"] if p["mode"] == "sim" else p["ranks"])
+            return sizes, [f * local for f in per_sample]
+        from ..distributed.programs import NetProgram
+        ranks = p["workers"] if p["mode"] == "sim" else p["ranks"]
+        prog = NetProgram(self.spec(p), 0, ranks)
+        fwd, _ = prog.flops()
+        return prog.layer_sizes, fwd
+
+    def link_cost(self, params, workers):
+        if params["calibration"]:
+            data = load_calibration(params["calibration"])
+            return LinkCost(data["alpha_s"], data["beta_s_per_byte"], workers, params["algorithm"])
+        return LinkCost.from_link(params["link_gbps"], params["link_latency_us"], workers, params["algorithm"])
+
+    def plan(self, params, sizes, bwd_s, cost):
+        return make_plan(params["schedule"], sizes, bucket_bytes=int(params["bucket_mib"] * 2**20),
+                         portion_bytes=int(params["portion_kib"] * 2**10), bwd_s=bwd_s, cost=cost.allreduce_s)
+
+    def model(self, params, array):
+        from ..distributed.simulator import simulate
+        workers = params["workers"] if params["mode"] == "sim" else params["ranks"]
+        sizes, fwd_flops = self.sizes_and_flops(params)
+        grad_bytes = 4 * sum(sizes)
+        out = {"workers": workers, "parameters": sum(sizes), "layers": len(sizes), "gradient_bytes": grad_bytes,
+               "bytes_sent_per_rank": int(round(2 * (workers - 1) / workers * grad_bytes)) if params["algorithm"] == "ring"
+               else int(grad_bytes * (1 if workers > 1 else 0)),
+               "flops_per_step": 3 * sum(fwd_flops)}
+        if params["mode"] != "sim":
+            return out
+        throughput = params["device_tflops"] * 1e12
+        fwd = [f / throughput for f in fwd_flops]
+        bwd = [2 * f / throughput for f in fwd_flops]
+        cost = self.link_cost(params, workers)
+        plan = self.plan(params, sizes, bwd, cost)
+        sim = simulate(plan, fwd, bwd, cost.allreduce_s, timeline=False)
+        out.update(messages=len(plan.messages), **sim.to_dict())
+        return out
+
+    # ------------------------------------------------------------------ real runs
+    def spec(self, p) -> dict:
+        return {"program": "net", "net": network_keys(p), "batch": p["batch"], "lr": p["lr"],
+                "schedule": p["schedule"], "bucket_bytes": int(p["bucket_mib"] * 2**20),
+                "portion_bytes": int(p["portion_kib"] * 2**10), "progress_us": p["progress_us"]}
+
+    def prepare(self, params, array, rng):
+        state = {"params": params}
+        if params["calibration"]:
+            state["calibration"] = load_calibration(params["calibration"])
+        if params["mode"] == "sim":
+            workers = params["workers"]
+            sizes, fwd_flops = self.sizes_and_flops(params)
+            throughput = params["device_tflops"] * 1e12
+            state.update(sizes=sizes, fwd=[f / throughput for f in fwd_flops],
+                         bwd=[2 * f / throughput for f in fwd_flops], cost=self.link_cost(params, workers))
+        return state
+
+    def measure(self, state, threads, warmup, repeats):
+        if state["params"]["mode"] == "sim":
+            return self.measure_sim(state, repeats)
+        p = state["params"]
+        spec = dict(self.spec(p), warmup=warmup, repeats=repeats, seed=0)
+        if "calibration" in state:
+            spec["cost"] = {k: state["calibration"][k] for k in ("alpha_s", "beta_s_per_byte")}
+        result = execute(spec, p["ranks"], p["timeout_s"], threads)
+        if result is None:  # a rank other than 0 of a job launched by the user
+            return [0.0], None, {}
+        per_rank = result["per_rank"]
+        steps = len(per_rank[0]["steps"])
+        samples = [max(r["steps"][k]["step_s"] for r in per_rank) for k in range(steps)]
+        med = lambda key: statistics.median(r["steps"][k][key] for r in per_rank for k in range(steps))
+        measured = {
+            "step_s": statistics.median(samples), "compute_s": med("compute_s"),
+            "exposed_comm_s": med("exposed_comm_s"), "comm_inflight_s": med("comm_inflight_s"),
+            "overlap_fraction": med("overlap_fraction"),
+            "bytes_per_step": 4 * sum(result["layer_sizes"]),
+            "allreduces_per_step": result["plan"]["messages"],
+            "cost_model": result["cost"], "calibration": result["calibration"],
+            "prediction": self.predict(result),
+            "timeline": [e for r in per_rank for e in r["timeline"]],
+            "issue_order": per_rank[0]["issues"][-result["plan"]["messages"]:],
+        }
+        return samples, result, measured
+
+    def predict(self, result) -> dict:
+        """The simulator on this run's own plan, measured layer times and fitted alpha/beta."""
+        from ..distributed.simulator import simulate
+        times = {k: [max(r["layer_times"][k][l] for r in result["per_rank"]) for l in range(len(result["layer_sizes"]))]
+                 for k in ("forward", "backward", "update")}
+        cost = LinkCost(result["cost"]["alpha_s"], result["cost"]["beta_s_per_byte"], result["ranks"])
+        est = result["estimates"]["backward"]
+        p = result["plan"]
+        plan = make_plan(result["schedule"], result["layer_sizes"], bucket_bytes=p.get("bucket_bytes", 25 << 20),
+                         portion_bytes=p.get("portion_bytes", 1 << 18), bwd_s=est, cost=cost.allreduce_s)
+        sim = simulate(plan, times["forward"], times["backward"], cost.allreduce_s, times["update"], timeline=False)
+        return sim.to_dict()
+
+    def measure_sim(self, state, repeats):
+        from ..distributed.simulator import simulate
+        samples, sim, plan = [], None, None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            plan = self.plan(state["params"], state["sizes"], state["bwd"], state["cost"])
+            sim = simulate(plan, state["fwd"], state["bwd"], state["cost"].allreduce_s)
+            samples.append(time.perf_counter() - start)
+        state["plan"] = plan
+        last = [e for e in sim.timeline if e["step"] >= 1]
+        measured = {"simulated": sim.to_dict(), "timeline": last if len(last) <= 2000 else last[:2000]}
+        return samples, sim, measured
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, state, output) -> Validation:
+        p = state["params"]
+        if p["mode"] == "sim":
+            problems = check_plan(state["plan"])
+            sane = output.step_s >= output.compute_s - 1e-12 and output.exposed_comm_s <= output.comm_inflight_s + 1e-9
+            if not sane:
+                problems.append("simulated step shorter than its compute, or more exposed than in-flight communication")
+            return Validation("plan check", 0.0, not problems, "; ".join(problems[:3]))
+        if output is None:
+            return Validation("validated on rank 0", 0.0, True)
+        per_rank = output["per_rank"]
+        problems = []
+        hashes = {r["weights_sha256"] for r in per_rank}
+        if len(hashes) != 1:
+            problems.append(f"ranks ended with {len(hashes)} different weight sets")
+        if not all(r["reduced_once"] for r in per_rank):
+            problems.append("some step did not all-reduce every gradient exactly once")
+        w, ref = output["weights"], output["reference"]
+        err = float(np.max(np.abs(w.astype(np.float64) - ref))) if w.size else 0.0
+        ranks = output["ranks"]
+        if ranks <= 2:
+            tol, rule = 0.0, "bit-equal"
+        else:
+            tol = output["steps_trained"] * (ranks - 1) * UNIT_ROUNDOFF * max(1.0, float(np.max(np.abs(ref))))
+            rule = f"within steps*(ranks-1)*2^-23*max(1,|w|) = {tol:.3g}"
+        if err > tol:
+            problems.append(f"weights differ from single-process training by {err:.3g} ({rule})")
+        full_err = float(np.max(np.abs(w.astype(np.float64) - output["full_batch"])))
+        return Validation(f"single process, {rule}", err, not problems, "; ".join(problems),
+                          {"ranks_identical": len(hashes) == 1, "tolerance": tol,
+                                                "max_abs_err_vs_full_batch_gemm": full_err})
+
+    def summary(self, metrics):
+        return {"cycles": None, "utilization": metrics.get("overlap_fraction")}
+
+
+def load_calibration(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CaseError("calibration", f"{path}: cannot read a calibration JSON: {exc}") from None
+    if not all(isinstance(data.get(k), (int, float)) for k in ("alpha_s", "beta_s_per_byte")):
+        raise CaseError("calibration", f"{path}: needs numbers alpha_s and beta_s_per_byte "
+                                       f"(write it with a distributed_calibrate case's `output`)")
+    return data
+
+
+def execute(spec: dict, ranks: int, timeout_s: float, threads: int):
+    """Launch the ranks, or, already under mpiexec, run on COMM_WORLD (rank 0 gets the result)."""
+    from ..distributed import launcher
+    if launcher.in_mpi_job():
+        from mpi4py import MPI
+        from ..distributed.worker import run_spec
+        comm = MPI.COMM_WORLD
+        if comm.size != ranks:
+            raise CaseError("ranks", f"the case needs ranks = {ranks} but mpiexec started {comm.size}")
+        return run_spec(comm, dict(spec, ranks=ranks, timeout_s=timeout_s))
+    try:
+        return launcher.launch(spec, ranks, timeout_s, threads)
+    except launcher.DistributedError as exc:
+        raise CaseError("ranks", f"the distributed job failed: {exc}") from None
+
+
+WORKLOAD = TrainDistributed()
