@@ -1,0 +1,217 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Multinomial sampling by parallel (chunked, two-level) cumulative sums.
+
+A row of V nonnegative float32 weights (unnormalised allowed) is cut into ``units`` chunks of
+L = ceil(V / units) elements (chunk c holds [c L, min((c + 1) L, V)); trailing chunks may be
+empty when units > ceil(V / L)). The cumulative values are defined by one summation order,
+every addition a float32 addition:
+
+* local[i] = running sum of chunk c from +0, its elements added first to last;
+* T_c      = the chunk's last running sum (its total; +0 for an empty chunk);
+* offset_c = exclusive scan of T_0, T_1, ... in order from +0; total = offset_units;
+* cum[i]   = offset_c + local[i].
+
+The sampled index is the first i with cum[i] > u * total (the product in float64, compared
+exactly); when there is none (the product rounded to the total) it is the last index with a
+nonzero weight. cum is monotone and repeats its previous value at a zero weight, so a
+zero-weight index is never returned.
+
+``full_scan`` materialises cum (local scans, then the add-back) and binary-searches it;
+``chunk_select`` computes only the chunk totals, scans them, and rescans the one chunk that
+holds the target. Both perform the same additions, so they return identical indices, on
+every SIMD path (``isa()``, ``set_isa``) and for any thread count.
+"""
+import os
+
+import numpy as np
+
+from cython.parallel cimport prange
+
+
+cdef extern from "sample_simd.h" nogil:
+    int SM_ISA_SCALAR
+    int SM_ISA_AVX2
+    int SM_ISA_AVX512
+    int SM_BAD_VALUE
+    int SM_ALL_ZERO
+    int sm_isa_supported(int isa)
+    int sm_isa_best()
+    long sm_group_count(long B, long V, long L)
+    void sm_scan_group(int isa, const float *probs, long B, long V, long U, long L, long g,
+                       float *work, float *totals, float *mins)
+    long sm_select_row(const float *x, long V, long U, long L, const float *totals,
+                       const float *mins, double u)
+    long sm_full_scan_row(const float *x, long V, long U, long L, const float *totals,
+                          const float *mins, double u, float *work)
+
+
+_ISA_CODES = {"scalar": SM_ISA_SCALAR, "avx2": SM_ISA_AVX2, "avx512": SM_ISA_AVX512}
+_ISA_NAMES = {v: k for k, v in _ISA_CODES.items()}
+METHODS = ("full_scan", "chunk_select")
+
+cdef int _isa = sm_isa_best()
+
+
+def available_isas():
+    """SIMD paths this CPU can run, widest first."""
+    return [name for name in ("avx512", "avx2", "scalar") if sm_isa_supported(_ISA_CODES[name])]
+
+
+def isa():
+    """The chunk-scan path in use: "avx512", "avx2" or "scalar"."""
+    return _ISA_NAMES[_isa]
+
+
+def set_isa(name=None):
+    """Force a path ("avx512", "avx2", "scalar"); None picks the widest. Returns the previous."""
+    global _isa
+    previous = _ISA_NAMES[_isa]
+    if name is None:
+        _isa = sm_isa_best()
+        return previous
+    if name not in _ISA_CODES:
+        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
+    if not sm_isa_supported(_ISA_CODES[name]):
+        raise ValueError(f"isa {name!r} is not supported by this CPU "
+                         f"(available: {', '.join(available_isas())})")
+    _isa = _ISA_CODES[name]
+    return previous
+
+
+if os.environ.get("SYSBENCH_ISA"):
+    set_isa(os.environ["SYSBENCH_ISA"])
+
+
+def chunk_length(V, units):
+    """Elements per chunk: ceil(V / units)."""
+    return -(-V // units)
+
+
+def _check_probs(probs):
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be a 2-D (batch, vocab) array, got shape {probs.shape}")
+    if probs.dtype != np.float32:
+        raise ValueError(f"probs must be float32, got {probs.dtype}")
+    if probs.shape[1] < 1:
+        raise ValueError("probs must have at least one column (vocab >= 1)")
+    return np.ascontiguousarray(probs)
+
+
+def _check_units(units):
+    if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+        raise ValueError(f"units must be a positive integer, got {units!r}")
+    return int(units)
+
+
+def _check_threads(threads):
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _bad_row_message(row, x):
+    """Why row `row` (weights x) cannot be sampled."""
+    for test, what in ((np.isnan, "NaN"), (np.isinf, "infinite"), (lambda v: v < 0, "negative")):
+        hits = np.flatnonzero(test(x))
+        if hits.size:
+            i = int(hits[0])
+            return f"probs row {row}: weight at index {i} is {what} ({x[i]!r}); weights must be finite and >= 0"
+    if not np.any(x):
+        return f"probs row {row}: all weights are zero"
+    return f"probs row {row}: the weights' float32 sum overflows (weights too large to sum in float32)"
+
+
+cdef void _scan_all(const float[:, ::1] p, long U, long L, float[:, ::1] work, bint materialise,
+                    float[:, ::1] totals, float[:, ::1] mins, int threads) noexcept nogil:
+    cdef long B = p.shape[0], V = p.shape[1]
+    cdef long groups = sm_group_count(B, V, L)
+    cdef long g
+    cdef int path = _isa
+    cdef float *w = &work[0, 0] if materialise else NULL
+    for g in prange(groups, num_threads=threads, schedule="static"):
+        sm_scan_group(path, &p[0, 0], B, V, U, L, g, w, &totals[0, 0], &mins[0, 0])
+
+
+def _scan(probs, units, threads, materialise):
+    """(work, totals, mins): running sums per chunk (when materialise), totals, minima."""
+    B, V = probs.shape
+    L = chunk_length(V, units)
+    work = np.empty((B, V) if materialise else (1, 1), dtype=np.float32)
+    totals = np.zeros((B, units), dtype=np.float32)
+    mins = np.zeros((B, units), dtype=np.float32)
+    if B:
+        _scan_all(probs, units, L, work, materialise, totals, mins, threads)
+    return work, totals, mins
+
+
+cdef void _select_all(const float[:, ::1] p, long U, long L, const float[:, ::1] totals,
+                      const float[:, ::1] mins, const double[::1] u, bint full,
+                      float[:, ::1] work, long long[::1] out, int threads) noexcept nogil:
+    cdef long B = p.shape[0], V = p.shape[1]
+    cdef long b
+    for b in prange(B, num_threads=threads, schedule="dynamic"):
+        if full:
+            out[b] = sm_full_scan_row(&p[b, 0], V, U, L, &totals[b, 0], &mins[b, 0], u[b],
+                                      &work[b, 0])
+        else:
+            out[b] = sm_select_row(&p[b, 0], V, U, L, &totals[b, 0], &mins[b, 0], u[b])
+
+
+def sample(probs, uniforms, units, method="chunk_select", threads=1):
+    """Indices (int64, one per row) drawn from the rows of `probs` by the draws `uniforms`.
+
+    probs: (B, V) float32 nonnegative weights, C-contiguous preferred (copied otherwise).
+    uniforms: B values in [0, 1), one per row (float64; float32 is widened exactly).
+    units: execution units = chunks per row. method: "full_scan" or "chunk_select".
+    threads: OpenMP threads (rows and chunk groups are shared out).
+    Raises ValueError naming the argument, or the row whose weights are negative, NaN,
+    infinite, all zero, or whose sum overflows float32.
+    """
+    probs = _check_probs(probs)
+    units = _check_units(units)
+    threads = _check_threads(threads)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    u = np.ascontiguousarray(uniforms, dtype=np.float64).reshape(-1)
+    if u.shape[0] != probs.shape[0]:
+        raise ValueError(f"uniforms must hold one value per row ({probs.shape[0]}), got {u.shape[0]}")
+    outside = np.flatnonzero(~((u >= 0.0) & (u < 1.0)))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"uniforms[{i}] must lie in [0, 1), got {u[i]!r}")
+    full = method == "full_scan"
+    work, totals, mins = _scan(probs, units, threads, full)
+    out = np.empty(probs.shape[0], dtype=np.int64)
+    if probs.shape[0]:
+        _select_all(probs, units, chunk_length(probs.shape[1], units), totals, mins, u, full,
+                    work, out, threads)
+    bad = np.flatnonzero(out < 0)
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(_bad_row_message(row, probs[row]))
+    return out
+
+
+def chunk_totals(probs, units, threads=1):
+    """(B, units) float32 chunk totals T_c (no checks on the weights)."""
+    probs = _check_probs(probs)
+    _, totals, _ = _scan(probs, _check_units(units), _check_threads(threads), False)
+    return totals
+
+
+def cumulative(probs, units, threads=1):
+    """(B, V) float32 cumulative values cum[i] exactly as full_scan materialises them."""
+    probs = _check_probs(probs)
+    units = _check_units(units)
+    threads = _check_threads(threads)
+    work, totals, mins = _scan(probs, units, threads, True)
+    out = np.empty(probs.shape[0], dtype=np.int64)
+    if probs.shape[0]:
+        _select_all(probs, units, chunk_length(probs.shape[1], units), totals, mins,
+                    np.zeros(probs.shape[0]), True, work, out, threads)
+    bad = np.flatnonzero(out < 0)
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(_bad_row_message(row, probs[row]))
+    return work

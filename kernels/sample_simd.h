@@ -1,0 +1,372 @@
+/* sample_simd.h: chunk scans for sysbench._kernels.sample.
+ *
+ * The summation order is the contract: a chunk's running sum starts at +0 and adds the
+ * chunk's elements one at a time, first to last. So nothing here reassociates a sum;
+ * the vector paths run 16 independent chunks side by side instead (lane k = chunk k):
+ * they load 16 consecutive elements of each of 16 chunks, transpose the 16 x 16 block
+ * in registers, then add its rows in order -- element j of every chunk at once.
+ *
+ * Paths: AVX-512F (16 lanes), AVX2 (two 8-lane halves), scalar. They are compiled with
+ * __attribute__((target(...))) and picked at run time with __builtin_cpu_supports, so one
+ * build runs on any x86-64. All give the same bits (the same IEEE additions in the same
+ * order); -ffp-contract=off keeps the compiler from fusing anything.
+ */
+#ifndef SYSBENCH_SAMPLE_SIMD_H
+#define SYSBENCH_SAMPLE_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SM_X86 1
+#include <immintrin.h>
+#else
+#define SM_X86 0
+#endif
+
+#define SM_ISA_SCALAR 0
+#define SM_ISA_AVX2 1
+#define SM_ISA_AVX512 2
+
+#define SM_BAD_VALUE (-1)  /* a negative, NaN or infinite weight, or a sum that overflows */
+#define SM_ALL_ZERO (-2)
+
+#ifndef SM_PREFETCH
+#define SM_PREFETCH 256  /* floats ahead of each chunk's loads */
+#endif
+
+/* 16 concurrent streams outrun the hardware prefetcher, so fetch ahead by hand: the line
+ * SM_PREFETCH floats past position j of each chunk, or, once that is past the chunk's end,
+ * in the chunk the same lane scans next (the next group's; NULL: none). */
+__attribute__((always_inline))
+static inline void sm_prefetch_lanes(const float *const *src, const float *const *next,
+                                     long n, long j, int lanes)
+{
+    const long ahead = j + SM_PREFETCH;
+    if (ahead < n) {
+        for (int k = 0; k < lanes; k++) __builtin_prefetch(src[k] + ahead, 0, 3);
+    } else if (next) {
+        for (int k = 0; k < lanes; k++) __builtin_prefetch(next[k] + (ahead - n), 0, 3);
+    }
+}
+
+static int sm_isa_supported(int isa)
+{
+    if (isa == SM_ISA_SCALAR) return 1;
+#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (isa == SM_ISA_AVX2) return __builtin_cpu_supports("avx2");
+    if (isa == SM_ISA_AVX512) return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+static int sm_isa_best(void)
+{
+    if (sm_isa_supported(SM_ISA_AVX512)) return SM_ISA_AVX512;
+    if (sm_isa_supported(SM_ISA_AVX2)) return SM_ISA_AVX2;
+    return SM_ISA_SCALAR;
+}
+
+/* ---- scalar: one chunk at a time ------------------------------------------------------ */
+
+static void sm_group_scalar(const float *const *src, float *const *dst, long n,
+                            float *total, float *minv)
+{
+    for (int k = 0; k < 16; k++) {
+        const float *x = src[k];
+        float acc = 0.0f, mn = 0.0f;
+        for (long j = 0; j < n; j++) {
+            acc = acc + x[j];
+            if (dst) dst[k][j] = acc;
+            if (!(x[j] >= mn)) mn = x[j];  /* NaN lands here too; the sum catches it anyway */
+        }
+        total[k] = acc;
+        minv[k] = mn;
+    }
+}
+
+#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+
+/* ---- AVX-512: 16 chunks in the 16 lanes ------------------------------------------------ */
+
+/* In place: r[i] lane j  <-  r[j] lane i. */
+__attribute__((target("avx512f"), always_inline))
+static inline void sm_transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4i + q] now holds, in 128-bit block m, elements 4m..4m+3 of rows 4i..4i+3 at column q. */
+    for (int q = 0; q < 4; q++) {
+        t[q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+        t[4 + q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
+        t[8 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+        t[12 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+    }
+    for (int q = 0; q < 4; q++) {
+        r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
+        r[4 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0x88);
+        r[8 + q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xdd);
+        r[12 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xdd);
+    }
+}
+
+__attribute__((target("avx512f")))
+static void sm_group_avx512(const float *const *src, const float *const *next,
+                            float *const *dst, long n,
+                            float *total, float *minv)
+{
+    __m512 acc = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
+    __m512 r[16];
+    long j = 0;
+    for (;; j += 16) {
+        const long left = n - j;
+        if (left <= 0) break;
+        /* the ragged tail loads zeros past the end: adding +0 to a running sum >= +0 is exact */
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        sm_prefetch_lanes(src, next, n, j, 16);
+        for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, src[k] + j);
+        sm_transpose16(r);
+        __m512 m01 = _mm512_min_ps(r[0], r[1]), m23 = _mm512_min_ps(r[2], r[3]);
+        __m512 m45 = _mm512_min_ps(r[4], r[5]), m67 = _mm512_min_ps(r[6], r[7]);
+        __m512 m89 = _mm512_min_ps(r[8], r[9]), mab = _mm512_min_ps(r[10], r[11]);
+        __m512 mcd = _mm512_min_ps(r[12], r[13]), mef = _mm512_min_ps(r[14], r[15]);
+        m01 = _mm512_min_ps(_mm512_min_ps(m01, m23), _mm512_min_ps(m45, m67));
+        m89 = _mm512_min_ps(_mm512_min_ps(m89, mab), _mm512_min_ps(mcd, mef));
+        mn = _mm512_min_ps(mn, _mm512_min_ps(m01, m89));
+        if (dst) {
+            for (int k = 0; k < 16; k++) { acc = _mm512_add_ps(acc, r[k]); r[k] = acc; }
+            sm_transpose16(r);
+            for (int k = 0; k < 16; k++) _mm512_mask_storeu_ps(dst[k] + j, m, r[k]);
+        } else {
+            for (int k = 0; k < 16; k++) acc = _mm512_add_ps(acc, r[k]);
+        }
+    }
+    _mm512_storeu_ps(total, acc);
+    _mm512_storeu_ps(minv, mn);
+}
+
+/* ---- AVX2: two halves of 8 chunks ------------------------------------------------------ */
+
+__attribute__((target("avx2"), always_inline))
+static inline void sm_transpose8(__m256 r[8])
+{
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int q = 0; q < 4; q++) {
+        r[q] = _mm256_permute2f128_ps(s[q], s[4 + q], 0x20);
+        r[4 + q] = _mm256_permute2f128_ps(s[q], s[4 + q], 0x31);
+    }
+}
+
+__attribute__((target("avx2")))
+static void sm_group8_avx2(const float *const *src, const float *const *next,
+                           float *const *dst, long n,
+                           float *total, float *minv)
+{
+    __m256 acc = _mm256_setzero_ps(), mn = _mm256_setzero_ps();
+    __m256 r[8];
+    long j = 0;
+    for (;; j += 8) {
+        const long left = n - j;
+        if (left <= 0) break;
+        const int take = left >= 8 ? 8 : (int)left;
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(take), lane);
+        sm_prefetch_lanes(src, next, n, j, 8);
+        for (int k = 0; k < 8; k++) r[k] = _mm256_maskload_ps(src[k] + j, m);
+        sm_transpose8(r);
+        __m256 m01 = _mm256_min_ps(r[0], r[1]), m23 = _mm256_min_ps(r[2], r[3]);
+        __m256 m45 = _mm256_min_ps(r[4], r[5]), m67 = _mm256_min_ps(r[6], r[7]);
+        mn = _mm256_min_ps(mn, _mm256_min_ps(_mm256_min_ps(m01, m23), _mm256_min_ps(m45, m67)));
+        if (dst) {
+            for (int k = 0; k < 8; k++) { acc = _mm256_add_ps(acc, r[k]); r[k] = acc; }
+            sm_transpose8(r);
+            for (int k = 0; k < 8; k++) _mm256_maskstore_ps(dst[k] + j, m, r[k]);
+        } else {
+            for (int k = 0; k < 8; k++) acc = _mm256_add_ps(acc, r[k]);
+        }
+    }
+    _mm256_storeu_ps(total, acc);
+    _mm256_storeu_ps(minv, mn);
+}
+
+#endif
+
+/* total[k], minv[k] for 16 chunks of length n starting at src[k]; with dst, the running
+ * sums go to dst[k][0..n). minv is only used to spot negative weights. */
+static void sm_group16(int isa, const float *const *src, const float *const *next,
+                       float *const *dst, long n, float *total, float *minv)
+{
+#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == SM_ISA_AVX512) { sm_group_avx512(src, next, dst, n, total, minv); return; }
+    if (isa == SM_ISA_AVX2) {
+        sm_group8_avx2(src, next, dst, n, total, minv);
+        sm_group8_avx2(src + 8, next ? next + 8 : NULL, dst ? dst + 8 : NULL, n, total + 8,
+                       minv + 8);
+        return;
+    }
+#endif
+    sm_group_scalar(src, dst, n, total, minv);
+}
+
+/* ---- the chunk layout ------------------------------------------------------------------
+ * A row of V weights is cut into U chunks of L = ceil(V / U) elements: chunk c holds
+ * [c L, min((c + 1) L, V)). The first V / L chunks are full, then at most one is shorter,
+ * and when U > ceil(V / L) the last chunks are empty. Scan work is grouped 16 chunks at a
+ * time: first all full chunks of all rows (row-major), then the short chunk of every row.
+ */
+
+static long sm_group_count(long B, long V, long L)
+{
+    const long nfull = V / L, rem = V - nfull * L;
+    return (B * nfull + 15) / 16 + (rem ? (B + 15) / 16 : 0);
+}
+
+/* Where group g's 16 lanes read: src[k] (and the (row, chunk) in where[k]); returns how
+ * many lanes are real and sets *n to the chunks' length. Lanes past the last chunk repeat
+ * lane 0 (same values to the same place). */
+static int sm_group_lanes(long B, long V, long U, long L, long g, const float *probs,
+                          const float **src, long *where, long *n)
+{
+    const long nfull = V / L;
+    const long gfull = (B * nfull + 15) / 16;
+    const long count_all = g < gfull ? B * nfull : B;
+    const long first = (g < gfull ? g : g - gfull) * 16;
+    const int count = count_all - first < 16 ? (int)(count_all - first) : 16;
+    *n = g < gfull ? L : V - nfull * L;
+    for (int k = 0; k < 16; k++) {
+        const long s = first + (k < count ? k : 0);
+        const long b = g < gfull ? s / nfull : s;
+        const long c = g < gfull ? s % nfull : nfull;
+        src[k] = probs + b * V + c * L;
+        where[k] = b * U + c;
+    }
+    return count;
+}
+
+/* Scan group g: chunk totals and minima into totals/mins (B x U); running sums into work
+ * (B x V) when work is not NULL. */
+static void sm_scan_group(int isa, const float *probs, long B, long V, long U, long L, long g,
+                          float *work, float *totals, float *mins)
+{
+    const float *src[16], *next[16];
+    float *dst[16];
+    float tot[16], mn[16];
+    long where[16], next_where[16], n, next_n;
+    const int count = sm_group_lanes(B, V, U, L, g, probs, src, where, &n);
+    const int has_next = g + 1 < sm_group_count(B, V, L);
+    if (has_next) sm_group_lanes(B, V, U, L, g + 1, probs, next, next_where, &next_n);
+    for (int k = 0; k < 16; k++) dst[k] = work ? work + (src[k] - probs) : NULL;
+    sm_group16(isa, src, has_next ? next : NULL, work ? dst : NULL, n, tot, mn);
+    for (int k = 0; k < count; k++) {
+        totals[where[k]] = tot[k];
+        mins[where[k]] = mn[k];
+    }
+}
+
+/* ---- one row: offsets, target, select ---------------------------------------------------- */
+
+/* The largest float <= t: for a float c, c > t exactly when c > sm_floor_float(t). */
+static float sm_floor_float(double t)
+{
+    float f = (float)t;
+    if ((double)f > t) f = nextafterf(f, -INFINITY);
+    return f;
+}
+
+static long sm_last_nonzero(const float *x, long V)
+{
+    long i = V - 1;
+    while (i > 0 && x[i] == 0.0f) i--;
+    return i;
+}
+
+/* Row total = the chunk totals added in order from +0; checks the row. Returns 0 or a
+ * negative status. */
+static int sm_row_total(const float *totals, const float *mins, long U, float *total)
+{
+    float acc = 0.0f;
+    int negative = 0;
+    for (long c = 0; c < U; c++) {
+        acc = acc + totals[c];
+        if (!(mins[c] >= 0.0f)) negative = 1;
+    }
+    *total = acc;
+    if (negative || !isfinite(acc)) return SM_BAD_VALUE;
+    if (acc == 0.0f) return SM_ALL_ZERO;
+    return 0;
+}
+
+/* chunk_select: find the chunk whose offset range holds the target, rescan only it. */
+static long sm_select_row(const float *x, long V, long U, long L, const float *totals,
+                          const float *mins, double u)
+{
+    float total;
+    const int status = sm_row_total(totals, mins, U, &total);
+    if (status) return status;
+    const float target = sm_floor_float(u * (double)total);
+    float offset = 0.0f;
+    for (long c = 0; c < U; c++) {
+        const float next = offset + totals[c];  /* = the last cumulative value of chunk c */
+        if (next > target) {
+            const long start = c * L, end = start + L < V ? start + L : V;
+            float acc = 0.0f;
+            for (long i = start; i < end; i++) {
+                acc = acc + x[i];
+                const float cum = offset + acc;
+                if (cum > target) return i;
+            }
+            return end - 1;  /* not reached: the chunk's last value is `next` */
+        }
+        offset = next;
+    }
+    return sm_last_nonzero(x, V);  /* the target rounded to the total */
+}
+
+/* full_scan: add each chunk's offset to its running sums in work (in place), giving the
+ * row's cumulative sums, then binary-search them. */
+static long sm_full_scan_row(const float *x, long V, long U, long L, const float *totals,
+                             const float *mins, double u, float *work)
+{
+    float total;
+    const int status = sm_row_total(totals, mins, U, &total);
+    if (status) return status;
+    float offset = 0.0f;
+    for (long c = 0; c < U && c * L < V; c++) {
+        const long start = c * L, end = start + L < V ? start + L : V;
+        for (long i = start; i < end; i++) work[i] = offset + work[i];
+        offset = offset + totals[c];
+    }
+    const float target = sm_floor_float(u * (double)total);
+    if (!(work[V - 1] > target)) return sm_last_nonzero(x, V);
+    long lo = 0, hi = V - 1;  /* first index with work[i] > target lies in [lo, hi] */
+    while (lo < hi) {
+        const long mid = lo + (hi - lo) / 2;
+        if (work[mid] > target) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+}
+
+#endif
