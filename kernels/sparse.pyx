@@ -45,6 +45,9 @@ cdef extern from "sparse_micro.h" nogil:
     int sp_isa_mb(int isa)
     int sp_isa_nc(int isa)
     void *sp_alloc(size_t nbytes)
+    int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
+    void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
+                       long kc, float *values, uint8_t *indices)
     void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
                   float *ot, long ldo)
 
@@ -156,25 +159,7 @@ cdef void _counts_shim(const float[:, ::1] w, int m, uint8_t[:, ::1] out, uint8_
     cdef const uint32_t *bits = <const uint32_t *>&w[0, 0]
     with nogil:
         for g in prange(G, num_threads=threads, schedule="static"):
-            bad[g] = _count_group(bits, K, cols, m, g, &out[g, 0])
-
-
-cdef inline uint8_t _count_group(const uint32_t *bits, long K, long cols, int m, long g,
-                                 uint8_t *cnt) noexcept nogil:
-    cdef long c, row
-    cdef int q
-    cdef uint32_t b, nonfinite = 0
-    for c in range(cols):
-        cnt[c] = 0
-    for q in range(m):
-        row = g * m + q
-        if row >= K:
-            break
-        for c in range(cols):
-            b = bits[row * cols + c]
-            cnt[c] += (b & 0x7FFFFFFF) != 0              # +0.0 and -0.0 are zeros
-            nonfinite |= (b & 0x7F800000) == 0x7F800000  # NaN or inf
-    return nonfinite != 0
+            bad[g] = sp_count_group(bits, K, cols, m, g, &out[g, 0])
 
 
 def passes_for(group_counts, n):
@@ -212,8 +197,8 @@ def decompose(w, n, m, threads=1):
     group_counts = counts(w, m, threads)
     P = passes_for(group_counts, n)
     cdef long G = group_counts.shape[0], cols = w.shape[1]
-    values = np.zeros((P, G * n, cols), dtype=np.float32)
-    indices = np.zeros((P, G * n, cols), dtype=np.uint8)
+    values = np.empty((P, G * n, cols), dtype=np.float32)  # every slot is written
+    indices = np.empty((P, G * n, cols), dtype=np.uint8)
     if P:
         _fill_shim(w, n, m, P, values, indices, threads)
     return values, indices
@@ -221,39 +206,11 @@ def decompose(w, n, m, threads=1):
 
 cdef void _fill_shim(const float[:, ::1] w, int n, int m, long P, float[:, :, ::1] values,
                      uint8_t[:, :, ::1] indices, int threads):
-    cdef long K = w.shape[0], cols = w.shape[1], kc = values.shape[1], G = kc // n, g, s
-    # slot j of a group -> its offset in values: pass j // n, compressed row j % n
-    cdef long slot_offset[256]
-    for s in range(P * n):
-        slot_offset[s] = (s // n) * kc * cols + (s % n) * cols
-    cdef uint8_t *slots = <uint8_t *>malloc(threads * cols)
+    cdef long K = w.shape[0], cols = w.shape[1], kc = values.shape[1], G = kc // n, g
     with nogil:
         for g in prange(G, num_threads=threads, schedule="static"):
-            _fill_group(&w[0, 0], K, cols, n, m, g, slot_offset, &values[0, 0, 0],
-                        &indices[0, 0, 0], slots + threadid() * cols)
-    free(slots)
-
-
-cdef inline void _fill_group(const float *w, long K, long cols, int n, int m, long g,
-                             const long *slot_offset, float *values, uint8_t *indices,
-                             uint8_t *slot) noexcept nogil:
-    cdef long c, row, dest
-    cdef long base = g * n * cols
-    cdef int q
-    cdef float x
-    for c in range(cols):
-        slot[c] = 0
-    for q in range(m):
-        row = g * m + q
-        if row >= K:
-            break
-        for c in range(cols):
-            x = w[row * cols + c]
-            if x != 0:
-                dest = slot_offset[slot[c]] + base + c
-                values[dest] = x
-                indices[dest] = <uint8_t>q
-                slot[c] += 1
+            sp_fill_group(&w[0, 0], K, cols, n, m, g, P * n, kc, &values[0, 0, 0],
+                          &indices[0, 0, 0])
 
 
 def _compressed(values, indices, n, m):

@@ -169,6 +169,66 @@ static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_
 
 #endif /* x86 */
 
+/* ---------------------------------------------------------------- decompose */
+
+/* Per-column nonzero counts of group g (rows g*m .. g*m+m-1 that exist); returns 1 when
+ * a weight is NaN or inf. +0.0 and -0.0 are zeros (the sign bit is masked off). */
+__attribute__((target_clones("avx2", "default")))
+static int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g,
+                          uint8_t *cnt)
+{
+    long c, row;
+    int q;
+    uint32_t nonfinite = 0;
+    for (c = 0; c < cols; c++) cnt[c] = 0;
+    for (q = 0; q < m; q++) {
+        row = g * m + q;
+        if (row >= K) break;
+        for (c = 0; c < cols; c++) {
+            uint32_t b = bits[row * cols + c];
+            cnt[c] += (uint8_t)((b & 0x7FFFFFFFu) != 0);
+            nonfinite |= (uint32_t)((b & 0x7F800000u) == 0x7F800000u);
+        }
+    }
+    return nonfinite != 0;
+}
+
+/* Slots of group g for a chunk of columns, written in full (fillers are +0.0, index 0):
+ * slot j of column c holds the j-th nonzero (in row order) of the group's column c, which
+ * goes to pass j / n, compressed row g*n + j % n. Selecting "the j-th nonzero" with
+ * compares and selects (no branch, no scatter) lets the column loop vectorise; the chunk's
+ * running state lives in small arrays that stay in L1. */
+#define SP_FILL_CHUNK 512
+
+__attribute__((target_clones("avx2", "default")))
+static void sp_fill_group(const float *w, long K, long cols, int n, int m, long g,
+                          int slots, long kc, float *values, uint8_t *indices)
+{
+    float v[SP_FILL_CHUNK];
+    int32_t ix[SP_FILL_CHUNK], cnt[SP_FILL_CHUNK];
+    long c0, c, width;
+    int j, q;
+    for (c0 = 0; c0 < cols; c0 += SP_FILL_CHUNK) {
+        width = cols - c0 < SP_FILL_CHUNK ? cols - c0 : SP_FILL_CHUNK;
+        for (j = 0; j < slots; j++) {
+            float *vout = values + ((long)(j / n) * kc + g * n + j % n) * cols + c0;
+            uint8_t *iout = indices + ((long)(j / n) * kc + g * n + j % n) * cols + c0;
+            for (c = 0; c < width; c++) { v[c] = 0.0f; ix[c] = 0; cnt[c] = 0; }
+            for (q = 0; q < m && g * m + q < K; q++) {
+                const float *row = w + (g * m + q) * cols + c0;
+                for (c = 0; c < width; c++) {
+                    int32_t nz = row[c] != 0.0f;
+                    int32_t take = nz & (cnt[c] == j);
+                    v[c] = take ? row[c] : v[c];
+                    ix[c] = take ? q : ix[c];
+                    cnt[c] += nz;
+                }
+            }
+            for (c = 0; c < width; c++) { vout[c] = v[c]; iout[c] = (uint8_t)ix[c]; }
+        }
+    }
+}
+
 /* One MB x NC tile of one fold on the chosen path. */
 static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
                      float *ot, long ldo)
