@@ -53,7 +53,7 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     layer_grad = [grads[plan.offsets[l]:plan.offsets[l + 1]] for l in range(L)]
     views = [grads[m.start:m.stop] for m in plan.messages]
     requests: dict = {}            # message id -> (request, issue time, step)
-    beat = beat or (lambda step, phase: None)
+    beat = beat or (lambda step, phase, waiting=False: None)
     poker = ProgressThread(comm, progress_interval_s) if progress_interval_s > 0 else None
     try:
         return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests)
@@ -122,6 +122,7 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
                 pending = [mid for mid in plan.wait_before_fwd[l] if mid in requests]
                 if pending:
                     start = rec.now()
+                    beat(step, f"the wait for layer {l}'s all-reduce", waiting=True)
                     for mid in pending:
                         requests[mid][0].Wait()
                         complete(mid, rec.now())

@@ -77,6 +77,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "messages": len(self.messages),
                 "message_bytes": [m.nbytes for m in self.messages],
+                "message_layers": [list(m.layers) for m in self.messages],
                 "issue_order": self.issue_order(), **self.notes}
 
 

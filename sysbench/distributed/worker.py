@@ -37,11 +37,13 @@ class Watchdog:
         self.where = "starting"
         self.step = -1
         self.stopped = False
+        self.waiting = False
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def beat(self, step, phase):
+    def beat(self, step, phase, waiting=False):
         self.last = time.monotonic()
         self.where = phase
+        self.waiting = waiting
         if step != self.step:
             self.step = step
             if self.outdir:
@@ -54,9 +56,13 @@ class Watchdog:
         while not self.stopped:
             time.sleep(min(0.1, self.timeout_s / 10))
             idle = time.monotonic() - self.last
-            if idle > self.timeout_s and not self.stopped:
+            # A rank blocked on its peers waits a little longer, so that the rank that is
+            # actually stuck reports first (and mpiexec then ends the job).
+            limit = self.timeout_s + (min(1.0, self.timeout_s) if self.waiting else 0.0)
+            if idle > limit and not self.stopped:
                 message = (f"rank {self.rank} made no progress for {idle:.1f} s (timeout_s = {self.timeout_s:g})"
-                           f" at step {self.step}, after {self.where}")
+                           f" at step {self.step}, " + (f"blocked in {self.where}" if self.waiting
+                                                         else f"after {self.where}"))
                 write_error(self.outdir, self.rank, message)
                 sys.stderr.write(f"sysbench worker: {message}\n")
                 sys.stderr.flush()
@@ -205,6 +211,7 @@ def _train(comm, spec, dog, outdir):
         "reductions": len(rec.completions), "issues": rec.issues, "timeline": timeline,
     }
     gathered = comm.gather(mine, root=0)
+    dog.stop()    # the job's communication is over; what follows is local
     if rank != 0:
         return None
     references = {}

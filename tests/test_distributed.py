@@ -1,0 +1,181 @@
+"""train_distributed without MPI: schedules' plans, cost models, the simulator on hand-computed
+timelines, the ResNet-50 sizes, and the checks that run before anything launches."""
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+
+from sysbench import suite as suite_mod
+from sysbench.distributed.costs import LinkCost, allreduce_time, fit_alpha_beta
+from sysbench.distributed.models import resnet50
+from sysbench.distributed.schedules import SCHEDULES, check_plan, make_plan
+from sysbench.distributed.simulator import simulate
+
+SHAPES = [[1], [7], [1000, 1], [3, 5, 7, 11], [4096, 4096, 10], [100000, 3, 70000, 2, 1]]
+
+
+@pytest.mark.parametrize("sizes", SHAPES)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("knob", [4, 1000, 65536, 1 << 30])
+def test_every_plan_reduces_every_gradient_exactly_once(schedule, sizes, knob):
+    paced = {"bwd_s": [1e-3] * len(sizes), "cost": lambda n: 1e-4 + n * 1e-9}
+    plan = make_plan(schedule, sizes, bucket_bytes=knob, portion_bytes=knob, **paced)
+    assert check_plan(plan) == []
+    unpaced = make_plan(schedule, sizes, bucket_bytes=knob, portion_bytes=knob)
+    assert check_plan(unpaced) == []
+
+
+def test_check_plan_catches_a_double_reduction():
+    plan = make_plan("fifo", [3, 4])
+    plan.issue_after_bwd[0].append(1)       # layer 1's message again
+    assert any("issued twice" in p for p in check_plan(plan))
+
+
+def test_bucketed_packs_in_backward_order_like_ddp():
+    # 200-element buckets: layers 3 (50) + 2 (300) close the first bucket, 1 + 0 the second
+    plan = make_plan("bucketed", [100, 100, 300, 50], bucket_bytes=800)
+    spans = [(m.start, m.stop, m.layers) for m in plan.messages]
+    assert spans == [(200, 550, (2, 3)), (0, 200, (0, 1))]
+    assert plan.issue_after_bwd == [[1], [], [0], []]
+
+
+def test_split_priority_cuts_portions_and_gates_each_forward_on_its_own_layer():
+    plan = make_plan("split_priority", [10, 3], portion_bytes=16)   # 4 elements a portion
+    assert [(m.start, m.stop, m.layers[0], m.portion) for m in plan.messages] == \
+        [(0, 4, 0, 0), (4, 8, 0, 1), (8, 10, 0, 2), (10, 13, 1, 0)]
+    assert plan.wait_before_fwd == [[0, 1, 2], [3]]
+    assert plan.update_before_fwd == [[0], [1]]
+
+
+def test_split_priority_lower_layers_preempt_queued_higher_ones():
+    # A slow link: only one portion fits between two layer computations, so layer 3's
+    # portions queue, and each lower layer's portions overtake them as they appear.
+    sizes = [256] * 4                          # 1 KiB each, 4 portions of 256 B
+    plan = make_plan("split_priority", sizes, portion_bytes=256, bwd_s=[1.0] * 4, cost=lambda n: 0.9)
+    layer = {m.id: m.layers[0] for m in plan.messages}
+    first_points = [[layer[m] for m in plan.issue_after_bwd[l]] for l in (3, 2, 1)]
+    # after b3 (t=1, next point t=2): link free at 1 -> two portions, busy until 2.8;
+    # after b2 (t=2, next 3): one (2.8 -> 3.7); after b1 (t=3, next 4): one (3.7 -> 4.6)
+    assert first_points == [[3, 3], [2], [1]]
+    last = [(layer[m], plan.messages[m].portion) for m in plan.issue_after_bwd[0]]
+    assert last == sorted(last)                        # the rest go lowest layer first
+    assert last[0] == (0, 0) and last[-1][0] == 3      # layer 0 jumped ahead of layer 3's queue
+
+
+def test_cost_models_by_hand():
+    assert allreduce_time(1000, 4, 1.0, 0.01, "ring") == pytest.approx(2 * 3 * 1 + 2 * 3 / 4 * 1000 * 0.01)
+    assert allreduce_time(1000, 4, 1.0, 0.01, "tree") == pytest.approx(2 * 2 * (1 + 10))
+    assert allreduce_time(1000, 1, 1.0, 0.01) == 0.0
+    link = LinkCost.from_link(10.0, 5.0, 8)     # 10 Gb/s: 0.8 ns per byte
+    assert link.beta_s_per_byte == pytest.approx(0.8e-9)
+    assert link.allreduce_s(10**6) == pytest.approx(14 * 5e-6 + 14 / 8 * 10**6 * 0.8e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree"])
+def test_fit_recovers_alpha_and_beta(algorithm):
+    sizes = [4096, 65536, 1 << 20, 8 << 20]
+    times = [allreduce_time(n, 4, 7e-6, 2e-10, algorithm) for n in sizes]
+    fit = fit_alpha_beta(sizes, times, 4, algorithm)
+    assert fit["alpha_s"] == pytest.approx(7e-6, rel=1e-6)
+    assert fit["beta_s_per_byte"] == pytest.approx(2e-10, rel=1e-6)
+    with pytest.raises(ValueError):
+        fit_alpha_beta([4096, 4096], [1.0, 1.0], 2)
+
+
+def test_simulator_sequential_by_hand():
+    # f = 1, 1; b = 2, 2; one 3 s all-reduce after backward. Step 0: f0 [0,1] f1 [1,2]
+    # b1 [2,4] b0 [4,6], all-reduce [6,9]. Step 1: wait [6,9], f0 [9,10] f1 [10,11],
+    # b1 [11,13] b0 [13,15], all-reduce [15,18]. Steady step = 6 .. 15.
+    plan = make_plan("sequential", [5, 5])
+    sim = simulate(plan, [1, 1], [2, 2], lambda n: 3.0, steps=2)
+    assert (sim.step_s, sim.compute_s, sim.exposed_comm_s, sim.comm_inflight_s) == (9, 6, 3, 3)
+    assert sim.overlap_fraction == 0
+    step1 = [(e["type"], e.get("layer"), e["start_s"], e["end_s"]) for e in sim.timeline if e["step"] == 1]
+    assert step1 == [("wait", 0, 6, 9), ("forward", 0, 9, 10), ("forward", 1, 10, 11),
+                     ("backward", 1, 11, 13), ("backward", 0, 13, 15), ("allreduce", 0, 15, 18)]
+
+
+def test_simulator_split_priority_by_hand():
+    # One portion per layer, 3 s each. Plan: layer 1's portion after b1, layer 0's after b0.
+    # Step 0: b1 [2,4] -> m1 [4,7]; b0 [4,6] -> m0 queued behind m1: [7,10].
+    # Step 1: f0 waits for m0 until 10, f0 [10,11]; m1 done at 7 so f1 [11,12] at once;
+    # b1 [12,14] -> m1 [14,17]; b0 [14,16] -> m0 [17,20]. Steady step 6 .. 16 = 10 s, 4 exposed;
+    # in flight inside [6,16]: [6,10] and [14,16] = 6 s; overlap 1 - 4/6.
+    plan = make_plan("split_priority", [1, 1], portion_bytes=4, bwd_s=[2, 2], cost=lambda n: 3.0)
+    assert plan.issue_after_bwd == [[0], [1]]
+    sim = simulate(plan, [1, 1], [2, 2], lambda n: 3.0, steps=2)
+    assert (sim.step_s, sim.exposed_comm_s, sim.comm_inflight_s) == (10, 4, 6)
+    assert sim.overlap_fraction == pytest.approx(1 / 3)
+    comm = [(e["message"], e["start_s"], e["end_s"]) for e in sim.timeline if e["type"] == "allreduce"]
+    assert comm == [(1, 4, 7), (0, 7, 10), (1, 14, 17), (0, 17, 20)]
+
+
+def test_resnet50_has_torchvisions_parameter_count():
+    params, flops = resnet50()
+    assert sum(params) == 25_557_032 and len(params) == 54
+    assert sum(flops) / 2 == pytest.approx(4.09e9, rel=0.01)   # ~4.1 GMACs per image
+
+
+def test_simulator_sweeps_to_4096_workers_quickly():
+    import time
+    params, flops = resnet50()
+    fwd = [f * 32 / 20e12 for f in flops]
+    start = time.perf_counter()
+    for workers in (8, 4096):
+        for schedule in SCHEDULES:
+            cost = LinkCost.from_link(100, 5, workers).allreduce_s
+            plan = make_plan(schedule, params, portion_bytes=1 << 20, bwd_s=[2 * f for f in fwd], cost=cost)
+            sim = simulate(plan, fwd, [2 * f for f in fwd], cost)
+            assert sim.step_s >= sim.compute_s
+    assert time.perf_counter() - start < 5
+
+
+def load_text(tmp_path, body):
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent(body))
+    return suite_mod.load(str(path))
+
+
+def test_an_unusable_rank_count_is_an_error_before_launch(tmp_path):
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_text(tmp_path, """
+            [[cases]]
+            name = "bad"
+            kind = "train_distributed"
+            model = "mlp"
+            layers = 2
+            width = 8
+            batch = 10
+            ranks = 3
+            """)
+    assert "case 'bad' key 'ranks'" in str(exc.value) and "cannot split batch = 10" in str(exc.value)
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_text(tmp_path, """
+            [[cases]]
+            name = "bad"
+            kind = "train_distributed"
+            model = "resnet50"
+            ranks = 2
+            """)
+    assert "simulator-only" in str(exc.value)
+
+
+def test_sim_suite_loads_and_models(tmp_path):
+    suite = load_text(tmp_path, """
+        [[cases]]
+        name = "s"
+        kind = "train_distributed"
+        mode = "sim"
+        model = "resnet50"
+        local_batch = 32
+        workers = [8, 4096]
+        schedule = ["sequential", "split_priority"]
+        """)
+    from sysbench.workloads import registry
+    w = registry()["train_distributed"]
+    for case in suite.cases:
+        m = w.model(case.params, case.array)
+        assert m["parameters"] == 25_557_032 and m["step_s"] >= m["compute_s"] > 0
+        assert m["bytes_sent_per_rank"] == round(2 * (m["workers"] - 1) / m["workers"] * m["gradient_bytes"])

@@ -1,0 +1,141 @@
+"""train_distributed over 2 real MPI ranks, started by the project's own launcher (mpiexec)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+
+from sysbench.distributed.launcher import DistributedError, launch  # noqa: E402
+from sysbench.distributed.programs import buffer_gradient  # noqa: E402
+from sysbench.distributed.schedules import SCHEDULES  # noqa: E402
+
+MLP = {"model": "mlp", "layers": 3, "width": 64}
+FAST = {"warmup": 1, "repeats": 2, "probe_steps": 1, "calibrate_repeats": 2}
+
+
+def net_spec(schedule, **extra):
+    return {"program": "net", "net": MLP, "batch": 32, "lr": 0.05, "schedule": schedule,
+            "bucket_bytes": 20000, "portion_bytes": 4096, **FAST, **extra}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_two_ranks_train_to_identical_weights_bit_equal_to_one_process(schedule):
+    r = launch(net_spec(schedule), ranks=2, timeout_s=60)
+    ranks = r["per_rank"]
+    assert len(ranks) == 2
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert np.array_equal(r["weights"], r["reference"])            # bit-equal on 2 ranks
+    assert not np.array_equal(r["weights"], np.concatenate([w.ravel() for w in [r["weights"] * 0]]))
+    # the reference really trained: the weights moved away from their initial values
+    init = launch_free_initial_weights()
+    assert np.max(np.abs(r["reference"] - init)) > 1e-4
+    # plain one-GEMM-per-layer training on the whole batch agrees within rounding
+    assert np.max(np.abs(r["weights"] - r["full_batch"])) < 1e-5
+    for rank in ranks:
+        assert rank["reduced_once"]
+        assert rank["reductions"] == r["plan"]["messages"] * (FAST["warmup"] + FAST["repeats"] + 1)
+
+
+def launch_free_initial_weights():
+    from sysbench.distributed.programs import NetProgram
+    return NetProgram(net_spec("fifo"), 0, 2).weights()
+
+
+@pytest.mark.parametrize("schedule", ["fifo", "split_priority"])
+def test_every_gradient_is_reduced_exactly_once_in_value(schedule):
+    # Integer gradients (exact in float32 under any summation order): the weights after
+    # training are -lr * scale * (sum over steps and ranks of the gradients), which a missed
+    # or repeated reduction would change.
+    sizes = [300, 1000, 50]
+    spec = {"program": "buffers", "layer_sizes": sizes, "schedule": schedule, "portion_bytes": 512,
+            "lr": 0.5, "burn": 1000, **FAST}
+    r = launch(spec, ranks=2, timeout_s=60)
+    steps = r["steps_trained"]
+    expected = []
+    for l, n in enumerate(sizes):
+        total = sum(buffer_gradient(rank, s, l, n).astype(np.float64) for s in range(steps) for rank in range(2))
+        expected.append(-0.5 * 0.5 * total)
+    assert np.array_equal(r["weights"], np.concatenate(expected).astype(np.float32))
+    assert all(rank["reduced_once"] for rank in r["per_rank"])
+
+
+def test_split_priority_issue_order_respects_priority():
+    # A fixed, slow estimated link so that portions queue and lower layers must overtake.
+    spec = net_spec("split_priority", portion_bytes=2048,
+                    cost={"alpha_s": 1e-3, "beta_s_per_byte": 1e-9})
+    r = launch(spec, ranks=2, timeout_s=60)
+    layers = [tuple(ls) for ls in r["plan"]["message_layers"]]
+    n_layers = len(r["layer_sizes"])
+    for rank in r["per_rank"]:
+        by_step = {}
+        for step, mid, after in rank["issues"]:
+            by_step.setdefault(step, []).append((mid, after))
+        assert len(by_step) == FAST["warmup"] + FAST["repeats"] + 1
+        for issued in by_step.values():
+            assert sorted(m for m, _ in issued) == list(range(len(layers)))   # each portion once
+            for i, (mid, after) in enumerate(issued):
+                assert layers[mid][0] >= after            # never before its gradient exists
+                # everything still waiting at this point (ready, issued later) ranks below it
+                for later, _ in issued[i + 1:]:
+                    if layers[later][0] >= after:         # ready by now
+                        assert (layers[mid][0], mid) < (layers[later][0], later)
+            order = [layers[m][0] for m, _ in issued]
+            top_last = max(i for i, l in enumerate(order) if l == n_layers - 1)
+            assert order.index(0) < top_last              # layer 0 preempted a queued top-layer portion
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_error():
+    spec = net_spec("fifo", fault={"rank": 1, "step": 1, "mode": "die"})
+    start = time.monotonic()
+    with pytest.raises(DistributedError) as exc:
+        launch(spec, ranks=2, timeout_s=20)
+    assert time.monotonic() - start < 20
+    assert "rank 1" in str(exc.value) and "signal 9" in str(exc.value)
+
+
+def test_a_hung_rank_ends_the_job_within_the_timeout():
+    spec = net_spec("split_priority", fault={"rank": 1, "step": 1, "mode": "hang"})
+    start = time.monotonic()
+    with pytest.raises(DistributedError) as exc:
+        launch(spec, ranks=2, timeout_s=2)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2 + 5 + 3            # timeout, the launcher's grace, start-up
+    message = str(exc.value)
+    assert "rank 1 made no progress" in message and "timeout_s = 2" in message
+
+
+def test_bad_rank_counts_are_refused_before_launch():
+    with pytest.raises(ValueError, match="ranks"):
+        launch(net_spec("fifo"), ranks=0, timeout_s=5)
+
+
+def test_workload_through_the_runner(tmp_path):
+    from sysbench import suite as suite_mod
+    from sysbench.runner import run_case
+    path = tmp_path / "d.toml"
+    path.write_text("""
+[[cases]]
+name = "mlp"
+kind = "train_distributed"
+model = "mlp"
+layers = 2
+width = 32
+batch = 16
+ranks = 2
+schedule = "split_priority"
+portion_kib = 1
+repeats = 2
+warmup = 1
+""")
+    case = suite_mod.load(str(path)).cases[0]
+    result = run_case(case, 1)
+    assert result.passed, result.validation
+    m = result.measured
+    assert m["bytes_per_step"] == result.metrics["gradient_bytes"]
+    assert 0.0 <= m["overlap_fraction"] <= 1.0 and m["step_s"] > 0
+    kinds = {e["type"] for e in m["timeline"]}
+    assert {"forward", "backward", "allreduce"} <= kinds and {e["rank"] for e in m["timeline"]} == {0, 1}
+    assert m["prediction"]["step_s"] > 0
