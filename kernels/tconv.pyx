@@ -22,7 +22,7 @@ memoryview shims, nogil cores with prange over independent output planes.
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t
+from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.string cimport memcpy
 
 ctypedef fused operand_t:
@@ -136,7 +136,43 @@ def element_plan(geo):
     return plan
 
 
-# ------------------------------------------------------------------ gather / scatter
+# ------------------------------------------------------------------ operand layout
+
+def element_weights(w, c0, channels, threads=1):
+    """(kh*kw, out_channels/groups, channels): w[c0:c0+channels, :, r, s].T for every
+    kernel element (r, s) in row-major order, each a contiguous GEMM operand."""
+    if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype not in (np.float32, np.int8):
+        raise ValueError("w must be a 4-D float32 or int8 numpy array")
+    if not (0 <= c0 and channels >= 1 and c0 + channels <= w.shape[0]):
+        raise ValueError(f"channels {c0}:{c0 + channels} out of range for {w.shape[0]} channels")
+    threads = _positive_int(threads, "threads")
+    w = np.ascontiguousarray(w)
+    out = np.empty((w.shape[2] * w.shape[3], w.shape[1], channels), dtype=w.dtype)
+    if w.dtype == np.float32:
+        _element_weights[float](w, out, c0, threads)
+    else:
+        _element_weights[int8_t](w, out, c0, threads)
+    return out
+
+
+cdef void _element_weights(const operand_t[:, :, :, ::1] w, operand_t[:, :, ::1] out, long c0,
+                           int threads) noexcept nogil:
+    # a blocked transpose: a block of 16 channels x 16 output channels x all taps (read from
+    # 16 contiguous runs) stays in L1 while each tap's 16 x 16 tile is written row by row
+    cdef long taps = out.shape[0], cout = out.shape[1], channels = out.shape[2]
+    cdef long nblocks = (channels + 15) // 16
+    cdef long blk, ob, c, o, t, c_end, o_end, kw = w.shape[3]
+    for blk in prange(nblocks, num_threads=threads, schedule="static"):
+        c_end = min(channels, blk * 16 + 16)
+        ob = 0
+        while ob < cout:
+            o_end = min(cout, ob + 16)
+            for t in range(taps):
+                for o in range(ob, o_end):
+                    for c in range(blk * 16, c_end):
+                        out[t, o, c] = w[c0 + c, o, t // kw, t % kw]
+            ob = ob + 16
+
 
 def gather_window(x, c0, channels, i_lo, i_hi, j_lo, j_hi, threads=1):
     """(channels, batch * (i_hi - i_lo) * (j_hi - j_lo)) = x[:, c0:c0+channels, i_lo:i_hi,
@@ -161,57 +197,86 @@ def gather_window(x, c0, channels, i_lo, i_hi, j_lo, j_hi, threads=1):
 
 cdef void _gather(const operand_t[:, :, :, ::1] x, operand_t[:, ::1] out, long c0,
                   long i_lo, long i_hi, long j_lo, long j_hi, int threads) noexcept nogil:
-    cdef long nb = x.shape[0], channels = out.shape[0]
+    cdef long nb = x.shape[0], width = x.shape[3], channels = out.shape[0]
     cdef long mi = i_hi - i_lo, mj = j_hi - j_lo
     cdef long t, c, b, ii
     for t in prange(channels * nb, num_threads=threads, schedule="static"):
         c = t // nb
         b = t % nb
-        for ii in range(mi):
-            memcpy(&out[c, (b * mi + ii) * mj], &x[b, c0 + c, i_lo + ii, j_lo],
-                   mj * sizeof(operand_t))
+        if mj == width:  # whole rows: the window is one contiguous block
+            memcpy(&out[c, b * mi * mj], &x[b, c0 + c, i_lo, 0], mi * mj * sizeof(operand_t))
+        else:
+            for ii in range(mi):
+                memcpy(&out[c, (b * mi + ii) * mj], &x[b, c0 + c, i_lo + ii, j_lo],
+                       mj * sizeof(operand_t))
 
 
-def scatter_add(out, yt, c0, batch, rows, cols, out_row, out_col, stride, threads=1):
-    """out[b, c0 + o, out_row + ii*sh, out_col + jj*sw] += yt[o, (b*rows + ii)*cols + jj]:
-    one kernel element's transposed GEMM result added into the NCHW output at the stride."""
+def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
+    """Write out[:, c0:c0+channels] as the strided sum of every kernel element's transposed
+    GEMM result (channels rows each), in plan order, starting from +0:
+
+        out[b, c0+o, oi + ii*sh, oj + jj*sw] += products[e][o, (b*rows + ii)*cols + jj]
+
+    for plan[e] = (r, s, i_lo, i_hi, j_lo, j_hi, oi, oj), rows = i_hi - i_lo, cols = j_hi -
+    j_lo. One pass over the output: each output row is summed while it is in cache."""
     if not isinstance(out, np.ndarray) or out.ndim != 4 or not out.flags.c_contiguous \
             or out.dtype not in (np.float32, np.int32):
         raise ValueError("out must be a C-contiguous 4-D float32 or int32 numpy array")
-    if not isinstance(yt, np.ndarray) or yt.ndim != 2 or yt.dtype != out.dtype:
-        raise ValueError(f"yt must be a 2-D {out.dtype} numpy array")
     sh, sw = _pair(stride, "stride", 1)
-    nb, nc, ho, wo = out.shape
-    if batch != nb or yt.shape[1] != batch * rows * cols:
-        raise ValueError(f"yt has {yt.shape[1]} columns; expected batch*rows*cols = {batch * rows * cols}")
-    if not (0 <= c0 and c0 + yt.shape[0] <= nc):
-        raise ValueError(f"channels {c0}:{c0 + yt.shape[0]} out of range for {nc} channels")
-    if rows < 1 or cols < 1 or out_row < 0 or out_col < 0 \
-            or out_row + (rows - 1) * sh >= ho or out_col + (cols - 1) * sw >= wo:
-        raise ValueError("the strided window does not fit the output")
     threads = _positive_int(threads, "threads")
-    yt = np.ascontiguousarray(yt)
+    nb, nc, ho, wo = out.shape
+    if len(plan) != len(products):
+        raise ValueError(f"{len(plan)} plan entries but {len(products)} products")
+    products = [np.ascontiguousarray(y) if isinstance(y, np.ndarray) else y for y in products]
+    cout = channels
+    if not (0 <= c0 and cout >= 1 and c0 + cout <= nc):
+        raise ValueError(f"channels {c0}:{c0 + cout} out of range for {nc} channels")
+    n = len(plan)
+    geometry = np.zeros((max(n, 1), 6), dtype=np.int64)  # rows, cols, oi, oj, ld, address
+    for e, (entry, y) in enumerate(zip(plan, products)):
+        _, _, ilo, ihi, jlo, jhi, oi, oj = entry
+        rows, cols = ihi - ilo, jhi - jlo
+        if not isinstance(y, np.ndarray) or y.ndim != 2 or y.dtype != out.dtype:
+            raise ValueError(f"products[{e}] must be a 2-D {out.dtype} numpy array")
+        if y.shape != (cout, nb * rows * cols):
+            raise ValueError(f"products[{e}] has shape {y.shape}; expected {(cout, nb * rows * cols)}")
+        if rows < 1 or cols < 1 or oi < 0 or oj < 0 or oi + (rows - 1) * sh >= ho \
+                or oj + (cols - 1) * sw >= wo:
+            raise ValueError(f"plan[{e}]: the strided window does not fit the {ho}x{wo} output")
+        geometry[e] = (rows, cols, oi, oj, y.shape[1], y.ctypes.data)
     if out.dtype == np.float32:
-        _scatter[float](out, yt, c0, rows, cols, out_row, out_col, sh, sw, threads)
+        _scatter[float](out, geometry, n, c0, cout, sh, sw, threads)
     else:
-        _scatter[int32_t](out, yt, c0, rows, cols, out_row, out_col, sh, sw, threads)
+        _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, threads)
 
 
-cdef void _scatter(acc_t[:, :, :, ::1] out, const acc_t[:, ::1] yt, long c0, long mi, long mj,
-                   long oi0, long oj0, long sh, long sw, int threads) noexcept nogil:
+cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, long c0,
+                   long cout, long sh, long sw, int threads) noexcept nogil:
     # one (output channel, image) plane per iteration: planes never overlap, so no races
-    cdef long nb = out.shape[0], channels = yt.shape[0]
-    cdef long t, o, b, ii, jj
+    cdef long nb = out.shape[0], ho = out.shape[2], wo = out.shape[3]
+    cdef long t, o, b, oi, oj, e, d, ii, jj, rows, cols
     cdef const acc_t *src
     cdef acc_t *dst
-    for t in prange(channels * nb, num_threads=threads, schedule="static"):
+    for t in prange(cout * nb, num_threads=threads, schedule="static"):
         o = t // nb
         b = t % nb
-        for ii in range(mi):
-            src = &yt[o, (b * mi + ii) * mj]
-            dst = &out[b, c0 + o, oi0 + ii * sh, oj0]
-            for jj in range(mj):
-                dst[jj * sw] = dst[jj * sw] + src[jj]
+        for oi in range(ho):
+            dst = &out[b, c0 + o, oi, 0]
+            for oj in range(wo):
+                dst[oj] = 0
+            for e in range(n):
+                d = oi - geo[e, 2]
+                if d < 0 or d % sh != 0:
+                    continue
+                ii = d // sh
+                rows = geo[e, 0]
+                if ii >= rows:
+                    continue
+                cols = geo[e, 1]
+                src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + (b * rows + ii) * cols
+                dst = &out[b, c0 + o, oi, geo[e, 3]]
+                for jj in range(cols):
+                    dst[jj * sw] = dst[jj * sw] + src[jj]
 
 
 # ------------------------------------------------------------------ the layer
@@ -253,18 +318,20 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
         gemm = _default_gemm(x.dtype, threads)
     x = np.ascontiguousarray(x)
     batch, (height, width), (ho, wo) = geo["batch"], (geo["height"], geo["width"]), geo["output"]
-    out = np.zeros((batch, geo["out_channels"], ho, wo),
+    out = np.empty((batch, geo["out_channels"], ho, wo),
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
     for g in range(groups):
-        # (kh, kw, cout_g, cin_g): each element's transposed weight slice is contiguous
-        wt = np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].transpose(2, 3, 1, 0))
-        for r, s, ilo, ihi, jlo, jhi, oi, oj in plan:
-            if batch == 1 and (ilo, ihi, jlo, jhi) == (0, height, 0, width):
-                at = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)  # a view
-            else:
-                at = gather_window(x, g * cin_g, cin_g, ilo, ihi, jlo, jhi, threads)
-            yt = gemm(wt[r, s], at)
-            scatter_add(out, yt, g * cout_g, batch, ihi - ilo, jhi - jlo, oi, oj,
-                        geo["stride"], threads)
+        wt = element_weights(w, g * cin_g, cin_g, threads)
+        windows = {}  # kernel elements with the same valid rectangle share its gathered pixels
+        products = []
+        for r, s, ilo, ihi, jlo, jhi, _, _ in plan:
+            window = (ilo, ihi, jlo, jhi)
+            if window not in windows:
+                if batch == 1 and window == (0, height, 0, width):
+                    windows[window] = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)
+                else:
+                    windows[window] = gather_window(x, g * cin_g, cin_g, *window, threads)
+            products.append(gemm(wt[r * kw + s], windows[window]))
+        scatter_elements(out, g * cout_g, cout_g, plan, products, geo["stride"], threads)
     return out

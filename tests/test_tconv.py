@@ -163,17 +163,27 @@ def test_kernel_elements_reaching_nothing_are_skipped():
     assert out.shape == (1, 2, 1, 1) and not out.any()
 
 
-def test_gather_and_scatter_against_slicing():
+def test_gather_weights_and_scatter_against_slicing():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 5, 6, 7), dtype=np.float32)
     at = tconv.gather_window(x, 1, 3, 2, 5, 1, 7, threads=2)
     assert np.array_equal(at, x[:, 1:4, 2:5, 1:7].transpose(1, 0, 2, 3).reshape(3, -1))
-    out = rng.standard_normal((2, 4, 9, 20), dtype=np.float32)
-    expected = out.copy()
-    yt = rng.standard_normal((2, 2 * 3 * 5), dtype=np.float32)
-    tconv.scatter_add(out, yt, 1, 2, 3, 5, 2, 1, (3, 4), threads=2)
-    expected[:, 1:3, 2:9:3, 1:18:4] += yt.reshape(2, 2, 3, 5).transpose(1, 0, 2, 3)
-    assert out.tobytes() == expected.tobytes()
+    at = tconv.gather_window(x, 0, 5, 1, 4, 0, 7)  # whole rows: the contiguous fast path
+    assert np.array_equal(at, x[:, :, 1:4].transpose(1, 0, 2, 3).reshape(5, -1))
+    w = rng.standard_normal((40, 19, 3, 2), dtype=np.float32)
+    wt = tconv.element_weights(w, 4, 33, threads=2)  # ragged 16 x 16 blocks
+    assert np.array_equal(wt, w[4:37].transpose(2, 3, 1, 0).reshape(6, 19, 33))
+    # two kernel elements of stride (3, 4) adding into overlapping output positions
+    out = np.full((2, 4, 9, 20), np.nan, dtype=np.float32)  # every written value is overwritten
+    plan = [(0, 0, 0, 3, 0, 5, 2, 1), (0, 1, 0, 2, 0, 4, 2, 5)]
+    ys = [rng.standard_normal((2, 2 * 3 * 5), dtype=np.float32),
+          rng.standard_normal((2, 2 * 2 * 4), dtype=np.float32)]
+    tconv.scatter_elements(out, 1, 2, plan, ys, (3, 4), threads=2)
+    expected = np.zeros((2, 2, 9, 20), dtype=np.float32)
+    expected[:, :, 2:9:3, 1:18:4] += ys[0].reshape(2, 2, 3, 5).transpose(1, 0, 2, 3)
+    expected[:, :, 2:6:3, 5:18:4] += ys[1].reshape(2, 2, 2, 4).transpose(1, 0, 2, 3)
+    assert out[:, 1:3].tobytes() == expected.tobytes()
+    assert np.isnan(out[:, [0, 3]]).all()  # other channels untouched
 
 
 def test_torch_conv_transpose2d_agrees():
@@ -238,6 +248,9 @@ def test_bad_operands_are_value_errors():
         tconv.tconv2d_strided(x, w, threads=0)
     with pytest.raises(ValueError, match="out of range"):
         tconv.gather_window(x, 1, 2, 0, 3, 0, 3)
-    with pytest.raises(ValueError, match="does not fit"):
-        tconv.scatter_add(np.zeros((1, 2, 4, 4), np.float32), np.zeros((2, 4), np.float32),
-                          0, 1, 2, 2, 2, 0, 2)  # rows 2 and 4 of a 4-row output
+    with pytest.raises(ValueError, match="does not fit"):  # rows 2 and 4 of a 4-row output
+        tconv.scatter_elements(np.zeros((1, 2, 4, 4), np.float32), 0, 2, [(0, 0, 0, 2, 0, 2, 2, 0)],
+                               [np.zeros((2, 4), np.float32)], 2)
+    with pytest.raises(ValueError, match="shape"):
+        tconv.scatter_elements(np.zeros((1, 2, 4, 4), np.float32), 0, 2, [(0, 0, 0, 2, 0, 2, 0, 0)],
+                               [np.zeros((2, 5), np.float32)], 2)
