@@ -1,0 +1,239 @@
+"""sample: multinomial sampling by parallel (chunked, two-level) cumulative sums.
+
+A vector engine with `units` execution units samples one token per row of a batch of
+`batch x vocab` nonnegative float32 weights: each unit scans its chunk of
+L = ceil(vocab / units) weights, the units' totals are scanned, each chunk's offset is added
+back, and the first index whose cumulative value exceeds u * total is picked. The kernel
+(sysbench._kernels.sample) fixes the summation order, so `full_scan` (materialise, then
+search) and `chunk_select` (totals, then rescan one chunk) return identical indices.
+
+Validation: a float64 reference (numpy cumsum + searchsorted) must agree on every row except
+boundary cases -- draws within the float32 error bound of a cumulative boundary -- which are
+counted; and a numpy float32 emulation of the same summation order must agree exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Key, Validation, Workload
+
+DISTRIBUTIONS = {
+    "softmax": "exp of N(0, 2^2) logits (unnormalised)",
+    "uniform": "U[0, 1) weights",
+    "zipf": "weight 1 / rank^1.1, ranks shuffled per row (a peaked LM-like distribution)",
+}
+METHODS = ("full_scan", "chunk_select")
+EMULATE_MAX_ELEMENTS = 40_000_000  # numpy emulation of the summation order, when affordable
+
+
+def chunk_length(vocab: int, units: int) -> int:
+    return -(-vocab // units)
+
+
+def vector_cycles(vocab: int, units: int, method: str, batch: int = 1) -> dict:
+    """Cycles of one row and of the batch on a vector engine of `units` units.
+
+    Each unit handles one element per cycle of its chunk of L = ceil(vocab / units); the U
+    chunk totals are scanned in order by one unit, one addition per cycle (the order the
+    numerics fix; a log-depth tree would round differently); a priority encoder over the
+    units takes ceil(log2 U) cycles. Rows run back to back.
+      full_scan:    local scans L, totals scan U, target 1, add-back L, compare L + log2 U
+      chunk_select: local totals L, totals scan U, target 1, pick chunk 1 + log2 U,
+                    rescan of the picked chunk L (add, add offset, compare: one per cycle)
+    """
+    L = chunk_length(vocab, units)
+    encode = math.ceil(math.log2(units)) if units > 1 else 0
+    if method == "full_scan":
+        phases = {"local_scan": L, "totals_scan": units, "target": 1, "add_back": L,
+                  "compare_select": L + encode}
+        element_ops = 3 * vocab  # scan, add-back, compare: each element once
+        bytes_read, bytes_written = 12 * vocab, 8 * vocab  # inputs, add-back, compare / two writes
+    elif method == "chunk_select":
+        phases = {"local_totals": L, "totals_scan": units, "target": 1,
+                  "chunk_select": 1 + encode, "rescan": L}
+        element_ops = vocab + L
+        bytes_read, bytes_written = 4 * (vocab + L), 0
+    else:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    row = sum(phases.values())
+    return {
+        "cycles": batch * row,
+        "cycles_per_row": row,
+        "phases_per_row": phases,
+        "chunk_length": L,
+        "utilization": element_ops / (units * row),
+        "bytes_read": batch * bytes_read,
+        "bytes_written": batch * bytes_written,
+    }
+
+
+def random_weights(rng: np.random.Generator, batch: int, vocab: int, distribution: str) -> np.ndarray:
+    if distribution == "softmax":
+        logits = rng.standard_normal((batch, vocab), dtype=np.float32) * np.float32(2.0)
+        return np.exp(logits - logits.max(axis=1, keepdims=True))
+    if distribution == "uniform":
+        return rng.random((batch, vocab), dtype=np.float32)
+    if distribution == "zipf":
+        base = (1.0 / np.arange(1, vocab + 1, dtype=np.float64) ** 1.1).astype(np.float32)
+        return np.stack([base[rng.permutation(vocab)] for _ in range(batch)])
+    raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+
+
+def last_nonzero(row: np.ndarray) -> int:
+    nz = np.flatnonzero(row)
+    return int(nz[-1]) if nz.size else 0
+
+
+def reference_indices(probs: np.ndarray, uniforms: np.ndarray):
+    """float64 cumsum + searchsorted: (indices, cum64 rows, targets)."""
+    cum = np.cumsum(probs.astype(np.float64), axis=1)
+    targets = np.asarray(uniforms, dtype=np.float64) * cum[:, -1]
+    idx = np.empty(probs.shape[0], dtype=np.int64)
+    for b in range(probs.shape[0]):
+        i = int(np.searchsorted(cum[b], targets[b], side="right"))
+        idx[b] = i if i < probs.shape[1] else last_nonzero(probs[b])
+    return idx, cum, targets
+
+
+def emulate_cumulative(probs: np.ndarray, units: int) -> np.ndarray:
+    """The kernel's cumulative values from their definition, in numpy float32.
+
+    np.cumsum (add.accumulate) adds strictly in order, so this is the same summation order:
+    per chunk from +0, chunk offsets = exclusive in-order scan of the totals, then add-back.
+    Padding the last chunks with zeros changes nothing (adding +0 is exact).
+    """
+    B, V = probs.shape
+    L = chunk_length(V, units)
+    padded = np.zeros((B, units * L), dtype=np.float32)
+    padded[:, :V] = probs
+    local = np.cumsum(padded.reshape(B, units, L), axis=2, dtype=np.float32)
+    scanned = np.cumsum(local[:, :, -1], axis=1, dtype=np.float32)
+    offsets = np.concatenate([np.zeros((B, 1), np.float32), scanned[:, :-1]], axis=1)
+    return (offsets[:, :, None] + local).reshape(B, units * L)[:, :V]
+
+
+def emulate_indices(probs: np.ndarray, uniforms: np.ndarray, units: int) -> np.ndarray:
+    """Indices from the emulated float32 cumulative values (the kernel's exact contract)."""
+    cum = emulate_cumulative(probs, units)
+    targets = np.asarray(uniforms, dtype=np.float64) * cum[:, -1].astype(np.float64)
+    idx = np.empty(probs.shape[0], dtype=np.int64)
+    for b in range(probs.shape[0]):
+        above = np.flatnonzero(cum[b] > targets[b])
+        idx[b] = above[0] if above.size else last_nonzero(probs[b])
+    return idx
+
+
+def boundary_tolerance(vocab: int, units: int) -> float:
+    """Bound, relative to the row total, on how far the float64 reference's cumulative values
+    and target can be from the kernel's: every float32 cumulative value goes through at most
+    L + U additions of nonnegative terms (error <= gamma(L + U) * total, Higham Thm 4.4) and
+    the target inherits the total's; float64 adds gamma64(V) for each of the two."""
+    u32, u64 = 2.0 ** -24, 2.0 ** -53
+    n = chunk_length(vocab, units) + units + 1
+    gamma32 = n * u32 / (1 - n * u32)
+    return 1.01 * (2 * gamma32 + 4 * (vocab + 2) * u64)
+
+
+def compare_with_reference(probs: np.ndarray, uniforms: np.ndarray, indices: np.ndarray,
+                           units: int) -> dict:
+    """Agreement with the float64 reference; every disagreement must be a boundary case."""
+    ref, cum, targets = reference_indices(probs, uniforms)
+    V = probs.shape[1]
+    rel_tol = boundary_tolerance(V, units)
+    boundary, mismatches, unexplained = 0, 0, []
+    for b in range(probs.shape[0]):
+        tol = rel_tol * cum[b, -1]
+        r, k, t = int(ref[b]), int(indices[b]), targets[b]
+        below = cum[b, r - 1] if r > 0 else 0.0
+        if t - below <= tol or cum[b, r] - t <= tol:
+            boundary += 1
+        if k == r:
+            continue
+        mismatches += 1
+        if not 0 <= k < V:
+            unexplained.append(b)
+        elif k > r and cum[b, k - 1] - t > tol:
+            unexplained.append(b)
+        elif k < r and t - cum[b, k] > tol:
+            unexplained.append(b)
+    return {"mismatches": mismatches, "boundary_cases": boundary,
+            "unexplained_rows": unexplained, "relative_tolerance": rel_tol}
+
+
+class Sample(Workload):
+    kind = "sample"
+    description = ("multinomial sampling by chunked two-level cumulative sums over U vector "
+                   "units: identical indices for full_scan and chunk_select, cycles per row/batch")
+    needs_array = False
+    keys = {
+        "vocab": Key("int", minimum=1, help="weights per row (V)"),
+        "batch": Key("int", default=1, minimum=1, help="rows, one draw each (B)"),
+        "units": Key("int", default=16, minimum=1, help="execution units = chunks per row (U)"),
+        "method": Key("str", default="chunk_select", choices=METHODS,
+                      help="full_scan (materialise the cumulative sums, then search) | "
+                           "chunk_select (chunk totals, then rescan one chunk)"),
+        "distribution": Key("str", default="softmax", choices=tuple(DISTRIBUTIONS),
+                            help="generated weights: " + "; ".join(f"{k}: {v}" for k, v in DISTRIBUTIONS.items())),
+    }
+
+    def model(self, params, array):
+        figures = vector_cycles(params["vocab"], params["units"], params["method"], params["batch"])
+        figures["time_us"] = figures["cycles"] / (array.clock_ghz * 1e3)
+        figures["time_us_per_row"] = figures["cycles_per_row"] / (array.clock_ghz * 1e3)
+        return figures
+
+    def prepare(self, params, array, rng):
+        from .._kernels import sample as kernel  # imported late: `sysbench list` needs no build
+
+        probs = random_weights(rng, params["batch"], params["vocab"], params["distribution"])
+        uniforms = rng.random(params["batch"])
+        return {"probs": probs, "uniforms": uniforms, "units": params["units"],
+                "method": params["method"], "kernel": kernel}
+
+    def run(self, state, threads):
+        return state["kernel"].sample(state["probs"], state["uniforms"], state["units"],
+                                      state["method"], threads)
+
+    def validate(self, state, output) -> Validation:
+        probs, uniforms, units = state["probs"], state["uniforms"], state["units"]
+        V = probs.shape[1]
+        rows = np.arange(probs.shape[0])
+        in_range = bool(np.all((output >= 0) & (output < V)))
+        nonzero = in_range and bool(np.all(probs[rows, np.clip(output, 0, V - 1)] > 0))
+        check = compare_with_reference(probs, uniforms, output, units)
+        extra = {"mismatches": check["mismatches"], "boundary_cases": check["boundary_cases"],
+                 "unexplained_mismatches": len(check["unexplained_rows"]),
+                 "relative_tolerance": check["relative_tolerance"]}
+        passed = in_range and nonzero and not check["unexplained_rows"]
+        detail = []
+        if probs.size <= EMULATE_MAX_ELEMENTS:
+            exact = bool(np.array_equal(emulate_indices(probs, uniforms, units), output))
+            extra["emulation_exact"] = exact
+            passed = passed and exact
+            if not exact:
+                detail.append("indices differ from the float32 emulation of the summation order")
+        if not in_range:
+            detail.append("an index is out of range")
+        elif not nonzero:
+            detail.append("a zero-weight index was returned")
+        if check["unexplained_rows"]:
+            detail.append(f"rows {check['unexplained_rows'][:5]} disagree with the float64 "
+                          "reference beyond the rounding bound")
+        # max_abs_err: the float32 row total (chunk totals added in order, as the kernel
+        # forms it) against the float64 sum, relative to the latter
+        chunk_totals = state["kernel"].chunk_totals(probs, units)
+        total32 = np.zeros(probs.shape[0], dtype=np.float32)
+        for c in range(chunk_totals.shape[1]):
+            total32 = total32 + chunk_totals[:, c]
+        total64 = probs.astype(np.float64).sum(axis=1)
+        max_rel = float(np.max(np.abs(total32.astype(np.float64) - total64) / total64))
+        return Validation("float64 searchsorted; fp32 emulation",
+                          max_abs_err=max_rel, passed=passed, detail="; ".join(detail), extra=extra)
+
+    def summary(self, metrics):
+        return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
+
+
+WORKLOAD = Sample()
