@@ -27,12 +27,14 @@ Schedules:
                          its activations, then run backward
     budget=SIZE          the least recompute (in FLOPs) under a peak activation memory of SIZE
                          bytes ("64MiB"; "1/4" = a fraction of store_all's peak; "min" =
-                         the least memory any schedule needs): dynamic
-                         programming over (s, t, memory) as Griewank's revolve and Beaumont
-                         et al.'s rotor (2019), with each layer's own sizes and costs.
+                         the least memory any schedule needs): dynamic programming over
+                         (checkpoint, gradient position, memory) as Griewank's revolve and
+                         Beaumont et al.'s rotor (2019), with each layer's own sizes and
+                         costs, extended past persistent checkpoints (see optimal()).
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -253,9 +255,10 @@ def minimum_budget(c: Chain) -> int:
         sys.setrecursionlimit(old)
 
 
-def optimal(c: Chain, budget: int) -> tuple[int, list]:
-    """(forward FLOPs, program) of the schedule with the least forward FLOPs whose peak
-    activation memory is <= budget. Raises InfeasibleBudget naming the minimum.
+def optimal_persistent(c: Chain, budget: int) -> tuple[int, list]:
+    """(forward FLOPs, program) of the best *persistent* schedule under `budget`: a
+    checkpoint, once kept, stays until the backward reaches it. This is the DP of revolve
+    and rotor; with heterogeneous sizes a non-persistent schedule can be cheaper (optimal()).
 
     P(s, t, m): a_s is held and d_t live, both inside m bytes; run B(t) .. B(s+1).
       t = s + 1: B(t), D(s) if its peak fits.
@@ -308,6 +311,87 @@ def optimal(c: Chain, budget: int) -> tuple[int, list]:
         if total is None:  # cannot happen when budget >= minimum; kept as a guard
             raise InfeasibleBudget(budget, minimum)
         return total, program(0, c.n + 1, budget)
+    finally:
+        sys.setrecursionlimit(old)
+
+
+@functools.lru_cache(maxsize=64)
+def optimal(c: Chain, budget: int) -> tuple[int, list]:
+    """(forward FLOPs, program) of the schedule with the least forward FLOPs whose peak
+    activation memory is <= budget, over all programs of F / D / B operations (the tests
+    hold it to an exhaustive search). Raises InfeasibleBudget naming the minimum.
+
+    T(p, t, u, m): a_p is held and d_t live, both inside m bytes; run B(t) .. B(u+1), so
+    the gradient ends at d_u (u >= p); a_p is consumed by B(p+1) when u = p, otherwise it
+    is dropped (possibly early: "last use").
+      t = u:             nothing to do (drop a_p).
+      t = p + 1, u = p:  B(t), D(p) if its peak fits.
+      else, for j in (p, t) reachable by a sweep p -> j that keeps only a_j:
+        keep a_p:   T(j, t, v, m - |a_p|) then T(p, v, u, m), for v in [max(j, u), t)
+        last use:   (u > p, u >= j) drop a_p after the sweep, then T(j, t, u, m)
+    The top problem is T(0, N, 0, budget). Rotor's persistent DP is the case v = j
+    without "last use"; dropping a checkpoint that is in the way of a large gradient and
+    recomputing it later from an earlier one is what the two extra choices add."""
+    minimum = minimum_budget(c)
+    if budget < minimum:
+        raise InfeasibleBudget(budget, minimum, store_all_peak(c))
+    act, grad, fcost = c.act, c.grad, c.fcost
+    memo: dict = {}
+    INF = float("inf")
+
+    def cost(p: int, t: int, u: int, m: int):
+        if t == u:
+            return 0
+        if t == p + 1:
+            return 0 if u == p and act[p] + grad[t] + grad[p] <= m else INF
+        key = (p, t, u, m)
+        hit = memo.get(key)
+        if hit is not None:
+            return hit[0]
+        best, choice, sweep = INF, None, 0
+        base = act[p] + grad[t]
+        for j in range(p + 1, t):
+            if base + (act[j - 1] if j - 1 > p else 0) + act[j] > m:
+                break  # every later checkpoint needs this forward too
+            sweep += fcost[j]
+            if sweep >= best:
+                break  # costs only grow with j
+            for v in range(max(j, u), t):
+                right = cost(j, t, v, m - act[p])
+                if sweep + right >= best:
+                    continue
+                total = sweep + right + cost(p, v, u, m)
+                if total < best:
+                    best, choice = total, ("keep", j, v)
+            if u > p and u >= j:
+                total = sweep + cost(j, t, u, m)
+                if total < best:
+                    best, choice = total, ("last", j, u)
+        memo[key] = (best, choice)
+        return best
+
+    def program(p: int, t: int, u: int, m: int) -> list:
+        if t == u:
+            return [("D", p)]
+        if t == p + 1:
+            return [("B", t), ("D", p)]
+        how, j, v = memo[(p, t, u, m)][1]
+        ops = []
+        for k in range(p + 1, j + 1):
+            ops.append(("F", k))
+            if k - 1 > p:
+                ops.append(("D", k - 1))
+        if how == "last":
+            return ops + [("D", p)] + program(j, t, u, m)
+        return ops + program(j, t, v, m - act[p]) + program(p, v, u, m)
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20 * len(act) + 200))
+    try:
+        total = cost(0, c.n + 1, 0, budget)
+        if total == INF:  # cannot happen when budget >= minimum; kept as a guard
+            raise InfeasibleBudget(budget, minimum)
+        return int(total), program(0, c.n + 1, 0, budget)
     finally:
         sys.setrecursionlimit(old)
 

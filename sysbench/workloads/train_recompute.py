@@ -159,7 +159,10 @@ class TrainRecompute(Workload):
             "array_overhead": acc["cycles"] / acc_base["cycles"] - 1 if acc_base["cycles"] else 0.0,
         }
         if schedule.kind == "budget":
-            metrics["budget_bytes"] = rc.budget_bytes(chain, schedule)
+            budget = rc.budget_bytes(chain, schedule)
+            metrics["budget_bytes"] = budget
+            # what rotor's persistent-checkpoint DP would recompute under the same budget
+            metrics["persistent_recompute_flops"] = rc.optimal_persistent(chain, budget)[0] - one_forward
         return metrics
 
     def prepare(self, p, array, rng):

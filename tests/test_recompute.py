@@ -1,0 +1,285 @@
+"""Recompute schedules: identical results, memory under budget, optimality, tracker accuracy."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from sysbench.training import network
+from sysbench.training import recompute as rc
+from sysbench.training.optim import SGD
+
+NETWORKS = {
+    "mlp-relu": lambda: network.mlp(5, 48, 8, in_features=20, seed=3),
+    "mlp-gelu-mse": lambda: network.mlp(3, 32, 6, activation="gelu", loss="mse", seed=4),
+    "cnn": lambda: network.cnn(channels=[4, 8, 8, 16], image=8, batch=3, seed=5),
+    "specs": lambda: network.from_specs(
+        [{"type": "conv2d", "out_channels": 6, "kernel": 3, "stride": 2, "padding": 1}, "gelu",
+         {"type": "maxpool2d", "kernel": 3, "stride": 1}, {"type": "conv2d", "out_channels": 4, "kernel": 1},
+         "relu", "flatten", "linear:12", "relu", "linear:5"], (4, 2, 9, 9), seed=6),
+}
+
+
+def schedules_for(net) -> list[str]:
+    out = ["store_all", "full_recompute", "checkpoint_every=1", "checkpoint_every=2", "checkpoint_every=3",
+           f"checkpoint_every={net.n + 4}", "budget=min", "budget=1/1"]
+    chain = rc.chain_of(net)
+    lo, hi = rc.minimum_budget(chain), rc.store_all_peak(chain)
+    out += [f"budget={int(lo + f * (hi - lo))}" for f in (0.1, 0.3, 0.6)]
+    return out
+
+
+def step(net, x, target, schedule, initial):
+    net.set_params(initial)
+    result = rc.train_step(net, x, target, schedule, SGD(lr=0.05))
+    weights = net.copy_params()
+    net.set_params(initial)
+    return result, weights
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_all_schedules_give_bit_identical_loss_grads_and_weights(name):
+    net = NETWORKS[name]()
+    x, target = net.make_batch(seed=1)
+    initial = net.copy_params()
+    ref, ref_weights = step(net, x, target, "store_all", initial)
+    assert np.isfinite(ref.loss)
+    changed = any(not np.array_equal(w[k], initial[i][k]) for i, w in enumerate(ref_weights) for k in w)
+    assert changed  # the step did update something
+    forwards = set()
+    for schedule in schedules_for(net):
+        result, weights = step(net, x, target, schedule, initial)
+        forwards.add(result.layer_forwards)
+        assert result.loss == ref.loss, schedule
+        for i in range(net.n):
+            for k in ref.grads[i]:
+                assert np.array_equal(result.grads[i][k], ref.grads[i][k]), (schedule, i, k)
+                assert np.array_equal(weights[i][k], ref_weights[i][k]), (schedule, i, k)
+    assert len(forwards) > 2  # the schedules really differ in what they recompute
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_budget_schedules_stay_under_budget_measured_and_simulated(name):
+    net = NETWORKS[name]()
+    x, target = net.make_batch(seed=2)
+    chain = rc.chain_of(net)
+    lo, hi = rc.minimum_budget(chain), rc.store_all_peak(chain)
+    previous_cost = None
+    for budget in sorted({lo, lo + 1, (lo + hi) // 2, hi - 1, hi, 2 * hi}, reverse=True):
+        cost, ops = rc.optimal(chain, budget)
+        sim = rc.simulate(chain, ops)
+        assert sim["peak_activation_bytes"] <= budget
+        assert sim["forward_flops"] == cost
+        result = rc.run_program(net, x, target, ops)
+        assert result.tracker.peak_activation == sim["peak_activation_bytes"]
+        assert result.tracker.peak_activation <= budget
+        if previous_cost is not None:  # less memory never costs less
+            assert cost >= previous_cost
+        previous_cost = cost
+    # with the whole store_all memory, no layer runs twice
+    assert rc.optimal(chain, hi)[0] == sum(chain.fcost)
+
+
+def test_fixed_schedules_recompute_what_they_should():
+    net = network.mlp(4, 16, 2)  # 8 layers
+    chain = rc.chain_of(net)
+    n = net.n
+    assert rc.simulate(chain, rc.store_all(chain))["layer_forwards"] == n
+    assert rc.simulate(chain, rc.full_recompute(chain))["layer_forwards"] == n + n * (n - 1) // 2
+    # every=3: checkpoints a_0, a_3, a_6; segments (6,8], (3,6], (0,3] recompute 1, 2, 2 layers
+    assert rc.simulate(chain, rc.checkpoint_every(chain, 3))["layer_forwards"] == n + 1 + 2 + 2
+    assert rc.checkpoint_every(chain, 1) == rc.store_all(chain)
+    # full_recompute holds the input, at most one activation and the gradients: 4 equal buffers
+    size = chain.act[1]
+    assert rc.simulate(chain, rc.full_recompute(chain))["peak_activation_bytes"] == chain.act[0] + 3 * size
+
+
+# ---- optimality against an exhaustive search -----------------------------------------------------
+
+def brute_force(c: rc.Chain, budget: int):
+    """Least forward cost over every program of F / D / B operations whose peak activation
+    memory stays <= budget (Dijkstra over (held activations, gradient position)); None if
+    none exists. Independent of the DP: any set of activations may be held at any time."""
+    n, N = c.n, c.n + 1
+    start = (frozenset([0]), N)
+
+    def used(held, d_at):
+        return sum(c.act[k] for k in held) + c.grad[d_at]
+
+    if used(*start) > budget:
+        return None
+    best = {start: 0}
+    queue = [(0, 0, start)]
+    tie = itertools.count()
+    while queue:
+        cost, _, (held, d_at) = heapq.heappop(queue)
+        if cost > best.get((held, d_at), float("inf")):
+            continue
+        if d_at == 0:
+            return cost
+        now = used(held, d_at)
+        moves = []
+        for k in range(1, n + 1):
+            if k - 1 in held and k not in held and now + c.act[k] <= budget:
+                moves.append((cost + c.fcost[k], (held | {k}, d_at)))
+        for k in held:
+            moves.append((cost, (held - {k}, d_at)))
+        if d_at - 1 in held and now + c.grad[d_at - 1] <= budget:
+            moves.append((cost, (held, d_at - 1)))
+        for new_cost, state in moves:
+            if new_cost < best.get(state, float("inf")):
+                best[state] = new_cost
+                heapq.heappush(queue, (new_cost, next(tie), state))
+    return None
+
+
+def brute_force_persistent(c: rc.Chain, budget: int):
+    """As brute_force, over persistent programs only: an activation held when a B operation
+    runs stays held until the backward passes it (only activations made since the last B
+    may be dropped). State: (kept, made since the last B, gradient position)."""
+    n, N = c.n, c.n + 1
+    start = (frozenset([0]), frozenset(), N)
+
+    def used(kept, fresh, d_at):
+        return sum(c.act[k] for k in kept | fresh) + c.grad[d_at]
+
+    if used(*start) > budget:
+        return None
+    best = {start: 0}
+    queue = [(0, 0, start)]
+    tie = itertools.count()
+    while queue:
+        cost, _, (kept, fresh, d_at) = heapq.heappop(queue)
+        if cost > best.get((kept, fresh, d_at), float("inf")):
+            continue
+        if d_at == 0:
+            return cost
+        now, held = used(kept, fresh, d_at), kept | fresh
+        moves = []
+        for k in range(1, n + 1):
+            if k - 1 in held and k not in held and now + c.act[k] <= budget:
+                moves.append((cost + c.fcost[k], (kept, fresh | {k}, d_at)))
+        moves += [(cost, (kept, fresh - {k}, d_at)) for k in fresh]
+        moves += [(cost, (kept - {k}, fresh, d_at)) for k in kept if k >= d_at]  # passed by the backward
+        if d_at - 1 in held and now + c.grad[d_at - 1] <= budget:
+            moves.append((cost, (held, frozenset(), d_at - 1)))
+        for new_cost, state in moves:
+            if new_cost < best.get(state, float("inf")):
+                best[state] = new_cost
+                heapq.heappush(queue, (new_cost, next(tie), state))
+    return None
+
+
+def random_chain(rng, n):
+    act = [int(v) for v in rng.integers(1, 9, n + 1)] + [0]
+    grad = [0] + act[1:n + 1] + [0]
+    if rng.random() < 0.5:  # gradients sized unlike their activations
+        grad = [0] + [int(v) for v in rng.integers(1, 9, n)] + [0]
+    fcost = [0] + [int(v) for v in rng.integers(1, 20, n)] + [0]
+    zeros = (0,) * (n + 2)
+    return rc.Chain(tuple(act), tuple(grad), tuple(fcost), zeros, zeros)
+
+
+def test_budget_schedule_matches_exhaustive_optimum_on_small_chains():
+    rng = np.random.default_rng(11)
+    checked = beats_persistent = 0
+    for trial in range(60):
+        n = int(rng.integers(1, 7))
+        c = random_chain(rng, n)
+        lo, hi = rc.minimum_budget(c), rc.store_all_peak(c)
+        assert brute_force(c, lo - 1) is None  # the minimum really is the minimum
+        for budget in range(lo, hi + 1):
+            expected = brute_force(c, budget)
+            cost, ops = rc.optimal(c, budget)
+            assert cost == expected, (c, budget)
+            sim = rc.simulate(c, ops)
+            assert sim["peak_activation_bytes"] <= budget and sim["forward_flops"] == cost
+            persistent = rc.optimal_persistent(c, budget)[0]
+            assert persistent == brute_force_persistent(c, budget), (c, budget)
+            beats_persistent += cost < persistent
+            checked += 1
+    assert checked > 200
+    assert beats_persistent > 0  # heterogeneous chains where dropping a checkpoint early pays
+
+
+def test_budget_schedule_matches_exhaustive_optimum_on_a_real_network():
+    net = network.cnn(channels=[2, 3], image=4, batch=1)  # conv relu conv relu pool flatten linear
+    c = rc.chain_of(net)
+    lo, hi = rc.minimum_budget(c), rc.store_all_peak(c)
+    for budget in np.linspace(lo, hi, 12).astype(int):
+        assert rc.optimal(c, int(budget))[0] == brute_force(c, int(budget))
+        assert rc.optimal_persistent(c, int(budget))[0] == brute_force_persistent(c, int(budget))
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+def test_infeasible_budget_is_an_error_naming_the_minimum():
+    net = network.mlp(4, 64, 8)
+    chain = rc.chain_of(net)
+    minimum = rc.minimum_budget(chain)
+    with pytest.raises(rc.InfeasibleBudget, match=f"minimum .*{minimum} bytes") as info:
+        rc.optimal(chain, minimum - 1)
+    assert info.value.minimum == minimum
+    with pytest.raises(rc.InfeasibleBudget, match="below the minimum"):
+        rc.train_step(net, *net.make_batch(), "budget=1KiB")
+    rc.optimal(chain, minimum)  # the minimum itself works
+
+
+@pytest.mark.parametrize("text,message", [
+    ("budget=0", "positive size"), ("budget=12 parsecs", "positive size"), ("budget=3/2", "fraction"),
+    ("checkpoint_every=0", "positive integer"), ("checkpoint_every=x", "positive integer"),
+    ("store", "unknown schedule"), ("full_recompute=2", "unknown schedule"),
+])
+def test_bad_schedules(text, message):
+    with pytest.raises(ValueError, match=message):
+        rc.parse_schedule(text)
+
+
+def test_schedule_forms():
+    assert rc.parse_schedule("budget=64MiB").budget == 64 * 2**20
+    assert rc.parse_schedule(" budget = 1/4 ").fraction == rc.Fraction(1, 4)
+    assert str(rc.parse_schedule("checkpoint_every=5")) == "checkpoint_every=5"
+    assert rc.parse_schedule("budget=min").minimum
+
+
+# ---- the tracker against tracemalloc -------------------------------------------------------------
+
+TRACEMALLOC_TOLERANCE = 0.10  # tracker peak within 10% of what numpy really allocated
+
+
+@pytest.mark.parametrize("factory", [lambda: network.mlp(6, 512, 64),
+                                     lambda: network.mlp(4, 256, 32, activation="gelu", loss="mse"),
+                                     lambda: network.cnn(batch=4, channels=[16, 16, 32]),
+                                     lambda: network.cnn(batch=16, channels=[8, 16], image=16, activation="gelu")])
+def test_tracker_peak_agrees_with_tracemalloc(factory):
+    net = factory()
+    x, target = net.make_batch()
+    chain = rc.chain_of(net)
+    for schedule in ("store_all", "full_recompute", "checkpoint_every=2", "budget=min"):
+        ops = rc.program_for(chain, rc.parse_schedule(schedule))
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            result = rc.run_program(net, x, target, ops, optimizer=SGD(1e-4))
+            traced = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        # params and the input batch existed before tracing started
+        tracked = result.tracker.peak_total - net.param_bytes() - x.nbytes
+        assert abs(traced - tracked) <= TRACEMALLOC_TOLERANCE * tracked, (schedule, traced, tracked)
+
+
+def test_dry_run_equals_real_run():
+    net = network.cnn(batch=2, channels=[4, 8], image=8)
+    x, target = net.make_batch()
+    shapes_only = network.cnn(batch=2, channels=[4, 8], image=8, init=False)
+    for schedule in ("store_all", "checkpoint_every=2", "budget=min"):
+        ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(schedule))
+        real = rc.run_program(net, x, target, ops, optimizer=SGD(1e-9)).tracker
+        dry = rc.dry_run(shapes_only, ops)
+        assert (dry.peak_activation, dry.peak_total, dry.peak_workspace) == \
+               (real.peak_activation, real.peak_total, real.peak_workspace)
+        assert [row[2:] for row in dry.series] == [row[2:] for row in real.series]
