@@ -114,10 +114,9 @@ class TrainRecompute(Workload):
             return [("loss", f"cross_entropy needs a (batch, classes) output; the network gives {net.shapes[-1]}")]
         if schedule.kind == "budget":
             chain = rc.chain_of(net)
-            try:
-                rc.optimal(chain, rc.budget_bytes(chain, schedule))
-            except rc.InfeasibleBudget as exc:
-                return [("schedule", str(exc))]
+            budget, minimum = rc.budget_bytes(chain, schedule), rc.minimum_budget(chain)
+            if budget < minimum:
+                return [("schedule", str(rc.InfeasibleBudget(budget, minimum, rc.store_all_peak(chain))))]
         return []
 
     def model(self, p, array):

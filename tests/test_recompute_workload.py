@@ -1,0 +1,126 @@
+"""The train_recompute workload: keys, errors, model figures, an end-to-end run."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sysbench import suite
+from sysbench.hardware import Array
+from sysbench.models.systolic import gemm_cycles
+from sysbench.runner import run_case
+from sysbench.workloads.train_recompute import WORKLOAD, step_gemms
+from sysbench.training import network
+from sysbench.training import recompute as rc
+
+ARRAY = Array(rows=8, cols=8)
+
+
+def params(**over):
+    p = {key: spec.default for key, spec in WORKLOAD.keys.items()}
+    p.update(layers=3, width=32, batch=4)
+    p.update(over)
+    return p
+
+
+def write_suite(tmp_path, body: str):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "t"\n[arrays.a]\nrows = 8\ncols = 8\n' + textwrap.dedent(body))
+    return path
+
+
+def test_model_figures_per_schedule():
+    n = 6  # 3 x (Linear + ReLU)
+    base = WORKLOAD.model(params(), ARRAY)
+    full = WORKLOAD.model(params(schedule="full_recompute"), ARRAY)
+    assert base["recompute_flops"] == 0 and base["predicted_overhead"] == 0
+    assert base["layer_forwards"] == n and full["layer_forwards"] == n + n * (n - 1) // 2
+    assert full["peak_activation_bytes"] < base["peak_activation_bytes"] == base["store_all_peak_activation_bytes"]
+    assert full["cycles"] > base["cycles"] and full["array_overhead"] > 0
+    # the FLOP prediction: recomputed forward FLOPs over one store_all step's FLOPs
+    assert full["predicted_overhead"] == pytest.approx(
+        full["recompute_flops"] / (base["forward_flops"] + base["backward_flops"]))
+    half = WORKLOAD.model(params(schedule="budget=1/2"), ARRAY)
+    assert half["peak_activation_bytes"] <= half["budget_bytes"] == base["store_all_peak_activation_bytes"] // 2
+    assert half["recompute_flops"] <= half["persistent_recompute_flops"]
+    assert WORKLOAD.model(params(schedule="budget=1/2"), ARRAY) == half  # deterministic
+
+
+def test_array_cycles_are_the_sum_of_each_gemm():
+    p = params(layers=2, width=16, batch=3)
+    net = network.build(p, init=False)
+    ops = rc.program_for(rc.chain_of(net), rc.parse_schedule("store_all"))
+    dims = step_gemms(net, ops)
+    # forward: 2 Linear; backward: 2 weight grads + 1 input grad (the first layer needs none)
+    assert sorted(dims) == sorted([(3, 16, 16)] * 2 + [(16, 3, 16)] * 2 + [(3, 16, 16)])
+    expected = sum(gemm_cycles(ARRAY, *d)["cycles"] for d in dims)
+    assert WORKLOAD.model(p, ARRAY)["cycles"] == expected
+
+
+@pytest.mark.parametrize("over,key,message", [
+    ({"schedule": "budget=1KiB"}, "schedule", "below the minimum activation memory"),
+    ({"schedule": "budget=1/64"}, "schedule", "of store_all"),
+    ({"schedule": "keep_some"}, "schedule", "unknown schedule"),
+    ({"specs": ["linear:4", "tanh"], "input": [8]}, "specs", "layer 2"),
+    ({"specs": ["linear:4"]}, "input", "input shape"),
+    ({"model": "cnn", "channels": [4, -1]}, "channels", "positive"),
+    ({"lr": 0.0}, "lr", "positive"),
+    ({"specs": [{"type": "conv2d", "out_channels": 2, "kernel": 3}], "input": [1, 4, 4]}, "loss", "classes"),
+])
+def test_check_errors_name_the_key(over, key, message):
+    problems = WORKLOAD.check(params(**over), ARRAY)
+    assert problems and problems[0][0] == key and message in problems[0][1]
+
+
+def test_infeasible_budget_in_a_suite_is_an_error_before_running(tmp_path):
+    path = write_suite(tmp_path, """
+        [[cases]]
+        name = "tight"
+        kind = "train_recompute"
+        array = "a"
+        layers = 2
+        width = 16
+        batch = 2
+        schedule = "budget=100"  # four 2x16 float32 buffers (a_0, a_k, d_k, d_k-1) = 512 bytes at least
+    """)
+    with pytest.raises(suite.SuiteError, match=r"case 'tight' key 'schedule': budget .* below the minimum .*\(512 bytes\)"):
+        suite.load(str(path))
+
+
+def test_end_to_end_every_schedule_validates_and_measures_what_the_model_says(tmp_path):
+    path = write_suite(tmp_path, """
+        [[cases]]
+        name = "cnn"
+        kind = "train_recompute"
+        array = "a"
+        model = "cnn"
+        channels = [4, 8]
+        image = 8
+        batch = 3
+        repeats = 2
+        warmup = 0
+        schedule = ["store_all", "full_recompute", "checkpoint_every=2", "budget=4/5", "budget=min"]
+    """)
+    cases = suite.load(str(path)).cases
+    assert len(cases) == 5
+    losses = set()
+    for case in cases:
+        result = run_case(case, threads=1)
+        assert result.error is None, result.error
+        assert result.validation["passed"] and result.validation["max_abs_err"] == 0.0
+        m, measured = result.metrics, result.measured
+        assert measured["peak_activation_bytes"] == m["peak_activation_bytes"]
+        assert measured["peak_total_bytes"] == m["peak_total_bytes"]
+        assert measured["layer_forwards"] == m["layer_forwards"]
+        assert max(row[1] for row in measured["memory_series"]) == m["peak_activation_bytes"]
+        assert result.timing["repeats"] == 2
+        losses.add(measured["loss"])
+    assert len(losses) == 1
+
+
+def test_bundled_suite_loads_and_covers_every_schedule():
+    cases = suite.load("recompute").cases
+    schedules = {c.params["schedule"] for c in cases}
+    assert {"store_all", "full_recompute", "budget=1/2", "budget=1/4", "budget=1/8"} <= schedules
+    assert any(s.startswith("checkpoint_every=") for s in schedules)
+    assert {c.params["model"] for c in cases} == {"mlp", "cnn"}
