@@ -39,7 +39,7 @@ from .base import CaseError, Key, Validation, Workload
 PATTERNS = ("random", "nm", "rowwise")
 DEFAULT_DENSITY = 0.5
 # spmm_reference (a Python loop over compressed rows) runs when the work is at most this
-REFERENCE_BUDGET = 4_000_000  # output elements x compressed rows x passes
+REFERENCE_BUDGET = 16_000_000  # output elements x compressed rows x passes
 
 
 def parse_nm(text) -> tuple[tuple[int, int] | None, str | None]:
@@ -378,9 +378,12 @@ class SparseGemm(Workload):
         pl = state["plan"]
         sn, sm = pl["n_of_nm"], pl["m_of_nm"]
         measured = {}
-        start = time.perf_counter()
-        sparse.decompose(pl["w_used"], sn, sm, threads)
-        elapsed = time.perf_counter() - start
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            sparse.decompose(pl["w_used"], sn, sm, threads)
+            times.append(time.perf_counter() - start)
+        elapsed = min(times)
         measured["decompose_s"] = elapsed
         measured["decompose_gb_per_s"] = pl["w_used"].nbytes / elapsed / 1e9 if elapsed else None
         if state["p"]["permute"]:
