@@ -12,7 +12,8 @@ Under your own mpiexec (a cluster), run a suite's train_distributed cases instea
     mpiexec -n R [-f hosts] python -m sysbench.distributed.worker --suite distributed \
         --filter mlp -o result.json
 
-which runs the cases whose `ranks` equals R on COMM_WORLD; rank 0 validates and writes the result.
+which runs the suite's MPI cases (train_distributed with mode = "mpi", distributed_calibrate)
+whose `ranks` equals R on COMM_WORLD; rank 0 validates and writes the result.
 """
 from __future__ import annotations
 
@@ -277,14 +278,23 @@ def suite_main(argv) -> int:
         if comm.rank == 0:
             sys.stderr.write(f"error: {exc}\n")
         return 2
-    cases = [c for c in loaded.cases if c.kind == "train_distributed" and c.params.get("mode") == "mpi"
-             and c.params["ranks"] == comm.size and (not args.filter or args.filter in c.id)]
+    mpi_case = lambda c: (c.kind == "distributed_calibrate"
+                          or (c.kind == "train_distributed" and c.params.get("mode") == "mpi"))
+    cases = [c for c in loaded.cases if mpi_case(c) and c.params["ranks"] == comm.size
+             and (not args.filter or args.filter in c.id)]
     if not cases:
         if comm.rank == 0:
-            sys.stderr.write(f"error: {args.suite}: no train_distributed case with ranks = {comm.size}"
+            sys.stderr.write(f"error: {args.suite}: no MPI case (train_distributed mode mpi, "
+                             f"distributed_calibrate) with ranks = {comm.size}"
                              + (f" matching {args.filter!r}" if args.filter else "") + "\n")
         return 2
-    done = [run_case(case, 1) for case in cases]
+    from ..runner import InputError
+    try:
+        done = [run_case(case, 1) for case in cases]
+    except InputError as exc:
+        sys.stderr.write(f"error: rank {comm.rank}: {exc}\n")
+        comm.Abort(2)
+        return 2
     if comm.rank == 0:
         document = results.build_document([loaded.name], done, 1, {"mpiexec_ranks": comm.size})
         text = results.dumps(document)
