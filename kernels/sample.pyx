@@ -11,10 +11,12 @@ every addition a float32 addition:
 * offset_c = exclusive scan of T_0, T_1, ... in order from +0; total = offset_units;
 * cum[i]   = offset_c + local[i].
 
-The sampled index is the first i with cum[i] > u * total (the product in float64, compared
-exactly); when there is none (the product rounded to the total) it is the last index with a
-nonzero weight. cum is monotone and repeats its previous value at a zero weight, so a
-zero-weight index is never returned.
+The sampled index is the first i with cum[i] > u * total, the target formed in float64 and
+compared exactly with the float32 values. When no value exceeds the target -- it equals the
+total: u = 1, or a product that rounds up to it -- the index is the last one with a nonzero
+weight. (For u < 1 the float64 product stays below the float32 total, so a draw near 1 picks
+the first index whose cumulative value reaches the total.) cum is monotone and repeats its
+previous value at a zero weight, so a zero-weight index is never returned.
 
 ``full_scan`` materialises cum (local scans, then the add-back) and binary-searches it;
 ``chunk_select`` computes only the chunk totals, scans them, and rescans the one chunk that
@@ -162,7 +164,8 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     """Indices (int64, one per row) drawn from the rows of `probs` by the draws `uniforms`.
 
     probs: (B, V) float32 nonnegative weights, C-contiguous preferred (copied otherwise).
-    uniforms: B values in [0, 1), one per row (float64; float32 is widened exactly).
+    uniforms: B values in [0, 1], one per row (float64; float32 is widened exactly);
+        1 is accepted and gives the last nonzero index.
     units: execution units = chunks per row. method: "full_scan" or "chunk_select".
     threads: OpenMP threads (rows and chunk groups are shared out).
     Raises ValueError naming the argument, or the row whose weights are negative, NaN,
@@ -176,10 +179,10 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     u = np.ascontiguousarray(uniforms, dtype=np.float64).reshape(-1)
     if u.shape[0] != probs.shape[0]:
         raise ValueError(f"uniforms must hold one value per row ({probs.shape[0]}), got {u.shape[0]}")
-    outside = np.flatnonzero(~((u >= 0.0) & (u < 1.0)))
+    outside = np.flatnonzero(~((u >= 0.0) & (u <= 1.0)))
     if outside.size:
         i = int(outside[0])
-        raise ValueError(f"uniforms[{i}] must lie in [0, 1), got {u[i]!r}")
+        raise ValueError(f"uniforms[{i}] must lie in [0, 1], got {u[i]!r}")
     full = method == "full_scan"
     work, totals, mins = _scan(probs, units, threads, full)
     out = np.empty(probs.shape[0], dtype=np.int64)
