@@ -323,15 +323,22 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     plan = element_plan(geo)
     for g in range(groups):
         wt = element_weights(w, g * cin_g, cin_g, threads)
-        windows = {}  # kernel elements with the same valid rectangle share its gathered pixels
-        products = []
-        for r, s, ilo, ihi, jlo, jhi, _, _ in plan:
-            window = (ilo, ihi, jlo, jhi)
-            if window not in windows:
-                if batch == 1 and window == (0, height, 0, width):
-                    windows[window] = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)
-                else:
-                    windows[window] = gather_window(x, g * cin_g, cin_g, *window, threads)
-            products.append(gemm(wt[r * kw + s], windows[window]))
+        # Kernel elements with the same valid rectangle share its gathered pixels, and their
+        # weight slices are stacked into one GEMM: every output element is still its own
+        # element's sum over k in the array's order, so the bits are those of separate GEMMs.
+        sharing = {}
+        for e, (r, s, ilo, ihi, jlo, jhi, _, _) in enumerate(plan):
+            sharing.setdefault((ilo, ihi, jlo, jhi), []).append(e)
+        products = [None] * len(plan)
+        for window, elements in sharing.items():
+            if batch == 1 and window == (0, height, 0, width):
+                at = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)  # a view
+            else:
+                at = gather_window(x, g * cin_g, cin_g, *window, threads)
+            taps = [plan[e][0] * kw + plan[e][1] for e in elements]
+            stacked = wt[taps].reshape(len(taps) * cout_g, cin_g)
+            yt = gemm(stacked, at)
+            for n, e in enumerate(elements):
+                products[e] = yt[n * cout_g:(n + 1) * cout_g]
         scatter_elements(out, g * cout_g, cout_g, plan, products, geo["stride"], threads)
     return out

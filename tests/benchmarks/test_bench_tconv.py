@@ -1,0 +1,100 @@
+"""Speed of transposed convolution by strided tiling per kernel element, on the layers of the
+bundled `tconv` suite (128x128 ws fp32 array, bit-exact array GEMMs), against two peers
+measured in the same run with the same number of threads:
+
+* zero insertion on the same array (dilate, pad, im2col conv): target >= 2x faster for every
+  stride-2 layer, batch 1 and 8;
+* torch CPU conv_transpose2d (oneDNN, plain fp32, no array order), batch 8: target within 2x
+  of torch's time. Skipped when torch is not installed.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest tests/benchmarks/test_bench_tconv.py -s
+
+`-s` prints one line per layer with both times and the ratio. SYSBENCH_BENCH_THREADS sets the
+threads (default 1) for the kernels and for torch. Times are the best of interleaved rounds,
+so that a burst of load from other processes hits both sides alike.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from sysbench import suite
+from sysbench.workloads import tconv2d as T
+
+THREADS = int(os.environ.get("SYSBENCH_BENCH_THREADS", "1"))
+ZERO_INSERTION_TARGET = 2.0  # strided at least this many times faster, stride-2 layers
+TORCH_TARGET = 2.0  # strided at most this many times torch's time, batch 8
+
+CASES = suite.load("tconv").cases
+IDS = [f"{c.name}-b{c.params['batch']}" for c in CASES]
+BATCH8 = [c for c in CASES if c.params["batch"] == 8]
+BATCH8_IDS = [f"{c.name}-b8" for c in BATCH8]
+
+
+def operands(case):
+    rng = np.random.default_rng(case.seed)
+    state = T.WORKLOAD.prepare(case.params, case.array, rng)
+    return state["x"], state["w"], case.params, case.array
+
+
+def best_times(*fns, budget_s=2.0, min_rounds=3, max_rounds=15):
+    """Best time of each function over interleaved rounds (one call of each per round)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_strided_vs_zero_insertion(benchmark, case):
+    x, w, p, array = operands(case)
+    benchmark.group = f"tconv {case.name} b{p['batch']}"
+    out = benchmark(T.tconv2d_strided, x, w, p, array, THREADS)
+    ours, theirs = best_times(lambda: T.tconv2d_strided(x, w, p, array, THREADS),
+                             lambda: T.tconv2d_zero_insertion(x, w, p, array, THREADS))
+    ratio = theirs / ours
+    model = T.WORKLOAD.model(p, array)
+    benchmark.extra_info.update(strided_s=ours, zero_insertion_s=theirs, ratio=ratio,
+                                mac_saving=model["mac_saving"], threads=THREADS)
+    print(f"\n{case.name} b{p['batch']} [{THREADS} thread(s)]: strided {ours * 1e3:.2f} ms, "
+          f"zero insertion {theirs * 1e3:.2f} ms, speed-up {ratio:.2f}x "
+          f"(MAC saving {model['mac_saving']:.2f}x, model cycle speed-up {model['speedup']:.2f}x)")
+    # the two computations agree (each within its bound of the exact value)
+    baseline = T.tconv2d_zero_insertion(x, w, p, array, THREADS)
+    assert np.all(np.abs(out - baseline) <= T.error_bound(x, w, p) + T.error_bound(x, w, p, True))
+    if p["stride"] == (2, 2):
+        assert ratio >= ZERO_INSERTION_TARGET
+
+
+@pytest.mark.parametrize("case", BATCH8, ids=BATCH8_IDS)
+def test_strided_vs_torch(benchmark, case):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(THREADS)
+    x, w, p, array = operands(case)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+
+    def torch_layer():
+        with torch.no_grad():
+            return torch.nn.functional.conv_transpose2d(
+                tx, tw, stride=p["stride"], padding=p["padding"], output_padding=p["output_padding"],
+                dilation=p["dilation"], groups=p["groups"])
+
+    benchmark.group = f"tconv {case.name} b8 vs torch"
+    out = benchmark(T.tconv2d_strided, x, w, p, array, THREADS)
+    ours, theirs = best_times(lambda: T.tconv2d_strided(x, w, p, array, THREADS), torch_layer)
+    ratio = ours / theirs
+    benchmark.extra_info.update(strided_s=ours, torch_s=theirs, time_ratio=ratio, threads=THREADS)
+    print(f"\n{case.name} b8 [{THREADS} thread(s)]: strided {ours * 1e3:.2f} ms, torch "
+          f"{theirs * 1e3:.2f} ms, strided/torch time {ratio:.2f}")
+    assert np.all(np.abs(out - torch_layer().numpy()) <= 2 * T.error_bound(x, w, p, True))
+    assert ratio <= TORCH_TARGET
