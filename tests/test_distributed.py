@@ -112,6 +112,43 @@ def test_simulator_split_priority_by_hand():
     assert comm == [(1, 4, 7), (0, 7, 10), (1, 14, 17), (0, 17, 20)]
 
 
+def test_simulator_polled_progress_by_hand():
+    # Without a progress thread on busy cores the all-reduces are worked off at the wait, in
+    # issue order: step 1 waits [6,12] for m1 [6,9] then m0 [9,12]; f0 [12,13] f1 [13,14]
+    # b1 [14,16] b0 [16,18]. Steady step 6 .. 18 = 12 s, 6 exposed. In flight (issued, not
+    # complete) inside [6,18]: [6,12] and step 1's m1, issued at 16 and pending: 8 s.
+    plan = make_plan("split_priority", [1, 1], portion_bytes=4, bwd_s=[2, 2], cost=lambda n: 3.0)
+    sim = simulate(plan, [1, 1], [2, 2], lambda n: 3.0, steps=2, progress="polled")
+    assert (sim.step_s, sim.exposed_comm_s, sim.comm_inflight_s) == (12, 6, 8)
+    assert sim.overlap_fraction == pytest.approx(0.25)
+    step1 = [(e["type"], e.get("message", e.get("layer")), e["start_s"], e["end_s"])
+             for e in sim.timeline if e["start_s"] >= 6 and e["start_s"] < 18]
+    assert step1 == [("allreduce", 1, 6, 9), ("allreduce", 0, 9, 12), ("wait", 0, 6, 12),
+                     ("forward", 0, 12, 13), ("forward", 1, 13, 14), ("backward", 1, 14, 16),
+                     ("backward", 0, 16, 18)]
+
+
+def test_simulator_pipelines_latency_by_hand():
+    # fifo, 2 layers, each message 1 s on the network then 2 s of latency. Step 0: b1 [2,4]
+    # -> m1 data [4,5], done 7; b0 [4,6] -> m0 data [6,7], done 9. Step 1: wait [6,9];
+    # f0 [9,10] f1 [10,11] b1 [11,13] -> m1 [13,14] done 16; b0 [13,15] -> m0 [15,16] done 18.
+    # Without pipelining m0 would queue behind m1's latency: data [7,8], done 10.
+    plan = make_plan("fifo", [1, 1])
+    sim = simulate(plan, [1, 1], [2, 2], lambda n: 1.0, steps=2, latency=lambda n: 2.0)
+    comm = [(e["message"], e["start_s"], e["end_s"]) for e in sim.timeline if e["type"] == "allreduce"]
+    assert comm == [(1, 4, 7), (0, 6, 9), (1, 13, 16), (0, 15, 18)]
+    assert (sim.step_s, sim.exposed_comm_s, sim.comm_busy_s) == (9, 3, 2)
+    whole = simulate(plan, [1, 1], [2, 2], lambda n: 3.0, steps=2)
+    assert [(e["message"], e["start_s"], e["end_s"]) for e in whole.timeline if e["type"] == "allreduce"][:2] \
+        == [(1, 4, 7), (0, 7, 10)]
+
+
+def test_link_cost_splits_into_occupancy_and_latency():
+    for algorithm in ("ring", "tree"):
+        link = LinkCost(5e-6, 0.8e-9, 8, algorithm)
+        assert link.occupancy_s(12345) + link.latency_s(12345) == pytest.approx(link.allreduce_s(12345))
+
+
 def test_resnet50_has_torchvisions_parameter_count():
     params, flops = resnet50()
     assert sum(params) == 25_557_032 and len(params) == 54
@@ -125,9 +162,9 @@ def test_simulator_sweeps_to_4096_workers_quickly():
     start = time.perf_counter()
     for workers in (8, 4096):
         for schedule in SCHEDULES:
-            cost = LinkCost.from_link(100, 5, workers).allreduce_s
-            plan = make_plan(schedule, params, portion_bytes=1 << 20, bwd_s=[2 * f for f in fwd], cost=cost)
-            sim = simulate(plan, fwd, [2 * f for f in fwd], cost)
+            link = LinkCost.from_link(100, 5, workers)
+            plan = make_plan(schedule, params, portion_bytes=1 << 20, bwd_s=[2 * f for f in fwd], cost=link.occupancy_s)
+            sim = simulate(plan, fwd, [2 * f for f in fwd], link.occupancy_s, latency=link.latency_s)
             assert sim.step_s >= sim.compute_s
     assert time.perf_counter() - start < 5
 

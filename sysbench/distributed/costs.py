@@ -31,6 +31,16 @@ class LinkCost:
     def allreduce_s(self, nbytes: int) -> float:
         return allreduce_time(nbytes, self.workers, self.alpha_s, self.beta_s_per_byte, self.algorithm)
 
+    # The simulator splits a message's cost into the time it occupies the links (the beta
+    # term) and its latency (the alpha term): the next all-reduce can start moving data
+    # while this one's last hops are still in flight, as outstanding non-blocking
+    # collectives do. occupancy_s + latency_s == allreduce_s.
+    def occupancy_s(self, nbytes: int) -> float:
+        return allreduce_time(nbytes, self.workers, 0.0, self.beta_s_per_byte, self.algorithm)
+
+    def latency_s(self, nbytes: int) -> float:
+        return allreduce_time(nbytes, self.workers, self.alpha_s, 0.0, self.algorithm)
+
     def to_dict(self) -> dict:
         return {"alpha_s": self.alpha_s, "beta_s_per_byte": self.beta_s_per_byte,
                 "bandwidth_gbps": 8e-9 / self.beta_s_per_byte if self.beta_s_per_byte else float("inf"),

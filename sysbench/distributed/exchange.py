@@ -23,6 +23,28 @@ import numpy as np
 from .schedules import Plan
 
 
+def oversubscribed(comm) -> bool:
+    """More ranks on this host than cores: a rank spinning in MPI_Wait steals its neighbour's core."""
+    import os
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.size > (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    finally:
+        local.Free()
+
+
+def wait(request, polite: bool):
+    """MPI_Wait, or, when the host is oversubscribed, MPI_Test in a loop that yields the core
+    between tests (MPICH's Wait busy-polls)."""
+    import os
+    if not polite:
+        request.Wait()
+        return
+    while not request.Test():
+        os.sched_yield()
+
+
 class Recorder:
     """Per-rank events (type, step, id, start, end) on a clock shared after a barrier."""
 
@@ -55,8 +77,10 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     requests: dict = {}            # message id -> (request, issue time, step)
     beat = beat or (lambda step, phase, waiting=False: None)
     poker = ProgressThread(comm, progress_interval_s) if progress_interval_s > 0 else None
+    polite = oversubscribed(comm)
     try:
-        return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests)
+        return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests,
+                    polite)
     finally:
         if poker:
             poker.stop()
@@ -93,7 +117,7 @@ class ProgressThread:
         self.comm.Free()
 
 
-def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests):
+def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests, polite):
     from mpi4py import MPI
     L = plan.layers
     comm.Barrier()
@@ -124,7 +148,7 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
                     start = rec.now()
                     beat(step, f"the wait for layer {l}'s all-reduce", waiting=True)
                     for mid in pending:
-                        requests[mid][0].Wait()
+                        wait(requests[mid][0], polite)
                         complete(mid, rec.now())
                     rec.add("wait", step, l, start, rec.now())
                     beat(step, f"waited for layer {l}")

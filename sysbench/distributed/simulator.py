@@ -58,10 +58,26 @@ def overlap_fraction(exposed: float, comm: float) -> float:
     return min(1.0, max(0.0, 1.0 - exposed / comm))
 
 
+PROGRESS = ("async", "polled")
+
+
 def simulate(plan: Plan, fwd_s: Sequence[float], bwd_s: Sequence[float],
              cost: Callable[[int], float], update_s: Sequence[float] | None = None,
-             steps: int = 3, timeline: bool = True) -> SimResult:
-    """Simulate `steps` steps (>= 2) of `plan`; figures of the last full step."""
+             steps: int = 3, timeline: bool = True, progress: str = "async",
+             latency: Callable[[int], float] | None = None) -> SimResult:
+    """Simulate `steps` steps (>= 2) of `plan`; figures of the last full step.
+
+    progress = "async": the network moves data by itself (a NIC, or MPI with a progress
+    thread on a spare core). "polled": MPI without a progress thread on cores that are all
+    busy computing (shared-memory ranks): an all-reduce is CPU work done only while the rank
+    waits for it, so nothing overlaps and its cost lands on the compute stream at the wait.
+
+    latency(nbytes): the part of a message's time that does not occupy the network (then
+    cost(nbytes) is only the occupancy): a message completes `latency` after its data has
+    moved, while the next message already moves its data. None: cost occupies the network whole.
+    """
+    if progress not in PROGRESS:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS)}, got {progress!r}")
     L = plan.layers
     if len(fwd_s) != L or len(bwd_s) != L:
         raise ValueError(f"need one forward and one backward time per layer ({L})")
@@ -69,6 +85,7 @@ def simulate(plan: Plan, fwd_s: Sequence[float], bwd_s: Sequence[float],
         raise ValueError("steps must be >= 2 (the first step has no exchange before it)")
     update_s = update_s if update_s is not None else [0.0] * L
     msg_cost = [cost(m.nbytes) for m in plan.messages]
+    msg_lat = [latency(m.nbytes) if latency else 0.0 for m in plan.messages]
     events: list = []
     t = 0.0
     link_free = 0.0
@@ -76,8 +93,25 @@ def simulate(plan: Plan, fwd_s: Sequence[float], bwd_s: Sequence[float],
     boundaries = []                       # end of each step's backward
     comm_intervals = []                   # (issue, completion)
     busy_intervals = []
+    queued: list = []                     # polled: issued, not yet worked off (issue order)
+    issued_at = [0.0] * len(plan.messages)
     for step in range(steps + 1):         # the last round only awaits the final step's messages
         for l in range(L):
+            if step > 0 and progress == "polled":
+                need = set(plan.wait_before_fwd[l]) & set(queued)
+                start_wait = t
+                finish = t
+                while need:
+                    mid = queued.pop(0)
+                    done[mid] = t + msg_cost[mid] + msg_lat[mid]
+                    events.append(("allreduce", step - 1, mid, t, done[mid]))
+                    t += msg_cost[mid]
+                    finish = max(finish, done[mid])
+                    comm_intervals.append((issued_at[mid], done[mid]))
+                    need.discard(mid)
+                t = max(t, finish)
+                if t > start_wait:
+                    events.append(("wait", step, l, start_wait, t))
             if step > 0:
                 waits = [done[m] for m in plan.wait_before_fwd[l]]
                 if waits and max(waits) > t:
@@ -98,10 +132,15 @@ def simulate(plan: Plan, fwd_s: Sequence[float], bwd_s: Sequence[float],
             events.append(("backward", step, l, t, t + bwd_s[l]))
             t += bwd_s[l]
             for mid in plan.issue_after_bwd[l]:
+                if progress == "polled":
+                    queued.append(mid)
+                    issued_at[mid] = t
+                    continue
                 start = max(t, link_free)
-                link_free = done[mid] = start + msg_cost[mid]
+                link_free = start + msg_cost[mid]
+                done[mid] = link_free + msg_lat[mid]
                 comm_intervals.append((t, done[mid]))
-                busy_intervals.append((start, done[mid]))
+                busy_intervals.append((start, link_free))
                 events.append(("allreduce", step, mid, start, done[mid]))
         boundaries.append(t)
     # Steady state: from the end of backward of step `steps-2` to that of step `steps-1`.

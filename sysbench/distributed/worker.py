@@ -82,15 +82,17 @@ def calibrate(comm, sizes_bytes, repeats: int) -> dict:
     """Median time of Iallreduce+Wait per size (the slowest rank's), and the alpha-beta fit."""
     from mpi4py import MPI
     from .costs import fit_alpha_beta
+    from .exchange import oversubscribed, wait
+    polite = oversubscribed(comm)
     medians = []
     for nbytes in sizes_bytes:
         buf = np.ones(max(1, nbytes // 4), dtype=np.float32)
-        comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM).Wait()   # warm-up (connections, buffers)
+        wait(comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), polite)   # warm-up (connections, buffers)
         samples = []
         for _ in range(repeats):
             comm.Barrier()
             start = time.perf_counter()
-            comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM).Wait()
+            wait(comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), polite)
             samples.append(time.perf_counter() - start)
         medians.append(float(np.median(samples)))
     times = np.array(medians)
@@ -189,7 +191,7 @@ def _train(comm, spec, dog, outdir):
 
     plan = make_plan(spec["schedule"], sizes, bucket_bytes=spec.get("bucket_bytes", 25 << 20),
                      portion_bytes=spec.get("portion_bytes", 64 << 10), bwd_s=estimates["backward"],
-                     cost=cost.allreduce_s)
+                     cost=cost.occupancy_s)
     program.step_offset = probe_steps
     steps = spec.get("warmup", 1) + spec.get("repeats", 3) + 1
     fault = spec.get("fault")
@@ -222,7 +224,7 @@ def _train(comm, spec, dog, outdir):
         from .programs import full_batch_weights, reference_weights
         references = {"reference": reference_weights(spec, ranks, probe_steps + steps),
                       "full_batch": full_batch_weights(spec, probe_steps + steps)}
-    return {**references, "ranks": ranks, "schedule": plan.schedule, "plan": plan.to_dict(),
+    return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0), "schedule": plan.schedule, "plan": plan.to_dict(),
             "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
             "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
             "per_rank": gathered, "weights": weights}

@@ -119,7 +119,7 @@ class TrainDistributed(Workload):
 
     def plan(self, params, sizes, bwd_s, cost):
         return make_plan(params["schedule"], sizes, bucket_bytes=int(params["bucket_mib"] * 2**20),
-                         portion_bytes=int(params["portion_kib"] * 2**10), bwd_s=bwd_s, cost=cost.allreduce_s)
+                         portion_bytes=int(params["portion_kib"] * 2**10), bwd_s=bwd_s, cost=cost.occupancy_s)
 
     def model(self, params, array):
         from ..distributed.simulator import simulate
@@ -137,7 +137,7 @@ class TrainDistributed(Workload):
         bwd = [2 * f / throughput for f in fwd_flops]
         cost = self.link_cost(params, workers)
         plan = self.plan(params, sizes, bwd, cost)
-        sim = simulate(plan, fwd, bwd, cost.allreduce_s, timeline=False)
+        sim = simulate(plan, fwd, bwd, cost.occupancy_s, timeline=False, latency=cost.latency_s)
         out.update(messages=len(plan.messages), **sim.to_dict())
         return out
 
@@ -181,13 +181,19 @@ class TrainDistributed(Workload):
             "allreduces_per_step": result["plan"]["messages"],
             "cost_model": result["cost"], "calibration": result["calibration"],
             "prediction": self.predict(result),
+            "prediction_async": self.predict(result, "async"),
             "timeline": [e for r in per_rank for e in r["timeline"]],
             "issue_order": per_rank[0]["issues"][-result["plan"]["messages"]:],
         }
         return samples, result, measured
 
-    def predict(self, result) -> dict:
-        """The simulator on this run's own plan, measured layer times and fitted alpha/beta."""
+    def predict(self, result, progress: str | None = None) -> dict:
+        """The simulator on this run's own plan, measured layer times and fitted alpha/beta.
+
+        progress: "polled" (MPI progress only in MPI calls, on cores busy computing: the
+        default unless the run had a progress thread) or "async" (an ideal NIC)."""
+        if progress is None:
+            progress = "async" if result.get("progress_us") else "polled"
         from ..distributed.simulator import simulate
         times = {k: [max(r["layer_times"][k][l] for r in result["per_rank"]) for l in range(len(result["layer_sizes"]))]
                  for k in ("forward", "backward", "update")}
@@ -195,9 +201,10 @@ class TrainDistributed(Workload):
         est = result["estimates"]["backward"]
         p = result["plan"]
         plan = make_plan(result["schedule"], result["layer_sizes"], bucket_bytes=p.get("bucket_bytes", 25 << 20),
-                         portion_bytes=p.get("portion_bytes", 1 << 18), bwd_s=est, cost=cost.allreduce_s)
-        sim = simulate(plan, times["forward"], times["backward"], cost.allreduce_s, times["update"], timeline=False)
-        return sim.to_dict()
+                         portion_bytes=p.get("portion_bytes", 1 << 18), bwd_s=est, cost=cost.occupancy_s)
+        sim = simulate(plan, times["forward"], times["backward"], cost.occupancy_s, times["update"], latency=cost.latency_s,
+                       timeline=False, progress=progress)
+        return dict(sim.to_dict(), progress=progress)
 
     def measure_sim(self, state, repeats):
         from ..distributed.simulator import simulate
@@ -205,7 +212,7 @@ class TrainDistributed(Workload):
         for _ in range(repeats):
             start = time.perf_counter()
             plan = self.plan(state["params"], state["sizes"], state["bwd"], state["cost"])
-            sim = simulate(plan, state["fwd"], state["bwd"], state["cost"].allreduce_s)
+            sim = simulate(plan, state["fwd"], state["bwd"], state["cost"].occupancy_s, latency=state["cost"].latency_s)
             samples.append(time.perf_counter() - start)
         state["plan"] = plan
         last = [e for e in sim.timeline if e["step"] >= 1]
