@@ -193,23 +193,25 @@ def tconv_plot(document: dict) -> list[Plot]:
 def _memory_series(case: dict) -> tuple[list[float], list[float]] | None:
     """(x, activation bytes) from a memory-over-time series in the case's metrics or measured.
 
-    Accepts a list of numbers, of [t, bytes] / (t, label, activation, total) points, or of
-    dicts with a time-like and a bytes-like key, or a dict of parallel lists.
+    train_recompute writes `memory_series` points [event, activation_bytes, total_bytes] and
+    names them in `memory_series_columns`; without such names, a list of numbers, of
+    [t, bytes, ...] / [t, label, bytes, ...] points, of dicts, or a dict of parallel lists.
     """
     for part in ("metrics", "measured"):
         holder = case.get(part) or {}
         for key, value in holder.items():
-            if "memory" not in key or not isinstance(value, (list, dict)):
+            if "memory" not in key or key.endswith("_columns") or not isinstance(value, (list, dict)):
                 continue
-            parsed = _parse_series(value)
+            columns = holder.get(f"{key}_columns")
+            parsed = _parse_series(value, columns if isinstance(columns, list) else None)
             if parsed:
                 return parsed
     return None
 
 
-def _parse_series(value) -> tuple[list[float], list[float]] | None:
+def _parse_series(value, columns: list | None = None) -> tuple[list[float], list[float]] | None:
     if isinstance(value, dict):
-        xs = next((value[k] for k in ("t", "time", "step", "index", "x") if isinstance(value.get(k), list)), None)
+        xs = next((value[k] for k in ("t", "time", "step", "event", "index", "x") if isinstance(value.get(k), list)), None)
         ys = next((value[k] for k in ("activation_bytes", "activations", "bytes", "live_bytes", "y")
                    if isinstance(value.get(k), list)), None)
         if ys and all(_number(y) is not None for y in ys):
@@ -220,22 +222,28 @@ def _parse_series(value) -> tuple[list[float], list[float]] | None:
         return None
     if all(_number(v) is not None for v in value):
         return list(range(len(value))), [float(v) for v in value]
+    y_column = None
+    if columns:
+        y_column = next((i for i, name in enumerate(columns) if "activation" in str(name)), None)
     xs, ys = [], []
     for i, point in enumerate(value):
-        if isinstance(point, (list, tuple)):
-            numbers = [_number(p) for p in point]
-            if len(point) >= 3 and numbers[0] is not None and numbers[2] is not None:
-                xs.append(numbers[0]), ys.append(numbers[2])   # (t, label, activation, total)
-            elif len(point) >= 2 and numbers[0] is not None and numbers[1] is not None:
-                xs.append(numbers[0]), ys.append(numbers[1])   # (t, bytes)
-            else:
+        if isinstance(point, (list, tuple)) and point:
+            numbers = [_number(v) for v in point]
+            if y_column is not None:
+                y = numbers[y_column] if y_column < len(numbers) else None
+            else:   # the first number after the x column
+                y = next((n for n in numbers[1:] if n is not None), None)
+            if numbers[0] is None or y is None:
                 return None
+            xs.append(numbers[0])
+            ys.append(y)
         elif isinstance(point, dict):
-            x = _first(point, ("t", "time", "step", "index"))
+            x = _first(point, ("t", "time", "step", "event", "index"))
             y = _first(point, ("activation_bytes", "activations", "bytes", "live_bytes"))
             if y is None:
                 return None
-            xs.append(float(i) if x is None else x), ys.append(y)
+            xs.append(float(i) if x is None else x)
+            ys.append(y)
         else:
             return None
     return xs, ys
@@ -252,12 +260,14 @@ def recompute_plot(document: dict) -> list[Plot]:
         return []
     fig, axes = _figure(9.0, 5.0)
     ax = axes[0][0]
+    peak = max(max(ys) for _, (_, ys), _ in lines)
+    unit, scale = next(((u, f) for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if peak >= f), ("B", 1))
     for label, (xs, ys), budget in lines:
-        (line,) = ax.step(xs, [y / 2**20 for y in ys], where="post", label=label)
+        (line,) = ax.step(xs, [y / scale for y in ys], where="post", label=label)
         if budget:
-            ax.axhline(budget / 2**20, color=line.get_color(), linestyle=":", linewidth=1)
+            ax.axhline(budget / scale, color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xlabel("event (allocation / release)")
-    ax.set_ylabel("live activation memory (MiB)")
+    ax.set_ylabel(f"live activation memory ({unit})")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.suptitle("train_recompute: activation memory over one step")

@@ -47,16 +47,17 @@ def every_kind_document():
             timeline.append({"rank": rank, "step": 0, "type": "allreduce", "message": layer, "layer": layer,
                              "start_s": t + 1e-3, "end_s": t + 1.6e-3})
             t += 1e-3
-    memory = [[i, f"layer{i}", 1000 * (i % 5), 5000 + 1000 * (i % 5)] for i in range(12)]
+    memory = [[i, 1000 * (i % 5), 5000 + 1000 * (i % 5)] for i in range(12)]   # as train_recompute writes it
     return document(
         case("net/conv1", "conv2d", {"cycles": 120000, "utilization": 0.9}, suite="net", array="a32"),
         case("net/conv1", "conv2d", {"cycles": 20000, "utilization": 0.3}, suite="net", array="a128"),
         case("net/conv2", "conv2d", {"cycles": 50000, "utilization": 0.97}, suite="net", array="a32"),
         case("net/fc", "gemm", {"cycles": 3000, "utilization": 0.01}, suite="net", array="a32"),
-        case("t/sparse", "sparse_gemm", {"cycles_dense": 40000, "cycles_sparse": 21000, "cycles": 21000}),
+        case("t/sparse", "sparse_gemm", {"dense_cycles": 40000, "sparse_cycles": 21000, "cycles": 21000}),
         case("t/tconv", "tconv2d", {"macs": 1000, "macs_zero_insertion": 4000, "cycles": 900,
                                     "cycles_zero_insertion": 3100}),
-        case("t/recompute", "train_recompute", {"peak_activation_bytes": 4000}, {"memory_series": memory}),
+        case("t/recompute", "train_recompute", {"budget_bytes": 4000},
+             {"memory_series": memory, "memory_series_columns": ["event", "activation_bytes", "total_bytes"]}),
         case("t/dist", "train_distributed", {"step_s": 4e-3}, {"timeline": timeline}),
     )
 
@@ -122,6 +123,25 @@ def test_real_suites_feed_their_plots():
         assert [p.id for p in tconv] == ["tconv"]
 
 
+def test_real_workload_results_feed_their_plots():
+    """Run quick's sparse_gemm, train_recompute and simulated train_distributed cases (small,
+    well under a second) and check that what those workloads really write reaches the plots."""
+    pytest.importorskip("matplotlib")
+    from sysbench import plots
+    from sysbench.runner import run_case
+
+    wanted = {"sparse_gemm": "sparse", "train_recompute": "recompute", "train_distributed": "distributed"}
+    cases = [c for c in suite_mod.load("quick").cases
+             if c.kind in wanted and (c.kind != "train_distributed" or c.params.get("mode") == "sim")]
+    kinds = {c.kind for c in cases}
+    if not kinds:
+        pytest.skip("no sparse/recompute/simulated distributed case in quick")
+    done = [run_case(c, threads=1, repeats=1) for c in cases]
+    assert all(r.error is None for r in done), [r.error for r in done]
+    doc = json.loads(results.dumps(results.build_document(["quick"], done, 1, {})))
+    assert sorted(p.id for p in plots.build_plots(doc)) == sorted(wanted[k] for k in kinds)
+
+
 def test_timeline_and_memory_parsing():
     from sysbench import plots
 
@@ -132,6 +152,8 @@ def test_timeline_and_memory_parsing():
     assert [(e["rank"], e["lane"], e["start"], e["end"]) for e in events] == [
         (1, "compute", 0.0, 1.0), (0, "exchange", 0.5, 0.75)]
     assert plots._parse_series([[0, "in", 10, 20], [1, "h", 30, 40]]) == ([0.0, 1.0], [10.0, 30.0])
+    assert plots._parse_series([[0, 10, 20], [1, 30, 40]], ["event", "total_bytes", "activation_bytes"]) == (
+        [0.0, 1.0], [20.0, 40.0])
     assert plots._parse_series([5, 6, 7]) == ([0, 1, 2], [5.0, 6.0, 7.0])
     assert plots._parse_series({"t": [0, 2], "bytes": [1, 3]}) == ([0.0, 2.0], [1.0, 3.0])
     assert plots._parse_series(["a", "b"]) is None
