@@ -65,7 +65,7 @@ def test_every_gradient_is_reduced_exactly_once_in_value(schedule):
 def test_split_priority_issue_order_respects_priority():
     # A fixed, slow estimated link so that portions queue and lower layers must overtake.
     spec = net_spec("split_priority", portion_bytes=2048,
-                    cost={"alpha_s": 1e-3, "beta_s_per_byte": 1e-9})
+                    cost={"alpha_s": 1e-5, "beta_s_per_byte": 1e-6})
     r = launch(spec, ranks=2, timeout_s=60)
     layers = [tuple(ls) for ls in r["plan"]["message_layers"]]
     n_layers = len(r["layer_sizes"])
