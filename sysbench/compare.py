@@ -165,8 +165,9 @@ class CaseComparison:
     ratio: float | None = None         # new / base medians
     p_value: float | None = None       # of the test in the direction of the ratio
     test: str | None = None            # "exact" / "normal"
-    timing: str = "no timing"          # regression | improvement | same | slower (not significant)
-    #                                    | faster (not significant) | no timing | no samples
+    # regression | improvement | same | slower (not significant) | faster (not significant)
+    # | slower (no samples to test) | faster (no samples to test) | no timing (model only)
+    timing: str = "no timing"
     model_changes: list[dict] = field(default_factory=list)
     validation_failed: bool = False
     unstable: list[str] = field(default_factory=list)   # "base" and/or "new", with cv
