@@ -386,3 +386,11 @@ def test_run_with_baseline(tmp_path):
     # An unreadable baseline stops before anything runs.
     (tmp_path / "bad.json").write_text("[]")
     assert_one_line_error(invoke("run", str(suite), "--baseline", str(tmp_path / "bad.json")), "bad.json")
+
+
+def test_medians_without_samples_are_never_called_significant(tmp_path):
+    old_style = make_case("t/a", TIGHT)
+    del old_style["timing"]["samples_s"]   # a result that kept only the median
+    result, out = compare_cli(tmp_path, make_doc(old_style), make_doc(make_case("t/a", [2 * s for s in TIGHT])))
+    assert result.exit_code == 0
+    assert out["cases"][0]["verdict"] == "slower (no samples to test)" and out["cases"][0]["p_value"] is None
