@@ -48,6 +48,9 @@ cdef extern from "sparse_micro.h" nogil:
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
+    void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
+                     long r1, const int32_t *bi, const float *bv, float *out, long ldo,
+                     long c0, int width)
     void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
                   float *ot, long ldo)
 
@@ -357,6 +360,11 @@ def spmm(a, values, indices, n, m, fold_depth, threads=1):
     rows = a.shape[0]
     if P == 0:
         return np.zeros((rows, cols), dtype=np.float32)
+    if _isa == SP_ISA_AVX512:
+        out = np.zeros((rows, cols), dtype=np.float32)
+        if _spmm_lanes_c_shim(a, values, indices, n, m, fold_depth, out, threads) != 0:
+            raise MemoryError("could not allocate the packing buffers")
+        return out
     cdef int mb = sp_isa_mb(_isa), nc = sp_isa_nc(_isa)
     rows_pad = -(-rows // mb) * mb
     cols_pad = -(-cols // nc) * nc
@@ -383,6 +391,71 @@ cdef void _transpose_shim(const float[:, ::1] ot, float[:, ::1] out, int threads
                     for c in range(c0, c1):
                         out[i, c] = ot[c, i]
                 c0 = c1
+
+
+cdef int _spmm_lanes_c_shim(const float[:, ::1] a, const float[:, :, ::1] values,
+                            const uint8_t[:, :, ::1] indices, int n, int m, long depth,
+                            float[:, ::1] out, int threads):
+    cdef int rc
+    with nogil:
+        rc = _spmm_lanes_c_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0],
+                                &indices[0, 0, 0], values.shape[0], values.shape[1],
+                                values.shape[2], n, m, depth, &out[0, 0], threads)
+    return rc
+
+
+cdef int _spmm_lanes_c_core(const float *A, long rows, long kp, const float *V,
+                            const uint8_t *I, long P, long kc, long cols, int n, int m,
+                            long depth, float *out, int threads) noexcept nogil:
+    """AVX-512 path (sp_p5_block): per pass and fold, tasks of one 32-column block by a
+    chunk of rows; each task packs its block of B (indices as int32, values) and runs the
+    rows of A against it."""
+    cdef long ncb = (cols + 31) // 32
+    cdef long nr_max = depth if depth < kc else kc
+    cdef long nrc = 1
+    if threads > 1 and ncb < 4 * threads:
+        nrc = (4 * threads + ncb - 1) // ncb
+    cdef long chunk = ((rows + nrc - 1) // nrc + 5) // 6 * 6
+    nrc = (rows + chunk - 1) // chunk
+    cdef size_t per_thread = <size_t>nr_max * 32
+    cdef int32_t *bi_all = <int32_t *>sp_alloc(threads * per_thread * sizeof(int32_t))
+    cdef float *bv_all = <float *>sp_alloc(threads * per_thread * sizeof(float))
+    if bi_all == NULL or bv_all == NULL:
+        free(bi_all)
+        free(bv_all)
+        return -1
+    cdef long p, f0, f1, t, cb, r0, r1, r, j, c
+    cdef int width
+    cdef int32_t *bi
+    cdef float *bv
+    cdef const float *vrow
+    cdef const uint8_t *irow
+    for p in range(P):
+        f0 = 0
+        while f0 < kc:
+            f1 = f0 + depth if kc - f0 > depth else kc
+            for t in prange(ncb * nrc, num_threads=threads, schedule="dynamic"):
+                cb = t // nrc
+                r0 = (t % nrc) * chunk
+                r1 = r0 + chunk if rows - r0 > chunk else rows
+                bi = bi_all + threadid() * per_thread
+                bv = bv_all + threadid() * per_thread
+                width = 32 if cols - cb * 32 > 32 else cols - cb * 32
+                for r in range(f0, f1):
+                    vrow = V + (p * kc + r) * cols + cb * 32
+                    irow = I + (p * kc + r) * cols + cb * 32
+                    for j in range(32):
+                        if j < width:
+                            bi[(r - f0) * 32 + j] = irow[j]
+                            bv[(r - f0) * 32 + j] = vrow[j]
+                        else:
+                            bi[(r - f0) * 32 + j] = 0
+                            bv[(r - f0) * 32 + j] = 0.0
+                sp_p5_block(f0, f1, n, m, A, kp, r0, r1, bi, bv, out, cols, cb * 32, width)
+            f0 = f1
+    free(bi_all)
+    free(bv_all)
+    return 0
 
 
 cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,

@@ -167,6 +167,80 @@ static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_
 #undef SP_A5_ADD
 }
 
+/* ------------------------------------------- AVX-512F, lanes along output columns */
+
+/* A second layout for the AVX-512 path: lanes run along 32 output columns. For each row i
+ * of A and group g, the group's M candidates A[i, g*M + q] sit in one register (masked
+ * load); vpermps picks, per column lane, the candidate that column's index selects. So no
+ * load per multiply-add, and the output is written row-major directly.
+ * Packed B (one 32-column block of one fold): bi[(r - f0) * 32 + j] in-group index,
+ * bv[(r - f0) * 32 + j] value (columns past the end: index 0, value 0).
+ * Same order as above: per output, psum = +0, fmaf per compressed row in order,
+ * out = out + psum. */
+#define SP_P5_MR 6
+#define SP_P5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define SP_P5_ONE(X) X(0)
+#define SP_P5_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(), c##i##_1 = _mm512_setzero_ps(), a##i;
+#define SP_P5_CAND(i) a##i = _mm512_maskz_loadu_ps(gm, ag + (i) * kp);
+#define SP_P5_FMA(i) \
+    c##i##_0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(x0, a##i), v0, c##i##_0); \
+    c##i##_1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(x1, a##i), v1, c##i##_1);
+#define SP_P5_ADD(i) \
+    _mm512_mask_storeu_ps(out + (i) * ldo, k0, \
+        _mm512_add_ps(_mm512_maskz_loadu_ps(k0, out + (i) * ldo), c##i##_0)); \
+    _mm512_mask_storeu_ps(out + (i) * ldo + 16, k1, \
+        _mm512_add_ps(_mm512_maskz_loadu_ps(k1, out + (i) * ldo + 16), c##i##_1));
+
+#define SP_P5_KERNEL(NAME, ROWS)                                                            \
+__attribute__((target("avx512f")))                                                         \
+static void NAME(long f0, long f1, int n, int m, const float *A, long kp, const int32_t *bi,\
+                 const float *bv, float *out, long ldo, __mmask16 k0, __mmask16 k1)        \
+{                                                                                          \
+    const __mmask16 gm = (__mmask16)((1u << m) - 1);                                       \
+    ROWS(SP_P5_DECL)                                                                       \
+    long r = f0;                                                                           \
+    while (r < f1) {                                                                       \
+        long g = r / n, rend = (g + 1) * n < f1 ? (g + 1) * n : f1;                        \
+        const float *ag = A + g * m;                                                       \
+        ROWS(SP_P5_CAND)                                                                   \
+        for (; r < rend; r++) {                                                            \
+            const int32_t *xi = bi + (r - f0) * 32;                                        \
+            const float *xv = bv + (r - f0) * 32;                                          \
+            __m512i x0 = _mm512_loadu_si512((const void *)xi);                             \
+            __m512i x1 = _mm512_loadu_si512((const void *)(xi + 16));                      \
+            __m512 v0 = _mm512_loadu_ps(xv), v1 = _mm512_loadu_ps(xv + 16);                \
+            ROWS(SP_P5_FMA)                                                                \
+        }                                                                                  \
+    }                                                                                      \
+    ROWS(SP_P5_ADD)                                                                        \
+}
+
+SP_P5_KERNEL(sp_p5_rows6, SP_P5_ROWS)
+SP_P5_KERNEL(sp_p5_rows1, SP_P5_ONE)
+
+
+/* Rows [r0, r1) of A against one packed 32-column block of one fold. */
+static void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
+                        long r1, const int32_t *bi, const float *bv, float *out, long ldo,
+                        long c0, int width)
+{
+    __mmask16 k0 = (__mmask16)(width >= 16 ? 0xFFFF : (1u << width) - 1);
+    __mmask16 k1 = (__mmask16)(width >= 32 ? 0xFFFF : width <= 16 ? 0 : (1u << (width - 16)) - 1);
+    long i = r0;
+    for (; i + SP_P5_MR <= r1; i += SP_P5_MR)
+        sp_p5_rows6(f0, f1, n, m, A + i * kp, kp, bi, bv, out + i * ldo + c0, ldo, k0, k1);
+    for (; i < r1; i++)
+        sp_p5_rows1(f0, f1, n, m, A + i * kp, kp, bi, bv, out + i * ldo + c0, ldo, k0, k1);
+}
+
+#else
+static void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
+                        long r1, const int32_t *bi, const float *bv, float *out, long ldo,
+                        long c0, int width)
+{
+    (void)f0; (void)f1; (void)n; (void)m; (void)A; (void)kp; (void)r0; (void)r1; (void)bi;
+    (void)bv; (void)out; (void)ldo; (void)c0; (void)width;  /* never called off x86 */
+}
 #endif /* x86 */
 
 /* ---------------------------------------------------------------- decompose */
