@@ -131,7 +131,9 @@ cdef void _scan_all(const float[:, ::1] p, long U, long L, float[:, ::1] work, b
     cdef long g
     cdef int path = _isa
     cdef float *w = &work[0, 0] if materialise else NULL
-    for g in prange(groups, num_threads=threads, schedule="static"):
+    # dynamic: on a shared machine a descheduled thread leaves its groups to the others;
+    # runs of 4 consecutive groups keep the prefetch of the next group useful
+    for g in prange(groups, num_threads=threads, schedule="dynamic", chunksize=4):
         sm_scan_group(path, &p[0, 0], B, V, U, L, g, w, &totals[0, 0], &mins[0, 0])
 
 
