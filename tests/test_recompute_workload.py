@@ -83,7 +83,8 @@ def test_infeasible_budget_in_a_suite_is_an_error_before_running(tmp_path):
         batch = 2
         schedule = "budget=100"  # four 2x16 float32 buffers (a_0, a_k, d_k, d_k-1) = 512 bytes at least
     """)
-    with pytest.raises(suite.SuiteError, match=r"case 'tight' key 'schedule': budget .* below the minimum .*\(512 bytes\)"):
+    expected = r"case 'tight' key 'schedule': budget .* below the minimum .*\(512 bytes\)"
+    with pytest.raises(suite.SuiteError, match=expected):
         suite.load(str(path))
 
 
