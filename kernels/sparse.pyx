@@ -26,8 +26,12 @@ increasing order (g = r // N, (v, q) the slot's value and index in column c);
 out[i, c] = out[i, c] + psum. This is a ws array's fold order applied to the K*N/M
 compressed reduction rows, every fold of every pass adding into one output accumulator.
 
-Wrappers validate and raise a ValueError naming the bad argument; cores are nogil C loops;
-the spmm micro-kernel (sparse_micro.h) is AVX-512F, AVX2+FMA or scalar, chosen at run time.
+Wrappers validate and raise a ValueError naming the bad argument; cores are nogil C loops.
+spmm's micro-kernels (sparse_micro.h) are chosen at run time: AVX-512F (lanes along output
+columns; vpermps selects each column's A element from the group's candidates in a
+register), AVX2+FMA or scalar fmaf (lanes along rows of A; the index becomes the address
+of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests use it).
+decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
 """
 import numpy as np
 

@@ -9,10 +9,15 @@
  *   for each fold of compressed rows [f0, f1): psum = +0;
  *       psum = fmaf(A[i, g(r)*M + q[r,c]], v[r,c], psum) for r = f0 .. f1-1 in order;
  *       out[i, c] = out[i, c] + psum.
- * Every output element is its own chain, so SIMD lanes run along i (rows of A) and the
- * result is bit-identical whatever the vector width.
+ * Every output element is its own chain, so the result is bit-identical whatever the
+ * vector width or the direction the lanes run in. Two designs:
+ *   AVX2 and scalar (sp_micro): lanes along i (rows of A); the selected A vector of a
+ *     slot is one load from a packed A block (the index becomes an address); the output
+ *     is accumulated transposed and transposed once at the end.
+ *   AVX-512 (sp_p5_block): lanes along output columns; the group's M candidates of a row
+ *     of A sit in one register and vpermps selects each column's element.
  *
- * Layouts prepared by the caller for one fold (span = reduction indices the fold touches):
+ * Layouts prepared by the caller for one fold of the AVX2/scalar design (span = reduction indices the fold touches):
  *   packed A block: pa[k * MB + i] = A[i0 + i, k0 + k]   (MB rows, k-major; padded rows 0)
  *   packed B block of NC columns: bv[r * NC + c] = value, bo[r * NC + c] = offset of the
  *       selected A vector in pa, in floats ((g - g0) * M + q) * MB
@@ -43,8 +48,6 @@
 #define SP_S_NC 4
 #define SP_A2_MB 16
 #define SP_A2_NC 6
-#define SP_A5_MB 32
-#define SP_A5_NC 12
 
 static int sp_isa_supported(int isa)
 {
@@ -66,14 +69,15 @@ static int sp_isa_best(void)
     return SP_ISA_SCALAR;
 }
 
+/* tile of the lanes-along-rows kernels (AVX2, scalar; AVX-512 uses sp_p5_block) */
 static int sp_isa_mb(int isa)
 {
-    return isa == SP_ISA_AVX512 ? SP_A5_MB : isa == SP_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
+    return isa == SP_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
 }
 
 static int sp_isa_nc(int isa)
 {
-    return isa == SP_ISA_AVX512 ? SP_A5_NC : isa == SP_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
+    return isa == SP_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
 }
 
 static void *sp_alloc(size_t bytes)
@@ -135,36 +139,6 @@ static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t 
     _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo + 8), a##c##_1));
     SP_A2_COLS(SP_A2_ADD)
 #undef SP_A2_ADD
-}
-
-/* ---------------------------------------------------------------- AVX-512F, 32 x 12 */
-
-#define SP_A5_COLS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-
-__attribute__((target("avx512f")))
-static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_t *bo,
-                         float *ot, long ldo)
-{
-#define SP_A5_DECL(c) __m512 a##c##_0 = _mm512_setzero_ps(), a##c##_1 = _mm512_setzero_ps();
-    SP_A5_COLS(SP_A5_DECL)
-#undef SP_A5_DECL
-    long r;
-    for (r = 0; r < nr; r++) {
-        __m512 v;
-        const float *a;
-#define SP_A5_FMA(c) a = pa + bo[c]; v = _mm512_set1_ps(bv[c]); \
-        a##c##_0 = _mm512_fmadd_ps(_mm512_loadu_ps(a), v, a##c##_0); \
-        a##c##_1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + 16), v, a##c##_1);
-        SP_A5_COLS(SP_A5_FMA)
-#undef SP_A5_FMA
-        bv += SP_A5_NC;
-        bo += SP_A5_NC;
-    }
-#define SP_A5_ADD(c) \
-    _mm512_storeu_ps(ot + (c) * ldo, _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo), a##c##_0)); \
-    _mm512_storeu_ps(ot + (c) * ldo + 16, _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo + 16), a##c##_1));
-    SP_A5_COLS(SP_A5_ADD)
-#undef SP_A5_ADD
 }
 
 /* ------------------------------------------- AVX-512F, lanes along output columns */
@@ -303,12 +277,11 @@ static void sp_fill_group(const float *w, long K, long cols, int n, int m, long 
     }
 }
 
-/* One MB x NC tile of one fold on the chosen path. */
+/* One MB x NC tile of one fold on the AVX2 or scalar path. */
 static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
                      float *ot, long ldo)
 {
 #if SP_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SP_ISA_AVX512) { sp_uk_avx512(nr, pa, bv, bo, ot, ldo); return; }
     if (isa == SP_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ot, ldo); return; }
 #endif
     sp_uk_scalar(nr, pa, bv, bo, ot, ldo);
