@@ -162,7 +162,7 @@ def report_(
     html: Optional[Path] = typer.Option(None, "--html", help="write an HTML report with the plots here"),
     png: Optional[Path] = typer.Option(None, "--png", help="write each plot as a PNG into this folder"),
 ) -> None:
-    """Plots of a saved result (needs matplotlib: pip install 'sysbench[plot]')."""
+    """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the package)."""
     if html is None and png is None:
         fail("say where to write the report: --html OUT.html and/or --png FOLDER")
     try:
