@@ -7,7 +7,8 @@ import pytest
 from sysbench._kernels import sample as kernel
 from sysbench.hardware import Array
 from sysbench.workloads.sample import (WORKLOAD, compare_with_reference, emulate_cumulative,
-                                       emulate_indices, random_weights, vector_cycles)
+                                       emulate_indices, filter_top, random_weights,
+                                       softmax_weights, vector_cycles)
 
 METHODS = ("full_scan", "chunk_select")
 ISAS = kernel.available_isas()
@@ -217,7 +218,8 @@ def test_empty_batch_and_non_contiguous_input():
 # ---- workload --------------------------------------------------------------------------
 
 def params(**kw):
-    base = {"vocab": 1000, "batch": 4, "units": 16, "method": "chunk_select", "distribution": "softmax"}
+    base = {"vocab": 1000, "batch": 4, "units": 16, "method": "chunk_select", "distribution": "softmax",
+            "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     base.update(kw)
     return base
 
@@ -283,6 +285,49 @@ def test_random_weights_distributions():
     zipf = random_weights(rng, 2, 100, "zipf")
     assert sorted(zipf[0].tolist()) == sorted(zipf[1].tolist()) and zipf.max() == 1.0
     assert random_weights(rng, 3, 10, "softmax").max(axis=1).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_softmax_temperature():
+    logits = np.array([[0.0, 1.0, 3.0, -2.0]], dtype=np.float32)
+    w = softmax_weights(logits, 0.5)
+    assert w.dtype == np.float32
+    assert np.allclose(w[0], np.exp((logits[0] - 3.0) / 0.5), rtol=1e-7)
+    assert w[0, 2] == 1.0  # the largest logit's weight is exactly exp(0)
+
+
+def test_top_k_and_top_p_keep_exactly_defined_sets():
+    w = np.array([[0.1, 0.4, 0.2, 0.4, 0.05, 0.3]], dtype=np.float32)
+    # top-2: the two 0.4s; top-3 adds the 0.3; an exact tie goes to the lower index
+    assert np.flatnonzero(filter_top(w, top_k=2)[0]).tolist() == [1, 3]
+    assert np.flatnonzero(filter_top(w, top_k=3)[0]).tolist() == [1, 3, 5]
+    tie = np.array([[1.0, 2.0, 2.0, 2.0]], dtype=np.float32)
+    assert np.flatnonzero(filter_top(tie, top_k=2)[0]).tolist() == [1, 2]
+    # total 1.45; sorted 0.4, 0.4, 0.3, 0.2, 0.1, 0.05 -> cumulative 0.4, 0.8, 1.1, 1.3, ...
+    assert np.flatnonzero(filter_top(w, top_p=0.5)[0]).tolist() == [1, 3]  # 0.8 >= 0.725
+    assert np.flatnonzero(filter_top(w, top_p=0.6)[0]).tolist() == [1, 3, 5]  # 0.8 < 0.87 <= 1.1
+    assert np.flatnonzero(filter_top(w, top_p=1e-9)[0]).tolist() == [1]
+    assert np.flatnonzero(filter_top(w, top_k=4, top_p=0.99)[0]).tolist() == [1, 2, 3, 5]
+    kept = filter_top(w, top_k=3)
+    assert np.array_equal(kept[0, [1, 3, 5]], w[0, [1, 3, 5]])  # kept weights are untouched
+    assert np.array_equal(filter_top(w), w)
+
+
+def test_top_k_one_is_greedy_decoding():
+    p = params(vocab=2000, batch=32, top_k=1)
+    state = WORKLOAD.prepare(p, Array(), np.random.default_rng(4))
+    out = WORKLOAD.run(state, 1)
+    logits_argmax = np.argmax(random_weights(np.random.default_rng(4), 32, 2000, "softmax"), axis=1)
+    assert np.array_equal(out, logits_argmax)
+    assert WORKLOAD.validate(state, out).passed
+
+
+def test_check_rejects_bad_filters():
+    assert WORKLOAD.check(params(temperature=0.0), Array())[0][0] == "temperature"
+    assert WORKLOAD.check(params(temperature=0.7, distribution="zipf"), Array())[0][0] == "temperature"
+    assert WORKLOAD.check(params(top_k=1001), Array())[0][0] == "top_k"
+    assert WORKLOAD.check(params(top_p=0.0), Array())[0][0] == "top_p"
+    assert WORKLOAD.check(params(top_p=1.5), Array())[0][0] == "top_p"
+    assert WORKLOAD.check(params(temperature=0.7, top_k=50, top_p=0.9), Array()) == []
 
 
 def test_suite_cases_and_errors(tmp_path):

@@ -69,10 +69,38 @@ def vector_cycles(vocab: int, units: int, method: str, batch: int = 1) -> dict:
     }
 
 
-def random_weights(rng: np.random.Generator, batch: int, vocab: int, distribution: str) -> np.ndarray:
+def softmax_weights(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Unnormalised float32 weights exp((logits - max) / temperature), formed in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    return np.exp((z - z.max(axis=1, keepdims=True)) / temperature).astype(np.float32)
+
+
+def filter_top(weights: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Zero all but the top-k weights (0: all), then all but the smallest set of the largest
+    remaining weights whose float64 sum reaches top_p of their total. Ties go to the lower
+    index (a stable sort), so the kept set is exactly defined."""
+    out = np.array(weights, dtype=np.float32, copy=True)
+    if top_k == 0 and top_p >= 1.0:
+        return out
+    order = np.argsort(-out, axis=1, kind="stable")
+    keep = out.shape[1] if top_k == 0 else min(top_k, out.shape[1])
+    for b in range(out.shape[0]):
+        ranked = order[b, :keep]
+        count = keep
+        if top_p < 1.0:
+            mass = np.cumsum(out[b, ranked].astype(np.float64))
+            count = int(np.searchsorted(mass, top_p * mass[-1], side="left")) + 1
+        dropped = np.ones(out.shape[1], dtype=bool)
+        dropped[ranked[:count]] = False
+        out[b, dropped] = 0.0
+    return out
+
+
+def random_weights(rng: np.random.Generator, batch: int, vocab: int, distribution: str,
+                   temperature: float = 1.0) -> np.ndarray:
     if distribution == "softmax":
         logits = rng.standard_normal((batch, vocab), dtype=np.float32) * np.float32(2.0)
-        return np.exp(logits - logits.max(axis=1, keepdims=True))
+        return softmax_weights(logits, temperature)
     if distribution == "uniform":
         return rng.random((batch, vocab), dtype=np.float32)
     if distribution == "zipf":
@@ -176,7 +204,23 @@ class Sample(Workload):
                            "chunk_select (chunk totals, then rescan one chunk)"),
         "distribution": Key("str", default="softmax", choices=tuple(DISTRIBUTIONS),
                             help="generated weights: " + "; ".join(f"{k}: {v}" for k, v in DISTRIBUTIONS.items())),
+        "temperature": Key("float", default=1.0, help="softmax only: weights exp(logit / T)"),
+        "top_k": Key("int", default=0, minimum=0, help="keep the k largest weights per row (0: all)"),
+        "top_p": Key("float", default=1.0, help="then keep the smallest set of largest weights "
+                                                "holding this fraction of the mass (1: all)"),
     }
+
+    def check(self, params, array):
+        problems = []
+        if not params["temperature"] > 0:
+            problems.append(("temperature", f"must be > 0, got {params['temperature']}"))
+        elif params["temperature"] != 1.0 and params["distribution"] != "softmax":
+            problems.append(("temperature", "applies to softmax logits only (distribution = \"softmax\")"))
+        if params["top_k"] > params["vocab"]:
+            problems.append(("top_k", f"must be <= vocab ({params['vocab']}), got {params['top_k']}"))
+        if not 0 < params["top_p"] <= 1:
+            problems.append(("top_p", f"must lie in (0, 1], got {params['top_p']}"))
+        return problems
 
     def model(self, params, array):
         figures = vector_cycles(params["vocab"], params["units"], params["method"], params["batch"])
@@ -187,7 +231,9 @@ class Sample(Workload):
     def prepare(self, params, array, rng):
         from .._kernels import sample as kernel  # imported late: `sysbench list` needs no build
 
-        probs = random_weights(rng, params["batch"], params["vocab"], params["distribution"])
+        probs = random_weights(rng, params["batch"], params["vocab"], params["distribution"],
+                               params["temperature"])
+        probs = filter_top(probs, params["top_k"], params["top_p"])  # outside the timed region
         uniforms = rng.random(params["batch"])
         return {"probs": probs, "uniforms": uniforms, "units": params["units"],
                 "method": params["method"], "kernel": kernel}
