@@ -62,11 +62,14 @@ class Recorder:
 
 
 def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1,
-             beat=None, fault=None, progress_interval_s: float = 0.0) -> tuple[Recorder, list]:
+             beat=None, fault=None, progress_interval_s: float = 0.0, link=None) -> tuple[Recorder, list]:
     """Train `steps` steps under `plan`; returns the recorder and the end of each step's backward.
 
     `beat(step, phase)` is called as work completes (the watchdog's heartbeat); `fault` is a
-    test hook {"rank", "step", "mode": "die" | "hang"}.
+    test hook {"rank", "step", "mode": "die" | "hang"}. `link` (a costs.LinkCost) emulates a
+    slower network than the one MPI runs on: a message counts as reduced only when MPI has
+    reduced it and the emulated link has carried it (one message at a time in issue order,
+    occupied for occupancy_s, then latency_s in flight), as a throttled NIC would.
     """
     from mpi4py import MPI
 
@@ -80,7 +83,7 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     polite = oversubscribed(comm)
     try:
         return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests,
-                    polite)
+                    polite, link)
     finally:
         if poker:
             poker.stop()
@@ -117,12 +120,14 @@ class ProgressThread:
         self.comm.Free()
 
 
-def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests, polite):
+def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests, polite, link):
     from mpi4py import MPI
     L = plan.layers
     comm.Barrier()
     rec = Recorder(time.perf_counter())
     boundaries = []
+    ready = {}                 # emulated link: when each message has crossed it
+    link_free = 0.0
 
     def complete(mid, when):
         _, issued, step = requests.pop(mid)
@@ -134,7 +139,7 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
         # Drive MPI's progress engine and note what has finished.
         for _ in range(polls):
             for mid in list(requests):
-                if requests[mid][0].Test():
+                if requests[mid][0].Test() and rec.now() >= ready.get(mid, 0.0):
                     complete(mid, rec.now())
 
     for step in range(steps + 1):
@@ -149,6 +154,9 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
                     beat(step, f"the wait for layer {l}'s all-reduce", waiting=True)
                     for mid in pending:
                         wait(requests[mid][0], polite)
+                        idle = ready.get(mid, 0.0) - rec.now()
+                        if idle > 0:
+                            time.sleep(idle)       # the emulated link is still carrying it
                         complete(mid, rec.now())
                     rec.add("wait", step, l, start, rec.now())
                     beat(step, f"waited for layer {l}")
@@ -173,7 +181,12 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
             rec.add("backward", step, l, start, rec.now())
             beat(step, f"backward of layer {l}")
             for mid in plan.issue_after_bwd[l]:
-                requests[mid] = (comm.Iallreduce(MPI.IN_PLACE, views[mid], op=MPI.SUM), rec.now(), step)
+                now = rec.now()
+                requests[mid] = (comm.Iallreduce(MPI.IN_PLACE, views[mid], op=MPI.SUM), now, step)
+                if link is not None:
+                    nbytes = plan.messages[mid].nbytes
+                    link_free = max(now, link_free) + link.occupancy_s(nbytes)
+                    ready[mid] = link_free + link.latency_s(nbytes)
                 rec.issues.append((step, mid, l))
             progress()
         boundaries.append(rec.now())
@@ -204,5 +217,22 @@ def step_metrics(rec: Recorder, boundaries: list, first: int = 1) -> list:
         exposed = max(0.0, step_s - compute)
         inflight = union_length(clip_intervals(comm, lo, hi))
         out.append({"step_s": step_s, "compute_s": compute, "exposed_comm_s": exposed,
+                    "comm_inflight_s": inflight, "overlap_fraction": overlap_fraction(exposed, inflight)})
+    return out
+
+
+def aggregate_steps(per_rank_steps: list) -> list:
+    """Per step, the job's figures from every rank's: the step takes as long as its slowest
+    rank (step_s max), the critical path computes as long as the slowest rank computes
+    (compute_s max), and what remains is the communication the job exposed. A rank that waits
+    for a slower one (load, skew) does not count that wait as communication."""
+    from .simulator import overlap_fraction
+    out = []
+    for k in range(min(len(s) for s in per_rank_steps)):
+        step = max(s[k]["step_s"] for s in per_rank_steps)
+        compute = max(s[k]["compute_s"] for s in per_rank_steps)
+        inflight = max(s[k]["comm_inflight_s"] for s in per_rank_steps)
+        exposed = max(0.0, step - compute)
+        out.append({"step_s": step, "compute_s": compute, "exposed_comm_s": exposed,
                     "comm_inflight_s": inflight, "overlap_fraction": overlap_fraction(exposed, inflight)})
     return out

@@ -170,7 +170,11 @@ def _train(comm, spec, dog, outdir):
     scale = 1.0 / ranks
     polls = spec.get("polls", 1)
     calibration = None
-    if spec.get("cost"):
+    link = None
+    if spec.get("emulate_link"):
+        e = spec["emulate_link"]
+        cost = link = LinkCost(e["alpha_s"], e["beta_s_per_byte"], ranks, e.get("algorithm", "ring"))
+    elif spec.get("cost"):
         cost = LinkCost(spec["cost"]["alpha_s"], spec["cost"]["beta_s_per_byte"], ranks)
     elif ranks > 1:
         largest = max(spec.get("portion_bytes", 0), max(sizes) * 4, 4096)
@@ -196,7 +200,7 @@ def _train(comm, spec, dog, outdir):
     steps = spec.get("warmup", 1) + spec.get("repeats", 3) + 1
     fault = spec.get("fault")
     rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault,
-                               spec.get("progress_us", 0) * 1e-6)
+                               spec.get("progress_us", 0) * 1e-6, link)
     dog.beat(steps, "training done")
 
     first = 1 + spec.get("warmup", 1)
@@ -224,7 +228,8 @@ def _train(comm, spec, dog, outdir):
         from .programs import full_batch_weights, reference_weights
         references = {"reference": reference_weights(spec, ranks, probe_steps + steps),
                       "full_batch": full_batch_weights(spec, probe_steps + steps)}
-    return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0), "schedule": plan.schedule, "plan": plan.to_dict(),
+    return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0),
+            "emulated_link": link is not None, "schedule": plan.schedule, "plan": plan.to_dict(),
             "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
             "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
             "per_rank": gathered, "weights": weights}

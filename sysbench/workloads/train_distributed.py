@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..distributed.costs import ALGORITHMS, LinkCost
+from ..distributed.exchange import aggregate_steps
 from ..distributed.schedules import SCHEDULES, check_plan, make_plan
 from .base import CaseError, Key, Validation, Workload
 
@@ -67,8 +68,10 @@ class TrainDistributed(Workload):
         "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
         "progress_us": Key("int", default=0, minimum=0,
                            help="mpi: a helper thread pokes MPI progress every N us (0: only between layers)"),
-        "link_gbps": Key("float", default=10.0, minimum=1e-6, help="sim: link bandwidth, Gb/s"),
-        "link_latency_us": Key("float", default=5.0, minimum=0, help="sim: per-message latency, us"),
+        "link_gbps": Key("float", default=10.0, minimum=1e-6, help="sim (and mpi with emulate_link): link bandwidth, Gb/s"),
+        "link_latency_us": Key("float", default=5.0, minimum=0, help="sim (and mpi with emulate_link): per-message latency, us"),
+        "emulate_link": Key("bool", default=False,
+                            help="mpi: a message is reduced only once a link of link_gbps/link_latency_us has carried it"),
         "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="all-reduce cost model"),
         "device_tflops": Key("float", default=20.0, minimum=1e-6, help="sim: sustained compute throughput"),
         "calibration": Key("path", default=None, help="JSON written by distributed_calibrate: alpha/beta to use"),
@@ -145,7 +148,9 @@ class TrainDistributed(Workload):
     def spec(self, p) -> dict:
         return {"program": "net", "net": network_keys(p), "batch": p["batch"], "lr": p["lr"],
                 "schedule": p["schedule"], "bucket_bytes": int(p["bucket_mib"] * 2**20),
-                "portion_bytes": int(p["portion_kib"] * 2**10), "progress_us": p["progress_us"]}
+                "portion_bytes": int(p["portion_kib"] * 2**10), "progress_us": p["progress_us"],
+                "emulate_link": {"alpha_s": p["link_latency_us"] * 1e-6, "beta_s_per_byte": 8.0 / (p["link_gbps"] * 1e9),
+                                 "algorithm": p["algorithm"]} if p["emulate_link"] else None}
 
     def prepare(self, params, array, rng):
         state = {"params": params}
@@ -170,9 +175,9 @@ class TrainDistributed(Workload):
         if result is None:  # a rank other than 0 of a job launched by the user
             return [0.0], None, {}
         per_rank = result["per_rank"]
-        steps = len(per_rank[0]["steps"])
-        samples = [max(r["steps"][k]["step_s"] for r in per_rank) for k in range(steps)]
-        med = lambda key: statistics.median(r["steps"][k][key] for r in per_rank for k in range(steps))
+        steps = aggregate_steps([r["steps"] for r in per_rank])
+        samples = [s["step_s"] for s in steps]
+        med = lambda key: statistics.median(s[key] for s in steps)
         measured = {
             "step_s": statistics.median(samples), "compute_s": med("compute_s"),
             "exposed_comm_s": med("exposed_comm_s"), "comm_inflight_s": med("comm_inflight_s"),
@@ -193,11 +198,12 @@ class TrainDistributed(Workload):
         progress: "polled" (MPI progress only in MPI calls, on cores busy computing: the
         default unless the run had a progress thread) or "async" (an ideal NIC)."""
         if progress is None:
-            progress = "async" if result.get("progress_us") else "polled"
+            progress = "async" if result.get("progress_us") or result.get("emulated_link") else "polled"
         from ..distributed.simulator import simulate
         times = {k: [max(r["layer_times"][k][l] for r in result["per_rank"]) for l in range(len(result["layer_sizes"]))]
                  for k in ("forward", "backward", "update")}
-        cost = LinkCost(result["cost"]["alpha_s"], result["cost"]["beta_s_per_byte"], result["ranks"])
+        cost = LinkCost(result["cost"]["alpha_s"], result["cost"]["beta_s_per_byte"], result["ranks"],
+                        result["cost"].get("algorithm", "ring"))
         est = result["estimates"]["backward"]
         p = result["plan"]
         plan = make_plan(result["schedule"], result["layer_sizes"], bucket_bytes=p.get("bucket_bytes", 25 << 20),
