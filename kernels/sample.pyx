@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.stdint cimport int64_t
 
 
 cdef extern from "sample_simd.h" nogil:
@@ -36,13 +37,18 @@ cdef extern from "sample_simd.h" nogil:
     int SM_ISA_AVX512
     int SM_BAD_VALUE
     int SM_ALL_ZERO
+    int SM_RESCAN
+    int SM_LOST
     int sm_isa_supported(int isa)
     int sm_isa_best()
     long sm_group_count(long B, long V, long L)
     void sm_scan_group(int isa, const float *probs, long B, long V, long U, long L, long g,
                        float *work, float *totals, float *mins)
-    long sm_select_row(const float *x, long V, long U, long L, const float *totals,
-                       const float *mins, double u)
+    long sm_pick_chunk(const float *x, long V, long U, const float *totals, const float *mins,
+                       double u, int64_t *chunk, float *offset, float *target)
+    void sm_rescan_rows(int isa, const float *probs, long V, long L, long n, const int64_t *rows,
+                        int count, const int64_t *chunk, const float *offset,
+                        const float *target, int64_t *out)
     long sm_full_scan_row(const float *x, long V, long U, long L, const float *totals,
                           const float *mins, double u, float *work)
 
@@ -149,17 +155,58 @@ def _scan(probs, units, threads, materialise):
     return work, totals, mins
 
 
-cdef void _select_all(const float[:, ::1] p, long U, long L, const float[:, ::1] totals,
-                      const float[:, ::1] mins, const double[::1] u, bint full,
-                      float[:, ::1] work, long long[::1] out, int threads) noexcept nogil:
+cdef void _full_scan_all(const float[:, ::1] p, long U, long L, const float[:, ::1] totals,
+                         const float[:, ::1] mins, const double[::1] u, float[:, ::1] work,
+                         int64_t[::1] out, int threads) noexcept nogil:
     cdef long B = p.shape[0], V = p.shape[1]
     cdef long b
     for b in prange(B, num_threads=threads, schedule="dynamic"):
-        if full:
-            out[b] = sm_full_scan_row(&p[b, 0], V, U, L, &totals[b, 0], &mins[b, 0], u[b],
-                                      &work[b, 0])
-        else:
-            out[b] = sm_select_row(&p[b, 0], V, U, L, &totals[b, 0], &mins[b, 0], u[b])
+        out[b] = sm_full_scan_row(&p[b, 0], V, U, L, &totals[b, 0], &mins[b, 0], u[b],
+                                  &work[b, 0])
+
+
+cdef void _pick_all(const float[:, ::1] p, long U, const float[:, ::1] totals,
+                    const float[:, ::1] mins, const double[::1] u, int64_t[::1] out,
+                    int64_t[::1] chunk, float[::1] offset, float[::1] target,
+                    int threads) noexcept nogil:
+    cdef long B = p.shape[0], V = p.shape[1]
+    cdef long b
+    for b in prange(B, num_threads=threads, schedule="static"):
+        out[b] = sm_pick_chunk(&p[b, 0], V, U, &totals[b, 0], &mins[b, 0], u[b], &chunk[b],
+                               &offset[b], &target[b])
+
+
+cdef void _rescan_all(const float[:, ::1] p, long L, long n, const int64_t[::1] rows,
+                      const int64_t[::1] chunk, const float[::1] offset,
+                      const float[::1] target, int64_t[::1] out, int threads) noexcept nogil:
+    cdef long V = p.shape[1], R = rows.shape[0]
+    cdef long g
+    cdef int path = _isa
+    for g in prange((R + 15) // 16, num_threads=threads, schedule="dynamic"):
+        sm_rescan_rows(path, &p[0, 0], V, L, n, &rows[16 * g], <int>min(16, R - 16 * g),
+                       &chunk[0], &offset[0], &target[0], &out[0])
+
+
+def _chunk_select(probs, units, totals, mins, u, threads):
+    """Pick each row's chunk, then rescan the picked chunks 16 rows at a time (rows whose
+    chunk is full, then rows whose chunk is the short last one: each batch of lanes shares
+    one chunk length)."""
+    B, V = probs.shape
+    L = chunk_length(V, units)
+    out = np.empty(B, dtype=np.int64)
+    chunk = np.zeros(B, dtype=np.int64)
+    offset = np.zeros(B, dtype=np.float32)
+    target = np.zeros(B, dtype=np.float32)
+    _pick_all(probs, units, totals, mins, u, out, chunk, offset, target, threads)
+    pending = np.flatnonzero(out == SM_RESCAN)
+    full_chunks = V // L
+    short = chunk[pending] == full_chunks
+    for rows, n in ((pending[~short], L), (pending[short], V - full_chunks * L)):
+        if rows.size:
+            _rescan_all(probs, L, n, rows, chunk, offset, target, out, threads)
+    if np.any(out == SM_LOST):
+        raise RuntimeError("sample: a rescan found no index (internal error)")
+    return out
 
 
 def sample(probs, uniforms, units, method="chunk_select", threads=1):
@@ -188,9 +235,11 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     full = method == "full_scan"
     work, totals, mins = _scan(probs, units, threads, full)
     out = np.empty(probs.shape[0], dtype=np.int64)
-    if probs.shape[0]:
-        _select_all(probs, units, chunk_length(probs.shape[1], units), totals, mins, u, full,
-                    work, out, threads)
+    if probs.shape[0] and full:
+        _full_scan_all(probs, units, chunk_length(probs.shape[1], units), totals, mins, u,
+                       work, out, threads)
+    elif probs.shape[0]:
+        out = _chunk_select(probs, units, totals, mins, u, threads)
     bad = np.flatnonzero(out < 0)
     if bad.size:
         row = int(bad[0])
@@ -213,8 +262,8 @@ def cumulative(probs, units, threads=1):
     work, totals, mins = _scan(probs, units, threads, True)
     out = np.empty(probs.shape[0], dtype=np.int64)
     if probs.shape[0]:
-        _select_all(probs, units, chunk_length(probs.shape[1], units), totals, mins,
-                    np.zeros(probs.shape[0]), True, work, out, threads)
+        _full_scan_all(probs, units, chunk_length(probs.shape[1], units), totals, mins,
+                       np.zeros(probs.shape[0]), work, out, threads)
     bad = np.flatnonzero(out < 0)
     if bad.size:
         row = int(bad[0])

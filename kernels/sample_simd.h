@@ -31,6 +31,8 @@
 
 #define SM_BAD_VALUE (-1)  /* a negative, NaN or infinite weight, or a sum that overflows */
 #define SM_ALL_ZERO (-2)
+#define SM_RESCAN (-3)     /* chunk_select: the row's target lies in a chunk still to rescan */
+#define SM_LOST (-4)       /* a rescan found no index: cannot happen (internal check) */
 
 #ifndef SM_PREFETCH
 #define SM_PREFETCH 256  /* floats ahead of each chunk's loads */
@@ -319,30 +321,145 @@ static int sm_row_total(const float *totals, const float *mins, long U, float *t
     return 0;
 }
 
-/* chunk_select: find the chunk whose offset range holds the target, rescan only it. */
-static long sm_select_row(const float *x, long V, long U, long L, const float *totals,
-                          const float *mins, double u)
+/* chunk_select, first half: the chunk whose range of cumulative values holds the target.
+ * Returns a status < 0 (SM_RESCAN: rescan *chunk from *offset against *target) or, when no
+ * value exceeds the target, the index itself (the last nonzero one). */
+static long sm_pick_chunk(const float *x, long V, long U, const float *totals,
+                          const float *mins, double u, int64_t *chunk, float *offset,
+                          float *target)
 {
     float total;
     const int status = sm_row_total(totals, mins, U, &total);
     if (status) return status;
-    const float target = sm_floor_float(u * (double)total);
-    float offset = 0.0f;
+    const float t = sm_floor_float(u * (double)total);
+    float off = 0.0f;
     for (long c = 0; c < U; c++) {
-        const float next = offset + totals[c];  /* = the last cumulative value of chunk c */
-        if (next > target) {
-            const long start = c * L, end = start + L < V ? start + L : V;
-            float acc = 0.0f;
-            for (long i = start; i < end; i++) {
-                acc = acc + x[i];
-                const float cum = offset + acc;
-                if (cum > target) return i;
-            }
-            return end - 1;  /* not reached: the chunk's last value is `next` */
+        const float next = off + totals[c];  /* = the last cumulative value of chunk c */
+        if (next > t) {
+            *chunk = c;
+            *offset = off;
+            *target = t;
+            return SM_RESCAN;
         }
-        offset = next;
+        off = next;
     }
-    return sm_last_nonzero(x, V);  /* the target rounded to the total */
+    return sm_last_nonzero(x, V);  /* the target equals the total */
+}
+
+/* chunk_select, second half: 16 rescans side by side (lane k: the chunk at src[k], of n
+ * elements, with offset off[k] and target t[k]); hit[k] = first j whose cumulative value
+ * off[k] + running sum > t[k], or -1. Stops when every lane has its hit. */
+static void sm_rescan_scalar(const float *const *src, long n, const float *off, const float *t,
+                             long *hit)
+{
+    for (int k = 0; k < 16; k++) {
+        float acc = 0.0f;
+        hit[k] = -1;
+        for (long j = 0; j < n; j++) {
+            acc = acc + src[k][j];
+            const float cum = off[k] + acc;
+            if (cum > t[k]) { hit[k] = j; break; }
+        }
+    }
+}
+
+#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+
+__attribute__((target("avx512f")))
+static void sm_rescan_avx512(const float *const *src, long n, const float *off, const float *t,
+                             long *hit)
+{
+    const __m512 offv = _mm512_loadu_ps(off), tv = _mm512_loadu_ps(t);
+    __m512 acc = _mm512_setzero_ps();
+    __m512 r[16];
+    __mmask16 found = 0;
+    for (int k = 0; k < 16; k++) hit[k] = -1;
+    /* padding past the end repeats the last cumulative value, so it never makes a new hit */
+    for (long j = 0; j < n && found != (__mmask16)0xFFFF; j += 16) {
+        const long left = n - j;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        sm_prefetch_lanes(src, NULL, n, j, 16);
+        for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, src[k] + j);
+        sm_transpose16(r);
+        for (int k = 0; k < 16; k++) {
+            acc = _mm512_add_ps(acc, r[k]);
+            const __mmask16 now = _mm512_mask_cmp_ps_mask((__mmask16)~found,
+                                                          _mm512_add_ps(offv, acc), tv, _CMP_GT_OQ);
+            if (now) {
+                for (int lane = 0; lane < 16; lane++)
+                    if (now & (1u << lane)) hit[lane] = j + k;
+                found |= now;
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2")))
+static void sm_rescan8_avx2(const float *const *src, long n, const float *off, const float *t,
+                            long *hit)
+{
+    const __m256 offv = _mm256_loadu_ps(off), tv = _mm256_loadu_ps(t);
+    const __m256i lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 acc = _mm256_setzero_ps();
+    __m256 r[8];
+    int found = 0;
+    for (int k = 0; k < 8; k++) hit[k] = -1;
+    for (long j = 0; j < n && found != 0xFF; j += 8) {
+        const long left = n - j;
+        const int take = left >= 8 ? 8 : (int)left;
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(take), lane_ids);
+        sm_prefetch_lanes(src, NULL, n, j, 8);
+        for (int k = 0; k < 8; k++) r[k] = _mm256_maskload_ps(src[k] + j, m);
+        sm_transpose8(r);
+        for (int k = 0; k < 8; k++) {
+            acc = _mm256_add_ps(acc, r[k]);
+            const int now = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(offv, acc), tv,
+                                                             _CMP_GT_OQ)) & ~found;
+            if (now) {
+                for (int lane = 0; lane < 8; lane++)
+                    if (now & (1 << lane)) hit[lane] = j + k;
+                found |= now;
+            }
+        }
+    }
+}
+
+#endif
+
+static void sm_rescan16(int isa, const float *const *src, long n, const float *off,
+                        const float *t, long *hit)
+{
+#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == SM_ISA_AVX512) { sm_rescan_avx512(src, n, off, t, hit); return; }
+    if (isa == SM_ISA_AVX2) {
+        sm_rescan8_avx2(src, n, off, t, hit);
+        sm_rescan8_avx2(src + 8, n, off + 8, t + 8, hit + 8);
+        return;
+    }
+#endif
+    sm_rescan_scalar(src, n, off, t, hit);
+}
+
+/* Rescan the picked chunks (all of length n) of rows[0..count), count <= 16; lanes past
+ * count repeat lane 0. Writes each row's index into out. */
+static void sm_rescan_rows(int isa, const float *probs, long V, long L, long n,
+                           const int64_t *rows, int count, const int64_t *chunk,
+                           const float *offset, const float *target, int64_t *out)
+{
+    const float *src[16];
+    float off[16], t[16];
+    long hit[16];
+    for (int k = 0; k < 16; k++) {
+        const int64_t b = rows[k < count ? k : 0];
+        src[k] = probs + b * V + chunk[b] * L;
+        off[k] = offset[b];
+        t[k] = target[b];
+    }
+    sm_rescan16(isa, src, n, off, t, hit);
+    for (int k = 0; k < count; k++) {
+        const int64_t b = rows[k];
+        out[b] = hit[k] < 0 ? SM_LOST : chunk[b] * L + hit[k];
+    }
 }
 
 /* full_scan: add each chunk's offset to its running sums in work (in place), giving the
