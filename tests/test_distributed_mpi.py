@@ -139,3 +139,52 @@ warmup = 1
     kinds = {e["type"] for e in m["timeline"]}
     assert {"forward", "backward", "allreduce"} <= kinds and {e["rank"] for e in m["timeline"]} == {0, 1}
     assert m["prediction"]["step_s"] > 0
+
+
+def test_an_emulated_link_holds_each_message_for_its_wire_time():
+    # 0.1 Gb/s: the 5,400-byte layer takes 0.43 ms on the emulated link (2 ranks: ring factor 1)
+    sizes = [100, 1350, 50]
+    spec = {"program": "buffers", "layer_sizes": sizes, "schedule": "fifo", "lr": 0.5, **FAST,
+            "emulate_link": {"alpha_s": 1e-4, "beta_s_per_byte": 8 / 0.1e9}}
+    r = launch(spec, ranks=2, timeout_s=60)
+    assert r["emulated_link"] and r["cost"]["bandwidth_gbps"] == pytest.approx(0.1)
+    for rank in r["per_rank"]:
+        for e in rank["timeline"]:
+            if e["type"] == "allreduce":
+                wire = 2 * 1e-4 + e["bytes"] * 8 / 0.1e9
+                assert e["end_s"] - e["start_s"] >= wire * 0.999
+
+
+def test_under_your_own_mpiexec(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from sysbench.distributed.launcher import find_mpiexec
+    suite = tmp_path / "mine.toml"
+    suite.write_text("""
+[[cases]]
+name = "mlp"
+kind = "train_distributed"
+model = "mlp"
+layers = 2
+width = 16
+batch = 8
+ranks = [2, 4]
+schedule = "bucketed"
+repeats = 2
+
+[[cases]]
+name = "cal"
+kind = "distributed_calibrate"
+ranks = 2
+sizes = [4096, 65536]
+repeats = 3
+""")
+    out = tmp_path / "result.json"
+    proc = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-m", "sysbench.distributed.worker",
+                           "--suite", str(suite), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cases = {c["id"]: c for c in json.loads(out.read_text())["cases"]}
+    assert set(cases) == {"mine/mlp[ranks=2]", "mine/cal"}          # the 4-rank case is not this job's
+    assert cases["mine/mlp[ranks=2]"]["validation"]["passed"]
+    assert cases["mine/cal"]["measured"]["calibration"]["beta_s_per_byte"] > 0
