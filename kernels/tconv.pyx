@@ -324,24 +324,41 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     out = np.empty((batch, geo["out_channels"], ho, wo),
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
+    sharing = {}  # valid rectangle -> the kernel elements (plan indices) that share it
+    for e, (r, s, ilo, ihi, jlo, jhi, _, _) in enumerate(plan):
+        sharing.setdefault((ilo, ihi, jlo, jhi), []).append(e)
+    # images per chunk: the chunk's gathered pixels and products stay within CHUNK_BYTES
+    per_image = x.itemsize * cin_g * sum((w_[1] - w_[0]) * (w_[3] - w_[2]) for w_ in sharing) \
+        + 4 * cout_g * sum((p[3] - p[2]) * (p[5] - p[4]) for p in plan)
+    chunk = max(1, min(batch, CHUNK_BYTES // max(per_image, 1)))
     for g in range(groups):
         wt = element_weights(w, g * cin_g, cin_g, threads)
-        # Kernel elements with the same valid rectangle share its gathered pixels, and their
-        # weight slices are stacked into one GEMM: every output element is still its own
-        # element's sum over k in the array's order, so the bits are those of separate GEMMs.
-        sharing = {}
-        for e, (r, s, ilo, ihi, jlo, jhi, _, _) in enumerate(plan):
-            sharing.setdefault((ilo, ihi, jlo, jhi), []).append(e)
-        products = [None] * len(plan)
-        for window, elements in sharing.items():
-            if batch == 1 and window == (0, height, 0, width):
-                at = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)  # a view
-            else:
-                at = gather_window(x, g * cin_g, cin_g, *window, threads)
-            taps = [plan[e][0] * kw + plan[e][1] for e in elements]
-            stacked = wt[taps].reshape(len(taps) * cout_g, cin_g)
-            yt = gemm(stacked, at)
-            for n, e in enumerate(elements):
-                products[e] = yt[n * cout_g:(n + 1) * cout_g]
-        scatter_elements(out, g * cout_g, cout_g, plan, products, geo["stride"], threads)
+        stacked = {window: wt[[plan[e][0] * kw + plan[e][1] for e in elements]].reshape(-1, cin_g)
+                   for window, elements in sharing.items()}
+        for b0 in range(0, batch, chunk):
+            _chunk(x[b0:b0 + chunk], out[b0:b0 + chunk], g, cin_g, cout_g, plan, sharing,
+                   stacked, gemm, geo["stride"], threads)
     return out
+
+
+# bytes of gathered pixels and GEMM products held at once (a few MB: they stay in cache)
+CHUNK_BYTES = 4 << 20
+
+
+def _chunk(x, out, g, cin_g, cout_g, plan, sharing, stacked, gemm, stride, threads):
+    """One group of a chunk of images: a GEMM per shared window, then one scatter pass.
+
+    Kernel elements with the same valid rectangle share its gathered pixels, and their
+    weight slices are stacked into one GEMM: every output element is still its own
+    element's sum over k in the array's order, so the bits are those of separate GEMMs."""
+    batch, _, height, width = x.shape
+    products = [None] * len(plan)
+    for window, elements in sharing.items():
+        if batch == 1 and window == (0, height, 0, width):
+            at = x[0, g * cin_g:(g + 1) * cin_g].reshape(cin_g, height * width)  # a view
+        else:
+            at = gather_window(x, g * cin_g, cin_g, *window, threads)
+        yt = gemm(stacked[window], at)
+        for n, e in enumerate(elements):
+            products[e] = yt[n * cout_g:(n + 1) * cout_g]
+    scatter_elements(out, g * cout_g, cout_g, plan, products, stride, threads)

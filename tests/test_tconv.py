@@ -254,3 +254,21 @@ def test_bad_operands_are_value_errors():
     with pytest.raises(ValueError, match="shape"):
         tconv.scatter_elements(np.zeros((1, 2, 4, 4), np.float32), 0, 2, [(0, 0, 0, 2, 0, 2, 0, 0)],
                                [np.zeros((2, 5), np.float32)], 2)
+
+
+def test_image_chunks_do_not_change_bits(monkeypatch):
+    array = ARRAYS["ws8-fp32"]
+    for layer in [(5, 6, 4, 7, 6, 4, 2, 1, 0, 1, 2), (3, 4, 3, 5, 5, 3, 3, 1, 2, 1, 1)]:
+        x, w, p = make(layer, "fp32")
+        whole = T.tconv2d_strided(x, w, p, array)
+        calls = []
+
+        def counting_gemm(a, b):
+            calls.append(b.shape[1])
+            return array_gemm(a, b, array)
+
+        monkeypatch.setattr(tconv, "CHUNK_BYTES", 1)  # one image per chunk
+        assert T.tconv2d_strided(x, w, p, array, gemm=counting_gemm).tobytes() == whole.tobytes()
+        windows = {plan[2:6] for plan in tconv.element_plan(T.geometry(p))}
+        assert len(calls) == x.shape[0] * len(windows) * p["groups"]
+        monkeypatch.undo()

@@ -10,8 +10,12 @@ measured in the same run with the same number of threads:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest tests/benchmarks/test_bench_tconv.py -s
 
 `-s` prints one line per layer with both times and the ratio. SYSBENCH_BENCH_THREADS sets the
-threads (default 1) for the kernels and for torch. Times are the best of interleaved rounds,
-so that a burst of load from other processes hits both sides alike.
+threads (default 1) for the kernels and for torch. The ratios use the best of interleaved
+rounds, so that a burst of load from other processes hits both sides alike; with one thread
+they time the calling thread's CPU time (time.thread_time), which a busy machine's
+descheduling does not inflate (add --benchmark-timer=time.thread_time for the table too).
+With more threads they use wall time, and an oversubscribed machine makes OpenMP's
+barriers, and so those figures, meaningless.
 """
 from __future__ import annotations
 
@@ -42,15 +46,16 @@ def operands(case):
 
 def best_times(*fns, budget_s=2.0, min_rounds=3, max_rounds=15):
     """Best time of each function over interleaved rounds (one call of each per round)."""
+    clock = time.thread_time if THREADS == 1 else time.perf_counter
     for fn in fns:
         fn()
     best = [float("inf")] * len(fns)
     start, rounds = time.perf_counter(), 0
     while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            best[i] = min(best[i], clock() - t0)
         rounds += 1
     return best
 
