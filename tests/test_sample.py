@@ -83,6 +83,22 @@ def test_methods_identical_across_paths_and_threads(batch, vocab, units):
         assert np.all(probs[np.arange(batch), expected] > 0)
 
 
+@pytest.mark.parametrize("units", [1, 8, 9, 128])
+def test_rescans_of_full_and_short_chunks_in_several_lane_groups(units):
+    # V = 1003: with 8 units, 7 chunks of 126 and a short one of 121; draws spread over the
+    # whole row (u = 1 included) so that the picked chunks are full and short, in groups of
+    # 16 rows with a ragged last group
+    rng = np.random.default_rng(units)
+    probs = weights(rng, 50, 1003)
+    u = np.linspace(0.0, 1.0, 50)
+    expected = emulate_indices(probs, u, units)
+    for isa in ISAS:
+        kernel.set_isa(isa)
+        for threads in (1, 2):
+            for method in METHODS:
+                assert np.array_equal(kernel.sample(probs, u, units, method, threads), expected)
+
+
 def draw(probs, u, units=4):
     """Both methods must agree; returns their index list."""
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float32))
