@@ -179,6 +179,8 @@ def random_chain(rng, n):
     if rng.random() < 0.5:  # gradients sized unlike their activations
         grad = [0] + [int(v) for v in rng.integers(1, 9, n)] + [0]
     fcost = [0] + [int(v) for v in rng.integers(1, 20, n)] + [0]
+    if rng.random() < 0.3:  # unit costs: the optimum is the fewest recomputed layer forwards
+        fcost = [0] + [1] * n + [0]
     zeros = (0,) * (n + 2)
     return rc.Chain(tuple(act), tuple(grad), tuple(fcost), zeros, zeros)
 
@@ -197,6 +199,8 @@ def test_budget_schedule_matches_exhaustive_optimum_on_small_chains():
             assert cost == expected, (c, budget)
             sim = rc.simulate(c, ops)
             assert sim["peak_activation_bytes"] <= budget and sim["forward_flops"] == cost
+            if set(c.fcost[1:n + 1]) == {1}:
+                assert sim["layer_forwards"] - n == expected - n  # recomputed forwards, counted
             persistent = rc.optimal_persistent(c, budget)[0]
             assert persistent == brute_force_persistent(c, budget), (c, budget)
             beats_persistent += cost < persistent

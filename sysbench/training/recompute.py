@@ -138,13 +138,10 @@ def chain_of(net) -> Chain:
 
 # ---- programs --------------------------------------------------------------------------
 
-def _backward_all(c: Chain, held_through: int) -> list:
-    """B(N), D(n), B(n), D(n-1), ... with every a_k for k < held_through already held."""
-    return [("B", c.n + 1), ("D", c.n)] + [op for k in range(c.n, 0, -1) for op in (("B", k), ("D", k - 1))]
-
-
 def store_all(c: Chain) -> list:
-    return [("F", k) for k in range(1, c.n + 1)] + _backward_all(c, c.n)
+    """F(1..n), then the loss and B(n)..B(1), each dropping the activation it consumed."""
+    backward = [op for k in range(c.n, 0, -1) for op in (("B", k), ("D", k - 1))]
+    return [("F", k) for k in range(1, c.n + 1)] + [("B", c.n + 1), ("D", c.n)] + backward
 
 
 def checkpoint_every(c: Chain, every: int) -> list:
