@@ -124,7 +124,8 @@ def _bad_row_message(row, x):
         hits = np.flatnonzero(test(x))
         if hits.size:
             i = int(hits[0])
-            return f"probs row {row}: weight at index {i} is {what} ({x[i]!r}); weights must be finite and >= 0"
+            return (f"probs row {row}: weight at index {i} is {what} ({float(x[i])!r}); "
+                    "weights must be finite and >= 0")
     if not np.any(x):
         return f"probs row {row}: all weights are zero"
     return f"probs row {row}: the weights' float32 sum overflows (weights too large to sum in float32)"
