@@ -216,3 +216,31 @@ def test_sim_suite_loads_and_models(tmp_path):
         m = w.model(case.params, case.array)
         assert m["parameters"] == 25_557_032 and m["step_s"] >= m["compute_s"] > 0
         assert m["bytes_sent_per_rank"] == round(2 * (m["workers"] - 1) / m["workers"] * m["gradient_bytes"])
+
+
+def test_calibration_file_drives_the_simulator(tmp_path):
+    from sysbench.workloads.base import CaseError
+    from sysbench.workloads.train_distributed import load_calibration
+    good = tmp_path / "cal.json"
+    good.write_text('{"alpha_s": 1e-5, "beta_s_per_byte": 8e-10}')
+    suite = load_text(tmp_path, f"""
+        [[cases]]
+        name = "s"
+        kind = "train_distributed"
+        mode = "sim"
+        model = "resnet50"
+        local_batch = 32
+        workers = 64
+        calibration = "{good}"
+        """)
+    from sysbench.workloads import registry
+    case = suite.cases[0]
+    with_file = registry()["train_distributed"].model(case.params, case.array)
+    same_link = dict(case.params, calibration=None, link_gbps=10.0, link_latency_us=10.0)
+    assert with_file["step_s"] == registry()["train_distributed"].model(same_link, case.array)["step_s"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"alpha": 1}')
+    with pytest.raises(CaseError, match="alpha_s and beta_s_per_byte"):
+        load_calibration(str(bad))
+    with pytest.raises(CaseError, match="cannot read"):
+        load_calibration(str(tmp_path / "missing.json"))

@@ -1,6 +1,7 @@
 """train_distributed over 2 real MPI ranks, started by the project's own launcher (mpiexec)."""
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -188,3 +189,11 @@ repeats = 3
     assert set(cases) == {"mine/mlp[ranks=2]", "mine/cal"}          # the 4-rank case is not this job's
     assert cases["mine/mlp[ranks=2]"]["validation"]["passed"]
     assert cases["mine/cal"]["measured"]["calibration"]["beta_s_per_byte"] > 0
+
+
+def test_a_rank_that_raises_ends_the_job_with_its_message():
+    spec = net_spec("fifo", net={"model": "mlp", "layers": 2, "width": 8, "activation": "tanh"})
+    with pytest.raises(DistributedError) as exc:
+        launch(spec, ranks=2, timeout_s=30)
+    # every rank fails alike; whichever reports first ends the job
+    assert re.search(r"rank [01]: ValueError", str(exc.value)) and "activation" in str(exc.value)
