@@ -66,7 +66,7 @@ def test_every_gradient_is_reduced_exactly_once_in_value(schedule):
 def test_split_priority_issue_order_respects_priority():
     # A fixed, slow estimated link so that portions queue and lower layers must overtake.
     spec = net_spec("split_priority", portion_bytes=2048,
-                    cost={"alpha_s": 1e-5, "beta_s_per_byte": 1e-6})
+                    cost={"alpha_s": 1e-5, "beta_s_per_byte": 1e-4})
     r = launch(spec, ranks=2, timeout_s=60)
     layers = [tuple(ls) for ls in r["plan"]["message_layers"]]
     n_layers = len(r["layer_sizes"])
@@ -103,7 +103,7 @@ def test_a_hung_rank_ends_the_job_within_the_timeout():
     with pytest.raises(DistributedError) as exc:
         launch(spec, ranks=2, timeout_s=2)
     elapsed = time.monotonic() - start
-    assert elapsed < 2 + 5 + 3            # timeout, the launcher's grace, start-up
+    assert elapsed < 20                   # timeout 2 s after the last progress, plus start-up under load
     message = str(exc.value)
     assert "rank 1 made no progress" in message and "timeout_s = 2" in message
 
