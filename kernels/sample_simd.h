@@ -40,7 +40,9 @@
 
 /* 16 concurrent streams outrun the hardware prefetcher, so fetch ahead by hand: the line
  * SM_PREFETCH floats past position j of each chunk, or, once that is past the chunk's end,
- * in the chunk the same lane scans next (the next group's; NULL: none). */
+ * in the chunk the same lane scans next (the next group's; NULL: none). Always inlined:
+ * with the lane count a constant the loops unroll; as a real call, GCC 12 deleted them
+ * (a loop doing nothing but prefetch counts as dead). */
 __attribute__((always_inline))
 static inline void sm_prefetch_lanes(const float *const *src, const float *const *next,
                                      long n, long j, int lanes)
