@@ -141,39 +141,50 @@ def element_plan(geo):
 
 # ------------------------------------------------------------------ operand layout
 
-def element_weights(w, c0, channels, threads=1):
-    """(kh*kw, out_channels/groups, channels): w[c0:c0+channels, :, r, s].T for every
-    kernel element (r, s) in row-major order, each a contiguous GEMM operand."""
+def element_weights(w, c0, channels, taps=None, threads=1):
+    """(len(taps), out_channels/groups, channels): out[n] = w[c0:c0+channels, :, r, s].T for
+    the kernel element taps[n] = r * kw + s (default: all, row-major), each a contiguous GEMM
+    operand and consecutive ones stackable into one."""
     if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype not in (np.float32, np.int8):
         raise ValueError("w must be a 4-D float32 or int8 numpy array")
     if not (0 <= c0 and channels >= 1 and c0 + channels <= w.shape[0]):
         raise ValueError(f"channels {c0}:{c0 + channels} out of range for {w.shape[0]} channels")
+    ntaps = w.shape[2] * w.shape[3]
+    taps = np.arange(ntaps, dtype=np.int64) if taps is None else np.asarray(taps, dtype=np.int64)
+    if taps.ndim != 1 or taps.size < 1 or taps.min() < 0 or taps.max() >= ntaps:
+        raise ValueError(f"taps must list kernel elements in [0, {ntaps}), got {taps!r}")
     threads = _positive_int(threads, "threads")
     w = np.ascontiguousarray(w)
-    out = np.empty((w.shape[2] * w.shape[3], w.shape[1], channels), dtype=w.dtype)
+    out = np.empty((taps.size, w.shape[1], channels), dtype=w.dtype)
     if w.dtype == np.float32:
-        _element_weights[float](w, out, c0, threads)
+        _element_weights[float](w, taps, out, c0, threads)
     else:
-        _element_weights[int8_t](w, out, c0, threads)
+        _element_weights[int8_t](w, taps, out, c0, threads)
     return out
 
 
-cdef void _element_weights(const operand_t[:, :, :, ::1] w, operand_t[:, :, ::1] out, long c0,
-                           int threads) noexcept nogil:
+cdef void _element_weights(const operand_t[:, :, :, ::1] w, const int64_t[::1] taps,
+                           operand_t[:, :, ::1] out, long c0, int threads) noexcept nogil:
     # a blocked transpose: a block of 16 channels x 16 output channels x all taps (read from
     # 16 contiguous runs) stays in L1 while each tap's 16 x 16 tile is written row by row
-    cdef long taps = out.shape[0], cout = out.shape[1], channels = out.shape[2]
+    cdef long ntaps = out.shape[0], cout = out.shape[1], channels = out.shape[2]
     cdef long nblocks = (channels + 15) // 16
-    cdef long blk, ob, c, o, t, c_end, o_end, kw = w.shape[3]
+    cdef long kw = w.shape[3], c_step = w.shape[1] * w.shape[2] * w.shape[3]
+    cdef long blk, ob, c, o, t, c_first, c_count, o_end
+    cdef const operand_t *src
+    cdef operand_t *dst
     for blk in prange(nblocks, num_threads=threads, schedule="static"):
-        c_end = min(channels, blk * 16 + 16)
+        c_first = blk * 16
+        c_count = min(channels - c_first, 16)
         ob = 0
         while ob < cout:
             o_end = min(cout, ob + 16)
-            for t in range(taps):
+            for t in range(ntaps):
                 for o in range(ob, o_end):
-                    for c in range(blk * 16, c_end):
-                        out[t, o, c] = w[c0 + c, o, t // kw, t % kw]
+                    src = &w[c0 + c_first, o, taps[t] // kw, taps[t] % kw]
+                    dst = &out[t, o, c_first]
+                    for c in range(c_count):
+                        dst[c] = src[c * c_step]
             ob = ob + 16
 
 
@@ -331,10 +342,14 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     per_image = x.itemsize * cin_g * sum((w_[1] - w_[0]) * (w_[3] - w_[2]) for w_ in sharing) \
         + 4 * cout_g * sum((p[3] - p[2]) * (p[5] - p[4]) for p in plan)
     chunk = max(1, min(batch, CHUNK_BYTES // max(per_image, 1)))
+    # the weight slices of the elements sharing a window, consecutive: one stacked operand
+    taps = [plan[e][0] * kw + plan[e][1] for elements in sharing.values() for e in elements]
     for g in range(groups):
-        wt = element_weights(w, g * cin_g, cin_g, threads)
-        stacked = {window: wt[[plan[e][0] * kw + plan[e][1] for e in elements]].reshape(-1, cin_g)
-                   for window, elements in sharing.items()}
+        wt = element_weights(w, g * cin_g, cin_g, taps, threads) if taps else None
+        stacked, n = {}, 0
+        for window, elements in sharing.items():
+            stacked[window] = wt[n:n + len(elements)].reshape(-1, cin_g)
+            n += len(elements)
         for b0 in range(0, batch, chunk):
             _chunk(x[b0:b0 + chunk], out[b0:b0 + chunk], g, cin_g, cout_g, plan, sharing,
                    stacked, gemm, geo["stride"], threads)

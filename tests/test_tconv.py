@@ -173,6 +173,8 @@ def test_gather_weights_and_scatter_against_slicing():
     w = rng.standard_normal((40, 19, 3, 2), dtype=np.float32)
     wt = tconv.element_weights(w, 4, 33, threads=2)  # ragged 16 x 16 blocks
     assert np.array_equal(wt, w[4:37].transpose(2, 3, 1, 0).reshape(6, 19, 33))
+    wt = tconv.element_weights(w, 0, 40, taps=[5, 0, 3])
+    assert np.array_equal(wt, w.transpose(2, 3, 1, 0).reshape(6, 19, 40)[[5, 0, 3]])
     # two kernel elements of stride (3, 4) adding into overlapping output positions
     out = np.full((2, 4, 9, 20), np.nan, dtype=np.float32)  # every written value is overwritten
     plan = [(0, 0, 0, 3, 0, 5, 2, 1), (0, 1, 0, 2, 0, 4, 2, 5)]
