@@ -357,7 +357,7 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
 
 
 # bytes of gathered pixels and GEMM products held at once (a few MB: they stay in cache)
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20
 
 
 def _chunk(x, out, g, cin_g, cout_g, plan, sharing, stacked, gemm, stride, threads):
