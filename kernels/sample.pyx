@@ -112,6 +112,17 @@ def _check_units(units):
     return int(units)
 
 
+# A parallel stage gets a second thread only for this many elements per thread (~50 us of
+# work): below it, waking threads costs more than it saves, and on a loaded machine a team
+# of spinning threads can stall for whole scheduler time slices.
+MIN_ELEMENTS_PER_THREAD = 1 << 17
+
+
+def _team(elements, threads):
+    """Threads for a stage of `elements` element-steps, at most `threads`."""
+    return int(max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD)))
+
+
 def _check_threads(threads):
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
@@ -152,7 +163,7 @@ def _scan(probs, units, threads, materialise):
     totals = np.zeros((B, units), dtype=np.float32)
     mins = np.zeros((B, units), dtype=np.float32)
     if B:
-        _scan_all(probs, units, L, work, materialise, totals, mins, threads)
+        _scan_all(probs, units, L, work, materialise, totals, mins, _team(B * V, threads))
     return work, totals, mins
 
 
@@ -198,13 +209,14 @@ def _chunk_select(probs, units, totals, mins, u, threads):
     chunk = np.zeros(B, dtype=np.int64)
     offset = np.zeros(B, dtype=np.float32)
     target = np.zeros(B, dtype=np.float32)
-    _pick_all(probs, units, totals, mins, u, out, chunk, offset, target, threads)
+    _pick_all(probs, units, totals, mins, u, out, chunk, offset, target, _team(B * units, threads))
     pending = np.flatnonzero(out == SM_RESCAN)
     full_chunks = V // L
     short = chunk[pending] == full_chunks
     for rows, n in ((pending[~short], L), (pending[short], V - full_chunks * L)):
         if rows.size:
-            _rescan_all(probs, L, n, rows, chunk, offset, target, out, threads)
+            _rescan_all(probs, L, n, rows, chunk, offset, target, out,
+                        _team(rows.size * n, threads))
     if np.any(out == SM_LOST):
         raise RuntimeError("sample: a rescan found no index (internal error)")
     return out
@@ -217,7 +229,8 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     uniforms: B values in [0, 1], one per row (float64; float32 is widened exactly);
         1 is accepted and gives the last nonzero index.
     units: execution units = chunks per row. method: "full_scan" or "chunk_select".
-    threads: OpenMP threads (rows and chunk groups are shared out).
+    threads: at most this many OpenMP threads (rows and chunk groups are shared out; a stage
+        takes one thread per MIN_ELEMENTS_PER_THREAD elements of work).
     Raises ValueError naming the argument, or the row whose weights are negative, NaN,
     infinite, all zero, or whose sum overflows float32.
     """
@@ -238,7 +251,7 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     out = np.empty(probs.shape[0], dtype=np.int64)
     if probs.shape[0] and full:
         _full_scan_all(probs, units, chunk_length(probs.shape[1], units), totals, mins, u,
-                       work, out, threads)
+                       work, out, _team(probs.size, threads))
     elif probs.shape[0]:
         out = _chunk_select(probs, units, totals, mins, u, threads)
     bad = np.flatnonzero(out < 0)
@@ -264,7 +277,7 @@ def cumulative(probs, units, threads=1):
     out = np.empty(probs.shape[0], dtype=np.int64)
     if probs.shape[0]:
         _full_scan_all(probs, units, chunk_length(probs.shape[1], units), totals, mins,
-                       np.zeros(probs.shape[0]), work, out, threads)
+                       np.zeros(probs.shape[0]), work, out, _team(probs.size, threads))
     bad = np.flatnonzero(out < 0)
     if bad.size:
         row = int(bad[0])

@@ -21,9 +21,17 @@ SHAPES = [(1, 1, 1), (1, 1, 128), (3, 5, 4), (2, 5, 128), (4, 16, 16), (5, 100, 
 
 
 @pytest.fixture(autouse=True)
-def restore_isa():
+def restore_isa(monkeypatch):
+    # every stage takes all the threads it is given, so that small shapes exercise the teams
+    monkeypatch.setattr(kernel, "MIN_ELEMENTS_PER_THREAD", 1)
     yield
     kernel.set_isa(None)
+
+
+def test_small_stages_run_on_one_thread(monkeypatch):
+    monkeypatch.setattr(kernel, "MIN_ELEMENTS_PER_THREAD", 1 << 17)
+    assert kernel._team(128_000, 2) == 1 and kernel._team(64 * 128_000, 2) == 2
+    assert kernel._team(64 * 128_000, 1) == 1 and kernel._team(0, 4) == 1
 
 
 def weights(rng, batch, vocab):
