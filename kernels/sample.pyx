@@ -199,6 +199,22 @@ cdef void _rescan_all(const float[:, ::1] p, long L, long n, const int64_t[::1] 
                        &chunk[0], &offset[0], &target[0], &out[0])
 
 
+cdef (long, long) _partition(const int64_t[::1] out, const int64_t[::1] chunk, long full_chunks,
+                             int64_t[::1] rows) noexcept nogil:
+    """Rows still to rescan: those whose picked chunk is full from the front of `rows`, those
+    whose chunk is the short last one from the back. Returns the two counts."""
+    cdef long B = out.shape[0], front = 0, back = 0, b
+    for b in range(B):
+        if out[b] == SM_RESCAN:
+            if chunk[b] < full_chunks:
+                rows[front] = b
+                front += 1
+            else:
+                back += 1
+                rows[B - back] = b
+    return front, back
+
+
 def _chunk_select(probs, units, totals, mins, u, threads):
     """Pick each row's chunk, then rescan the picked chunks 16 rows at a time (rows whose
     chunk is full, then rows whose chunk is the short last one: each batch of lanes shares
@@ -206,19 +222,20 @@ def _chunk_select(probs, units, totals, mins, u, threads):
     B, V = probs.shape
     L = chunk_length(V, units)
     out = np.empty(B, dtype=np.int64)
-    chunk = np.zeros(B, dtype=np.int64)
-    offset = np.zeros(B, dtype=np.float32)
-    target = np.zeros(B, dtype=np.float32)
+    chunk = np.empty(B, dtype=np.int64)
+    rows = np.empty(B, dtype=np.int64)
+    offset = np.empty(B, dtype=np.float32)
+    target = np.empty(B, dtype=np.float32)
     _pick_all(probs, units, totals, mins, u, out, chunk, offset, target, _team(B * units, threads))
-    pending = np.flatnonzero(out == SM_RESCAN)
     full_chunks = V // L
-    short = chunk[pending] == full_chunks
-    for rows, n in ((pending[~short], L), (pending[short], V - full_chunks * L)):
-        if rows.size:
-            _rescan_all(probs, L, n, rows, chunk, offset, target, out,
-                        _team(rows.size * n, threads))
-    if np.any(out == SM_LOST):
-        raise RuntimeError("sample: a rescan found no index (internal error)")
+    n_full, n_short = _partition(out, chunk, full_chunks, rows)
+    if n_full:
+        _rescan_all(probs, L, L, rows[:n_full], chunk, offset, target, out,
+                    _team(n_full * L, threads))
+    if n_short:
+        short = V - full_chunks * L
+        _rescan_all(probs, L, short, rows[B - n_short:], chunk, offset, target, out,
+                    _team(n_short * short, threads))
     return out
 
 
@@ -242,10 +259,9 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     u = np.ascontiguousarray(uniforms, dtype=np.float64).reshape(-1)
     if u.shape[0] != probs.shape[0]:
         raise ValueError(f"uniforms must hold one value per row ({probs.shape[0]}), got {u.shape[0]}")
-    outside = np.flatnonzero(~((u >= 0.0) & (u <= 1.0)))
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(f"uniforms[{i}] must lie in [0, 1], got {u[i]!r}")
+    if u.size and not (u.min() >= 0.0 and u.max() <= 1.0):  # NaN fails both
+        i = int(np.flatnonzero(~((u >= 0.0) & (u <= 1.0)))[0])
+        raise ValueError(f"uniforms[{i}] must lie in [0, 1], got {float(u[i])!r}")
     full = method == "full_scan"
     work, totals, mins = _scan(probs, units, threads, full)
     out = np.empty(probs.shape[0], dtype=np.int64)
@@ -254,9 +270,10 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
                        work, out, _team(probs.size, threads))
     elif probs.shape[0]:
         out = _chunk_select(probs, units, totals, mins, u, threads)
-    bad = np.flatnonzero(out < 0)
-    if bad.size:
-        row = int(bad[0])
+    if out.size and out.min() < 0:
+        row = int(np.flatnonzero(out < 0)[0])
+        if out[row] == SM_LOST:
+            raise RuntimeError(f"sample: the rescan of row {row} found no index (internal error)")
         raise ValueError(_bad_row_message(row, probs[row]))
     return out
 
