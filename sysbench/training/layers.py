@@ -16,14 +16,16 @@ running its forward again. That is the memory model the recompute schedules opti
 Per-layer figures for the schedules and the model (shapes include the batch):
     flops(in_shape) -> (forward, backward with input grad, backward without)
     gemms(in_shape) -> {"forward": [(m, k, n)], "backward": [...], "backward_input": [...]}
-    workspace(in_shape, itemsize) -> (forward bytes, backward bytes): transient buffers
-        beyond the input, the output and the gradients, as the code below allocates them.
+    workspace(in_shape, itemsize, need_input_grad) -> (forward bytes, backward bytes):
+        transient buffers beyond the input, the output and the gradients, as the code below
+        allocates them.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
 
 
 class Layer:
@@ -59,7 +61,7 @@ class Layer:
     def gemms(self, in_shape: tuple) -> dict:
         return {"forward": [], "backward": [], "backward_input": []}
 
-    def workspace(self, in_shape: tuple, itemsize: int) -> tuple[int, int]:
+    def workspace(self, in_shape: tuple, itemsize: int, need_input_grad: bool = True) -> tuple[int, int]:
         return 0, 0
 
     def astype(self, dtype) -> "Layer":
@@ -146,8 +148,8 @@ class ReLU(Layer):
             return None, {}
         return np.where(saved > 0, grad_y, grad_y.dtype.type(0)), {}
 
-    def workspace(self, in_shape, itemsize):
-        return 0, math.prod(in_shape)  # the boolean mask
+    def workspace(self, in_shape, itemsize, need_input_grad=True):
+        return 0, math.prod(in_shape) if need_input_grad else 0  # the boolean mask
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -203,9 +205,9 @@ class GELU(Layer):
         n = math.prod(in_shape)
         return 9 * n, 18 * n, 0
 
-    def workspace(self, in_shape, itemsize):
+    def workspace(self, in_shape, itemsize, need_input_grad=True):
         n = math.prod(in_shape) * itemsize
-        return 0, 2 * n  # t becomes grad_x; du and 1 - t^2 are transient
+        return 0, 2 * n if need_input_grad else 0  # t becomes grad_x; du and 1 - t^2 are transient
 
 
 def _pair(v) -> tuple[int, int]:
@@ -264,7 +266,8 @@ class Conv2d(Layer):
         return out
 
     def _cols(self, x):
-        """(padded input, columns (B*Ho*Wo, C*kh*kw))."""
+        """Columns (B*Ho*Wo, C*kh*kw) of x: one strided copy per kernel tap, from a padded
+        copy of x. (A compiled loop was tried: numpy's strided copies were as fast.)"""
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         _, _, ho, wo = self.output_shape(x.shape)
@@ -291,8 +294,7 @@ class Conv2d(Layer):
 
     def backward(self, grad_y, saved, need_input_grad=True):
         x = saved
-        b, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        b = x.shape[0]
         _, o, ho, wo = grad_y.shape
         gm = np.ascontiguousarray(grad_y.transpose(0, 2, 3, 1)).reshape(b * ho * wo, o)
         grads = {}
@@ -303,16 +305,25 @@ class Conv2d(Layer):
             grads["bias"] = gm.sum(axis=0)
         if not need_input_grad:
             return None, grads
-        gcols = (gm @ self.params["weight"].reshape(o, -1)).reshape(b, ho, wo, c, kh, kw)
+        gcols = gm @ self.params["weight"].reshape(o, -1)
         del gm
-        gxp = np.zeros((b, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        return self._col2im(gcols, x.shape), grads
+
+    def _col2im(self, gcols, shape):
+        """The input gradient from the columns' gradient: one strided add per kernel tap
+        into a padded buffer, then crop."""
+        b, c, h, w = shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        _, _, ho, wo = self.output_shape(shape)
+        gcols = gcols.reshape(b, ho, wo, c, kh, kw)
+        gxp = np.zeros((b, c, h + 2 * ph, w + 2 * pw), dtype=gcols.dtype)
         for r in range(kh):
             for s in range(kw):
                 _window(gxp, r, s, ho, wo, sh, sw)[...] += gcols[:, :, :, :, r, s].transpose(0, 3, 1, 2)
         del gcols
         if ph or pw:
             gxp = np.ascontiguousarray(gxp[:, :, ph: ph + h, pw: pw + w])
-        return gxp, grads
+        return gxp
 
     def flops(self, in_shape):
         m, k, n = self.gemms(in_shape)["forward"][0]
@@ -326,18 +337,25 @@ class Conv2d(Layer):
         m, k = b * ho * wo, c * self.kernel[0] * self.kernel[1]
         return {"forward": [(m, k, o)], "backward": [(o, m, k)], "backward_input": [(m, o, k)]}
 
-    def workspace(self, in_shape, itemsize):
+    def workspace(self, in_shape, itemsize, need_input_grad=True):
         b, c, h, w = in_shape
         _, o, ho, wo = self.output_shape(in_shape)
         ph, pw = self.padding
-        padded = b * c * (h + 2 * ph) * (w + 2 * pw) * itemsize if (ph or pw) else 0
         m, k = b * ho * wo, c * self.kernel[0] * self.kernel[1]
-        cols, ym = m * k * itemsize, m * o * itemsize
-        forward = max(padded + cols, cols + ym, ym)
-        # backward: gm with (xp + cols), then gm + gcols, then gcols + grad of the padded input
+        cols, ym = m * k * itemsize, m * o * itemsize  # ym: the GEMM output (and gm in backward)
+        out = ym  # y has as many elements as the GEMM output
+        gx = b * c * h * w * itemsize
+        # The tracker counts workspace + output (y, or the input gradient) at once, so each
+        # figure is the op's peak of transient buffers + output, less the output.
+        padded = b * c * (h + 2 * ph) * (w + 2 * pw) * itemsize if (ph or pw) else 0
+        forward = max(padded + cols, cols + ym, ym + out) - out
         gxp = b * c * (h + 2 * ph) * (w + 2 * pw) * itemsize
-        backward = max(ym + padded + cols, ym + cols, ym + cols + (o * k * itemsize), cols + gxp)
-        return forward, backward
+        crop = gx if (ph or pw) else 0
+        if need_input_grad:  # gm + (xp + cols), then gm + gcols, then gcols + gxp (+ its crop)
+            backward = max(ym + padded + cols, ym + cols, cols + gxp + crop) - gx
+        else:
+            backward = ym + padded + cols
+        return max(forward, 0), max(backward, 0)
 
     def describe(self):
         return (f"conv2d({self.out_channels}, k={self.kernel[0]}x{self.kernel[1]}, "
@@ -403,7 +421,7 @@ class MaxPool2d(Layer):
         n = math.prod(self.output_shape(in_shape)) * self.kernel[0] * self.kernel[1]
         return n, 2 * n, 0
 
-    def workspace(self, in_shape, itemsize):
+    def workspace(self, in_shape, itemsize, need_input_grad=True):
         n = math.prod(self.output_shape(in_shape))
         # forward: index (int16) and one boolean mask; backward adds the recomputed maxima
         # and a masked gradient per tap

@@ -81,7 +81,7 @@ class Network:
         return self.layers[i].flops(self.shapes[i])[2 if i == 0 else 1]
 
     def workspace(self, i: int) -> tuple[int, int]:
-        return self.layers[i].workspace(self.shapes[i], self.dtype.itemsize)
+        return self.layers[i].workspace(self.shapes[i], self.dtype.itemsize, need_input_grad=i > 0)
 
     def loss_workspace(self) -> int:
         return self.loss.workspace(self.shapes[-1], self.dtype.itemsize)

@@ -1,6 +1,8 @@
 """Stochastic gradient descent, in place, in a fixed order (layer by layer, then by name)."""
 from __future__ import annotations
 
+import contextlib
+
 
 class SGD:
     """p -= lr * (g + weight_decay * p), with optional momentum (PyTorch's formulation:
@@ -41,7 +43,5 @@ def blas_threads(threads: int):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # without it numpy keeps its own thread count
-        import contextlib
         return contextlib.nullcontext()
     return threadpool_limits(limits=threads, user_api="blas")
-
