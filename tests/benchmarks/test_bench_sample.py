@@ -104,21 +104,23 @@ def test_chunk_select_ratios(inputs, threads):
     targets are asserted at 64 x 128000 with one thread: on two shared cores a two-thread run
     is at the mercy of other processes (and of torch's own OpenMP pool), so it is reported."""
     name, probs, u = inputs
-    fns = {
+    peers = best_times({
         "chunk_select": lambda: kernel.sample(probs, u, UNITS, "chunk_select", threads),
         "full_scan": lambda: kernel.sample(probs, u, UNITS, "full_scan", threads),
         "numpy_cumsum_searchsorted": lambda: numpy_cumsum_searchsorted(probs, u),
         "numpy_sum": lambda: probs.sum(axis=1),
-    }
+    })
+    # torch is timed after ours, not interleaved: once torch has run with 2 threads, every
+    # 2-thread OpenMP region in the process (ours included) was seen to stall for scheduler
+    # ticks (4-30 ms) on this loaded 2-core machine, which would measure torch's side effect
     try:
         torch, cumsum_searchsorted, multinomial = torch_peers(threads)
     except pytest.skip.Exception:
         torch = None
     if torch is not None:
         p, ut = torch.from_numpy(probs), torch.from_numpy(u.astype(np.float32))
-        fns["torch_cumsum_searchsorted"] = lambda: cumsum_searchsorted(p, ut)
-        fns["torch_multinomial"] = lambda: multinomial(p, ut)
-    peers = best_times(fns)
+        peers.update(best_times({"torch_cumsum_searchsorted": lambda: cumsum_searchsorted(p, ut),
+                                 "torch_multinomial": lambda: multinomial(p, ut)}))
     ours, full = peers.pop("chunk_select"), peers.pop("full_scan")
     ratios = {peer: t / ours for peer, t in peers.items()}
     print(f"\n{name} [{kernel.isa()}, {threads} thread(s), {UNITS} units]: chunk_select "
