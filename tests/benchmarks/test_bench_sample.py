@@ -110,9 +110,10 @@ def test_chunk_select_ratios(inputs, threads):
         "numpy_cumsum_searchsorted": lambda: numpy_cumsum_searchsorted(probs, u),
         "numpy_sum": lambda: probs.sum(axis=1),
     })
-    # torch is timed after ours, not interleaved: once torch has run with 2 threads, every
-    # 2-thread OpenMP region in the process (ours included) was seen to stall for scheduler
-    # ticks (4-30 ms) on this loaded 2-core machine, which would measure torch's side effect
+    # torch is timed after ours, not interleaved: on a loaded 2-core machine a 2-thread OpenMP
+    # region stalls for whole scheduler ticks (4-30 ms) whenever the other core is busy, and
+    # right after torch's own 2-thread runs it did so every time, which would time torch's
+    # side effect rather than our kernel
     try:
         torch, cumsum_searchsorted, multinomial = torch_peers(threads)
     except pytest.skip.Exception:
