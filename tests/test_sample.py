@@ -351,6 +351,8 @@ def test_check_rejects_bad_filters():
     assert WORKLOAD.check(params(top_k=1001), Array())[0][0] == "top_k"
     assert WORKLOAD.check(params(top_p=0.0), Array())[0][0] == "top_p"
     assert WORKLOAD.check(params(top_p=1.5), Array())[0][0] == "top_p"
+    assert WORKLOAD.check(params(units=1 << 21), Array())[0][0] == "units"
+    assert WORKLOAD.check(params(units=5000, vocab=10), Array()) == []  # V < U is allowed
     assert WORKLOAD.check(params(temperature=0.7, top_k=50, top_p=0.9), Array()) == []
 
 

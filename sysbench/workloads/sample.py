@@ -25,6 +25,7 @@ DISTRIBUTIONS = {
     "zipf": "weight 1 / rank^1.1, ranks shuffled per row (a peaked LM-like distribution)",
 }
 METHODS = ("full_scan", "chunk_select")
+MAX_UNITS = 1 << 20  # per-row chunk totals are held in memory; more units than this is a typo
 EMULATE_MAX_ELEMENTS = 40_000_000  # numpy emulation of the summation order, when affordable
 
 
@@ -212,6 +213,8 @@ class Sample(Workload):
 
     def check(self, params, array):
         problems = []
+        if params["units"] > MAX_UNITS:
+            problems.append(("units", f"must be <= {MAX_UNITS}, got {params['units']}"))
         if not params["temperature"] > 0:
             problems.append(("temperature", f"must be > 0, got {params['temperature']}"))
         elif params["temperature"] != 1.0 and params["distribution"] != "softmax":
