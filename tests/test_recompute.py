@@ -251,7 +251,11 @@ def test_schedule_forms():
 
 # ---- the tracker against tracemalloc -------------------------------------------------------------
 
-TRACEMALLOC_TOLERANCE = 0.05  # tracker peak within 5% of what numpy really allocated
+# The tracker's peak within 5% of what numpy really allocated, plus 64 KiB: numpy's ufunc
+# buffer (8192 elements, allocated by a broadcast in-place add such as Linear's bias) and
+# Python's own small objects, which no buffer accounting sees.
+TRACEMALLOC_TOLERANCE = 0.05
+TRACEMALLOC_SLACK = 64 * 1024
 
 
 @pytest.mark.parametrize("factory", [lambda: network.mlp(6, 512, 64),
@@ -271,9 +275,14 @@ def test_tracker_peak_agrees_with_tracemalloc(factory):
             traced = tracemalloc.get_traced_memory()[1] - base
         finally:
             tracemalloc.stop()
-        # params and the input batch existed before tracing started
-        tracked = result.tracker.peak_total - net.param_bytes() - x.nbytes
-        assert abs(traced - tracked) <= TRACEMALLOC_TOLERANCE * tracked, (schedule, traced, tracked)
+        # params and the input batch existed before tracing started: leave them out of the
+        # tracker's figures (the input only while the tracker holds it, up to "free a0")
+        input_held, tracked = True, 0
+        for _, label, _, total in result.tracker.series:
+            input_held &= label != "free a0"
+            tracked = max(tracked, total - net.param_bytes() - (x.nbytes if input_held else 0))
+        assert abs(traced - tracked) <= TRACEMALLOC_TOLERANCE * tracked + TRACEMALLOC_SLACK, \
+            (schedule, traced, tracked)
 
 
 def test_dry_run_equals_real_run():

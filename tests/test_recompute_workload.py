@@ -125,3 +125,12 @@ def test_bundled_suite_loads_and_covers_every_schedule():
     assert {"store_all", "full_recompute", "budget=1/2", "budget=1/4", "budget=1/8"} <= schedules
     assert any(s.startswith("checkpoint_every=") for s in schedules)
     assert {c.params["model"] for c in cases} == {"mlp", "cnn"}
+
+
+def test_long_chains_fall_back_to_the_persistent_dp():
+    long = params(layers=rc.EXACT_MAX_LAYERS // 2 + 1, width=8, batch=2, schedule="budget=1/3")
+    metrics = WORKLOAD.model(long, ARRAY)
+    assert metrics["budget_solver"] == "persistent"
+    assert metrics["recompute_flops"] == metrics["persistent_recompute_flops"]
+    assert metrics["peak_activation_bytes"] <= metrics["budget_bytes"]
+    assert "budget_solver" not in WORKLOAD.model(params(schedule="budget=1/2"), ARRAY)

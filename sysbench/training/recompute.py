@@ -30,7 +30,8 @@ Schedules:
                          the least memory any schedule needs): dynamic programming over
                          (checkpoint, gradient position, memory) as Griewank's revolve and
                          Beaumont et al.'s rotor (2019), with each layer's own sizes and
-                         costs, extended past persistent checkpoints (see optimal()).
+                         costs, extended past persistent checkpoints (see optimal(); chains
+                         longer than EXACT_MAX_LAYERS use the persistent DP).
 """
 from __future__ import annotations
 
@@ -252,6 +253,7 @@ def minimum_budget(c: Chain) -> int:
         sys.setrecursionlimit(old)
 
 
+@functools.lru_cache(maxsize=64)
 def optimal_persistent(c: Chain, budget: int) -> tuple[int, list]:
     """(forward FLOPs, program) of the best *persistent* schedule under `budget`: a
     checkpoint, once kept, stays until the backward reaches it. This is the DP of revolve
@@ -336,6 +338,34 @@ def optimal(c: Chain, budget: int) -> tuple[int, list]:
     memo: dict = {}
     INF = float("inf")
 
+    tables: dict = {}
+
+    def table(p: int, t: int, m: int):
+        """For one sweep origin a_p with d_t live: keep[v] = the best (sweep p -> j, then
+        T(j, t, v) with a_p held) over j <= v, and last[u] = the same with a_p dropped after
+        the sweep (memory m). Shared by every stopping point u: this keeps the DP at
+        O(n^4) memory-states work instead of O(n^5)."""
+        key = (p, t, m)
+        hit = tables.get(key)
+        if hit is not None:
+            return hit
+        keep: dict = {}
+        last: dict = {}
+        sweep, base = 0, act[p] + grad[t]
+        for j in range(p + 1, t):
+            if base + (act[j - 1] if j - 1 > p else 0) + act[j] > m:
+                break  # every later checkpoint needs this forward too
+            sweep += fcost[j]
+            for v in range(j, t):
+                total = sweep + cost(j, t, v, m - act[p])
+                if total < keep.get(v, (INF,))[0]:
+                    keep[v] = (total, j)
+                total = sweep + cost(j, t, v, m)
+                if total < last.get(v, (INF,))[0]:
+                    last[v] = (total, j)
+        tables[key] = (keep, last)
+        return keep, last
+
     def cost(p: int, t: int, u: int, m: int):
         if t == u:
             return 0
@@ -345,25 +375,15 @@ def optimal(c: Chain, budget: int) -> tuple[int, list]:
         hit = memo.get(key)
         if hit is not None:
             return hit[0]
-        best, choice, sweep = INF, None, 0
-        base = act[p] + grad[t]
-        for j in range(p + 1, t):
-            if base + (act[j - 1] if j - 1 > p else 0) + act[j] > m:
-                break  # every later checkpoint needs this forward too
-            sweep += fcost[j]
-            if sweep >= best:
-                break  # costs only grow with j
-            for v in range(max(j, u), t):
-                right = cost(j, t, v, m - act[p])
-                if sweep + right >= best:
-                    continue
-                total = sweep + right + cost(p, v, u, m)
+        keep, last = table(p, t, m)
+        best, choice = INF, None
+        if u > p and u in last:
+            best, choice = last[u][0], ("last", last[u][1], u)
+        for v in range(max(u, p + 1), t):
+            if v in keep and keep[v][0] < best:
+                total = keep[v][0] + cost(p, v, u, m)
                 if total < best:
-                    best, choice = total, ("keep", j, v)
-            if u > p and u >= j:
-                total = sweep + cost(j, t, u, m)
-                if total < best:
-                    best, choice = total, ("last", j, u)
+                    best, choice = total, ("keep", keep[v][1], v)
         memo[key] = (best, choice)
         return best
 
@@ -405,6 +425,20 @@ def budget_bytes(c: Chain, schedule: Schedule) -> int:
     return schedule.budget
 
 
+# optimal() does O(n^4) work per memory level: about 10 s at 64 layers. Longer chains use
+# the persistent DP (O(n^3)), which is optimal among persistent schedules.
+EXACT_MAX_LAYERS = 64
+
+
+def budget_solver(c: Chain) -> str:
+    return "exact" if c.n <= EXACT_MAX_LAYERS else "persistent"
+
+
+def best_under_budget(c: Chain, budget: int) -> tuple[int, list]:
+    """optimal() for chains up to EXACT_MAX_LAYERS layers, optimal_persistent() beyond."""
+    return optimal(c, budget) if budget_solver(c) == "exact" else optimal_persistent(c, budget)
+
+
 def program_for(c: Chain, schedule: Schedule) -> list:
     if schedule.kind == "store_all":
         return store_all(c)
@@ -412,7 +446,7 @@ def program_for(c: Chain, schedule: Schedule) -> list:
         return full_recompute(c)
     if schedule.kind == "checkpoint_every":
         return checkpoint_every(c, schedule.every)
-    return optimal(c, budget_bytes(c, schedule))[1]
+    return best_under_budget(c, budget_bytes(c, schedule))[1]
 
 
 # ---- running a program ------------------------------------------------------------------

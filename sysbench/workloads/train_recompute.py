@@ -160,6 +160,8 @@ class TrainRecompute(Workload):
         if schedule.kind == "budget":
             budget = rc.budget_bytes(chain, schedule)
             metrics["budget_bytes"] = budget
+            if rc.budget_solver(chain) != "exact":  # a long chain: the persistent DP's schedule
+                metrics["budget_solver"] = rc.budget_solver(chain)
             # what rotor's persistent-checkpoint DP would recompute under the same budget
             metrics["persistent_recompute_flops"] = rc.optimal_persistent(chain, budget)[0] - one_forward
         return metrics
