@@ -26,7 +26,7 @@ Each layer's params live in `net.layers[i].params` (dict name -> float32 array, 
 layouts). Gradient byte sizes: `p.nbytes`. With a schedule and memory accounting instead:
 
     from sysbench.training import recompute
-    result = recompute.train_step(net, x, target, recompute.parse_schedule("budget=8MiB"), sgd)
+    result = recompute.train_step(net, x, target, "budget=1/2", optim.SGD(lr=0.01))
     result.loss, result.grads, result.tracker.peak_activation
 
 numpy's BLAS threads: `with optim.blas_threads(n): ...`.
