@@ -28,46 +28,61 @@ def fmt_pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _validation_cell(case: dict) -> str:
+def _check_cell(case: dict) -> str:
     if case.get("error"):
-        return f"[red]error[/red] {case['error']}"
+        return "[red]error[/red]"
     v = case.get("validation")
     if v is None:
         return "[dim]model only[/dim]"
-    mark = "[green]ok[/green]" if v["passed"] else "[red]FAIL[/red]"
-    return f"{mark} {v['reference']} (max err {v['max_abs_err']:.2g})"
+    return "[green]ok[/green]" if v["passed"] else "[red]FAIL[/red]"
 
 
-def _array_cell(array: dict) -> str:
-    return f"{array['name']} {array['rows']}x{array['cols']} {array['dataflow']} {array['dtype']}"
+def _reference_cell(case: dict) -> str:
+    if case.get("error"):
+        return f"[red]{escape(case['error'])}[/red]"
+    v = case.get("validation")
+    return "" if v is None else f"[dim]{escape(v['reference'])}[/dim]"
+
+
+def _array_cell(array: dict, uses_array: bool) -> str:
+    if not uses_array:
+        return "[dim]-[/dim]"
+    return escape(f"{array['name']} {array['rows']}x{array['cols']} {array['dataflow']} {array['dtype']}")
 
 
 def render_cases(document: dict, console: Console = stderr) -> None:
-    """One table per suite: case, array, cycles, utilization, time, validation."""
+    """One table per suite: case, array, cycles, utilization, time, check and reference."""
     kinds = registry()
     by_suite: dict[str, list[dict]] = {}
     for case in document["cases"]:
         by_suite.setdefault(case.get("suite", document.get("suite", "")), []).append(case)
     for suite, cases in by_suite.items():
-        table = Table(title=f"suite {suite}", title_justify="left", header_style="bold")
+        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold")
         table.add_column("case", overflow="fold")
         table.add_column("array")
         table.add_column("cycles", justify="right")
         table.add_column("util", justify="right")
-        table.add_column("time (median)", justify="right")
-        table.add_column("validation", overflow="fold")
+        table.add_column("time", justify="right")
+        table.add_column("check")
+        table.add_column("max err", justify="right")
+        table.add_column("reference", overflow="fold")
         for case in cases:
             workload = kinds.get(case["kind"])
             summary = workload.summary(case["metrics"]) if workload else case["metrics"]
             timing = case.get("timing") or {}
-            table.add_row(escape(case["id"].split("/", 1)[-1]), _array_cell(case["array"]),
+            validation = case.get("validation") or {}
+            err = validation.get("max_abs_err")
+            table.add_row(escape(case["id"].split("/", 1)[-1]),
+                          _array_cell(case["array"], workload is None or workload.needs_array),
                           fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
-                          fmt_time(timing.get("median_s")), _validation_cell(case))
+                          fmt_time(timing.get("median_s")), _check_cell(case),
+                          "-" if err is None else f"{err:.2g}", _reference_cell(case))
         console.print(table)
     machine = document.get("machine", {})
     console.print(f"[dim]{machine.get('cpu', '?')} · {machine.get('threads', '?')} thread(s) · "
                   f"OpenMP {'on' if machine.get('openmp') else 'off'} · "
-                  f"kernel ISA {machine.get('isa', '?')} · sysbench {machine.get('sysbench', '?')}[/dim]")
+                  f"kernel ISA {machine.get('isa', '?')} · sysbench {machine.get('sysbench', '?')} · "
+                  f"time = median of the kernel's repeats[/dim]")
 
 
 def render_summary(document: dict, console: Console = stderr) -> None:
@@ -83,15 +98,17 @@ def render_summary(document: dict, console: Console = stderr) -> None:
 
 
 def render_stability(document: dict, console: Console = stderr) -> None:
-    """Warn about cases whose timing samples vary too much to be compared."""
+    """Warn, in one line, about cases whose timing samples vary too much to be compared."""
     from .results import STABILITY_CV, unstable_cases
 
     limit = (document.get("settings") or {}).get("stability_cv", STABILITY_CV)
-    for case in unstable_cases(document):
-        timing = case["timing"]
-        console.print(f"[yellow]warning:[/yellow] {escape(case['id'])}: unstable timing "
-                      f"(cv {100 * timing['cv']:.1f}% > {100 * limit:.0f}% over {timing.get('repeats')} "
-                      f"samples); rerun with more --repeats on a quieter machine", highlight=False)
+    unstable = unstable_cases(document)
+    if not unstable:
+        return
+    listed = ", ".join(f"{c['id']} (cv {100 * c['timing']['cv']:.0f}%)" for c in unstable)
+    console.print(f"[yellow]warning:[/yellow] unstable timing (cv > {100 * limit:.0f}%) in "
+                  f"{len(unstable)} case(s): {escape(listed)}; rerun with more --repeats on a "
+                  f"quieter machine before comparing them", highlight=False)
 
 
 _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "same": "dim",
