@@ -134,3 +134,25 @@ def test_long_chains_fall_back_to_the_persistent_dp():
     assert metrics["recompute_flops"] == metrics["persistent_recompute_flops"]
     assert metrics["peak_activation_bytes"] <= metrics["budget_bytes"]
     assert "budget_solver" not in WORKLOAD.model(params(schedule="budget=1/2"), ARRAY)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_validation_holds_for_any_blas_thread_count(tmp_path, threads):
+    # Large enough for OpenBLAS to split its sums over threads: the reference step must run
+    # with the measured step's thread count, or the bits differ and validation fails.
+    path = write_suite(tmp_path, """
+        [[cases]]
+        name = "wide"
+        kind = "train_recompute"
+        array = "a"
+        layers = 2
+        width = 512
+        batch = 256
+        repeats = 1
+        warmup = 0
+        schedule = "full_recompute"
+    """)
+    [case] = suite.load(str(path)).cases
+    result = run_case(case, threads=threads)
+    assert result.error is None, result.error
+    assert result.validation["passed"], result.validation

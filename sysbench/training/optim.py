@@ -1,8 +1,6 @@
 """Stochastic gradient descent, in place, in a fixed order (layer by layer, then by name)."""
 from __future__ import annotations
 
-import contextlib
-
 
 class SGD:
     """p -= lr * (g + weight_decay * p), with optional momentum (PyTorch's formulation:
@@ -39,9 +37,7 @@ class SGD:
 
 
 def blas_threads(threads: int):
-    """Context manager limiting numpy's BLAS to `threads` (threadpoolctl when installed)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # without it numpy keeps its own thread count
-        return contextlib.nullcontext()
+    """Context manager limiting numpy's BLAS to `threads` (how --threads reaches numpy)."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=threads, user_api="blas")

@@ -176,6 +176,7 @@ class TrainRecompute(Workload):
 
     def measure(self, state, threads, warmup, repeats):
         net, ops = state["net"], state["ops"]
+        state["threads"] = threads  # the reference must sum with the same BLAS thread count
         samples, cpu, result = [], [], None
         with blas_threads(threads):
             for i in range(warmup + repeats):
@@ -198,7 +199,8 @@ class TrainRecompute(Workload):
         return samples, output, measured
 
     def validate(self, state, output) -> Validation:
-        ref = reference_step(state["net"], state["x"], state["target"], state["initial"], state["p"]["lr"])
+        ref = reference_step(state["net"], state["x"], state["target"], state["initial"], state["p"]["lr"],
+                             state["threads"])
         worst, identical = 0.0, output["loss"] == ref["loss"]
         for mine, theirs in ((output["grads"], ref["grads"]), (output["weights"], ref["weights"])):
             for a, b in zip(mine, theirs):
@@ -216,26 +218,30 @@ class TrainRecompute(Workload):
 _REFERENCE: dict = {}
 
 
-def reference_step(net, x, target, initial, lr) -> dict:
-    """A plain step (every activation kept, no tracker, no program) from `initial` weights.
-    The last one is cached: a suite runs several schedules of one network in a row."""
-    key = (tuple(net.describe()), net.shapes[0], net.seed, net.loss.kind, lr, float(x.reshape(-1)[:64].sum()))
+def reference_step(net, x, target, initial, lr, threads) -> dict:
+    """A plain step (every activation kept, no tracker, no program) from `initial` weights,
+    with numpy's BLAS on `threads` threads like the measured step (OpenBLAS's sums depend on
+    its thread count). The last one is cached: a suite runs several schedules of one network
+    in a row."""
+    key = (tuple(net.describe()), net.shapes[0], net.seed, net.loss.kind, lr, float(x.reshape(-1)[:64].sum()),
+           threads)
     if _REFERENCE.get("key") == key:
         return _REFERENCE["value"]
     saved_params = net.copy_params()
     net.set_params(initial)
-    acts, saved = [x], []
-    for i in range(net.n):
-        y, s = net.forward_layer(i, acts[-1])
-        acts.append(y)
-        saved.append(s)
-    loss, grad = net.loss_and_grad(acts[-1], target)
-    del acts
-    grads = [None] * net.n
-    for i in reversed(range(net.n)):
-        grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
-    del saved
-    SGD(lr).step(net.layers, grads)
+    with blas_threads(threads):
+        acts, saved = [x], []
+        for i in range(net.n):
+            y, s = net.forward_layer(i, acts[-1])
+            acts.append(y)
+            saved.append(s)
+        loss, grad = net.loss_and_grad(acts[-1], target)
+        del acts
+        grads = [None] * net.n
+        for i in reversed(range(net.n)):
+            grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
+        del saved
+        SGD(lr).step(net.layers, grads)
     value = {"loss": loss, "grads": grads, "weights": net.copy_params()}
     net.set_params(saved_params)
     _REFERENCE.clear()
