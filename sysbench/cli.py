@@ -52,7 +52,7 @@ def run(
             problems.extend(exc.problems)
     if problems:
         for line in problems:
-            report.stderr.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            report.stderr.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     cases = [c for s in loaded for c in s.cases]
     if filter_text:

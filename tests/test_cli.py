@@ -112,6 +112,14 @@ def test_bad_suite_key_is_exit_2_one_line(tmp_path):
                        "case 'g' key 'm': missing")
 
 
+def test_suite_errors_print_brackets_verbatim(tmp_path):
+    suite = tmp_path / "bad.toml"
+    suite.write_text('[defaults]\nrepeets = 3\n[[cases]]\nname = "g"\nkind = "gemm"\nm = 1\nk = 1\nn = 1\n')
+    assert_clean_error(sysbench("run", str(suite)),
+                       f"{suite}: [defaults] key 'repeets': unknown key (did you mean 'repeats'?)",
+                       "case 'g' key 'array': missing and the suite defines no [arrays.*]")
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["run", "no_such_suite"], "no bundled suite or file"),
     (["run", "missing.toml"], "missing.toml: no such suite file"),
