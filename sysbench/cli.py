@@ -112,16 +112,16 @@ def list_() -> None:
     for name in sorted(suite_mod.bundled_suites()):
         try:
             s = suite_mod.load(name)
-            table.add_row(name, str(len(s.cases)), s.description)
+            table.add_row(name, str(len(s.cases)), escape(s.description))
         except suite_mod.SuiteError as exc:
-            table.add_row(name, "-", f"[red]invalid: {exc.problems[0]}[/red]")
+            table.add_row(name, "-", f"[red]invalid: {escape(exc.problems[0])}[/red]")
     report.stderr.print(table)
     kinds = Table(title="workload kinds", title_justify="left", header_style="bold")
     kinds.add_column("kind")
     kinds.add_column("description")
     kinds.add_column("keys")
     for kind, workload in registry().items():
-        kinds.add_row(kind, workload.description, ", ".join(workload.keys))
+        kinds.add_row(kind, escape(workload.description), ", ".join(workload.keys))
     report.stderr.print(kinds)
 
 
