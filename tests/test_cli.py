@@ -172,3 +172,31 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         results.save({"schema": results.SCHEMA, "cases": [1]}, path)
     assert path.read_text() == before and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("array_table,case_extra,fragment", [
+    ("rows = 4", "mm = 3", "case 'g' key 'mm': unknown key for kind 'gemm' (did you mean 'm'?)"),
+    ("rows = 4", "m = 2.5", "case 'g' key 'm': must be an integer"),
+    ("rows = 4", "m = -3", "case 'g' key 'm': must be positive"),
+    ("rows = 0", "m = 3", "array 'a' key 'rows': must be positive"),
+    ('dataflow = "rs"', "m = 3", "array 'a' key 'dataflow': must be one of ws, os, is"),
+    ('dtype = "fp64"', "m = 3", "array 'a' key 'dtype': must be one of fp32, bf16, fp16, int8"),
+])
+def test_every_listed_bad_input_is_exit_2_one_line(tmp_path, array_table, case_extra, fragment):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(f'[arrays.a]\n{array_table}\n[[cases]]\nname = "g"\nkind = "gemm"\narray = "a"\n'
+                     f'k = 2\nn = 2\n{case_extra}\n')
+    proc = sysbench("run", str(suite))
+    assert_clean_error(proc, fragment)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert all(line.startswith("error: ") for line in lines) and len(lines) <= 2, proc.stderr
+
+
+@pytest.mark.parametrize("case_body,fragment", [
+    ('kind = "gemm"\narray = "nope"\nm = 1\nk = 1\nn = 1', "case 'g' key 'array': no array named 'nope'"),
+    ('kind = "gem"\nm = 1', "case 'g' key 'kind': unknown kind 'gem' (did you mean 'gemm'?)"),
+])
+def test_missing_array_and_unknown_kind(tmp_path, case_body, fragment):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(f'[arrays.a]\nrows = 4\n[[cases]]\nname = "g"\n{case_body}\n')
+    assert_clean_error(sysbench("run", str(suite)), fragment)
