@@ -133,6 +133,7 @@ def write_bad_files(tmp_path):
     np.savez(tmp_path / "two.npz", fc1=np.ones((4, 4), np.float32), fc2=np.ones((4, 2), np.float32))
     (tmp_path / "w.txt").write_text("1 2\n3 4\n")
     (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    np.save(tmp_path / "huge.npy", np.full((4, 4), 1e39))  # float64 that overflows fp32
 
 
 @pytest.mark.parametrize("file,npz_key,key,fragment", [
@@ -145,6 +146,7 @@ def write_bad_files(tmp_path):
     ("ints.npy", "fc1", "key", "applies to .npz files only"),
     ("w.txt", None, "weights", "must be a .npy or .npz"),
     ("broken.npy", None, "weights", "cannot read"),
+    ("huge.npy", None, "weights", "beyond fp32's range"),
 ])
 def test_bad_weights_files_are_reported_by_check(tmp_path, file, npz_key, key, fragment):
     write_bad_files(tmp_path)

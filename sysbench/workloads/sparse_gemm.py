@@ -136,13 +136,21 @@ def generate_weights(k: int, n: int, pattern: str, density: float, nm: tuple[int
     return np.where(keep, w, np.float32(0)).astype(np.float32)
 
 
+def round_weights(w: np.ndarray, dtype: str, path: str) -> np.ndarray:
+    """A weights file's matrix rounded to the array dtype; CaseError when a value overflows
+    it (float64 or fp32 weights on an fp16 array can)."""
+    with np.errstate(over="ignore"):
+        rounded = to_operand(w, dtype)
+    if not np.isfinite(rounded).all():
+        largest = float(np.abs(w).max())
+        raise CaseError("weights", f"{path} holds values beyond {dtype}'s range "
+                                   f"(largest magnitude {largest:.4g})")
+    return rounded
+
+
 def weight_matrix(p: dict, array) -> np.ndarray:
     if p["weights"] is not None:
-        w = load_weights(p["weights"], p["key"])
-        rounded = to_operand(w, array.dtype)
-        if not np.isfinite(rounded).all():
-            raise CaseError("weights", f"{p['weights']} overflows {array.dtype} when rounded")
-        return rounded
+        return round_weights(load_weights(p["weights"], p["key"]), array.dtype, p["weights"])
     density = DEFAULT_DENSITY if p["density"] is None else p["density"]
     return generate_weights(p["k"], p["n"], p["pattern"] or "random", density,
                             parse_nm(p["nm"])[0], array.dtype, p["weight_seed"])
@@ -279,6 +287,8 @@ class SparseGemm(Workload):
                 problems.append((key, "describes generated weights; drop it when weights is given"))
         try:
             w = load_weights(p["weights"], p["key"])
+            if array.dtype != "int8":
+                round_weights(w, array.dtype, p["weights"])
         except CaseError as exc:
             return problems + [(exc.key, str(exc))]
         for key, size in (("k", w.shape[0]), ("n", w.shape[1])):
