@@ -156,3 +156,27 @@ def test_validation_holds_for_any_blas_thread_count(tmp_path, threads):
     result = run_case(case, threads=threads)
     assert result.error is None, result.error
     assert result.validation["passed"], result.validation
+
+
+def test_reference_is_not_reused_for_another_network_with_the_same_description(tmp_path):
+    # Same seed, same layer descriptions and shapes; only the biases differ. A reference
+    # cached on the network's description would validate the second case against the first.
+    path = write_suite(tmp_path, """
+        [[cases]]
+        name = "net"
+        kind = "train_recompute"
+        array = "a"
+        input = [8]
+        batch = 4
+        repeats = 1
+        warmup = 0
+        specs = [[{type = "linear", out_features = 16}, "relu", {type = "linear", out_features = 4}],
+                 [{type = "linear", out_features = 16, bias = false}, "relu",
+                  {type = "linear", out_features = 4, bias = false}]]
+    """)
+    cases = suite.load(str(path)).cases
+    assert len(cases) == 2
+    for case in cases:
+        result = run_case(case, threads=1)
+        assert result.error is None, result.error
+        assert result.validation["passed"], (case.params["specs"], result.validation)
