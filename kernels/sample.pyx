@@ -21,9 +21,11 @@ previous value at a zero weight, so a zero-weight index is never returned.
 ``full_scan`` materialises cum (local scans, then the add-back) and binary-searches it;
 ``chunk_select`` computes only the chunk totals, scans them, and rescans the one chunk that
 holds the target. Both perform the same additions, so they return identical indices, on
-every SIMD path (``isa()``, ``set_isa``) and for any thread count.
+every SIMD path (``isa()``, ``set_isa``; the environment variable SYSBENCH_ISA picks one at
+import) and for any thread count.
 """
 import os
+import warnings
 
 import numpy as np
 
@@ -86,8 +88,14 @@ def set_isa(name=None):
     return previous
 
 
-if os.environ.get("SYSBENCH_ISA"):
-    set_isa(os.environ["SYSBENCH_ISA"])
+# SYSBENCH_ISA (shared with the systolic kernel) forces a path at import; a name this CPU
+# cannot run is ignored with a warning, as there, rather than making the module unimportable
+_env_isa = os.environ.get("SYSBENCH_ISA")
+if _env_isa:
+    try:
+        set_isa(_env_isa)
+    except ValueError as exc:
+        warnings.warn(f"SYSBENCH_ISA ignored: {exc}", RuntimeWarning)
 
 
 def chunk_length(V, units):

@@ -1,6 +1,10 @@
 """sample kernel and workload: identical methods, exact summation order, edge cases, errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -43,6 +47,18 @@ def test_isa_switching():
     assert kernel.isa() in ISAS and "scalar" in ISAS
     with pytest.raises(ValueError, match="isa must be one of"):
         kernel.set_isa("sse9")
+
+
+@pytest.mark.parametrize("value,expected,warned", [("scalar", "scalar", False),
+                                                    ("sse9", kernel.available_isas()[0], True)])
+def test_isa_env_var(value, expected, warned):
+    # a name the CPU cannot run is ignored with a warning, never an unimportable module
+    env = dict(os.environ, SYSBENCH_ISA=value)
+    code = "from sysbench._kernels import sample; print(sample.isa())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+    assert ("SYSBENCH_ISA ignored" in out.stderr) == warned
 
 
 def emulated_chunk_totals(probs, units):
