@@ -65,6 +65,8 @@ def test_array_cycles_are_the_sum_of_each_gemm():
     ({"specs": ["linear:4"]}, "input", "input shape"),
     ({"model": "cnn", "channels": [4, -1]}, "channels", "positive"),
     ({"lr": 0.0}, "lr", "positive"),
+    ({"specs": [{"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 0}, "flatten", "linear:3"],
+      "input": [1, 4, 4]}, "specs", "stride must be an integer >= 1"),
     ({"specs": [{"type": "conv2d", "out_channels": 2, "kernel": 3}], "input": [1, 4, 4]}, "loss", "classes"),
 ])
 def test_check_errors_name_the_key(over, key, message):

@@ -182,3 +182,22 @@ def test_bad_specs_are_clear_errors():
         network.from_specs([{"type": "conv2d", "out_channels": 2, "kernel": 3}, "linear:4"], (1, 1, 4, 4))
     with pytest.raises(ValueError, match="does not fit"):
         network.from_specs([{"type": "conv2d", "out_channels": 2, "kernel": 5}], (1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"type": "conv2d", "out_channels": 0, "kernel": 3}, "out_channels must be an integer >= 1, got 0"),
+    ({"type": "conv2d", "out_channels": 2.5, "kernel": 3}, "out_channels must be an integer >= 1, got 2.5"),
+    ({"type": "conv2d", "out_channels": 2, "kernel": 0}, "kernel must be an integer >= 1, got 0"),
+    ({"type": "conv2d", "out_channels": 2, "kernel": [3]}, r"kernel must be an integer or a \[height, width\]"),
+    ({"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 0}, "stride must be an integer >= 1, got 0"),
+    ({"type": "conv2d", "out_channels": 2, "kernel": 3, "padding": -1}, "padding must be an integer >= 0, got -1"),
+    ({"type": "conv2d", "out_channels": 2, "kernel": 3, "bias": "no"}, "bias must be true or false"),
+    ({"type": "linear", "out_features": "4"}, "out_features must be an integer >= 1, got '4'"),
+    ({"type": "linear", "out_features": True}, "out_features must be an integer >= 1, got True"),
+    ({"type": "maxpool2d", "kernel": 2, "stride": [1, 0]}, "stride must be an integer >= 1, got 0"),
+])
+def test_bad_layer_settings_are_clear_errors(spec, message):
+    # values from a suite file reach the constructors unchecked: a ValueError naming the
+    # setting, never a ZeroDivisionError or TypeError from deep inside build()
+    with pytest.raises(ValueError, match=f"layer 1: .*{message}"):
+        network.from_specs([spec, "flatten", "linear:3"], (1, 1, 4, 4))

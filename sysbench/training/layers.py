@@ -91,8 +91,8 @@ class Linear(Layer):
 
     def __init__(self, out_features: int, bias: bool = True):
         super().__init__()
-        self.out_features = out_features
-        self.bias = bias
+        self.out_features = _int(out_features, "out_features", 1)
+        self.bias = _flag(bias, "bias")
 
     def output_shape(self, in_shape):
         if len(in_shape) != 2:
@@ -210,8 +210,27 @@ class GELU(Layer):
         return 0, 2 * n if need_input_grad else 0  # t becomes grad_x; du and 1 - t^2 are transient
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _int(v, name: str, minimum: int) -> int:
+    """v as an int >= minimum, or a ValueError naming the setting (suite values arrive unchecked)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _pair(v, name: str = "value", minimum: int = 1) -> tuple[int, int]:
+    """An int or a [height, width] pair, each an integer >= minimum."""
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an integer or a [height, width] pair, got {v!r}")
+        return _int(v[0], name, minimum), _int(v[1], name, minimum)
+    v = _int(v, name, minimum)
+    return v, v
+
+
+def _flag(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be true or false, got {v!r}")
+    return v
 
 
 def _out(size, kernel, stride, padding):
@@ -241,9 +260,10 @@ class Conv2d(Layer):
 
     def __init__(self, out_channels: int, kernel=3, stride=1, padding=0, bias: bool = True):
         super().__init__()
-        self.out_channels = out_channels
-        self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
-        self.bias = bias
+        self.out_channels = _int(out_channels, "out_channels", 1)
+        self.kernel, self.stride = _pair(kernel, "kernel"), _pair(stride, "stride")
+        self.padding = _pair(padding, "padding", minimum=0)
+        self.bias = _flag(bias, "bias")
 
     def output_shape(self, in_shape):
         if len(in_shape) != 4:
@@ -370,8 +390,8 @@ class MaxPool2d(Layer):
 
     def __init__(self, kernel=2, stride=None, padding=0):
         super().__init__()
-        self.kernel = _pair(kernel)
-        self.stride = _pair(stride) if stride is not None else self.kernel
+        self.kernel = _pair(kernel, "kernel")
+        self.stride = _pair(stride, "stride") if stride is not None else self.kernel
         if padding:
             raise ValueError("maxpool2d: padding is not supported")
 
