@@ -199,6 +199,22 @@ def test_an_unusable_rank_count_is_an_error_before_launch(tmp_path):
     assert "simulator-only" in str(exc.value)
 
 
+@pytest.mark.parametrize("lr", [0, -0.5])
+def test_a_non_positive_learning_rate_is_a_suite_error(tmp_path, lr):
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_text(tmp_path, f"""
+            [[cases]]
+            name = "bad"
+            kind = "train_distributed"
+            model = "mlp"
+            layers = 2
+            width = 8
+            batch = 8
+            lr = {lr}
+            """)
+    assert "case 'bad' key 'lr': must be positive" in str(exc.value)
+
+
 def test_sim_suite_loads_and_models(tmp_path):
     suite = load_text(tmp_path, """
         [[cases]]

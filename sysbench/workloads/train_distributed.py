@@ -83,6 +83,8 @@ class TrainDistributed(Workload):
             params["batch"] = params["local_batch"] * (params["workers"] if params["mode"] == "sim" else params["ranks"])
         problems = []
         mode, model = params["mode"], params["model"]
+        if not params["lr"] > 0:
+            problems.append(("lr", f"must be positive, got {params['lr']!r}"))
         if mode == "mpi":
             if model == "resnet50":
                 problems.append(("model", "resnet50 is simulator-only (mode = \"sim\"); use mlp or cnn"))
