@@ -198,6 +198,12 @@ def plan(p: dict, array) -> dict:
     return result
 
 
+def worthwhile(passes: int, sn: int, sm: int) -> bool:
+    """The converter's route: sparse when passes * N / M < 1 (fewer streamed reduction rows
+    than dense), written in integers."""
+    return passes * sn < sm
+
+
 def fold_depth(array, compressed_k: int) -> int:
     """Compressed rows per fold: the array rows (ws, is); os keeps a whole pass in the PE."""
     return max(compressed_k, 1) if array.dataflow == "os" else array.rows
@@ -303,21 +309,21 @@ class SparseGemm(Workload):
         kc = pl["groups"] * sn
         dense = gemm_cycles(array, m, k, n)
         sparse = sparse_cycles(array, m, kc, n, passes)
-        worthwhile = passes * sn / sm < 1
+        sparse_route = worthwhile(passes, sn, sm)
         nonzeros = int(np.count_nonzero(pl["w"]))
         ob = array.operand_bytes
         histogram = np.bincount(pl["counts"].ravel(), minlength=sm + 1).tolist()
         ratio = f"passes * N / M = {passes} * {sn} / {sm} = {passes * sn / sm:.3g}"
-        if worthwhile:
+        if sparse_route:
             reason = f"{ratio} < 1: the passes stream fewer reduction rows than dense"
         else:
             reason = (f"{ratio} >= 1: the passes would stream at least as many reduction rows "
                       f"as dense, so the case runs dense")
-        route = sparse if worthwhile else dense
+        route = sparse if sparse_route else dense
         metrics = {
-            "route": "sparse" if worthwhile else "dense",
+            "route": "sparse" if sparse_route else "dense",
             "route_reason": reason,
-            "worthwhile": worthwhile,
+            "worthwhile": sparse_route,
             "cycles": route["cycles"],
             "utilization": route["utilization"],
             "time_us": route["time_us"],
@@ -359,10 +365,10 @@ class SparseGemm(Workload):
         a = random_operand(rng, (p["m"], pl["k"]), array.dtype)
         sn, sm = pl["n_of_nm"], pl["m_of_nm"]
         kc = pl["groups"] * sn
-        worthwhile = pl["passes"] * sn / sm < 1
-        state = {"p": p, "array": array, "plan": pl, "a": a, "sparse": worthwhile,
+        sparse_route = worthwhile(pl["passes"], sn, sm)
+        state = {"p": p, "array": array, "plan": pl, "a": a, "sparse": sparse_route,
                  "depth": fold_depth(array, kc)}
-        if worthwhile:
+        if sparse_route:
             state["a_used"] = pad_permute_columns(a, pl["kp"], pl["perm"])
             work = p["m"] * pl["n"] * kc * pl["passes"]
             state["reference"] = work <= REFERENCE_BUDGET
