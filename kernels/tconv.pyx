@@ -213,16 +213,23 @@ cdef void _gather(const operand_t[:, :, :, ::1] x, operand_t[:, ::1] out, long c
                   long i_lo, long i_hi, long j_lo, long j_hi, int threads) noexcept nogil:
     cdef long nb = x.shape[0], width = x.shape[3], channels = out.shape[0]
     cdef long mi = i_hi - i_lo, mj = j_hi - j_lo
-    cdef long t, c, b, ii
+    cdef long t, c, b, ii, jj
+    cdef const operand_t *src
+    cdef operand_t *dst
     for t in prange(channels * nb, num_threads=threads, schedule="static"):
         c = t // nb
         b = t % nb
         if mj == width:  # whole rows: the window is one contiguous block
             memcpy(&out[c, b * mi * mj], &x[b, c0 + c, i_lo, 0], mi * mj * sizeof(operand_t))
         else:
+            # rows are short (tens of pixels): an inline copy loop beats a memcpy call per row
+            src = &x[b, c0 + c, i_lo, j_lo]
+            dst = &out[c, b * mi * mj]
             for ii in range(mi):
-                memcpy(&out[c, (b * mi + ii) * mj], &x[b, c0 + c, i_lo + ii, j_lo],
-                       mj * sizeof(operand_t))
+                for jj in range(mj):
+                    dst[jj] = src[jj]
+                src = src + width
+                dst = dst + mj
 
 
 def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
@@ -232,7 +239,7 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
         out[b, c0+o, oi + ii*sh, oj + jj*sw] += products[e][o, (b*rows + ii)*cols + jj]
 
     for plan[e] = (r, s, i_lo, i_hi, j_lo, j_hi, oi, oj), rows = i_hi - i_lo, cols = j_hi -
-    j_lo. One pass over the output: each output row is summed while it is in cache."""
+    j_lo. One pass over the output: each (channel, image) plane is summed while it is in cache."""
     if not isinstance(out, np.ndarray) or out.ndim != 4 or not out.flags.c_contiguous \
             or out.dtype not in (np.float32, np.int32):
         raise ValueError("out must be a C-contiguous 4-D float32 or int32 numpy array")
@@ -266,31 +273,33 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
 
 cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, long c0,
                    long cout, long sh, long sw, int threads) noexcept nogil:
-    # one (output channel, image) plane per iteration: planes never overlap, so no races
+    # one (output channel, image) plane per iteration: planes never overlap, so no races.
+    # A plane (a few KB) stays in cache while the kernel elements are added into it one
+    # after another in plan order, each over its own strided rows: per output element the
+    # same additions in the same order as a row-by-row pass, without a division per row.
     cdef long nb = out.shape[0], ho = out.shape[2], wo = out.shape[3]
-    cdef long t, o, b, oi, oj, e, d, ii, jj, rows, cols
+    cdef long t, o, b, oi, e, ii, jj, rows, cols
     cdef const acc_t *src
     cdef acc_t *dst
     for t in prange(cout * nb, num_threads=threads, schedule="static"):
         o = t // nb
         b = t % nb
-        for oi in range(ho):
-            dst = &out[b, c0 + o, oi, 0]
-            for oj in range(wo):
-                dst[oj] = 0
-            for e in range(n):
-                d = oi - geo[e, 2]
-                if d < 0 or d % sh != 0:
-                    continue
-                ii = d // sh
-                rows = geo[e, 0]
-                if ii >= rows:
-                    continue
-                cols = geo[e, 1]
-                src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + (b * rows + ii) * cols
-                dst = &out[b, c0 + o, oi, geo[e, 3]]
-                for jj in range(cols):
-                    dst[jj * sw] = dst[jj * sw] + src[jj]
+        dst = &out[b, c0 + o, 0, 0]
+        for oi in range(ho * wo):
+            dst[oi] = 0
+        for e in range(n):
+            rows = geo[e, 0]
+            cols = geo[e, 1]
+            src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + b * rows * cols
+            for ii in range(rows):
+                dst = &out[b, c0 + o, geo[e, 2] + ii * sh, geo[e, 3]]
+                if sw == 1:  # unit stride: a loop the compiler vectorises
+                    for jj in range(cols):
+                        dst[jj] = dst[jj] + src[jj]
+                else:
+                    for jj in range(cols):
+                        dst[jj * sw] = dst[jj * sw] + src[jj]
+                src = src + cols
 
 
 # ------------------------------------------------------------------ the layer
