@@ -182,3 +182,15 @@ def test_reference_is_not_reused_for_another_network_with_the_same_description(t
         result = run_case(case, threads=1)
         assert result.error is None, result.error
         assert result.validation["passed"], (case.params["specs"], result.validation)
+
+
+@pytest.mark.parametrize("over,key,message", [
+    ({"model": "mlp", "input": [8]}, "input", "applies only to specs; this case builds its network from model = 'mlp'"),
+    ({"model": "mlp", "channels": [4]}, "channels", "applies only to model = 'cnn'"),
+    ({"model": "cnn", "in_features": 4}, "in_features", "applies only to model = 'mlp'"),
+    ({"specs": ["linear:3"], "input": [4], "channels": [4]}, "channels", "builds its network from specs"),
+    ({"model": "cnn", "channels": []}, "channels", "non-empty"),
+])
+def test_keys_the_network_would_ignore_are_errors(over, key, message):
+    problems = WORKLOAD.check(params(**over), ARRAY)
+    assert problems and problems[0][0] == key and message in problems[0][1], problems

@@ -70,6 +70,14 @@ def array_time(net, ops, array) -> dict:
     return {k: total[k] for k in ("cycles", "macs", "utilization", "time_us")}
 
 
+# keys without a default that only some network forms read: key -> (who reads it, forms)
+_KEYS_OF_FORM = {
+    "input": ("specs", ("specs",)),
+    "channels": ("model = 'cnn'", ("model = 'cnn'",)),
+    "in_features": ("model = 'mlp'", ("model = 'mlp'",)),
+}
+
+
 class TrainRecompute(Workload):
     kind = "train_recompute"
     description = ("one SGD step under a recompute schedule (store_all, full_recompute, checkpoint_every, "
@@ -103,8 +111,14 @@ class TrainRecompute(Workload):
             return [("input", "a list of layer specs needs 'input', the per-sample input shape, e.g. [3, 32, 32]")]
         if p["input"] is not None and not all(isinstance(v, int) and v > 0 for v in p["input"]):
             return [("input", f"must be a list of positive integers, got {p['input']!r}")]
-        if p["channels"] is not None and not all(isinstance(v, int) and v > 0 for v in p["channels"]):
-            return [("channels", f"must be a list of positive integers, got {p['channels']!r}")]
+        if p["channels"] is not None and not (p["channels"] and all(isinstance(v, int) and v > 0
+                                                                     for v in p["channels"])):
+            return [("channels", f"must be a non-empty list of positive integers, got {p['channels']!r}")]
+        # a key the chosen network ignores is a mistake, not a default to drop silently
+        form = "specs" if p["specs"] is not None else f"model = {p['model']!r}"
+        for key, (used_by, forms) in _KEYS_OF_FORM.items():
+            if p[key] is not None and form not in forms:
+                return [(key, f"applies only to {used_by}; this case builds its network from {form}")]
         if p["lr"] <= 0:
             return [("lr", f"must be positive, got {p['lr']}")]
         try:
