@@ -102,7 +102,7 @@ def _int(x, name):
 
 def _nm(n, m):
     n, m = _int(n, "n"), _int(m, "m")
-    if not 1 <= m <= MAX_M:
+    if not 2 <= m <= MAX_M:
         raise ValueError(f"m must be in 2..{MAX_M} (an in-group index must fit), got {m}")
     if not 1 <= n < m:
         raise ValueError(f"n must satisfy 1 <= n < m = {m}, got {n}")
@@ -186,9 +186,8 @@ def check(w, n, m, threads=1):
 def lower_bound(w, n, m):
     """ceil(max over columns of ceil(column nonzeros / G) / n): no row order does better."""
     n, m = _nm(n, m)
-    w = _weights(w)
+    per_column = counts(w, m).sum(axis=0, dtype=np.int64)  # validates w (finite) too
     G = groups(w.shape[0], m)
-    per_column = np.count_nonzero(w, axis=0)
     densest = -(-int(per_column.max()) // G)
     return -(-densest // n)
 

@@ -137,6 +137,8 @@ def test_check_and_counts():
     (lambda w: sparse.check(np.where(w == w[3, 0], np.inf, w).astype(np.float32), 2, 4), "w must be finite"),
     (lambda w: sparse.decompose(w.tolist(), 2, 4), "w must be a numpy array"),
     (lambda w: sparse.permute(w, 4, 4), "n must satisfy"),
+    (lambda w: sparse.decompose(w, 1, 1), "m must be in 2..16"),
+    (lambda w: sparse.lower_bound(np.where(w == w[2, 3], np.nan, w).astype(np.float32), 2, 4), "w[2, 3] = nan"),
 ])
 def test_wrapper_errors_name_the_argument(call, fragment):
     w = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
