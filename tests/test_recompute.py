@@ -234,6 +234,7 @@ def test_infeasible_budget_is_an_error_naming_the_minimum():
 
 @pytest.mark.parametrize("text,message", [
     ("budget=0", "positive size"), ("budget=12 parsecs", "positive size"), ("budget=3/2", "fraction"),
+    ("budget=1/0", "fraction"), ("budget=0/4", "fraction"),
     ("checkpoint_every=0", "positive integer"), ("checkpoint_every=x", "positive integer"),
     ("store", "unknown schedule"), ("full_recompute=2", "unknown schedule"),
 ])

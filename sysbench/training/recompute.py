@@ -100,7 +100,10 @@ def parse_schedule(text: str) -> Schedule:
         if arg == "min":
             return Schedule(name, minimum=True)
         if re.fullmatch(r"\d+\s*/\s*\d+", arg):
-            frac = Fraction(arg.replace(" ", ""))
+            numerator, denominator = (int(v) for v in arg.split("/"))
+            if denominator == 0:
+                raise ValueError(f"a budget fraction must be in (0, 1], got {arg}")
+            frac = Fraction(numerator, denominator)
             if not 0 < frac <= 1:
                 raise ValueError(f"a budget fraction must be in (0, 1], got {arg}")
             return Schedule(name, fraction=frac)
