@@ -260,3 +260,37 @@ def test_calibration_file_drives_the_simulator(tmp_path):
         load_calibration(str(bad))
     with pytest.raises(CaseError, match="cannot read"):
         load_calibration(str(tmp_path / "missing.json"))
+
+
+def test_the_reference_training_reports_progress_every_layer():
+    # Rank 0 trains the single-process reference after the job's last step; it must beat as
+    # training does, or the launcher's backstop would kill a long reference as a hung job.
+    from sysbench.distributed.programs import NetProgram, full_batch_weights, reference_weights
+    spec = {"program": "net", "net": {"model": "mlp", "layers": 3, "width": 8}, "batch": 8, "lr": 0.05}
+    layers = len(NetProgram(spec, 0, 2).layer_sizes)
+    beats = []
+    reference_weights(spec, 2, 3, lambda step, phase: beats.append(step))
+    assert beats == [s for s in range(3) for _ in range(2 * 2 * layers)]   # 2 shards, forward + backward
+    beats.clear()
+    full_batch_weights(spec, 3, lambda step, phase: beats.append(step))
+    assert beats == [s for s in range(3) for _ in range(2 * layers)]
+
+
+def test_the_watchdog_publishes_every_beat_for_the_launcher(tmp_path):
+    # The launcher's backstop watches rank<r>.beat: beats within one step (one per layer)
+    # must change it too, or a step longer than timeout_s would look like a hang.
+    import time
+    from sysbench.distributed.worker import Watchdog
+    dog = Watchdog(0, 60.0, tmp_path)
+    beat_file = tmp_path / "rank0.beat"
+    seen = set()
+    try:
+        for layer in range(3):
+            dog.beat(7, f"backward of layer {layer}")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (not beat_file.exists() or beat_file.read_text() in seen):
+                time.sleep(0.01)
+            seen.add(beat_file.read_text())
+    finally:
+        dog.stop()
+    assert len(seen) == 3

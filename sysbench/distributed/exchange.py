@@ -169,6 +169,7 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
             start = rec.now()
             program.forward(l)
             rec.add("forward", step, l, start, rec.now())
+            beat(step, f"forward of layer {l}")
             progress()
         if step == steps:
             boundaries.append(rec.now())

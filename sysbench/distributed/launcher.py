@@ -3,7 +3,8 @@ wait for it with a timeout, turn every way it can fail into one clear error.
 
 The job ends, never hangs: each rank's watchdog exits when it sees no progress for timeout_s
 (mpiexec then ends the others); as a backstop the launcher kills the whole process group when
-no rank has started a new step for timeout_s plus a grace period.
+no rank has reported progress (OUTDIR/rank<r>.beat, rewritten by each rank's watchdog as layers
+complete) for timeout_s plus a grace period.
 """
 from __future__ import annotations
 

@@ -112,8 +112,10 @@ def apply_update(sgd, net, group, reduced: np.ndarray, scale: float):
         sgd.step([layer], [grads])
 
 
-def reference_weights(spec: dict, ranks: int, steps: int) -> np.ndarray:
-    """Single-process training on the concatenated batch, shard gradients summed in rank order."""
+def reference_weights(spec: dict, ranks: int, steps: int, beat=None) -> np.ndarray:
+    """Single-process training on the concatenated batch, shard gradients summed in rank order.
+    `beat(step, phase)` is called after every layer computation (a watchdog's heartbeat)."""
+    beat = beat or (lambda step, phase: None)
     programs = [NetProgram(spec, r, ranks) for r in range(ranks)]
     main = programs[0]
     L = len(main.layer_sizes)
@@ -127,16 +129,19 @@ def reference_weights(spec: dict, ranks: int, steps: int) -> np.ndarray:
             p.start_step(step)
             for l in range(L):
                 p.forward(l)
+                beat(step, f"the reference's forward of layer {l} (shard {p.rank})")
             for l in reversed(range(L)):
                 p.backward(l, flat[offsets[l]:offsets[l + 1]])
+                beat(step, f"the reference's backward of layer {l} (shard {p.rank})")
             total = flat if total is None else total + flat   # rank order
         for l in range(L):
             main.update(l, total[offsets[l]:offsets[l + 1]], 1.0 / ranks)
     return main.weights()
 
 
-def full_batch_weights(spec: dict, steps: int) -> np.ndarray:
+def full_batch_weights(spec: dict, steps: int, beat=None) -> np.ndarray:
     """Plain single-process training on the whole batch at once (one GEMM per layer)."""
+    beat = beat or (lambda step, phase: None)
     p = NetProgram(spec, 0, 1)
     L = len(p.layer_sizes)
     offsets = np.concatenate([[0], np.cumsum(p.layer_sizes)]).astype(int)
@@ -145,8 +150,10 @@ def full_batch_weights(spec: dict, steps: int) -> np.ndarray:
         p.start_step(step)
         for l in range(L):
             p.forward(l)
+            beat(step, f"the whole-batch forward of layer {l}")
         for l in reversed(range(L)):
             p.backward(l, flat[offsets[l]:offsets[l + 1]])
+            beat(step, f"the whole-batch backward of layer {l}")
         for l in range(L):
             p.update(l, flat[offsets[l]:offsets[l + 1]], 1.0)
     return p.weights()

@@ -4,7 +4,7 @@
 
 Every rank runs the spec (a JSON object the launcher writes, see run_spec) and rank 0 writes
 OUTDIR/result.json with everything gathered. Each rank writes OUTDIR/rank<r>.pid at start,
-OUTDIR/rank<r>.beat at every step, and OUTDIR/rank<r>.error when it fails or its watchdog
+OUTDIR/rank<r>.beat as work completes, and OUTDIR/rank<r>.error when it fails or its watchdog
 sees no progress for timeout_s seconds (then it exits, and mpiexec ends the other ranks).
 
 Under your own mpiexec (a cluster), run a suite's train_distributed cases instead:
@@ -30,13 +30,18 @@ import numpy as np
 
 
 class Watchdog:
-    """Ends this rank (and so the job) when no work completes for `timeout_s` seconds."""
+    """Ends this rank (and so the job) when no work completes for `timeout_s` seconds.
+
+    Its thread also rewrites OUTDIR/rank<r>.beat whenever beats came in since its last look,
+    so that the launcher's backstop sees the same progress (every layer, not every step)
+    without the timed loop doing any file I/O."""
 
     def __init__(self, rank: int, timeout_s: float, outdir: Path | None):
         self.rank, self.timeout_s, self.outdir = rank, timeout_s, outdir
         self.last = time.monotonic()
         self.where = "starting"
         self.step = -1
+        self.beats = 0
         self.stopped = False
         self.waiting = False
         threading.Thread(target=self._watch, daemon=True).start()
@@ -45,17 +50,23 @@ class Watchdog:
         self.last = time.monotonic()
         self.where = phase
         self.waiting = waiting
-        if step != self.step:
-            self.step = step
-            if self.outdir:
-                (self.outdir / f"rank{self.rank}.beat").write_text(f"{step}\n")
+        self.step = step
+        self.beats += 1
 
     def stop(self):
         self.stopped = True
 
     def _watch(self):
+        written = 0
         while not self.stopped:
             time.sleep(min(0.1, self.timeout_s / 10))
+            beats = self.beats
+            if self.outdir and beats != written:
+                written = beats
+                try:
+                    (self.outdir / f"rank{self.rank}.beat").write_text(f"{self.step} {beats}\n")
+                except OSError:
+                    pass
             idle = time.monotonic() - self.last
             # A rank blocked on its peers waits a little longer, so that the rank that is
             # actually stuck reports first (and mpiexec then ends the job).
@@ -78,7 +89,7 @@ def write_error(outdir, rank, message):
             pass
 
 
-def calibrate(comm, sizes_bytes, repeats: int) -> dict:
+def calibrate(comm, sizes_bytes, repeats: int, beat=None) -> dict:
     """Median time of Iallreduce+Wait per size (the slowest rank's), and the alpha-beta fit."""
     from mpi4py import MPI
     from .costs import fit_alpha_beta
@@ -94,6 +105,8 @@ def calibrate(comm, sizes_bytes, repeats: int) -> dict:
             start = time.perf_counter()
             wait(comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), polite)
             samples.append(time.perf_counter() - start)
+            if beat:
+                beat(-1, f"an all-reduce of {nbytes} bytes (calibration)")
         medians.append(float(np.median(samples)))
     times = np.array(medians)
     comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)   # identical on every rank
@@ -148,7 +161,7 @@ def run_spec(comm, spec: dict, outdir: Path | None = None) -> dict | None:
     dog = Watchdog(rank, spec.get("timeout_s", 60.0), outdir)
     try:
         if spec.get("mode") == "calibrate":
-            cal = calibrate(comm, spec["sizes_bytes"], spec.get("repeats", 5))
+            cal = calibrate(comm, spec["sizes_bytes"], spec.get("repeats", 5), dog.beat)
             dog.stop()
             return {"ranks": ranks, "calibration": cal} if rank == 0 else None
         return _train(comm, spec, dog, outdir)
@@ -179,7 +192,7 @@ def _train(comm, spec, dog, outdir):
     elif ranks > 1:
         largest = max(spec.get("portion_bytes", 0), max(sizes) * 4, 4096)
         sweep = sorted({4096, 65536, min(largest, 1 << 20), min(sum(sizes) * 4, 8 << 20)})
-        calibration = calibrate(comm, sweep, spec.get("calibrate_repeats", 5))
+        calibration = calibrate(comm, sweep, spec.get("calibrate_repeats", 5), dog.beat)
         cost = LinkCost(calibration["alpha_s"], calibration["beta_s_per_byte"], ranks)
     else:
         cost = LinkCost(0.0, 0.0, 1)
@@ -218,16 +231,16 @@ def _train(comm, spec, dog, outdir):
         "reductions": len(rec.completions), "issues": rec.issues, "timeline": timeline,
     }
     gathered = comm.gather(mine, root=0)
-    dog.stop()    # the job's communication is over; what follows is local
     if rank != 0:
         return None
     references = {}
     if spec.get("reference", True) and spec.get("program") != "buffers":
         # Here, not in the launching process: the same BLAS thread count as the ranks', so
-        # the same bits (OpenBLAS's sums depend on its thread count).
+        # the same bits (OpenBLAS's sums depend on its thread count). It beats like training
+        # does: a long reference must not look like a hung rank.
         from .programs import full_batch_weights, reference_weights
-        references = {"reference": reference_weights(spec, ranks, probe_steps + steps),
-                      "full_batch": full_batch_weights(spec, probe_steps + steps)}
+        references = {"reference": reference_weights(spec, ranks, probe_steps + steps, dog.beat),
+                      "full_batch": full_batch_weights(spec, probe_steps + steps, dog.beat)}
     return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0),
             "emulated_link": link is not None, "schedule": plan.schedule, "plan": plan.to_dict(),
             "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
