@@ -293,6 +293,8 @@ def test_workload_runs_and_validates(distribution, method):
     result = WORKLOAD.validate(state, out)
     assert result.passed, result.detail
     assert result.extra["emulation_exact"] and result.extra["unexplained_mismatches"] == 0
+    extra = result.extra
+    assert extra["mismatches"] <= extra["boundary_cases_observed"] <= extra["boundary_cases"]
     assert 0 <= result.max_abs_err < 1e-4
 
 
