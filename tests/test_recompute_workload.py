@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pytest
 
 from sysbench import suite
@@ -194,3 +195,18 @@ def test_reference_is_not_reused_for_another_network_with_the_same_description(t
 def test_keys_the_network_would_ignore_are_errors(over, key, message):
     problems = WORKLOAD.check(params(**over), ARRAY)
     assert problems and problems[0][0] == key and message in problems[0][1], problems
+
+
+def test_validation_fails_and_says_what_differs():
+    p = params(schedule="checkpoint_every=2")
+    state = WORKLOAD.prepare(p, ARRAY, np.random.default_rng(0))
+    _, output, _ = WORKLOAD.measure(state, threads=1, warmup=0, repeats=1)
+    assert WORKLOAD.validate(state, output).passed
+    grad = output["grads"][2]["bias"]
+    grad[1] = np.nextafter(grad[1], np.float32(np.inf))  # one ulp in one element
+    result = WORKLOAD.validate(state, output)
+    assert not result.passed and result.max_abs_err > 0
+    assert "layer 3 bias gradient" in result.detail
+    del output["weights"][0]["bias"]
+    result = WORKLOAD.validate(state, output)
+    assert not result.passed and "layer 1 parameters ['weight'] vs ['bias', 'weight']" in result.detail

@@ -224,17 +224,25 @@ class TrainRecompute(Workload):
             ref = reference_step(state["net"], state["x"], state["target"], state["initial"], state["p"]["lr"],
                                  state["threads"])
             _REFERENCE[cache_key] = ref
-        worst, identical = 0.0, output["loss"] == ref["loss"]
-        for mine, theirs in ((output["grads"], ref["grads"]), (output["weights"], ref["weights"])):
-            identical &= len(mine) == len(theirs)
-            for a, b in zip(mine, theirs):
-                identical &= set(a) == set(b)
-                for name in set(a) & set(b):
+        worst, differs = 0.0, []  # differs: what is not bit-identical, for the report
+        if output["loss"] != ref["loss"]:
+            differs.append(f"loss {output['loss']!r} vs {ref['loss']!r}")
+        for what, mine, theirs in (("{} gradient", output["grads"], ref["grads"]),
+                                   ("updated {}", output["weights"], ref["weights"])):
+            if len(mine) != len(theirs):
+                differs.append(f"{len(mine)} layers vs {len(theirs)}")
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                if set(a) != set(b):
+                    differs.append(f"layer {i + 1} parameters {sorted(a)} vs {sorted(b)}")
+                for name in sorted(set(a) & set(b)):
                     diff = np.abs(a[name].astype(np.float64) - b[name])
                     worst = max(worst, float(diff.max()) if diff.size else 0.0)
-                    identical &= bool(np.array_equal(a[name], b[name]))
-        return Validation("plain store-all step (bit-identical loss, grads, weights)",
-                          worst, identical, extra={"loss": output["loss"]})
+                    if not np.array_equal(a[name], b[name]):
+                        differs.append(f"layer {i + 1} {what.format(name)}")
+        detail = "" if not differs else "differs: " + ", ".join(differs[:3]) + (
+            f" (+{len(differs) - 3} more)" if len(differs) > 3 else "")
+        return Validation("store-all step, bit-identical loss, grads, weights", worst, not differs, detail,
+                          extra={"loss": output["loss"]})
 
     def summary(self, metrics):
         return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
