@@ -24,6 +24,7 @@ memoryview shims, nogil cores with prange over independent output planes.
 """
 import numpy as np
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.string cimport memcpy
@@ -35,6 +36,8 @@ ctypedef fused operand_t:
 ctypedef fused acc_t:
     float
     int32_t
+
+cnp.import_array()
 
 # int8: every output sums at most Cin/groups * kh * kw products of magnitude <= 128 * 128
 I8_MAX_TERMS = 131071
@@ -254,6 +257,9 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
         raise ValueError(f"channels {c0}:{c0 + cout} out of range for {nc} channels")
     n = len(plan)
     geometry = np.zeros((max(n, 1), 6), dtype=np.int64)  # rows, cols, oi, oj, ld, address
+    cdef int64_t[:, ::1] geo = geometry
+    cdef cnp.ndarray product
+    cdef Py_ssize_t e
     for e, (entry, y) in enumerate(zip(plan, products)):
         _, _, ilo, ihi, jlo, jhi, oi, oj = entry
         rows, cols = ihi - ilo, jhi - jlo
@@ -264,7 +270,10 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
         if rows < 1 or cols < 1 or oi < 0 or oj < 0 or oi + (rows - 1) * sh >= ho \
                 or oj + (cols - 1) * sw >= wo:
             raise ValueError(f"plan[{e}]: the strided window does not fit the {ho}x{wo} output")
-        geometry[e] = (rows, cols, oi, oj, y.shape[1], y.ctypes.data)
+        product = y
+        geo[e, 0], geo[e, 1], geo[e, 2], geo[e, 3] = rows, cols, oi, oj
+        geo[e, 4] = y.shape[1]
+        geo[e, 5] = <int64_t> <size_t> cnp.PyArray_DATA(product)  # kept alive by `products`
     if out.dtype == np.float32:
         _scatter[float](out, geometry, n, c0, cout, sh, sw, threads)
     else:
