@@ -294,3 +294,18 @@ def test_the_watchdog_publishes_every_beat_for_the_launcher(tmp_path):
     finally:
         dog.stop()
     assert len(seen) == 3
+
+
+def test_a_job_failure_names_the_rank_that_fell_behind(tmp_path):
+    # Only a rank blocked on its peers reported (the stuck one's watchdog could not run, e.g.
+    # it was stopped): the beat counts say which rank stopped.
+    from sysbench.distributed.launcher import _explain
+    (tmp_path / "rank0.beat").write_text("8 155\n")
+    (tmp_path / "rank1.beat").write_text("6 140\n")
+    (tmp_path / "rank0.error").write_text("rank 0 made no progress for 4.0 s (timeout_s = 3) at step 8, "
+                                          "blocked in the wait for layer 0's all-reduce\n")
+    message = _explain(tmp_path, 2, "", 75, None)
+    assert message.startswith("rank 0 made no progress")
+    assert "rank 1 is the one behind (last reported at step 6" in message
+    (tmp_path / "rank1.beat").write_text("8 155\n")            # level: nobody to blame
+    assert "behind" not in _explain(tmp_path, 2, "", 75, None)

@@ -135,6 +135,10 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
     """One message: which rank failed and how, from the ranks' own reports and mpiexec's."""
     errors = [_read(outdir / f"rank{r}.error") for r in range(ranks)]
     errors = [e for e in errors if e]
+    if headline or (errors and all("blocked in" in e for e in errors)):
+        behind = _behind(outdir, ranks)
+        if behind is not None:
+            errors.append(behind)
     pids = {}
     for r in range(ranks):
         text = _read(outdir / f"rank{r}.pid").split()
@@ -157,3 +161,19 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
     if missing and len(missing) < ranks:
         lines.append(f"ranks {missing} never started")
     return "; ".join(lines)
+
+
+def _behind(outdir: Path, ranks: int) -> str | None:
+    """Every rank beats the same sequence up to the final gather, so when only ranks waiting
+    on their peers reported (or none did), the rank with the fewest beats is the one that
+    stopped: SIGSTOPped, or stuck where its own watchdog cannot run."""
+    counts = {}
+    for r in range(ranks):
+        fields = _read(outdir / f"rank{r}.beat").split()
+        counts[r] = (int(fields[1]), fields[0]) if len(fields) == 2 and fields[1].isdigit() else (0, "start-up")
+    low = min(c for c, _ in counts.values())
+    laggards = [r for r, (c, _) in counts.items() if c == low]
+    if ranks < 2 or len(laggards) != 1:
+        return None
+    r = laggards[0]
+    return f"rank {r} is the one behind (last reported at step {counts[r][1]}; the others went further)"
