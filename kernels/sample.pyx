@@ -264,7 +264,10 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     threads = _check_threads(threads)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    u = np.ascontiguousarray(uniforms, dtype=np.float64).reshape(-1)
+    u = np.ascontiguousarray(uniforms, dtype=np.float64)
+    if u.ndim > 1:  # a (1, B) or (B, 1) array would otherwise be flattened silently
+        raise ValueError(f"uniforms must be 1-D (one value per row), got shape {u.shape}")
+    u = u.reshape(-1)
     if u.shape[0] != probs.shape[0]:
         raise ValueError(f"uniforms must hold one value per row ({probs.shape[0]}), got {u.shape[0]}")
     if u.size and not (u.min() >= 0.0 and u.max() <= 1.0):  # NaN fails both

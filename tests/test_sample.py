@@ -234,6 +234,7 @@ def test_bad_rows_raise_naming_the_row(corrupt, message, units):
     (lambda: kernel.sample(np.ones((1, 5)), [0.5], 2), "float32"),
     (lambda: kernel.sample(np.ones((1, 0), np.float32), [0.5], 2), "at least one column"),
     (lambda: kernel.sample(np.ones((2, 5), np.float32), [0.5], 2), "one value per row"),
+    (lambda: kernel.sample(np.ones((3, 5), np.float32), [[0.1, 0.2, 0.3]], 2), "1-D"),
     (lambda: kernel.sample(np.ones((1, 5), np.float32), [1.5], 2), r"uniforms\[0\]"),
     (lambda: kernel.sample(np.ones((2, 5), np.float32), [0.5, -0.1], 2), r"uniforms\[1\]"),
     (lambda: kernel.sample(np.ones((1, 5), np.float32), [np.nan], 2), r"uniforms\[0\]"),
