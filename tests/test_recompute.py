@@ -297,3 +297,13 @@ def test_dry_run_equals_real_run():
         assert (dry.peak_activation, dry.peak_total, dry.peak_workspace) == \
                (real.peak_activation, real.peak_total, real.peak_workspace)
         assert [row[2:] for row in dry.series] == [row[2:] for row in real.series]
+
+
+def test_cached_budget_programs_cannot_be_changed_by_a_caller():
+    # optimal() is cached: a caller editing the program it got must not edit the next caller's
+    chain = rc.chain_of(network.mlp(3, 16, 2))
+    schedule = rc.parse_schedule("budget=min")
+    ops = rc.program_for(chain, schedule)
+    ops.append(("F", 1))
+    assert rc.program_for(chain, schedule) == ops[:-1]
+    assert isinstance(rc.optimal(chain, rc.minimum_budget(chain))[1], tuple)

@@ -257,7 +257,7 @@ def minimum_budget(c: Chain) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def optimal_persistent(c: Chain, budget: int) -> tuple[int, list]:
+def optimal_persistent(c: Chain, budget: int) -> tuple[int, tuple]:
     """(forward FLOPs, program) of the best *persistent* schedule under `budget`: a
     checkpoint, once kept, stays until the backward reaches it. This is the DP of revolve
     and rotor; with heterogeneous sizes a non-persistent schedule can be cheaper (optimal()).
@@ -312,13 +312,13 @@ def optimal_persistent(c: Chain, budget: int) -> tuple[int, list]:
         total = cost(0, c.n + 1, budget)
         if total is None:  # cannot happen when budget >= minimum; kept as a guard
             raise InfeasibleBudget(budget, minimum)
-        return total, program(0, c.n + 1, budget)
+        return total, tuple(program(0, c.n + 1, budget))  # a tuple: the cache hands out the same one
     finally:
         sys.setrecursionlimit(old)
 
 
 @functools.lru_cache(maxsize=64)
-def optimal(c: Chain, budget: int) -> tuple[int, list]:
+def optimal(c: Chain, budget: int) -> tuple[int, tuple]:
     """(forward FLOPs, program) of the schedule with the least forward FLOPs whose peak
     activation memory is <= budget, over all programs of F / D / B operations (the tests
     hold it to an exhaustive search). Raises InfeasibleBudget naming the minimum.
@@ -411,7 +411,7 @@ def optimal(c: Chain, budget: int) -> tuple[int, list]:
         total = cost(0, c.n + 1, 0, budget)
         if total == INF:  # cannot happen when budget >= minimum; kept as a guard
             raise InfeasibleBudget(budget, minimum)
-        return int(total), program(0, c.n + 1, 0, budget)
+        return int(total), tuple(program(0, c.n + 1, 0, budget))  # a tuple: the cache hands out the same one
     finally:
         sys.setrecursionlimit(old)
 
@@ -437,7 +437,7 @@ def budget_solver(c: Chain) -> str:
     return "exact" if c.n <= EXACT_MAX_LAYERS else "persistent"
 
 
-def best_under_budget(c: Chain, budget: int) -> tuple[int, list]:
+def best_under_budget(c: Chain, budget: int) -> tuple[int, tuple]:
     """optimal() for chains up to EXACT_MAX_LAYERS layers, optimal_persistent() beyond."""
     return optimal(c, budget) if budget_solver(c) == "exact" else optimal_persistent(c, budget)
 
@@ -449,7 +449,7 @@ def program_for(c: Chain, schedule: Schedule) -> list:
         return full_recompute(c)
     if schedule.kind == "checkpoint_every":
         return checkpoint_every(c, schedule.every)
-    return best_under_budget(c, budget_bytes(c, schedule))[1]
+    return list(best_under_budget(c, budget_bytes(c, schedule))[1])
 
 
 # ---- running a program ------------------------------------------------------------------
