@@ -309,3 +309,28 @@ def test_a_job_failure_names_the_rank_that_fell_behind(tmp_path):
     assert "rank 1 is the one behind (last reported at step 6" in message
     (tmp_path / "rank1.beat").write_text("8 155\n")            # level: nobody to blame
     assert "behind" not in _explain(tmp_path, 2, "", 75, None)
+
+
+def test_calibration_output_and_input_resolve_alike_from_any_directory(tmp_path, monkeypatch):
+    # distributed_calibrate's `output` and train_distributed's `calibration` are both relative
+    # to the suite file, so the pair works whatever directory sysbench runs from.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    suite = load_text(tmp_path, """
+        [[cases]]
+        name = "cal"
+        kind = "distributed_calibrate"
+        sizes = [4096, 65536]
+        output = "cal.json"
+        """)
+    assert suite.cases[0].params["output"] == str(tmp_path / "cal.json")
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_text(tmp_path, """
+            [[cases]]
+            name = "cal"
+            kind = "distributed_calibrate"
+            sizes = [4096, 65536]
+            output = "no/such/dir/cal.json"
+            """)
+    assert "case 'cal' key 'output'" in str(exc.value) and "directory does not exist" in str(exc.value)

@@ -27,7 +27,8 @@ class DistributedCalibrate(Workload):
         "sizes": Key("list", default=DEFAULT_SIZES, help="message sizes: bytes or strings like '64KiB'"),
         "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="the model alpha and beta belong to"),
         "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
-        "output": Key("str", default=None, help="write the fit here as JSON (for train_distributed's calibration)"),
+        "output": Key("path", default=None,
+                      help="write the fit here as JSON (for train_distributed's calibration); relative to the suite file"),
     }
 
     def check(self, params, array):
@@ -36,6 +37,8 @@ class DistributedCalibrate(Workload):
             return [("sizes", f"every size must be at least 4 bytes ('64KiB' or an integer), got {params['sizes']!r}")]
         if len(set(sizes)) < 2:
             return [("sizes", "need at least two distinct sizes to fit alpha and beta")]
+        if params["output"] and not Path(params["output"]).parent.is_dir():
+            return [("output", f"{params['output']}: its directory does not exist")]
         return []
 
     def model(self, params, array):
