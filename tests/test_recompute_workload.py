@@ -210,3 +210,16 @@ def test_validation_fails_and_says_what_differs():
     del output["weights"][0]["bias"]
     result = WORKLOAD.validate(state, output)
     assert not result.passed and "layer 1 parameters ['weight'] vs ['bias', 'weight']" in result.detail
+
+
+def test_flop_and_mac_counts_by_hand():
+    # 3 x (Linear 32 -> 32 + ReLU), batch 4: a Linear forward is 2*4*32*32 + 4*32 (bias) = 8320
+    # FLOPs, a ReLU 128. Backward: input and weight GEMMs + bias (16512), the first Linear
+    # without its input gradient (8320), 128 per ReLU; the loss 5 * 4 * 32 = 640.
+    m = WORKLOAD.model(params(schedule="full_recompute"), ARRAY)
+    assert m["forward_flops"] == 3 * (8320 + 128)
+    assert m["backward_flops"] == 8320 + 2 * 16512 + 3 * 128 + 640
+    # before B(k), layers 1..k-1 run again: prefix sums 0, 8320, 8448, 16768, 16896, 25216
+    assert m["recompute_flops"] == 75648
+    # GEMMs of 4 x 32 x 32 = 4096 MACs: 3 forwards + 9 recomputed, 3 weight and 2 input gradients
+    assert m["macs"] == (3 + 9 + 3 + 2) * 4096
