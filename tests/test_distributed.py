@@ -334,3 +334,20 @@ def test_calibration_output_and_input_resolve_alike_from_any_directory(tmp_path,
             output = "no/such/dir/cal.json"
             """)
     assert "case 'cal' key 'output'" in str(exc.value) and "directory does not exist" in str(exc.value)
+
+
+@pytest.mark.parametrize("model, key, value", [("mlp", "channels", "[8, 16]"), ("mlp", "image", "16"),
+                                               ("cnn", "width", "64"), ("resnet50", "layers", "3")])
+def test_a_network_key_the_model_does_not_read_is_a_suite_error(tmp_path, model, key, value):
+    mode = "sim" if model == "resnet50" else "mpi"
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_text(tmp_path, f"""
+            [[cases]]
+            name = "bad"
+            kind = "train_distributed"
+            mode = "{mode}"
+            model = "{model}"
+            batch = 8
+            {key} = {value}
+            """)
+    assert f"case 'bad' key '{key}': does not apply to model = '{model}'" in str(exc.value)

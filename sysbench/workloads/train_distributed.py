@@ -32,6 +32,9 @@ from ..distributed.schedules import SCHEDULES, check_plan, make_plan
 from .base import CaseError, Key, Validation, Workload
 
 MODELS = ("mlp", "cnn", "resnet50")
+# The network keys each model reads; setting another one would be silently ignored.
+MODEL_KEYS = {"mlp": ("layers", "width"), "cnn": ("layers", "image", "in_channels", "channels", "classes"),
+              "resnet50": ("image", "classes")}
 UNIT_ROUNDOFF = 2.0 ** -23
 
 
@@ -85,6 +88,9 @@ class TrainDistributed(Workload):
         mode, model = params["mode"], params["model"]
         if not params["lr"] > 0:
             problems.append(("lr", f"must be positive, got {params['lr']!r}"))
+        for key in ("layers", "width", "image", "in_channels", "channels", "classes"):
+            if params[key] is not None and key not in MODEL_KEYS[model]:
+                problems.append((key, f"does not apply to model = {model!r} (its keys: {', '.join(MODEL_KEYS[model])})"))
         if mode == "mpi":
             if model == "resnet50":
                 problems.append(("model", "resnet50 is simulator-only (mode = \"sim\"); use mlp or cnn"))
