@@ -179,10 +179,8 @@ def compare_with_reference(probs: np.ndarray, uniforms: np.ndarray, indices: np.
     ref, cum, targets = reference_indices(probs, uniforms)
     V = probs.shape[1]
     rel_tol = boundary_tolerance(V, units)
-    observed = None
     if cum32 is not None:
         targets32 = np.asarray(uniforms, dtype=np.float64) * cum32[:, -1].astype(np.float64)
-        observed = np.max(np.abs(cum32 - cum), axis=1) + np.abs(targets32 - targets)
     boundary, boundary_observed, mismatches, unexplained = 0, 0, 0, []
     for b in range(probs.shape[0]):
         tol = rel_tol * cum[b, -1]
@@ -190,8 +188,10 @@ def compare_with_reference(probs: np.ndarray, uniforms: np.ndarray, indices: np.
         below = cum[b, r - 1] if r > 0 else 0.0
         if t - below <= tol or cum[b, r] - t <= tol:
             boundary += 1
-        if observed is not None and (t - below <= observed[b] or cum[b, r] - t <= observed[b]):
-            boundary_observed += 1
+        if cum32 is not None:  # row by row: no (B, V) float64 temporaries next to cum
+            observed = float(np.max(np.abs(cum32[b] - cum[b]))) + abs(targets32[b] - t)
+            if t - below <= observed or cum[b, r] - t <= observed:
+                boundary_observed += 1
         if k == r:
             continue
         mismatches += 1
@@ -203,7 +203,7 @@ def compare_with_reference(probs: np.ndarray, uniforms: np.ndarray, indices: np.
             unexplained.append(b)
     check = {"mismatches": mismatches, "boundary_cases": boundary,
              "unexplained_rows": unexplained, "relative_tolerance": rel_tol}
-    if observed is not None:
+    if cum32 is not None:
         check["boundary_cases_observed"] = boundary_observed
     return check
 
