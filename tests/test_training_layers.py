@@ -201,3 +201,17 @@ def test_bad_layer_settings_are_clear_errors(spec, message):
     # setting, never a ZeroDivisionError or TypeError from deep inside build()
     with pytest.raises(ValueError, match=f"layer 1: .*{message}"):
         network.from_specs([spec, "flatten", "linear:3"], (1, 1, 4, 4))
+
+
+def test_global_maxpool_wider_than_int16_positions():
+    # 182 x 182 = 33124 window positions: more than an int16 index holds
+    layer = L.MaxPool2d(182)
+    layer.build((1, 2, 182, 182), None)
+    x = np.zeros((1, 2, 182, 182), dtype=np.float32)
+    x[0, 0, 181, 180] = 1.0
+    x[0, 1, 0, 3] = 1.0
+    y, _ = layer.forward(x)
+    assert y.ravel().tolist() == [1.0, 1.0]
+    grad_x, _ = layer.backward(np.array([2.0, 3.0], dtype=np.float32).reshape(1, 2, 1, 1), x)
+    assert np.argwhere(grad_x).tolist() == [[0, 0, 181, 180], [0, 1, 0, 3]]
+    assert grad_x[0, 0, 181, 180] == 2.0 and grad_x[0, 1, 0, 3] == 3.0

@@ -404,12 +404,16 @@ class MaxPool2d(Layer):
             raise ValueError(f"maxpool2d kernel {self.kernel} is larger than the {h}x{w} input")
         return (b, c, ho, wo)
 
+    def _index_dtype(self):
+        """int16 holds a window position up to 32767 taps; a larger (global) pool needs int32."""
+        return np.dtype(np.int16 if self.kernel[0] * self.kernel[1] <= 2**15 else np.int32)
+
     def _argmax(self, x):
         """(max values, index of the first maximum in each window as r*kw + s)."""
         (kh, kw), (sh, sw) = self.kernel, self.stride
         _, _, ho, wo = self.output_shape(x.shape)
         best = np.array(_window(x, 0, 0, ho, wo, sh, sw))
-        index = np.zeros(best.shape, dtype=np.int16)
+        index = np.zeros(best.shape, dtype=self._index_dtype())
         for r in range(kh):
             for s in range(kw):
                 if r == 0 and s == 0:
@@ -443,9 +447,10 @@ class MaxPool2d(Layer):
 
     def workspace(self, in_shape, itemsize, need_input_grad=True):
         n = math.prod(self.output_shape(in_shape))
-        # forward: index (int16) and one boolean mask; backward adds the recomputed maxima
+        # forward: the index and one boolean mask; backward adds the recomputed maxima
         # and a masked gradient per tap
-        return n * (2 + 1), n * (itemsize + 2 + 1 + itemsize)
+        index = self._index_dtype().itemsize
+        return n * (index + 1), n * (itemsize + index + 1 + itemsize)
 
     def describe(self):
         return f"maxpool2d({self.kernel[0]}x{self.kernel[1]}, s={self.stride[0]})"
