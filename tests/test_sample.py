@@ -10,9 +10,10 @@ import pytest
 
 from sysbench._kernels import sample as kernel
 from sysbench.hardware import Array
+from sysbench.models.vector import vector_cycles
 from sysbench.workloads.sample import (WORKLOAD, compare_with_reference, emulate_cumulative,
                                        emulate_indices, filter_top, random_weights,
-                                       softmax_weights, vector_cycles)
+                                       softmax_weights)
 
 METHODS = ("full_scan", "chunk_select")
 ISAS = kernel.available_isas()
