@@ -242,7 +242,8 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
         out[b, c0+o, oi + ii*sh, oj + jj*sw] += products[e][o, (b*rows + ii)*cols + jj]
 
     for plan[e] = (r, s, i_lo, i_hi, j_lo, j_hi, oi, oj), rows = i_hi - i_lo, cols = j_hi -
-    j_lo. One pass over the output: each (channel, image) plane is summed while it is in cache."""
+    j_lo. One pass over the output: each band of a (channel, image) plane is summed while
+    it is in cache."""
     if not isinstance(out, np.ndarray) or out.ndim != 4 or not out.flags.c_contiguous \
             or out.dtype not in (np.float32, np.int32):
         raise ValueError("out must be a C-contiguous 4-D float32 or int32 numpy array")
@@ -274,41 +275,62 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
         geo[e, 0], geo[e, 1], geo[e, 2], geo[e, 3] = rows, cols, oi, oj
         geo[e, 4] = y.shape[1]
         geo[e, 5] = <int64_t> <size_t> cnp.PyArray_DATA(product)  # kept alive by `products`
+    band = SCATTER_BAND if sum(y.nbytes for y in products) <= SCATTER_CACHE_BYTES else 1
     if out.dtype == np.float32:
-        _scatter[float](out, geometry, n, c0, cout, sh, sw, threads)
+        _scatter[float](out, geometry, n, c0, cout, sh, sw, band, threads)
     else:
-        _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, threads)
+        _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, band, threads)
+
+
+# output elements per band of a plane: a band (16 KB of float32) stays in L1 while every
+# kernel element is added into it. When the products exceed SCATTER_CACHE_BYTES they come from
+# memory, and bands of one row (all elements' product rows streaming in together) are faster.
+SCATTER_BAND = 4096
+SCATTER_CACHE_BYTES = 16 << 20
 
 
 cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, long c0,
-                   long cout, long sh, long sw, int threads) noexcept nogil:
+                   long cout, long sh, long sw, long band_elements, int threads) noexcept nogil:
     # one (output channel, image) plane per iteration: planes never overlap, so no races.
-    # A plane (a few KB) stays in cache while the kernel elements are added into it one
-    # after another in plan order, each over its own strided rows: per output element the
-    # same additions in the same order as a row-by-row pass, without a division per row.
+    # Each band of output rows is zeroed, then the kernel elements are added into it one after
+    # another in plan order, each over its own strided rows within the band: per output
+    # element the same additions in the same order as a row-by-row pass, with a division per
+    # band and element instead of one per row and element.
     cdef long nb = out.shape[0], ho = out.shape[2], wo = out.shape[3]
-    cdef long t, o, b, oi, e, ii, jj, rows, cols
+    cdef long band = max(1, band_elements // wo)  # rows per band
+    cdef long t, o, b, r0, r1, k, e, ii, ii_lo, ii_hi, jj, rows, cols, first
     cdef const acc_t *src
     cdef acc_t *dst
     for t in prange(cout * nb, num_threads=threads, schedule="static"):
         o = t // nb
         b = t % nb
-        dst = &out[b, c0 + o, 0, 0]
-        for oi in range(ho * wo):
-            dst[oi] = 0
-        for e in range(n):
-            rows = geo[e, 0]
-            cols = geo[e, 1]
-            src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + b * rows * cols
-            for ii in range(rows):
-                dst = &out[b, c0 + o, geo[e, 2] + ii * sh, geo[e, 3]]
-                if sw == 1:  # unit stride: a loop the compiler vectorises
-                    for jj in range(cols):
-                        dst[jj] = dst[jj] + src[jj]
-                else:
-                    for jj in range(cols):
-                        dst[jj * sw] = dst[jj * sw] + src[jj]
-                src = src + cols
+        r0 = 0
+        while r0 < ho:
+            r1 = min(ho, r0 + band)
+            dst = &out[b, c0 + o, r0, 0]
+            for k in range((r1 - r0) * wo):
+                dst[k] = 0
+            for e in range(n):
+                rows = geo[e, 0]
+                cols = geo[e, 1]
+                first = geo[e, 2]  # output row of the element's first input row
+                if r1 <= first:
+                    continue
+                ii_lo = 0
+                if r0 > first:
+                    ii_lo = (r0 - first + sh - 1) // sh
+                ii_hi = min(rows, (r1 - first + sh - 1) // sh)
+                src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + (b * rows + ii_lo) * cols
+                for ii in range(ii_lo, ii_hi):
+                    dst = &out[b, c0 + o, first + ii * sh, geo[e, 3]]
+                    if sw == 1:  # unit stride: a loop the compiler vectorises
+                        for jj in range(cols):
+                            dst[jj] = dst[jj] + src[jj]
+                    else:
+                        for jj in range(cols):
+                            dst[jj * sw] = dst[jj * sw] + src[jj]
+                    src = src + cols
+            r0 = r1
 
 
 # ------------------------------------------------------------------ the layer

@@ -274,3 +274,22 @@ def test_image_chunks_do_not_change_bits(monkeypatch):
         windows = {plan[2:6] for plan in tconv.element_plan(T.geometry(p))}
         assert len(calls) == x.shape[0] * len(windows) * p["groups"]
         monkeypatch.undo()
+
+
+def test_scatter_bands_do_not_change_bits(monkeypatch):
+    """Output planes summed in bands of rows (1 row, ragged bands, whole plane; one row also
+    when the products are too big for the cache): same bits, also when a band ends between
+    two rows that an element of stride 3 reaches."""
+    array = ARRAYS["ws8-fp32"]
+    for layer in [(2, 6, 4, 7, 6, 4, 2, 1, 0, 1, 2), (1, 4, 3, 5, 5, 5, 3, 1, 2, 1, 1),
+                  (2, 3, 2, 6, 4, (3, 2), (1, 2), (1, 0), 0, (2, 1), 1)]:
+        x, w, p = make(layer, "fp32")
+        slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+        wo = T.output_shape(p)[1]
+        for band, cache in [(1, 1 << 30), (wo, 1 << 30), (2 * wo, 1 << 30), (5 * wo - 1, 1 << 30),
+                            (1 << 20, 1 << 30), (1 << 20, 0)]:
+            monkeypatch.setattr(tconv, "SCATTER_BAND", band)
+            monkeypatch.setattr(tconv, "SCATTER_CACHE_BYTES", cache)
+            fast = T.tconv2d_strided(x, w, p, array)
+            assert fast.tobytes() == slow.tobytes(), (layer, band, cache)
+        monkeypatch.undo()
