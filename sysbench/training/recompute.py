@@ -230,6 +230,7 @@ def _leaf_peak(c: Chain, s: int) -> int:
     return c.act[s] + c.grad[s + 1] + c.grad[s]
 
 
+@functools.lru_cache(maxsize=64)  # check(), model() and the DPs all ask; the Chain is the whole input
 def minimum_budget(c: Chain) -> int:
     """The least peak activation memory of any schedule (the DP's space, which the tests
     check against an exhaustive search)."""
