@@ -31,10 +31,13 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the JSON result here"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result on stdout"),
     filter_text: Optional[str] = typer.Option(None, "--filter", "-k", help="run only cases whose id contains TEXT"),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="kernel threads (default 1; 0 = all cores)"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0,
+                                          help="kernel threads (default 1; 0 = all cores)"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="override every case's repeats"),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="compare the run against this result (as `compare`)"),
-    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold", help="with --baseline: slowdown ratio that counts"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline",
+                                            help="compare the run against this result (as `compare`)"),
+    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold",
+                                    help="with --baseline: slowdown ratio that counts"),
 ) -> None:
     """Run suites: validate every case, print a report, write a versioned JSON result."""
     base_document = None
@@ -141,8 +144,10 @@ def show(file: Path = typer.Argument(..., help="a result JSON written by `sysben
 def compare(
     base: Path = typer.Argument(..., help="the baseline result JSON"),
     new: Path = typer.Argument(..., help="the result JSON to judge"),
-    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold", help="slowdown ratio new/base that counts as a regression (when also significant)"),
-    alpha: float = typer.Option(compare_mod.DEFAULT_ALPHA, "--alpha", help="significance level of the Mann-Whitney U test"),
+    threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold",
+                                    help="slowdown ratio new/base that counts as a regression (when also significant)"),
+    alpha: float = typer.Option(compare_mod.DEFAULT_ALPHA, "--alpha",
+                                help="significance level of the Mann-Whitney U test"),
     as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
 ) -> None:
     """Compare two results. Exit 0 no regression, 1 regression or model change, 2 bad files."""

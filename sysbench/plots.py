@@ -211,7 +211,8 @@ def _memory_series(case: dict) -> tuple[list[float], list[float]] | None:
 
 def _parse_series(value, columns: list | None = None) -> tuple[list[float], list[float]] | None:
     if isinstance(value, dict):
-        xs = next((value[k] for k in ("t", "time", "step", "event", "index", "x") if isinstance(value.get(k), list)), None)
+        xs = next((value[k] for k in ("t", "time", "step", "event", "index", "x")
+                   if isinstance(value.get(k), list)), None)
         ys = next((value[k] for k in ("activation_bytes", "activations", "bytes", "live_bytes", "y")
                    if isinstance(value.get(k), list)), None)
         if ys and all(_number(y) is not None for y in ys):

@@ -2,7 +2,6 @@
 timelines, the ResNet-50 sizes, and the checks that run before anything launches."""
 from __future__ import annotations
 
-import math
 import textwrap
 
 import pytest

@@ -43,7 +43,8 @@ def every_kind_document():
     for rank in (0, 1):
         t = 0.0
         for layer in (0, 1, 2):
-            timeline.append({"rank": rank, "step": 0, "type": "backward", "layer": layer, "start_s": t, "end_s": t + 1e-3})
+            timeline.append({"rank": rank, "step": 0, "type": "backward", "layer": layer,
+                             "start_s": t, "end_s": t + 1e-3})
             timeline.append({"rank": rank, "step": 0, "type": "allreduce", "message": layer, "layer": layer,
                              "start_s": t + 1e-3, "end_s": t + 1.6e-3})
             t += 1e-3

@@ -92,7 +92,8 @@ def test_bad_case_names_file_case_key(tmp_path, snippet, key, fragment):
     ("weight_load = 1", "weight_load", "must be a string"),
 ])
 def test_bad_array_key(tmp_path, table, key, fragment):
-    path = write(tmp_path, f"[arrays.a]\n{table}\n[[cases]]\nname = \"g\"\nkind = \"gemm\"\narray = \"a\"\nm = 1\nk = 1\nn = 1\n")
+    path = write(tmp_path, f"[arrays.a]\n{table}\n[[cases]]\nname = \"g\"\nkind = \"gemm\"\narray = \"a\"\n"
+                           "m = 1\nk = 1\nn = 1\n")
     with pytest.raises(suite.SuiteError) as info:
         suite.load(path)
     assert any(p.startswith(f"{path}: array 'a' key '{key}':") and fragment in p for p in info.value.problems), \

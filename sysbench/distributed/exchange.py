@@ -71,7 +71,6 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     reduced it and the emulated link has carried it (one message at a time in issue order,
     occupied for occupancy_s, then latency_s in flight), as a throttled NIC would.
     """
-    from mpi4py import MPI
 
     L = plan.layers
     grads = np.zeros(plan.total_elements, dtype=np.float32)

@@ -149,11 +149,6 @@ def reduced_once(plan, completions) -> dict:
 
 def run_spec(comm, spec: dict, outdir: Path | None = None) -> dict | None:
     """Run one spec on `comm`; rank 0 returns the gathered result, the others None."""
-    from mpi4py import MPI
-    from .costs import LinkCost
-    from .exchange import run_plan, step_metrics
-    from .schedules import make_plan
-    from .simulator import timeline_event
 
     rank, ranks = comm.rank, comm.size
     if spec.get("ranks") not in (None, ranks):

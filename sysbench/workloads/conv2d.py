@@ -114,7 +114,8 @@ class Conv2d(Workload):
         if not problems:
             ho, wo = output_shape(p)
             if ho < 1 or wo < 1:
-                problems.append(("kernel", f"the dilated kernel does not fit the padded input: output would be {ho}x{wo}"))
+                problems.append(("kernel", "the dilated kernel does not fit the padded input: "
+                                           f"output would be {ho}x{wo}"))
             elif array.dtype == "int8" and gemm_dims(p)[1] > INT8_MAX_K:
                 problems.append(("in_channels", f"int8 accumulates in int32: the reduction must be <= {INT8_MAX_K}"))
         return problems

@@ -28,7 +28,8 @@ class DistributedCalibrate(Workload):
         "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="the model alpha and beta belong to"),
         "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
         "output": Key("path", default=None,
-                      help="write the fit here as JSON (for train_distributed's calibration); relative to the suite file"),
+                      help="write the fit here as JSON (for train_distributed's calibration); "
+                           "relative to the suite file"),
     }
 
     def check(self, params, array):
@@ -73,7 +74,8 @@ class DistributedCalibrate(Workload):
         # of freedom; a poor fit means the sweep was too noisy to trust).
         worst = 0.0
         for n, t in zip(output["sizes_bytes"], output["times_s"]):
-            model = allreduce_time(n, output["workers"], output["alpha_s"], output["beta_s_per_byte"], output["algorithm"])
+            model = allreduce_time(n, output["workers"], output["alpha_s"], output["beta_s_per_byte"],
+                                   output["algorithm"])
             worst = max(worst, abs(model - t) / t)
         ok = output["beta_s_per_byte"] > 0 and worst < 1.0
         return Validation("alpha-beta fit vs sweep", worst, ok,

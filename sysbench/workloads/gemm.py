@@ -1,7 +1,6 @@
 """gemm: one M x K times K x N product on the systolic array."""
 from __future__ import annotations
 
-import numpy as np
 
 from ..models.systolic import gemm_cycles
 from ..numerics import random_operand

@@ -48,7 +48,8 @@ def network_keys(p: dict) -> dict:
 
 class TrainDistributed(Workload):
     kind = "train_distributed"
-    description = "data-parallel SGD over MPI ranks: gradient all-reduce overlapped with backward; a simulator to 4096 workers"
+    description = ("data-parallel SGD over MPI ranks: gradient all-reduce overlapped with backward; "
+                   "a simulator to 4096 workers")
     needs_array = False
     keys = {
         "mode": Key("str", default="mpi", choices=("mpi", "sim"), help="mpi: real ranks; sim: the simulator"),
@@ -71,10 +72,13 @@ class TrainDistributed(Workload):
         "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
         "progress_us": Key("int", default=0, minimum=0,
                            help="mpi: a helper thread pokes MPI progress every N us (0: only between layers)"),
-        "link_gbps": Key("float", default=10.0, minimum=1e-6, help="sim (and mpi with emulate_link): link bandwidth, Gb/s"),
-        "link_latency_us": Key("float", default=5.0, minimum=0, help="sim (and mpi with emulate_link): per-message latency, us"),
+        "link_gbps": Key("float", default=10.0, minimum=1e-6,
+                         help="sim (and mpi with emulate_link): link bandwidth, Gb/s"),
+        "link_latency_us": Key("float", default=5.0, minimum=0,
+                               help="sim (and mpi with emulate_link): per-message latency, us"),
         "emulate_link": Key("bool", default=False,
-                            help="mpi: a message is reduced only once a link of link_gbps/link_latency_us has carried it"),
+                            help="mpi: a message is reduced only once a link of "
+                                 "link_gbps/link_latency_us has carried it"),
         "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="all-reduce cost model"),
         "device_tflops": Key("float", default=20.0, minimum=1e-6, help="sim: sustained compute throughput"),
         "calibration": Key("path", default=None, help="JSON written by distributed_calibrate: alpha/beta to use"),
@@ -83,14 +87,16 @@ class TrainDistributed(Workload):
     # ------------------------------------------------------------------ checks and model
     def check(self, params, array):
         if params["local_batch"]:
-            params["batch"] = params["local_batch"] * (params["workers"] if params["mode"] == "sim" else params["ranks"])
+            workers = params["workers"] if params["mode"] == "sim" else params["ranks"]
+            params["batch"] = params["local_batch"] * workers
         problems = []
         mode, model = params["mode"], params["model"]
         if not params["lr"] > 0:
             problems.append(("lr", f"must be positive, got {params['lr']!r}"))
         for key in ("layers", "width", "image", "in_channels", "channels", "classes"):
             if params[key] is not None and key not in MODEL_KEYS[model]:
-                problems.append((key, f"does not apply to model = {model!r} (its keys: {', '.join(MODEL_KEYS[model])})"))
+                problems.append((key, f"does not apply to model = {model!r} "
+                                      f"(its keys: {', '.join(MODEL_KEYS[model])})"))
         if mode == "mpi":
             if model == "resnet50":
                 problems.append(("model", "resnet50 is simulator-only (mode = \"sim\"); use mlp or cnn"))
@@ -137,9 +143,12 @@ class TrainDistributed(Workload):
         workers = params["workers"] if params["mode"] == "sim" else params["ranks"]
         sizes, fwd_flops = self.sizes_and_flops(params)
         grad_bytes = 4 * sum(sizes)
+        if params["algorithm"] == "ring":
+            bytes_sent = int(round(2 * (workers - 1) / workers * grad_bytes))
+        else:
+            bytes_sent = int(grad_bytes * (1 if workers > 1 else 0))
         out = {"workers": workers, "parameters": sum(sizes), "layers": len(sizes), "gradient_bytes": grad_bytes,
-               "bytes_sent_per_rank": int(round(2 * (workers - 1) / workers * grad_bytes)) if params["algorithm"] == "ring"
-               else int(grad_bytes * (1 if workers > 1 else 0)),
+               "bytes_sent_per_rank": bytes_sent,
                "flops_per_step": 3 * sum(fwd_flops)}
         if params["mode"] != "sim":
             return out
@@ -157,7 +166,8 @@ class TrainDistributed(Workload):
         return {"program": "net", "net": network_keys(p), "batch": p["batch"], "lr": p["lr"],
                 "schedule": p["schedule"], "bucket_bytes": int(p["bucket_mib"] * 2**20),
                 "portion_bytes": int(p["portion_kib"] * 2**10), "progress_us": p["progress_us"],
-                "emulate_link": {"alpha_s": p["link_latency_us"] * 1e-6, "beta_s_per_byte": 8.0 / (p["link_gbps"] * 1e9),
+                "emulate_link": {"alpha_s": p["link_latency_us"] * 1e-6,
+                                 "beta_s_per_byte": 8.0 / (p["link_gbps"] * 1e9),
                                  "algorithm": p["algorithm"]} if p["emulate_link"] else None}
 
     def prepare(self, params, array, rng):
@@ -216,8 +226,8 @@ class TrainDistributed(Workload):
         p = result["plan"]
         plan = make_plan(result["schedule"], result["layer_sizes"], bucket_bytes=p.get("bucket_bytes", 25 << 20),
                          portion_bytes=p.get("portion_bytes", 1 << 18), bwd_s=est, cost=cost.occupancy_s)
-        sim = simulate(plan, times["forward"], times["backward"], cost.occupancy_s, times["update"], latency=cost.latency_s,
-                       timeline=False, progress=progress)
+        sim = simulate(plan, times["forward"], times["backward"], cost.occupancy_s, times["update"],
+                       latency=cost.latency_s, timeline=False, progress=progress)
         return dict(sim.to_dict(), progress=progress)
 
     def measure_sim(self, state, repeats):

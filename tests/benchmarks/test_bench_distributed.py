@@ -85,8 +85,8 @@ def test_simulator_vs_measured(benchmark, ranks):
     ideal = WORKLOAD.predict(result, "async")
     step_err = abs(predicted["step_s"] - measured["step_s"]) / measured["step_s"]
     exposed_err = abs(predicted["exposed_comm_s"] - measured["exposed_comm_s"]) / measured["step_s"]
-    benchmark.extra_info.update(ranks=ranks, measured=measured, predicted=predicted, ideal_nic=ideal, cost=result["cost"],
-                                step_rel_err=step_err, exposed_err_of_step=exposed_err)
+    benchmark.extra_info.update(ranks=ranks, measured=measured, predicted=predicted, ideal_nic=ideal,
+                                cost=result["cost"], step_rel_err=step_err, exposed_err_of_step=exposed_err)
     print(f"\n{ranks} ranks: fitted alpha {result['cost']['alpha_s'] * 1e6:.1f} us, "
           f"{result['cost']['bandwidth_gbps']:.1f} Gb/s; step measured {measured['step_s'] * 1e3:.2f} ms, "
           f"predicted {predicted['step_s'] * 1e3:.2f} ms (error {step_err:.0%}); exposed measured "
