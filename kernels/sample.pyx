@@ -56,46 +56,18 @@ cdef extern from "sample_simd.h" nogil:
 
 
 _ISA_CODES = {"scalar": SM_ISA_SCALAR, "avx2": SM_ISA_AVX2, "avx512": SM_ISA_AVX512}
-_ISA_NAMES = {v: k for k, v in _ISA_CODES.items()}
 METHODS = ("full_scan", "chunk_select")
 
-cdef int _isa = sm_isa_best()
+
+cdef inline int _isa_best() noexcept nogil:
+    return sm_isa_best()
 
 
-def available_isas():
-    """SIMD paths this CPU can run, widest first."""
-    return [name for name in ("avx512", "avx2", "scalar") if sm_isa_supported(_ISA_CODES[name])]
+cdef inline int _isa_supported(int code) noexcept nogil:
+    return sm_isa_supported(code)
 
 
-def isa():
-    """The chunk-scan path in use: "avx512", "avx2" or "scalar"."""
-    return _ISA_NAMES[_isa]
-
-
-def set_isa(name=None):
-    """Force a path ("avx512", "avx2", "scalar"); None picks the widest. Returns the previous."""
-    global _isa
-    previous = _ISA_NAMES[_isa]
-    if name is None:
-        _isa = sm_isa_best()
-        return previous
-    if name not in _ISA_CODES:
-        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
-    if not sm_isa_supported(_ISA_CODES[name]):
-        raise ValueError(f"isa {name!r} is not supported by this CPU "
-                         f"(available: {', '.join(available_isas())})")
-    _isa = _ISA_CODES[name]
-    return previous
-
-
-# SYSBENCH_ISA (shared with the systolic kernel) forces a path at import; a name this CPU
-# cannot run is ignored with a warning, as there, rather than making the module unimportable
-_env_isa = os.environ.get("SYSBENCH_ISA")
-if _env_isa:
-    try:
-        set_isa(_env_isa)
-    except ValueError as exc:
-        warnings.warn(f"SYSBENCH_ISA ignored: {exc}", RuntimeWarning)
+include "isa.pxi"
 
 
 def chunk_length(V, units):

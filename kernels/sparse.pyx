@@ -33,6 +33,9 @@ register), AVX2+FMA or scalar fmaf (lanes along rows of A; the index becomes the
 of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests use it).
 decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
 """
+import os
+import warnings
+
 import numpy as np
 
 from cython.parallel cimport prange, threadid
@@ -60,36 +63,18 @@ cdef extern from "sparse_micro.h" nogil:
 
 MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
 
-_ISA_NAMES = {SP_ISA_SCALAR: "scalar", SP_ISA_AVX2: "avx2", SP_ISA_AVX512: "avx512"}
-_ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
-cdef int _isa = sp_isa_best()
+_ISA_CODES = {"scalar": SP_ISA_SCALAR, "avx2": SP_ISA_AVX2, "avx512": SP_ISA_AVX512}
 
 
-def available_isas():
-    """Micro-kernel paths this CPU can run, widest first."""
-    return tuple(_ISA_NAMES[c] for c in (SP_ISA_AVX512, SP_ISA_AVX2, SP_ISA_SCALAR)
-                 if sp_isa_supported(c))
+cdef inline int _isa_best() noexcept nogil:
+    return sp_isa_best()
 
 
-def isa():
-    """The spmm micro-kernel path in use."""
-    return _ISA_NAMES[_isa]
+cdef inline int _isa_supported(int code) noexcept nogil:
+    return sp_isa_supported(code)
 
 
-def set_isa(name=None):
-    """Force a spmm micro-kernel path ("avx512", "avx2", "scalar"); None picks the widest.
-    Returns the previous path's name."""
-    global _isa
-    previous = _ISA_NAMES[_isa]
-    if name is None:
-        _isa = sp_isa_best()
-        return previous
-    if name not in _ISA_CODES:
-        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
-    if not sp_isa_supported(_ISA_CODES[name]):
-        raise ValueError(f"isa {name!r} is not supported by this CPU")
-    _isa = _ISA_CODES[name]
-    return previous
+include "isa.pxi"
 
 
 # ------------------------------------------------------------------ validation

@@ -62,15 +62,24 @@ cdef extern from *:
     void sb_i8_row(const int8_t *arow, const int8_t *B, long K, long N, int32_t *orow) nogil
 
 
-_ISA_NAMES = {SB_ISA_SCALAR: "scalar", SB_ISA_AVX2: "avx2", SB_ISA_AVX512: "avx512"}
-_ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
+_ISA_CODES = {"scalar": SB_ISA_SCALAR, "avx2": SB_ISA_AVX2, "avx512": SB_ISA_AVX512}
 
 # chain order: K block of the packed panels (accumulators reload from `out` between blocks)
 CHAIN_KC = 256
 # int8 K limit: 131071 * 128 * 128 < 2**31
 I8_MAX_K = 131071
 
-cdef int _isa = sb_isa_best()
+cdef inline int _isa_best() noexcept nogil:
+    return sb_isa_best()
+
+
+cdef inline int _isa_supported(int code) noexcept nogil:
+    return sb_isa_supported(code)
+
+
+include "isa.pxi"
+
+
 # blocking (in floats): packed B block per N block, packed A block per output tile
 cdef long _nc_floats = 262144
 cdef long _mc_floats = 24576
@@ -80,45 +89,6 @@ def _set_blocking(nc_floats, mc_floats):
     """Tune the cache blocking (floats of packed B per N block, of packed A per tile)."""
     global _nc_floats, _mc_floats
     _nc_floats, _mc_floats = int(nc_floats), int(mc_floats)
-
-
-def available_isas():
-    """Micro-kernel paths this CPU can run, widest first."""
-    return tuple(_ISA_NAMES[c] for c in (SB_ISA_AVX512, SB_ISA_AVX2, SB_ISA_SCALAR)
-                 if sb_isa_supported(c))
-
-
-def isa():
-    """The micro-kernel path in use: "avx512", "avx2" or "scalar"."""
-    return _ISA_NAMES[_isa]
-
-
-def set_isa(name=None):
-    """Force a micro-kernel path ("avx512", "avx2", "scalar"); None picks the widest.
-
-    Returns the previous path's name. Raises ValueError for an unknown name or a path this
-    CPU cannot run.
-    """
-    global _isa
-    previous = _ISA_NAMES[_isa]
-    if name is None:
-        _isa = sb_isa_best()
-        return previous
-    if name not in _ISA_CODES:
-        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
-    if not sb_isa_supported(_ISA_CODES[name]):
-        raise ValueError(f"isa {name!r} is not supported by this CPU "
-                         f"(available: {', '.join(available_isas())})")
-    _isa = _ISA_CODES[name]
-    return previous
-
-
-_env_isa = os.environ.get("SYSBENCH_ISA")
-if _env_isa:
-    try:
-        set_isa(_env_isa)
-    except ValueError as exc:
-        warnings.warn(f"SYSBENCH_ISA ignored: {exc}", RuntimeWarning)
 
 
 # ------------------------------------------------------------------ validation helpers
