@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -91,17 +90,3 @@ def run_case(case: Case, threads: int, repeats: int | None = None) -> CaseResult
     except Exception as exc:  # a failing case is reported and the run goes on (exit 1)
         result.error = f"{type(exc).__name__}: {exc}"
     return result
-
-
-def run_cases(cases: list[Case], threads: int, repeats: int | None = None,
-              on_start: Callable[[Case], None] | None = None,
-              on_done: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    results = []
-    for case in cases:
-        if on_start:
-            on_start(case)
-        result = run_case(case, threads, repeats)
-        results.append(result)
-        if on_done:
-            on_done(result)
-    return results
