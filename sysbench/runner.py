@@ -1,4 +1,4 @@
-"""Run cases: model, inputs, warm-up, timed repeats of the kernel, validation, progress."""
+"""Run one case: model, inputs, warm-up, timed repeats of the kernel, validation."""
 from __future__ import annotations
 
 import os
