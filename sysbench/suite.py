@@ -247,6 +247,15 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
             continue
         else:
             array = arrays[array_name]
+        # A key the case sets itself (not via [defaults]) that its other keys make moot is a
+        # mistake worth naming: nothing would read it.
+        for key in raw if case_ok else ():
+            reason = spec[key].applies(parsed) if spec[key].applies else None
+            if reason:
+                message = f"{where(key)}: does not apply here: {reason}"
+                if message not in problems:
+                    problems.append(message)
+                case_ok = False
         if not case_ok:
             continue
         common = {k: parsed.pop(k) for k in ("numerics", "repeats", "warmup", "seed")}

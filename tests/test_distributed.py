@@ -350,3 +350,21 @@ def test_a_network_key_the_model_does_not_read_is_a_suite_error(tmp_path, model,
             {key} = {value}
             """)
     assert f"case 'bad' key '{key}': does not apply to model = '{model}'" in str(exc.value)
+
+
+def test_keys_of_the_other_mode_are_suite_errors(tmp_path):
+    from sysbench import suite
+
+    path = tmp_path / "s.toml"
+    path.write_text('[[cases]]\nname = "sim"\nkind = "train_distributed"\nmode = "sim"\nmodel = "resnet50"\n'
+                    'ranks = [2, 4]\nworkers = 8\nprogress_us = 100\n'
+                    '[[cases]]\nname = "mpi"\nkind = "train_distributed"\nlink_gbps = 10\ndevice_tflops = 3\n'
+                    '[[cases]]\nname = "ok"\nkind = "train_distributed"\nemulate_link = true\nlink_gbps = 10\n')
+    with pytest.raises(suite.SuiteError) as info:
+        suite.load(str(path))
+    problems = info.value.problems
+    expected = [("sim", "ranks", "mode = \"mpi\""), ("sim", "progress_us", "mode = \"mpi\""),
+                ("mpi", "link_gbps", "emulate_link = true"), ("mpi", "device_tflops", "mode = \"sim\"")]
+    assert len(problems) == len(expected), problems  # the ranks sweep is reported once
+    for (case, key, fragment), problem in zip(expected, problems):
+        assert f"case '{case}' key '{key}': does not apply here" in problem and fragment in problem

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class Key:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None
+    # applies(params) -> None when the key matters for these params, else the reason it does
+    # not ("only with mode = 'sim'"); a key a case sets that does not apply is an error
+    applies: Callable[[dict], str | None] | None = field(default=None, compare=False)
 
     @property
     def required(self) -> bool:

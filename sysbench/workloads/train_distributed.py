@@ -46,6 +46,20 @@ def network_keys(p: dict) -> dict:
     return {k: v for k, v in keys.items() if v is not None}
 
 
+def _mpi_only(p: dict) -> str | None:
+    return None if p["mode"] == "mpi" else "only real MPI runs read it (mode = \"mpi\")"
+
+
+def _sim_only(p: dict) -> str | None:
+    return None if p["mode"] == "sim" else "only the simulator reads it (mode = \"sim\")"
+
+
+def _link_keys(p: dict) -> str | None:
+    if p["mode"] == "sim" or p["emulate_link"]:
+        return None
+    return "a real MPI run reads the link only with emulate_link = true"
+
+
 class TrainDistributed(Workload):
     kind = "train_distributed"
     description = ("data-parallel SGD over MPI ranks: gradient all-reduce overlapped with backward; "
@@ -64,23 +78,24 @@ class TrainDistributed(Workload):
         "local_batch": Key("int", default=None, minimum=1,
                            help="batch per rank/worker; when set, the global batch is local_batch x ranks/workers"),
         "lr": Key("float", default=0.01, help="SGD learning rate"),
-        "ranks": Key("int", default=2, minimum=1, help="MPI ranks (mode mpi)"),
-        "workers": Key("int", default=8, minimum=1, help="simulated workers (mode sim)"),
+        "ranks": Key("int", default=2, minimum=1, help="MPI ranks (mode mpi)", applies=_mpi_only),
+        "workers": Key("int", default=8, minimum=1, help="simulated workers (mode sim)", applies=_sim_only),
         "schedule": Key("str", default="split_priority", choices=SCHEDULES, help="gradient exchange schedule"),
         "bucket_mib": Key("float", default=25.0, minimum=1e-3, help="bucketed: bucket size in MiB"),
         "portion_kib": Key("float", default=256.0, minimum=1e-3, help="split_priority: portion size in KiB"),
         "timeout_s": Key("float", default=60.0, minimum=0.1, help="a rank without progress this long ends the job"),
-        "progress_us": Key("int", default=0, minimum=0,
+        "progress_us": Key("int", default=0, minimum=0, applies=_mpi_only,
                            help="mpi: a helper thread pokes MPI progress every N us (0: only between layers)"),
-        "link_gbps": Key("float", default=10.0, minimum=1e-6,
+        "link_gbps": Key("float", default=10.0, minimum=1e-6, applies=_link_keys,
                          help="sim (and mpi with emulate_link): link bandwidth, Gb/s"),
-        "link_latency_us": Key("float", default=5.0, minimum=0,
+        "link_latency_us": Key("float", default=5.0, minimum=0, applies=_link_keys,
                                help="sim (and mpi with emulate_link): per-message latency, us"),
-        "emulate_link": Key("bool", default=False,
+        "emulate_link": Key("bool", default=False, applies=_mpi_only,
                             help="mpi: a message is reduced only once a link of "
                                  "link_gbps/link_latency_us has carried it"),
         "algorithm": Key("str", default="ring", choices=ALGORITHMS, help="all-reduce cost model"),
-        "device_tflops": Key("float", default=20.0, minimum=1e-6, help="sim: sustained compute throughput"),
+        "device_tflops": Key("float", default=20.0, minimum=1e-6, applies=_sim_only,
+                             help="sim: sustained compute throughput"),
         "calibration": Key("path", default=None, help="JSON written by distributed_calibrate: alpha/beta to use"),
     }
 
