@@ -252,7 +252,7 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
         for key in raw if case_ok else ():
             reason = spec[key].applies(parsed) if spec[key].applies else None
             if reason:
-                message = f"{where(key)}: does not apply here: {reason}"
+                message = f"{where(key)}: not used by this case: {reason}"
                 if message not in problems:
                     problems.append(message)
                 case_ok = False

@@ -367,4 +367,4 @@ def test_keys_of_the_other_mode_are_suite_errors(tmp_path):
                 ("mpi", "link_gbps", "emulate_link = true"), ("mpi", "device_tflops", "mode = \"sim\"")]
     assert len(problems) == len(expected), problems  # the ranks sweep is reported once
     for (case, key, fragment), problem in zip(expected, problems):
-        assert f"case '{case}' key '{key}': does not apply here" in problem and fragment in problem
+        assert f"case '{case}' key '{key}': not used by this case" in problem and fragment in problem

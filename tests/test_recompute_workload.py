@@ -223,3 +223,25 @@ def test_flop_and_mac_counts_by_hand():
     assert m["recompute_flops"] == 75648
     # GEMMs of 4 x 32 x 32 = 4096 MACs: 3 forwards + 9 recomputed, 3 weight and 2 input gradients
     assert m["macs"] == (3 + 9 + 3 + 2) * 4096
+
+
+def test_keys_with_defaults_the_network_does_not_read_are_suite_errors(tmp_path):
+    path = write_suite(tmp_path, """
+        [[cases]]
+        name = "mlp-with-image"
+        kind = "train_recompute"
+        array = "a"
+        image = 16
+        [[cases]]
+        name = "specs-with-model"
+        kind = "train_recompute"
+        array = "a"
+        model = "mlp"
+        specs = ["linear:4"]
+        input = [8]
+    """)
+    with pytest.raises(suite.SuiteError) as info:
+        suite.load(str(path))
+    [image, model] = info.value.problems
+    assert "case 'mlp-with-image' key 'image': not used by this case: it applies only to model = 'cnn'" in image
+    assert "case 'specs-with-model' key 'model': not used by this case" in model and "from specs" in model

@@ -78,24 +78,42 @@ _KEYS_OF_FORM = {
 }
 
 
+def _network_form(p: dict) -> str:
+    return "specs" if p["specs"] is not None else f"model = {p['model']!r}"
+
+
+def _only(*forms: str):
+    """Key.applies for a key with a default that only some network forms read (the keys
+    without one are checked in check(), where a None tells they were not set)."""
+    def applies(p: dict) -> str | None:
+        form = _network_form(p)
+        if form in forms:
+            return None
+        return f"it applies only to {' or '.join(forms)}; this case builds its network from {form}"
+    return applies
+
+
 class TrainRecompute(Workload):
     kind = "train_recompute"
     description = ("one SGD step under a recompute schedule (store_all, full_recompute, checkpoint_every, "
                    "optimal under a memory budget): identical results, memory, recompute cost, array time")
     keys = {
-        "model": Key("str", default="mlp", choices=("mlp", "cnn"), help="mlp | cnn (ignored with specs)"),
-        "layers": Key("int", default=None, minimum=1,
+        "model": Key("str", default="mlp", choices=("mlp", "cnn"), help="mlp | cnn (not with specs)",
+                     applies=_only("model = 'mlp'", "model = 'cnn'")),
+        "layers": Key("int", default=None, minimum=1, applies=_only("model = 'mlp'", "model = 'cnn'"),
                       help="mlp: Linear+activation blocks (16); cnn: conv layers (len(channels))"),
         "specs": Key("list", default=None, help="layer specs instead of model: 'relu', 'linear:512', "
                      "{type = 'conv2d', out_channels = 16, kernel = 3, padding = 1}, ..."),
         "input": Key("list", default=None, help="per-sample input shape for specs, e.g. [3, 32, 32]"),
-        "width": Key("int", default=2048, minimum=1, help="mlp: features of every Linear"),
+        "width": Key("int", default=2048, minimum=1, help="mlp: features of every Linear",
+                     applies=_only("model = 'mlp'")),
         "in_features": Key("int", default=None, minimum=1, help="mlp: input features (default width)"),
         "batch": Key("int", default=32, minimum=1),
-        "image": Key("int", default=32, minimum=1, help="cnn: input height = width"),
-        "in_channels": Key("int", default=3, minimum=1, help="cnn: input channels"),
+        "image": Key("int", default=32, minimum=1, help="cnn: input height = width", applies=_only("model = 'cnn'")),
+        "in_channels": Key("int", default=3, minimum=1, help="cnn: input channels", applies=_only("model = 'cnn'")),
         "channels": Key("list", default=None, help="cnn: output channels per conv (default 32,32,64,64,128,128)"),
-        "classes": Key("int", default=10, minimum=1, help="cnn: outputs of the last Linear"),
+        "classes": Key("int", default=10, minimum=1, help="cnn: outputs of the last Linear",
+                       applies=_only("model = 'cnn'")),
         "activation": Key("str", default="relu", choices=("relu", "gelu")),
         "loss": Key("str", default="cross_entropy", choices=("cross_entropy", "mse")),
         "schedule": Key("str", default="store_all", help=rc.SCHEDULE_FORMS),
@@ -115,7 +133,7 @@ class TrainRecompute(Workload):
                                                                      for v in p["channels"])):
             return [("channels", f"must be a non-empty list of positive integers, got {p['channels']!r}")]
         # a key the chosen network ignores is a mistake, not a default to drop silently
-        form = "specs" if p["specs"] is not None else f"model = {p['model']!r}"
+        form = _network_form(p)
         for key, (used_by, forms) in _KEYS_OF_FORM.items():
             if p[key] is not None and form not in forms:
                 return [(key, f"applies only to {used_by}; this case builds its network from {form}")]
