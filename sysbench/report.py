@@ -78,11 +78,41 @@ def render_cases(document: dict, console: Console = stderr) -> None:
                           fmt_time(timing.get("median_s")), _check_cell(case),
                           "-" if err is None else f"{err:.2g}", _reference_cell(case))
         console.print(table)
+        for line in network_totals(cases):
+            console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
     machine = document.get("machine", {})
     console.print(f"[dim]{machine.get('cpu', '?')} · {machine.get('threads', '?')} thread(s) · "
                   f"OpenMP {'on' if machine.get('openmp') else 'off'} · "
                   f"kernel ISA {machine.get('isa', '?')} · sysbench {machine.get('sysbench', '?')} · "
                   f"time = median of the kernel's repeats[/dim]")
+
+
+NETWORK_KINDS = ("gemm", "conv2d")  # layers of a network on the array: their cycles add up
+
+
+def network_totals(cases: list[dict]) -> list[str]:
+    """For a network suite (conv2d layers, maybe gemm ones, nothing else), one line per array:
+    the layers run back to back — total cycles, MACs, utilization and time."""
+    kinds = {case["kind"] for case in cases}
+    if "conv2d" not in kinds or not kinds <= set(NETWORK_KINDS):
+        return []
+    by_array: dict[str, list[dict]] = {}
+    for case in cases:
+        if case["kind"] in NETWORK_KINDS and "cycles" in case["metrics"]:
+            by_array.setdefault(case["array"]["name"], []).append(case)
+    lines = []
+    for name, layers in by_array.items():
+        if len(layers) < 2:
+            continue
+        array = layers[0]["array"]
+        cycles = sum(c["metrics"]["cycles"] for c in layers)
+        macs = sum(c["metrics"]["macs"] for c in layers)
+        utilization = macs / (cycles * array["rows"] * array["cols"])
+        lines.append(f"total of {len(layers)} gemm/conv2d layers on {name} ({array['rows']}x{array['cols']} "
+                     f"{array['dataflow']}): {cycles:,} cycles, {macs:,} MACs, utilization "
+                     f"{100 * utilization:.1f}%, {cycles / (array['clock_ghz'] * 1e3):,.1f} µs at "
+                     f"{array['clock_ghz']:g} GHz")
+    return lines
 
 
 def render_summary(document: dict, console: Console = stderr) -> None:

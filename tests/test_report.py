@@ -199,3 +199,19 @@ def test_show_warns_about_unstable_timing(tmp_path):
     assert result.exit_code == 0
     warned = [line for line in result.stderr.splitlines() if "unstable" in line]
     assert warned and "t/jittery" in " ".join(warned) and "t/steady" not in " ".join(warned)
+
+
+def test_network_suite_totals_per_array():
+    # two conv layers and an FC on one array: totals are sums, utilization from the sums
+    layers = [case(f"net/l{i}", kind, {"cycles": cyc, "macs": macs, "utilization": 0.0})
+              for i, (kind, cyc, macs) in enumerate([("conv2d", 100, 1200), ("conv2d", 300, 3600),
+                                                     ("gemm", 100, 800)])]
+    for layer in layers:
+        layer["array"] = {"name": "a4", "rows": 4, "cols": 4, "dataflow": "ws", "dtype": "fp32",
+                          "clock_ghz": 2.0}
+    [line] = report.network_totals(layers)
+    assert line == ("total of 3 gemm/conv2d layers on a4 (4x4 ws): 500 cycles, 5,600 MACs, "
+                    "utilization 70.0%, 0.2 µs at 2 GHz")  # 5600 / (500 * 16)
+    mixed = layers + [case("net/s", "sample", {"cycles": 5})]
+    assert report.network_totals(mixed) == []           # not a network suite
+    assert report.network_totals(layers[2:]) == []      # no conv layer
