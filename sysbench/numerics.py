@@ -44,12 +44,15 @@ def random_operand(rng: np.random.Generator, shape, dtype: str) -> np.ndarray:
     return to_operand(rng.standard_normal(shape, dtype=np.float32), dtype)
 
 
+def gamma(n: int) -> float:
+    """Higham's gamma(n) = n u / (1 - n u): the relative error bound of n fp32 roundings."""
+    return n * UNIT_ROUNDOFF_FP32 / (1 - n * UNIT_ROUNDOFF_FP32)
+
+
 def gemm_error_bound(a: np.ndarray, b: np.ndarray, k_chain: int) -> np.ndarray:
     """Elementwise bound on |fp32 systolic GEMM - exact product|.
 
     Any order of k fp32 fused multiply-adds plus the fold additions is within
     gamma(k + 1) * (|A| @ |B|), gamma(n) = n u / (1 - n u), u = 2^-24 (Higham, Thm 3.5).
     """
-    n = k_chain + 1
-    gamma = n * UNIT_ROUNDOFF_FP32 / (1 - n * UNIT_ROUNDOFF_FP32)
-    return gamma * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+    return gamma(k_chain + 1) * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))

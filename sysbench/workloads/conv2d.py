@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import UNIT_ROUNDOFF_FP32, random_operand
-from ._array import INT8_MAX_K, array_gemm, emulator_affordable, emulator_matches
+from ..numerics import gamma, random_operand
+from ._array import INT8_MAX_K, against_exact, array_gemm, emulator_affordable, emulator_matches
 from .base import Key, Validation, Workload
 
 
@@ -141,17 +141,10 @@ class Conv2d(Workload):
 
     def validate(self, state, output) -> Validation:
         x, w, p, array = state["x"], state["w"], state["p"], state["array"]
-        exact = conv2d_direct(x, w, p)
-        err = np.abs(output.astype(np.float64) - exact)
-        worst = float(err.max())
-        if array.dtype == "int8":
-            ok = bool(np.array_equal(output.astype(np.int64), exact.astype(np.int64)))
-            reference = "direct conv (exact int)"
-        else:
-            n = gemm_dims(p)[1] + 1
-            gamma = n * UNIT_ROUNDOFF_FP32 / (1 - n * UNIT_ROUNDOFF_FP32)
-            ok = bool(np.all(err <= gamma * conv2d_direct(np.abs(x), np.abs(w), p)))
-            reference = "direct conv float64 (error bound)"
+        int8 = array.dtype == "int8"
+        worst, ok = against_exact(output, conv2d_direct(x, w, p), int8,
+                                  lambda: gamma(gemm_dims(p)[1] + 1) * conv2d_direct(np.abs(x), np.abs(w), p))
+        reference = "direct conv (exact int)" if int8 else "direct conv float64 (error bound)"
         if state["emulate"]:
             xp = pad(x, p["padding"])
             cout_g = p["out_channels"] // p["groups"]

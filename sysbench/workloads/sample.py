@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.vector import METHODS, chunk_length, vector_cycles
+from ..numerics import gamma
 from .base import Key, Validation, Workload
 
 DISTRIBUTIONS = {
@@ -121,10 +122,8 @@ def boundary_tolerance(vocab: int, units: int) -> float:
     and target can be from the kernel's: every float32 cumulative value goes through at most
     L + U additions of nonnegative terms (error <= gamma(L + U) * total, Higham Thm 4.4) and
     the target inherits the total's; float64 adds gamma64(V) for each of the two."""
-    u32, u64 = 2.0 ** -24, 2.0 ** -53
-    n = chunk_length(vocab, units) + units + 1
-    gamma32 = n * u32 / (1 - n * u32)
-    return 1.01 * (2 * gamma32 + 4 * (vocab + 2) * u64)
+    u64 = 2.0 ** -53
+    return 1.01 * (2 * gamma(chunk_length(vocab, units) + units + 1) + 4 * (vocab + 2) * u64)
 
 
 def compare_with_reference(probs: np.ndarray, uniforms: np.ndarray, indices: np.ndarray,

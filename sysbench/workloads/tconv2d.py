@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import UNIT_ROUNDOFF_FP32, random_operand
+from ..numerics import gamma, random_operand
 from . import conv2d
-from ._array import INT8_MAX_K, array_gemm, emulator_affordable
+from ._array import INT8_MAX_K, against_exact, array_gemm, emulate, emulator_affordable
 from .base import Key, Validation, Workload
 
 
@@ -174,8 +174,7 @@ def error_bound(x: np.ndarray, w: np.ndarray, p: dict, zero_insertion: bool = Fa
     n = Cin/groups + kh*kw. Zero insertion: one GEMM of K = Cin/groups*kh*kw, n = K + 1."""
     cin_g, taps = p["in_channels"] // p["groups"], p["kernel"][0] * p["kernel"][1]
     n = cin_g * taps + 1 if zero_insertion else cin_g + taps
-    gamma = n * UNIT_ROUNDOFF_FP32 / (1 - n * UNIT_ROUNDOFF_FP32)
-    return gamma * tconv2d_direct(np.abs(x), np.abs(w), p)
+    return gamma(n) * tconv2d_direct(np.abs(x), np.abs(w), p)
 
 
 # ------------------------------------------------------------------ the workload
@@ -249,31 +248,15 @@ class Tconv2d(Workload):
 
     def validate(self, state, output) -> Validation:
         x, w, p, array = state["x"], state["w"], state["p"], state["array"]
-        exact = tconv2d_direct(x, w, p)
-        err = np.abs(output.astype(np.float64) - exact)
-        worst = float(err.max())
-        if array.dtype == "int8":
-            ok = bool(np.array_equal(output.astype(np.int64), exact.astype(np.int64)))
-            reference = "direct scatter (exact int)"
-        else:
-            ok = bool(np.all(err <= error_bound(x, w, p)))
-            reference = "direct scatter float64 (error bound)"
-        if state["emulate"] and _emulator_available():
-            from ._array import emulate
-
+        int8 = array.dtype == "int8"
+        worst, ok = against_exact(output, tconv2d_direct(x, w, p), int8, lambda: error_bound(x, w, p))
+        reference = "direct scatter (exact int)" if int8 else "direct scatter float64 (error bound)"
+        if state["emulate"]:
             # the emulator's per-element GEMMs, scattered by numpy in the same order
             emulated = strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0])
             ok &= emulated.tobytes() == output.tobytes()
             reference += " + emulator (bit-exact)"
         return Validation(reference, worst, ok)
-
-
-def _emulator_available() -> bool:
-    try:
-        from ..models import emulator  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 WORKLOAD = Tconv2d()
