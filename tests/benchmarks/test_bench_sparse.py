@@ -15,7 +15,6 @@ Targets:
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -46,16 +45,6 @@ def decompose_numpy(w, n, m):
     values[r // n, g * n + r % n, c] = grouped[g, q, c]
     indices[r // n, g * n + r % n, c] = q
     return values, indices
-
-
-def best_time(fn, repeat=7):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +79,8 @@ def test_bench_decompose_numpy(benchmark, big_weights):
     benchmark.pedantic(decompose_numpy, args=(big_weights, 2, 4), rounds=3, iterations=1)
 
 
-def test_decompose_at_least_10x_numpy(big_weights):
-    ours = best_time(lambda: sparse.decompose(big_weights, 2, 4, 1))
+def test_decompose_at_least_10x_numpy(big_weights, best_time):
+    ours = best_time(lambda: sparse.decompose(big_weights, 2, 4, 1), repeat=7)
     theirs = best_time(lambda: decompose_numpy(big_weights, 2, 4), repeat=3)
     gbps = big_weights.nbytes / ours / 1e9
     written = sum(x.nbytes for x in sparse.decompose(big_weights, 2, 4, 1))
@@ -126,7 +115,7 @@ def test_bench_dense_same_weights(benchmark, gemm_case):
     benchmark(systolic.gemm_f32, a, w, FOLD, False, 1)
 
 
-def test_spmm_against_dense(gemm_case):
+def test_spmm_against_dense(gemm_case, best_time):
     n, m, a, w, values, indices = gemm_case
     sparse_s = best_time(lambda: sparse.spmm(a, values, indices, n, m, FOLD, 1), repeat=15)
     dense_s = best_time(lambda: systolic.gemm_f32(a, w, FOLD, False, 1), repeat=15)
