@@ -112,6 +112,19 @@ def apply_update(sgd, net, group, reduced: np.ndarray, scale: float):
         sgd.step([layer], [grads])
 
 
+def _gradients(p: "NetProgram", step: int, offsets: np.ndarray, beat, what: str, where: str = "") -> np.ndarray:
+    """One step's forward and backward of program `p`; its flat weight gradient."""
+    flat = np.empty(offsets[-1], dtype=np.float32)
+    p.start_step(step)
+    for l in range(len(offsets) - 1):
+        p.forward(l)
+        beat(step, f"{what} forward of layer {l}{where}")
+    for l in reversed(range(len(offsets) - 1)):
+        p.backward(l, flat[offsets[l]:offsets[l + 1]])
+        beat(step, f"{what} backward of layer {l}{where}")
+    return flat
+
+
 def reference_weights(spec: dict, ranks: int, steps: int, beat=None) -> np.ndarray:
     """Single-process training on the concatenated batch, shard gradients summed in rank order.
     `beat(step, phase)` is called after every layer computation (a watchdog's heartbeat)."""
@@ -125,14 +138,7 @@ def reference_weights(spec: dict, ranks: int, steps: int, beat=None) -> np.ndarr
     for step in range(steps):
         total = None
         for p in programs:
-            flat = np.empty(offsets[-1], dtype=np.float32)
-            p.start_step(step)
-            for l in range(L):
-                p.forward(l)
-                beat(step, f"the reference's forward of layer {l} (shard {p.rank})")
-            for l in reversed(range(L)):
-                p.backward(l, flat[offsets[l]:offsets[l + 1]])
-                beat(step, f"the reference's backward of layer {l} (shard {p.rank})")
+            flat = _gradients(p, step, offsets, beat, "the reference's", f" (shard {p.rank})")
             total = flat if total is None else total + flat   # rank order
         for l in range(L):
             main.update(l, total[offsets[l]:offsets[l + 1]], 1.0 / ranks)
@@ -145,15 +151,8 @@ def full_batch_weights(spec: dict, steps: int, beat=None) -> np.ndarray:
     p = NetProgram(spec, 0, 1)
     L = len(p.layer_sizes)
     offsets = np.concatenate([[0], np.cumsum(p.layer_sizes)]).astype(int)
-    flat = np.empty(offsets[-1], dtype=np.float32)
     for step in range(steps):
-        p.start_step(step)
-        for l in range(L):
-            p.forward(l)
-            beat(step, f"the whole-batch forward of layer {l}")
-        for l in reversed(range(L)):
-            p.backward(l, flat[offsets[l]:offsets[l + 1]])
-            beat(step, f"the whole-batch backward of layer {l}")
+        flat = _gradients(p, step, offsets, beat, "the whole-batch")
         for l in range(L):
             p.update(l, flat[offsets[l]:offsets[l + 1]], 1.0)
     return p.weights()
