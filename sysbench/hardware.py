@@ -13,6 +13,7 @@ DATAFLOWS = {
     "is": "input stationary: inputs held in the PEs, weights stream, partial sums flow down",
 }
 DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}  # operand bytes
+BANDWIDTH_MODES = ("ideal", "user")
 WEIGHT_LOADS = {
     "serial": "every fold pays its stationary preload",
     "overlapped": "the next fold's stationary operand loads while the current fold streams",
@@ -28,6 +29,17 @@ class Array:
     dtype: str = "fp32"
     weight_load: str = "serial"
     clock_ghz: float = 1.0
+    # The memory system (models/memory.py). None: unbounded SRAM / bandwidth not given.
+    ifmap_sram_kb: float | None = None
+    filter_sram_kb: float | None = None
+    ofmap_sram_kb: float | None = None
+    word_bytes: int | None = None  # bytes per SRAM/DRAM word; None: the dtype's operand bytes
+    dram_bw: float | None = None  # words per cycle on every DRAM interface not given below
+    ifmap_dram_bw: float | None = None
+    filter_dram_bw: float | None = None
+    ofmap_dram_bw: float | None = None
+    bandwidth_mode: str = "ideal"  # ideal: no stalls, report the bandwidth needed | user: stalls
+    scalesim_compat: bool = False  # reproduce SCALE-Sim v3's documented memory-model defects
 
     @property
     def operand_bytes(self) -> int:
@@ -38,7 +50,13 @@ class Array:
         return 4  # fp32 or int32 accumulators
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting; the memory keys only where they differ from their defaults, so a
+        compute-only array reads as it did before the memory system existed."""
+        out = asdict(self)
+        for key in MEMORY_KEYS:
+            if out[key] == MEMORY_DEFAULTS[key]:
+                del out[key]
+        return out
 
 
 # key -> (type, check, help); the suite loader validates [arrays.*] tables against this
@@ -49,4 +67,16 @@ ARRAY_KEYS = {
     "dtype": (str, tuple(DTYPES), "fp32 | bf16 | fp16 | int8"),
     "weight_load": (str, tuple(WEIGHT_LOADS), "serial | overlapped"),
     "clock_ghz": (float, "positive", "clock in GHz, for time_us"),
+    "ifmap_sram_kb": (float, "positive", "ifmap SRAM capacity in KiB (both halves of its double buffer)"),
+    "filter_sram_kb": (float, "positive", "filter SRAM capacity in KiB (both halves)"),
+    "ofmap_sram_kb": (float, "positive", "ofmap SRAM capacity in KiB (both halves)"),
+    "word_bytes": (int, "positive", "bytes per memory word (default: the dtype's operand bytes)"),
+    "dram_bw": (float, "positive", "DRAM bandwidth in words per cycle for every operand"),
+    "ifmap_dram_bw": (float, "positive", "ifmap DRAM bandwidth, words per cycle"),
+    "filter_dram_bw": (float, "positive", "filter DRAM bandwidth, words per cycle"),
+    "ofmap_dram_bw": (float, "positive", "ofmap DRAM bandwidth, words per cycle"),
+    "bandwidth_mode": (str, BANDWIDTH_MODES, "ideal (no stalls; reports the bandwidth needed) | user (stalls)"),
+    "scalesim_compat": (bool, None, "reproduce SCALE-Sim v3's documented memory-model defects"),
 }
+MEMORY_KEYS = tuple(list(ARRAY_KEYS)[6:])
+MEMORY_DEFAULTS = {key: Array.__dataclass_fields__[key].default for key in MEMORY_KEYS}
