@@ -24,3 +24,20 @@ def openmp_enabled():
 def max_threads():
     """Threads OpenMP would use by default (1 without OpenMP)."""
     return sysbench_max_threads()
+
+
+cdef extern from *:
+    # Cython writes this into every module it generates: the version that made the C code.
+    long CYTHON_HEX_VERSION
+
+
+_LEVELS = {0xA0: "a", 0xB0: "b", 0xC0: "rc"}
+
+
+def cython_version():
+    """The Cython that generated the kernels ("3.0.11"); known even where Cython itself is
+    not installed (it ran in pip's isolated build environment)."""
+    v = CYTHON_HEX_VERSION
+    text = f"{(v >> 24) & 0xFF}.{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}"
+    level = v & 0xF0
+    return text + (f"{_LEVELS[level]}{v & 0x0F}" if level in _LEVELS else "")

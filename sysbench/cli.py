@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import compare as compare_mod, report, results, suite as suite_mod
+from . import __version__, compare as compare_mod, output as output_mod, preflight, report, results
+from . import suite as suite_mod
 from .runner import InputError, resolve_threads, run_case
 from .workloads import registry
 
@@ -20,9 +21,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
 
 def fail(message: str, code: int = 2) -> None:
     """A usage or input error: the message on stderr, no traceback."""
-    # escape: ids ("gemm[k=64]") and hints ("sysbench[plot]") are not rich markup
-    report.stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    fail_all([message], code)
+
+
+def fail_all(messages: list[str], code: int = 2) -> None:
+    """Several problems, each distinct one once, then exit."""
+    for message in dict.fromkeys(messages):
+        # escape: ids ("gemm[k=64]") and hints ("sysbench[plot]") are not rich markup
+        report.stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    report.stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sysbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Benchmarks and cycle models for systolic-array accelerator techniques."""
+
+
+GATE_HELP = ("fail on timing regressions even when the machines differ (default: gate timings only "
+             "when CPU, arch, cores, threads and ISA match; --no-gate-timings: never)")
 
 
 @app.command()
@@ -38,6 +67,8 @@ def run(
                                             help="compare the run against this result (as `compare`)"),
     threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold",
                                     help="with --baseline: slowdown ratio that counts"),
+    gate_timings: Optional[bool] = typer.Option(None, "--gate-timings/--no-gate-timings",
+                                                help="with --baseline: " + GATE_HELP),
 ) -> None:
     """Run suites: validate every case, print a report, write a versioned JSON result."""
     base_document = None
@@ -54,15 +85,18 @@ def run(
         except suite_mod.SuiteError as exc:
             problems.extend(exc.problems)
     if problems:
-        for line in problems:
-            report.stderr.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        fail_all(problems)
     cases = [c for s in loaded for c in s.cases]
     if filter_text:
         cases = [c for c in cases if filter_text in c.id]
         if not cases:
             fail(f"--filter {filter_text!r} matches no case")
     n_threads = resolve_threads(threads)
+    try:  # everything that would make the finished run useless, found before it starts
+        for warning in preflight.check_run(loaded, output, threshold, n_threads):
+            warn(warning)
+    except preflight.PreflightError as exc:
+        fail_all(exc.problems)
 
     done = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -87,14 +121,15 @@ def run(
             results.save(document, output)
         except OSError as exc:
             fail(f"{output}: cannot write the result: {exc.strerror or exc}")
-        report.stderr.print(f"result written to {output}")
+        report.stderr.print(f"result written to {'standard output' if str(output) == '-' else output}")
     if as_json:
         sys.stdout.write(results.dumps(document))
     code = 0 if all(r.passed for r in done) else 1
     if base_document is not None:
         try:
             comparison = compare_mod.compare_documents(base_document, document, str(baseline),
-                                                       str(output or "this run"), threshold)
+                                                       str(output or "this run"), threshold,
+                                                       gate_timings=gate_timings)
         except compare_mod.CompareError as exc:
             fail(str(exc))
         report.render_comparison(comparison)
@@ -149,10 +184,11 @@ def compare(
     alpha: float = typer.Option(compare_mod.DEFAULT_ALPHA, "--alpha",
                                 help="significance level of the Mann-Whitney U test"),
     as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
+    gate_timings: Optional[bool] = typer.Option(None, "--gate-timings/--no-gate-timings", help=GATE_HELP),
 ) -> None:
     """Compare two results. Exit 0 no regression, 1 regression or model change, 2 bad files."""
     try:
-        comparison = compare_mod.compare_files(base, new, threshold, alpha)
+        comparison = compare_mod.compare_files(base, new, threshold, alpha, gate_timings)
     except compare_mod.CompareError as exc:
         fail(str(exc))
     report.render_comparison(comparison)
@@ -172,7 +208,11 @@ def report_(
         fail("say where to write the report: --html OUT.html and/or --png FOLDER")
     try:
         document = results.load(file)
-    except results.ResultError as exc:
+        if html is not None:
+            output_mod.check_writable(html, "report")
+        if png is not None:
+            output_mod.check_folder(png, "plots")
+    except (results.ResultError, output_mod.OutputError) as exc:
         fail(str(exc))
     try:
         written = report.write_plots(document, html=html, png_dir=png, source=str(file))

@@ -32,6 +32,10 @@ EXACT_MAX_PAIRS = 2500
 # comparing two commits is the point).
 MACHINE_KEYS = ("cpu", "arch", "cores", "threads", "python", "numpy", "blas", "compiler_version",
                 "cython", "openmp", "isa", "env")
+# The ones that make timings incomparable: when one differs, a timing regression is shown but
+# does not fail the comparison unless asked (--gate-timings). A software difference (numpy,
+# compiler...) still gates: a slower numpy is the kind of regression CI is there to find.
+TIMING_MACHINE_KEYS = ("cpu", "arch", "cores", "threads", "isa")
 
 
 class CompareError(Exception):
@@ -172,10 +176,12 @@ class CaseComparison:
     validation_failed: bool = False
     unstable: list[str] = field(default_factory=list)   # "base" and/or "new", with cv
     cv: dict = field(default_factory=dict)
+    gated: bool = True  # False: the machines differ, a timing regression is shown, not failed
 
     @property
     def failed(self) -> bool:
-        return bool(self.model_changes) or self.timing == "regression" or self.validation_failed
+        return (bool(self.model_changes) or (self.timing == "regression" and self.gated)
+                or self.validation_failed)
 
     @property
     def verdict(self) -> str:
@@ -185,13 +191,14 @@ class CaseComparison:
         if self.validation_failed:
             parts.append("validation failed")
         if self.timing != "no timing" or not parts:
-            parts.append(self.timing)
+            parts.append(self.timing if self.gated or self.timing != "regression"
+                         else "regression (not gated)")
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "verdict": self.verdict, "timing": self.timing,
                 "base_median_s": self.base_s, "new_median_s": self.new_s, "ratio": self.ratio,
-                "p_value": self.p_value, "test": self.test, "cv": self.cv,
+                "p_value": self.p_value, "test": self.test, "cv": self.cv, "gated": self.gated,
                 "unstable": self.unstable, "validation_failed": self.validation_failed,
                 "model_changes": self.model_changes}
 
@@ -206,6 +213,8 @@ class Comparison:
     only_in_base: list[str]
     only_in_new: list[str]
     warnings: list[str]
+    timings_gated: bool = True
+    machine_mismatch: list[str] = field(default_factory=list)  # TIMING_MACHINE_KEYS that differ
 
     def ids(self, predicate) -> list[str]:
         return [c.id for c in self.cases if predicate(c)]
@@ -236,6 +245,7 @@ class Comparison:
                 "improvements": self.improvements, "model_changes": self.model_changes,
                 "validation_failures": self.validation_failures,
                 "only_in_base": self.only_in_base, "only_in_new": self.only_in_new,
+                "timings_gated": self.timings_gated, "machine_mismatch": self.machine_mismatch,
                 "warnings": self.warnings, "cases": [c.to_dict() for c in self.cases]}
 
 
@@ -329,13 +339,34 @@ def machine_warnings(base: dict, new: dict) -> list[str]:
     return out
 
 
-def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label: str = "NEW",
-                      threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA) -> Comparison:
-    if not threshold >= 1.0:
-        raise CompareError(f"--threshold must be >= 1.0 (a ratio new/base), got {threshold}")
+def machine_mismatch(base: dict, new: dict) -> list[str]:
+    """The TIMING_MACHINE_KEYS both documents record and that differ."""
+    a, b = base.get("machine") or {}, new.get("machine") or {}
+    return [key for key in TIMING_MACHINE_KEYS
+            if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]]
+
+
+def check_settings(threshold: float, alpha: float = DEFAULT_ALPHA) -> None:
+    """CompareError for a threshold or alpha that means nothing (checked before a run too)."""
+    if not (math.isfinite(threshold) and threshold >= 1.0):
+        raise CompareError(f"--threshold must be a finite ratio new/base >= 1.0 (1.10 = 10% slower), "
+                           f"got {threshold}")
     if not 0.0 < alpha < 1.0:
         raise CompareError(f"--alpha must be between 0 and 1, got {alpha}")
+
+
+def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label: str = "NEW",
+                      threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
+                      gate_timings: bool | None = None) -> Comparison:
+    """gate_timings: True fails on timing regressions whatever the machines, False never, None
+    (the default) only when the machines match (no TIMING_MACHINE_KEYS differ)."""
+    check_settings(threshold, alpha)
     base_cases, new_cases = _index(base, base_label), _index(new, new_label)
+    if not set(base_cases) & set(new_cases):
+        raise CompareError(f"{base_label} ({len(base_cases)} cases) and {new_label} ({len(new_cases)} cases) "
+                           f"have no case id in common: nothing to compare (is this the right baseline?)")
+    mismatch = machine_mismatch(base, new)
+    gated = gate_timings if gate_timings is not None else not mismatch
     compared = []
     for case_id, old in base_cases.items():
         if case_id not in new_cases:
@@ -346,8 +377,14 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
             result.model_changes += diff_values(old.get(part), cur.get(part), part)
         result.validation_failed = _validation_failed(cur)
         compare_timing(result, old, cur, base_label, new_label, threshold, alpha)
+        result.gated = gated
         compared.append(result)
     warnings = machine_warnings(base, new)
+    if not gated:
+        why = (f"the machines differ ({', '.join(mismatch)})" if mismatch and gate_timings is None
+               else "--no-gate-timings")
+        warnings.append(f"timings are shown but not gated: {why}; model changes and validation still "
+                        f"gate" + (" (--gate-timings gates timings anyway)" if gate_timings is None else ""))
     for result in compared:
         for side in result.unstable:
             warnings.append(f"{result.id}: unstable {side} timing (cv {100 * result.cv[side]:.1f}% > "
@@ -359,7 +396,7 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
     return Comparison(base_label, new_label, threshold, alpha, compared,
                       only_in_base=[i for i in base_cases if i not in new_cases],
                       only_in_new=[i for i in new_cases if i not in base_cases],
-                      warnings=warnings)
+                      warnings=warnings, timings_gated=gated, machine_mismatch=mismatch)
 
 
 def load(path) -> dict:
@@ -371,6 +408,6 @@ def load(path) -> dict:
 
 
 def compare_files(base_path, new_path, threshold: float = DEFAULT_THRESHOLD,
-                  alpha: float = DEFAULT_ALPHA) -> Comparison:
+                  alpha: float = DEFAULT_ALPHA, gate_timings: bool | None = None) -> Comparison:
     return compare_documents(load(base_path), load(new_path), str(base_path), str(new_path),
-                             threshold, alpha)
+                             threshold, alpha, gate_timings)

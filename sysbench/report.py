@@ -210,7 +210,7 @@ def write_plots(document: dict, html=None, png_dir=None, source: str = "") -> li
     import io
     from pathlib import Path
 
-    from . import plots
+    from . import output, plots
 
     figures = plots.build_plots(document)
     images = {}
@@ -224,12 +224,11 @@ def write_plots(document: dict, html=None, png_dir=None, source: str = "") -> li
         folder.mkdir(parents=True, exist_ok=True)
         for plot in figures:
             target = folder / f"{plot.id}.png"
-            target.write_bytes(images[plot.id])
+            output.write_bytes(target, images[plot.id])
             written.append(target)
     if html is not None:
         target = Path(html)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(html_page(document, figures, images, source), encoding="utf-8")
+        output.write_text(target, html_page(document, figures, images, source))
         written.append(target)
     return written
 

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, output
 
 SCHEMA = "sysbench.result/1"
 
@@ -81,6 +81,23 @@ def _version_of(module: str) -> str | None:
         return None
 
 
+def _cython_version() -> str | None:
+    """The Cython that built the kernels (compiled into them), else the one installed: an
+    editable install builds in an isolated environment, so no "Cython" distribution is found."""
+    try:
+        from ._kernels import config
+
+        return config.cython_version()
+    except (ImportError, AttributeError):  # kernels built before they recorded it
+        pass
+    try:
+        import Cython
+
+        return Cython.__version__
+    except ImportError:
+        return _version_of("Cython")
+
+
 def _blas() -> str | None:
     try:
         config = np.show_config(mode="dicts")
@@ -106,7 +123,7 @@ def machine_info(threads: int) -> dict:
         "blas": _blas(),
         "compiler": cc,
         "compiler_version": _compiler_version(cc),
-        "cython": _version_of("Cython"),
+        "cython": _cython_version(),
         "openmp": openmp_enabled(),
         "sysbench": __version__,
         "git_commit": _git_commit(),
@@ -155,12 +172,37 @@ def build_document(suites: list[str], results, threads: int, settings: dict) -> 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
         "settings": settings,
-        "cases": [mark_stability(r.to_dict()) for r in results],
+        "cases": [null_non_finite(mark_stability(r.to_dict())) for r in results],
     }
 
 
+def null_non_finite(case: dict) -> dict:
+    """Strict JSON has no NaN or Infinity: such a number becomes null, and the case's
+    `non_finite` says what it was ({"validation.max_abs_err": "nan"}). In place; returns the case."""
+    found: dict[str, str] = {}
+
+    def clean(value, where):
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+            found[where] = str(float(value))
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, np.ndarray):
+            return clean(value.tolist(), where)
+        return value
+
+    cleaned = clean(case, "")
+    if found:
+        case.clear()
+        case.update(cleaned, non_finite=found)
+    return case
+
+
 def dumps(document: dict) -> str:
-    return json.dumps(document, indent=2, default=_json_default) + "\n"
+    """Strict JSON (no NaN or Infinity, which strict parsers reject); a non-finite number is a bug."""
+    return json.dumps(document, indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def _json_default(value):
@@ -174,36 +216,87 @@ def _json_default(value):
 
 
 def save(document: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(document)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the document by output.py's rules: atomically to a file, streamed to a pipe or device."""
+    output.write_text(path, dumps(document))
+    return Path(path)
 
 
 def load(path: str | os.PathLike) -> dict:
+    """A result document, checked against the published schema (schema/result.schema.json);
+    ResultError with one line naming the file (and the case) otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultError(f"{path}: is a directory, not a result file")
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(), parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise ResultError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ResultError(f"{path}: cannot read: {exc}") from None
+        raise ResultError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:
         raise ResultError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except _NotStrict as exc:
+        raise ResultError(f"{path}: not strict JSON: {exc} is not a number JSON allows") from None
+    except RecursionError:
+        raise ResultError(f"{path}: not a result: nested too deeply") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         found = document.get("schema") if isinstance(document, dict) else type(document).__name__
         raise ResultError(f"{path}: not a {SCHEMA} document (schema: {found!r})")
     if not isinstance(document.get("cases"), list):
         raise ResultError(f"{path}: 'cases' missing or not a list")
+    problem = schema_problem(document)
+    if problem:
+        raise ResultError(f"{path}: damaged result: {problem}")
     return document
+
+
+class _NotStrict(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NotStrict(name)
+
+
+def schema() -> dict:
+    """The published JSON schema of a result document."""
+    from importlib import resources
+
+    return json.loads(resources.files("sysbench").joinpath("schema/result.schema.json").read_text())
+
+
+_VALIDATOR = None
+
+
+def schema_problem(document: dict) -> str | None:
+    """None when the document fits the schema, else the most relevant problem in one line."""
+    global _VALIDATOR
+    import jsonschema
+
+    if _VALIDATOR is None:
+        _VALIDATOR = jsonschema.Draft202012Validator(schema())
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(document))
+    if error is None:
+        return None
+    where = list(error.absolute_path)
+    label = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where).lstrip(".") or "the document"
+    if len(where) >= 2 and where[0] == "cases" and isinstance(where[1], int):
+        case = document["cases"][where[1]]
+        rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where[2:]).lstrip(".")
+        name = (repr(case["id"]) if isinstance(case, dict) and isinstance(case.get("id"), str)
+                else f"#{where[1] + 1}")
+        label = f"case {name}" + (f" ({rest})" if rest else "")
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        message = f"must be {' or '.join(expected)}, got {_json_type(error.instance)}"
+    else:
+        message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    return f"{label}: {message}"
+
+
+def _json_type(value) -> str:
+    for name, types in (("null", type(None)), ("boolean", bool), ("integer", int), ("number", float),
+                        ("string", str), ("array", list), ("object", dict)):
+        if isinstance(value, types):
+            return name
+    return type(value).__name__

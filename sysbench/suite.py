@@ -24,6 +24,7 @@ class SuiteError(Exception):
     """One or more problems in suite files; str() lists them one per line."""
 
     def __init__(self, problems: list[str]):
+        problems = list(dict.fromkeys(problems))  # each distinct problem once (sweeps repeat them)
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -65,6 +66,8 @@ def resolve(spec: str) -> Path:
     """A bundled suite name or a path to a .toml file."""
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise SuiteError([f"{spec}: is a directory, not a suite file (give a .toml file)"])
         if not path.is_file():
             raise SuiteError([f"{spec}: no such suite file"])
         return path
@@ -276,3 +279,23 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         return "x".join(map(str, value))
     return str(value)
+
+
+def duplicate_ids(suites: list[Suite]) -> list[str]:
+    """One problem per case id that the suites of a run produce more than once.
+
+    An error rather than renamed ids: `compare` matches cases by id, and an id that depends on
+    the order suites were given in would match the wrong case against a baseline."""
+    sources: dict[str, list[str]] = {}
+    for s in suites:
+        for case in s.cases:
+            sources.setdefault(case.id, []).append(str(s.path))
+    problems = []
+    for case_id, paths in sources.items():
+        if len(paths) > 1:
+            files = list(dict.fromkeys(paths))
+            why = (f"from {' and '.join(files)}: give suites distinct `name`s (an id is name/case)"
+                   if len(files) > 1 else
+                   f"in {files[0]}: the suite is given twice, or a sweep lists a value twice")
+            problems.append(f"case id {case_id!r} appears {len(paths)} times {why}")
+    return problems

@@ -295,7 +295,7 @@ def test_wrong_schema_is_exit_2(tmp_path):
     assert_one_line_error(invoke("compare", foreign, good), "foreign.json", "not a sysbench.result/1 document")
     no_id = make_doc(make_case("t/a", TIGHT))
     del no_id["cases"][0]["id"]
-    assert_one_line_error(invoke("compare", good, write(tmp_path, "noid.json", no_id)), "case #1 has no string 'id'")
+    assert_one_line_error(invoke("compare", good, write(tmp_path, "noid.json", no_id)), "case #1", "'id'")
     bad_samples = make_doc(make_case("t/a", TIGHT))
     bad_samples["cases"][0]["timing"]["samples_s"] = "fast"
     assert_one_line_error(invoke("compare", good, write(tmp_path, "bad.json", bad_samples)),

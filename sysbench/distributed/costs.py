@@ -42,9 +42,12 @@ class LinkCost:
         return allreduce_time(nbytes, self.workers, self.alpha_s, 0.0, self.algorithm)
 
     def to_dict(self) -> dict:
-        return {"alpha_s": self.alpha_s, "beta_s_per_byte": self.beta_s_per_byte,
-                "bandwidth_gbps": 8e-9 / self.beta_s_per_byte if self.beta_s_per_byte else float("inf"),
-                "workers": self.workers, "algorithm": self.algorithm}
+        out = {"alpha_s": self.alpha_s, "beta_s_per_byte": self.beta_s_per_byte,
+               "bandwidth_gbps": 8e-9 / self.beta_s_per_byte if self.beta_s_per_byte else None,
+               "workers": self.workers, "algorithm": self.algorithm}
+        if not self.beta_s_per_byte:  # unbounded, and strict JSON has no Infinity
+            out["bandwidth_note"] = "no link: beta is 0 (one worker exchanges nothing)"
+        return out
 
 
 def allreduce_time(nbytes: int, workers: int, alpha: float, beta: float, algorithm: str = "ring") -> float:

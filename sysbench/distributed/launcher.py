@@ -8,6 +8,7 @@ complete) for timeout_s plus a grace period.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,15 +55,28 @@ def find_mpiexec() -> str:
 
 def launch(spec: dict, ranks: int, timeout_s: float, threads: int = 1, async_progress: bool = False,
            keep: Path | None = None) -> dict:
-    """Run `spec` on `ranks` local ranks; rank 0's result (with 'weights' loaded when written)."""
+    """Run `spec` on `ranks` local ranks; rank 0's result (with 'weights' loaded when written).
+
+    However it ends (an error, Ctrl-C, SIGTERM from a CI cancel or `timeout`), the job's
+    process group is killed and its temporary folder removed before launch returns or the
+    signal takes effect."""
     if not isinstance(ranks, int) or ranks < 1:
         raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     spec = dict(spec, ranks=ranks, timeout_s=timeout_s)
-    tmp = tempfile.TemporaryDirectory(prefix="sysbench-mpi-")
-    outdir = Path(keep) if keep else Path(tmp.name)
-    outdir.mkdir(parents=True, exist_ok=True)
+    with _unwind_on_signals():
+        tmp = tempfile.TemporaryDirectory(prefix="sysbench-mpi-")
+        try:
+            outdir = Path(keep) if keep else Path(tmp.name)
+            outdir.mkdir(parents=True, exist_ok=True)
+            return _run_job(spec, ranks, timeout_s, threads, async_progress, outdir)
+        finally:
+            tmp.cleanup()
+
+
+def _run_job(spec: dict, ranks: int, timeout_s: float, threads: int, async_progress: bool,
+             outdir: Path) -> dict:
     spec_path = outdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
@@ -70,31 +85,81 @@ def launch(spec: dict, ranks: int, timeout_s: float, threads: int = 1, async_pro
     env["MPIR_CVAR_ASYNC_PROGRESS"] = "1" if async_progress else "0"
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sysbench.distributed.worker",
            str(spec_path), str(outdir)]
-    log = open(outdir / "mpiexec.log", "w+b")
+    with open(outdir / "mpiexec.log", "w+b") as log:
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        except OSError as exc:
+            raise DistributedError(f"cannot start {cmd[0]}: {exc}") from None
+        try:
+            code = _wait(proc, outdir, ranks, timeout_s)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        finally:
+            if proc.poll() is None:
+                _kill(proc)
+    if code is None:
+        raise DistributedError(_explain(outdir, ranks, output, None,
+                                        f"the job made no progress for {timeout_s:g} s (timeout_s) and was killed"))
+    if code != 0 or not (outdir / "result.json").exists():
+        raise DistributedError(_explain(outdir, ranks, output, code, None))
+    result = json.loads((outdir / "result.json").read_text())
+    for name in ("weights", "reference", "full_batch"):
+        if (outdir / f"{name}.npy").exists():
+            result[name] = np.load(outdir / f"{name}.npy")
+    return result
+
+
+# Signals that end a run; while a job runs they unwind launch() first (see _unwind_on_signals).
+_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler so that launch's cleanup runs; never leaves launch()."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _unwind_on_signals():
+    """While the block runs, SIGTERM / SIGINT / SIGHUP raise _Interrupted, so that the block's
+    `finally`s kill the job and remove its folder (the default action of SIGTERM would end the
+    process on the spot and leave both behind). Then the handler that was there before gets
+    the signal: by default the process ends by that signal (exit status 128 + signum, 143 for
+    SIGTERM), SIGINT raises KeyboardInterrupt as usual, and a handler the caller installed runs.
+    A signal that was ignored stays ignored. Only the main thread can handle signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous, pending = {}, []
+
+    def interrupted(signum, frame):
+        pending.append(signum)
+        if len(pending) == 1:  # a second signal must not cut the cleanup the first one started
+            raise _Interrupted(signum)
+
+    for signum in _ENDING_SIGNALS:
+        old = signal.getsignal(signum)
+        if old in (signal.SIG_IGN, None):  # ignored (nohup), or set outside Python: leave it
+            continue
+        previous[signum] = old
+        signal.signal(signum, interrupted)
+
+    def restore():
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
     try:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-    except OSError as exc:
-        raise DistributedError(f"cannot start {cmd[0]}: {exc}") from None
-    try:
-        code = _wait(proc, outdir, ranks, timeout_s)
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-        if code is None:
-            raise DistributedError(_explain(outdir, ranks, output, None,
-                                            f"the job made no progress for {timeout_s:g} s (timeout_s) and was killed"))
-        if code != 0 or not (outdir / "result.json").exists():
-            raise DistributedError(_explain(outdir, ranks, output, code, None))
-        result = json.loads((outdir / "result.json").read_text())
-        for name in ("weights", "reference", "full_batch"):
-            if (outdir / f"{name}.npy").exists():
-                result[name] = np.load(outdir / f"{name}.npy")
-        return result
+        yield
+    except _Interrupted as exc:
+        restore()
+        signal.raise_signal(exc.signum)  # the old handler, or the default action, now
+        name = signal.Signals(exc.signum).name
+        raise DistributedError(f"the job was stopped by {name}") from None  # a handler that returned
     finally:
-        if proc.poll() is None:
-            _kill(proc)
-        log.close()
-        tmp.cleanup()
+        restore()
 
 
 def _wait(proc, outdir: Path, ranks: int, timeout_s: float):

@@ -303,6 +303,14 @@ def suite_main(argv) -> int:
                              f"distributed_calibrate) with ranks = {comm.size}"
                              + (f" matching {args.filter!r}" if args.filter else "") + "\n")
         return 2
+    from ..output import OutputError, check_writable
+    if comm.rank == 0 and args.output:
+        try:  # before the run, not after it
+            check_writable(args.output, "result")
+        except OutputError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            comm.Abort(2)
+            return 2
     from ..runner import InputError
     try:
         done = [run_case(case, 1) for case in cases]
@@ -314,7 +322,11 @@ def suite_main(argv) -> int:
         document = results.build_document([loaded.name], done, 1, {"mpiexec_ranks": comm.size})
         text = results.dumps(document)
         if args.output:
-            results.save(document, Path(args.output))
+            try:
+                results.save(document, Path(args.output))
+            except OSError as exc:
+                sys.stderr.write(f"error: {args.output}: cannot write the result: {exc.strerror or exc}\n")
+                return 2
         else:
             sys.stdout.write(text)
         ok = all(r.passed for r in done)

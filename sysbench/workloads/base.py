@@ -10,6 +10,7 @@ Workload subclass. The runner calls, per case:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -69,7 +70,12 @@ class Key:
         elif k == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return None, f"must be a number, got {value!r}"
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # a TOML integer past float range
+                return None, f"must be a finite number, got {value!r}"
+            if not math.isfinite(value):  # nan/inf would run and be written as invalid JSON
+                return None, f"must be a finite number, got {value!r}"
         elif k in ("str", "path"):
             if not isinstance(value, str):
                 return None, f"must be a string, got {value!r}"
@@ -91,7 +97,7 @@ class Key:
         elif k == "size":
             parsed = parse_size(value)
             if parsed is None:
-                return None, f"must be a byte count or a string like '64MiB', got {value!r}"
+                return None, f"must be a byte count (at most 8 EiB) or a string like '64MiB', got {value!r}"
             value = parsed
         if self.choices is not None and value not in self.choices:
             return None, f"must be one of {', '.join(map(str, self.choices))}; got {value!r}"
@@ -107,12 +113,17 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
+# A byte count past this fits no machine and no 64-bit size in the kernels.
+MAX_SIZE = 2**63 - 1
+
+
 def parse_size(value: Any) -> int | None:
-    """Bytes from an int or a string such as '512MiB', '1.5 GB', '4096'."""
+    """Bytes from an int or a string such as '512MiB', '1.5 GB', '4096'; None when it is not
+    one (including 'nan', 'inf' and numbers past float range such as '1e400')."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value if 0 <= value <= MAX_SIZE else None
     if not isinstance(value, str):
         return None
     text = value.strip().lower().replace(" ", "")
@@ -122,7 +133,7 @@ def parse_size(value: Any) -> int | None:
         amount = float(number)
     except ValueError:
         return None
-    if unit not in _UNITS or amount < 0:
+    if unit not in _UNITS or not 0 <= amount * _UNITS[unit] <= MAX_SIZE:  # also nan, inf
         return None
     return int(amount * _UNITS[unit])
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
+from ..output import OutputError, check_writable, write_text
 from ..distributed.costs import ALGORITHMS, allreduce_time, fit_alpha_beta
 from .base import CaseError, Key, Validation, Workload, parse_size
 
@@ -35,11 +35,14 @@ class DistributedCalibrate(Workload):
     def check(self, params, array):
         sizes = [parse_size(s) for s in params["sizes"]]
         if any(s is None or s < 4 for s in sizes):
-            return [("sizes", f"every size must be at least 4 bytes ('64KiB' or an integer), got {params['sizes']!r}")]
+            return [("sizes", f"every size must be a byte count from 4 bytes to 8 EiB ('64KiB' or an integer), got {params['sizes']!r}")]
         if len(set(sizes)) < 2:
             return [("sizes", "need at least two distinct sizes to fit alpha and beta")]
-        if params["output"] and not Path(params["output"]).parent.is_dir():
-            return [("output", f"{params['output']}: its directory does not exist")]
+        if params["output"]:
+            try:
+                check_writable(params["output"], "calibration")
+            except OutputError as exc:
+                return [("output", str(exc))]
         return []
 
     def model(self, params, array):
@@ -62,9 +65,9 @@ class DistributedCalibrate(Workload):
         cal.update(fit)
         if p["output"]:
             try:
-                Path(p["output"]).write_text(json.dumps(cal, indent=1) + "\n")
-            except OSError as exc:
-                raise CaseError("output", f"{p['output']}: cannot write: {exc.strerror or exc}") from None
+                write_text(p["output"], json.dumps(cal, indent=1, allow_nan=False) + "\n")
+            except (OSError, ValueError) as exc:
+                raise CaseError("output", f"{p['output']}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
         return [elapsed], cal, {"calibration": cal}
 
     def validate(self, state, output) -> Validation:

@@ -63,6 +63,8 @@ def load_weights(path: str, key: str | None) -> np.ndarray:
     """A user's weight matrix from .npy or .npz (array `key`), as given (not yet rounded).
     Raises CaseError naming the suite key ("weights" or "key") for every bad file."""
     file = Path(path)
+    if file.is_dir():
+        raise CaseError("weights", f"{path} is a directory, not a .npy or .npz file")
     if not file.is_file():
         raise CaseError("weights", f"no such file: {path}")
     stat = file.stat()
