@@ -98,7 +98,9 @@ def network_totals(cases: list[dict]) -> list[str]:
         return []
     by_array: dict[str, list[dict]] = {}
     for case in cases:
-        if case["kind"] in NETWORK_KINDS and "cycles" in case["metrics"]:
+        metrics = case["metrics"]
+        # a layer counts when its model gave both figures (a damaged or model-less case does not)
+        if all(isinstance(metrics.get(k), int) for k in ("cycles", "macs")):
             by_array.setdefault(case["array"]["name"], []).append(case)
     lines = []
     for name, layers in by_array.items():
@@ -107,11 +109,14 @@ def network_totals(cases: list[dict]) -> list[str]:
         array = layers[0]["array"]
         cycles = sum(c["metrics"]["cycles"] for c in layers)
         macs = sum(c["metrics"]["macs"] for c in layers)
+        if cycles <= 0:
+            continue
         utilization = macs / (cycles * array["rows"] * array["cols"])
+        clock = array.get("clock_ghz")
+        timing = f", {cycles / (clock * 1e3):,.1f} µs at {clock:g} GHz" if clock else ""
         lines.append(f"total of {len(layers)} gemm/conv2d layers on {name} ({array['rows']}x{array['cols']} "
                      f"{array['dataflow']}): {cycles:,} cycles, {macs:,} MACs, utilization "
-                     f"{100 * utilization:.1f}%, {cycles / (array['clock_ghz'] * 1e3):,.1f} µs at "
-                     f"{array['clock_ghz']:g} GHz")
+                     f"{100 * utilization:.1f}%" + timing)
     return lines
 
 
@@ -135,7 +140,7 @@ def render_stability(document: dict, console: Console = stderr) -> None:
     unstable = unstable_cases(document)
     if not unstable:
         return
-    listed = ", ".join(f"{c['id']} (cv {100 * c['timing']['cv']:.0f}%)" for c in unstable)
+    listed = ", ".join(f"{c['id']} (cv {fmt_pct(c['timing'].get('cv'))})" for c in unstable)
     console.print(f"[yellow]warning:[/yellow] unstable timing (cv > {100 * limit:.0f}%) in "
                   f"{len(unstable)} case(s): {escape(listed)}; rerun with more --repeats on a "
                   f"quieter machine before comparing them", highlight=False)

@@ -282,20 +282,32 @@ def _short(value: Any) -> str:
 
 
 def duplicate_ids(suites: list[Suite]) -> list[str]:
-    """One problem per case id that the suites of a run produce more than once.
+    """Problems for case ids that the suites of a run produce more than once: a suite given
+    twice, two suites of the same `name` with cases of the same name, a sweep listing a value twice.
 
     An error rather than renamed ids: `compare` matches cases by id, and an id that depends on
     the order suites were given in would match the wrong case against a baseline."""
-    sources: dict[str, list[str]] = {}
+    problems, distinct = [], []
     for s in suites:
+        if any(s.path == other.path for other in distinct):
+            problems.append(f"{s.path}: suite {s.name!r} is given more than once")
+        else:
+            distinct.append(s)
+    sources: dict[str, list[Suite]] = {}
+    for s in distinct:
         for case in s.cases:
-            sources.setdefault(case.id, []).append(str(s.path))
-    problems = []
-    for case_id, paths in sources.items():
-        if len(paths) > 1:
-            files = list(dict.fromkeys(paths))
-            why = (f"from {' and '.join(files)}: give suites distinct `name`s (an id is name/case)"
-                   if len(files) > 1 else
-                   f"in {files[0]}: the suite is given twice, or a sweep lists a value twice")
-            problems.append(f"case id {case_id!r} appears {len(paths)} times {why}")
+            sources.setdefault(case.id, []).append(s)
+    clashes: dict[tuple, list[str]] = {}  # the files an id comes from -> the ids
+    for case_id, found in sources.items():
+        if len(found) > 1:
+            clashes.setdefault(tuple(dict.fromkeys(str(s.path) for s in found)), []).append(case_id)
+    for files, ids in clashes.items():
+        shown = ", ".join(map(repr, ids[:3])) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        what = f"case id {shown}" if len(ids) == 1 else f"{len(ids)} case ids ({shown})"
+        verb_s = "s" if len(ids) == 1 else ""
+        if len(files) == 1:
+            problems.append(f"{files[0]}: {what} appear{verb_s} more than once: a sweep lists a value twice")
+        else:
+            problems.append(f"{what} come{verb_s} from both {' and '.join(files)}: "
+                            f"give the suites distinct `name`s (an id is name/case)")
     return problems

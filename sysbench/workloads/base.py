@@ -20,6 +20,8 @@ import numpy as np
 from ..hardware import Array
 
 REQUIRED = object()
+# An integer or byte count past this fits no 64-bit size in the kernels (and no machine).
+MAX_INT = MAX_SIZE = 2**63 - 1
 
 
 class CaseError(ValueError):
@@ -67,6 +69,8 @@ class Key:
         if k == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 return None, f"must be an integer, got {value!r}"
+            if abs(value) > MAX_INT:  # TOML integers are unbounded here; the kernels' are 64-bit
+                return None, f"must be at most {MAX_INT} in size, got {value!r}"
         elif k == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return None, f"must be a number, got {value!r}"
@@ -91,6 +95,8 @@ class Key:
                 value = (value, value)
             else:
                 return None, f"must be an integer or [h, w], got {value!r}"
+            if any(abs(v) > MAX_INT for v in value):
+                return None, f"must be at most {MAX_INT} in size, got {value!r}"
         elif k == "list":
             if not isinstance(value, list):
                 return None, f"must be a list, got {value!r}"
@@ -111,10 +117,6 @@ class Key:
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-# A byte count past this fits no machine and no 64-bit size in the kernels.
-MAX_SIZE = 2**63 - 1
 
 
 def parse_size(value: Any) -> int | None:
