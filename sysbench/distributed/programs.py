@@ -29,19 +29,20 @@ def global_batch(shape_per_sample: tuple, classes: int, batch: int, seed: int, s
     return x, target
 
 
-def build_network(spec: dict, local_batch: int):
+def build_network(spec: dict, local_batch: int, init: bool = True):
     from ..training import network
     keys = dict(spec["net"], batch=local_batch)
-    return network.build(keys, seed=spec.get("seed", 0))
+    return network.build(keys, seed=spec.get("seed", 0), init=init)
 
 
 class NetProgram:
-    def __init__(self, spec: dict, rank: int, ranks: int):
+    def __init__(self, spec: dict, rank: int, ranks: int, init: bool = True):
+        """init=False: shapes, sizes and FLOPs only (no weights drawn: a model needs no numbers)."""
         from ..training import optim
         self.ranks, self.rank = ranks, rank
         self.global_batch_size = spec["batch"]
         self.local = self.global_batch_size // ranks
-        self.net = build_network(spec, self.local)
+        self.net = build_network(spec, self.local, init)
         self.seed, self.loss_kind = spec.get("seed", 0), self.net.loss.kind
         self.sgd = optim.SGD(lr=spec.get("lr", 0.01))
         # schedule layer l = net layers groups[l]: a parameterised layer and the free ones after it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from ..output import OutputError, check_writable, write_text
 from ..distributed.costs import ALGORITHMS, allreduce_time, fit_alpha_beta
@@ -38,6 +39,8 @@ class DistributedCalibrate(Workload):
             return [("sizes", f"every size must be a byte count from 4 bytes to 8 EiB ('64KiB' or an integer), got {params['sizes']!r}")]
         if len(set(sizes)) < 2:
             return [("sizes", "need at least two distinct sizes to fit alpha and beta")]
+        if params["output"] and not Path(params["output"]).parent.is_dir():
+            return [("output", f"{params['output']}: its directory does not exist")]
         if params["output"]:
             try:
                 check_writable(params["output"], "calibration")

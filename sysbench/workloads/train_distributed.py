@@ -122,7 +122,7 @@ class TrainDistributed(Workload):
             if model != "resnet50":
                 try:
                     from ..training import network
-                    network.build(dict(network_keys(params), batch=max(1, batch // ranks)))
+                    network.build(dict(network_keys(params), batch=max(1, batch // ranks)), init=False)
                 except ValueError as exc:
                     problems.append(("model", f"cannot build the network: {exc}"))
         elif params["batch"] % params["workers"]:
@@ -139,7 +139,7 @@ class TrainDistributed(Workload):
             return sizes, [f * local for f in per_sample]
         from ..distributed.programs import NetProgram
         ranks = p["workers"] if p["mode"] == "sim" else p["ranks"]
-        prog = NetProgram(self.spec(p), 0, ranks)
+        prog = NetProgram(self.spec(p), 0, ranks, init=False)
         fwd, _ = prog.flops()
         return prog.layer_sizes, fwd
 
