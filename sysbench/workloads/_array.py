@@ -6,7 +6,21 @@ import numpy as np
 
 from ..hardware import Array
 from ..numerics import gemm_error_bound
-from .base import Validation
+from .base import Key, Validation
+
+# The keys of a convolution layer (conv2d and tconv2d), PyTorch's names; NCHW.
+LAYER_KEYS = {
+    "batch": Key("int", default=1, minimum=1),
+    "height": Key("int", minimum=1, help="input height"),
+    "width": Key("int", minimum=1, help="input width"),
+    "in_channels": Key("int", minimum=1),
+    "out_channels": Key("int", minimum=1),
+    "kernel": Key("pair", minimum=1, help="int or [kh, kw]"),
+    "stride": Key("pair", default=1, minimum=1),
+    "padding": Key("pair", default=0, minimum=0),
+    "dilation": Key("pair", default=1, minimum=1),
+    "groups": Key("int", default=1, minimum=1, help="in_channels = depthwise"),
+}
 
 # The cycle-stepped emulator is run (bit-exact check) when the work is at most this many
 # PE-cycles; beyond it only the float64 error bound is checked.
@@ -36,6 +50,12 @@ def emulator_matches(a: np.ndarray, b: np.ndarray, out: np.ndarray, array: Array
     emulated, _ = emulate(a, b, array)
     return emulated.dtype == out.dtype and np.array_equal(emulated, out) and \
         emulated.tobytes() == out.tobytes()
+
+
+def operand_bytes(array: Array, m: int, k: int, n: int) -> int:
+    """Peak bytes of validating one M x K by K x N product: the operands and output, their
+    float64 copies, the exact product and its error bound (|A| |B|)."""
+    return (array.operand_bytes + 8) * (m * k + k * n) + (4 + 3 * 8) * m * n
 
 
 def emulator_affordable(cycles: int, array: Array) -> bool:
@@ -68,6 +88,8 @@ def check_gemm(pairs, outputs, array: Array, emulate_too: bool) -> Validation:
             ok = False
             details.append("differs from the emulator")
     reference = "emulator (bit-exact) + float64 bound" if emulate_too else "float64 (error bound)"
+    level = "bit-exact" if emulate_too else "in bound"
     if array.dtype == "int8":
         reference = "emulator (bit-exact) + exact int" if emulate_too else "exact int64"
-    return Validation(reference, worst, ok, "; ".join(details))
+        level = "bit-exact" if emulate_too else "exact"
+    return Validation(reference, worst, ok, level, detail="; ".join(details))
