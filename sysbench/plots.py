@@ -120,7 +120,8 @@ def network_plots(document: dict, layer_kinds: set[str] | None = None) -> list[P
             table[layer, array] = case["metrics"]
         if len(layers) < 2:
             continue
-        fig, axes = new_figure(min(18.0, max(8.0, 0.2 * len(layers) * max(1, len(arrays)) + 3)), 7.5, rows=2, sharex=True)
+        width = min(18.0, max(8.0, 0.2 * len(layers) * max(1, len(arrays)) + 3))
+        fig, axes = new_figure(width, 7.5, rows=2, sharex=True)
         cycles = {a: [first_number(table.get((layer, a), {}), ("cycles",)) for layer in layers] for a in arrays}
         util = {a: [first_number(table.get((layer, a), {}), ("utilization",)) for layer in layers] for a in arrays}
         grouped_bars(axes[0][0], layers, cycles, log="auto")

@@ -99,7 +99,8 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
             for case in errors:
                 console.print(f"[red]error[/red] {escape(case['id'])}: {escape(str(case['error']))}", highlight=False)
     machine = document.get("machine", {})
-    rounds = sorted({c["timing"].get("rounds") for c in document["cases"] if isinstance(c.get("timing"), dict)} - {None})
+    timed = [c["timing"] for c in document["cases"] if isinstance(c.get("timing"), dict)]
+    rounds = sorted({t.get("rounds") for t in timed} - {None})
     console.print(f"[dim]{machine.get('cpu', '?')} · {machine.get('threads', '?')} thread(s) · "
                   f"OpenMP {'on' if machine.get('openmp') else 'off'} · "
                   f"kernel ISA {isa_text(machine.get('isa'))} · sysbench {machine.get('sysbench', '?')} · "

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .stats import summarize
-from .suite import Case
+from .suite import Case, SuiteError
 from .workloads import registry
 from .workloads.base import CaseError, Run, SelfTimed, Workload
 
@@ -39,12 +39,8 @@ DEFAULT_MIN_TIME = 0.005  # seconds per sample
 KEEP_INPUTS_BYTES = 512 * 2**20
 
 
-class InputError(Exception):
-    """Cases that cannot run as written: exit 2; one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class InputError(SuiteError):
+    """Cases that cannot run as written, found before anything is timed: exit 2, one line each."""
 
 
 @dataclass

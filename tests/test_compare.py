@@ -311,7 +311,8 @@ def test_corrupt_json_is_exit_2(tmp_path):
 def test_wrong_schema_is_exit_2(tmp_path):
     good = write(tmp_path, "good.json", make_doc(make_case("t/a", TIGHT)))
     foreign = write(tmp_path, "foreign.json", {"schema": "pytest-benchmark/4", "cases": []})
-    assert_one_line_error(invoke("compare", foreign, good), "foreign.json", "not a sysbench result", "pytest-benchmark/4")
+    assert_one_line_error(invoke("compare", foreign, good), "foreign.json", "not a sysbench result",
+                          "pytest-benchmark/4")
     no_id = make_doc(make_case("t/a", TIGHT))
     del no_id["cases"][0]["id"]
     assert_one_line_error(invoke("compare", good, write(tmp_path, "noid.json", no_id)), "case #1 has no string 'id'")

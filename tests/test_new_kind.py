@@ -37,7 +37,8 @@ class PrefixSum(Workload):
 
     def model(self, p, array, steps):
         cycles = steps * -(-p.length // p.lanes)
-        return {"cycles": cycles, "steps": steps, "utilization": p.length * steps / (cycles * p.lanes) if cycles else 0.0}
+        utilization = p.length * steps / (cycles * p.lanes) if cycles else 0.0
+        return {"cycles": cycles, "steps": steps, "utilization": utilization}
 
     def inputs(self, p, array, plan, rng):
         return PrefixInputs(rng.integers(0, 100, p.length).astype(np.int64))

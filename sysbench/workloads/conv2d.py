@@ -6,15 +6,13 @@ which is PyTorch's weight flattening, so that is the array's accumulation order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import gamma, random_operand
-from ._array import (INT8_MAX_K, LAYER_KEYS, against_exact, array_gemm, emulator_affordable, emulator_matches,
+from ..numerics import gamma
+from ._array import (INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulator_matches,
                      operand_bytes)
-from .base import Run, Timed, Validation, Workload
+from .base import Run, Validation
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -93,19 +91,7 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, p: dict) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class ConvPlan:
-    metrics: dict  # the model's figures
-    emulate: bool
-
-
-@dataclass(frozen=True)
-class ConvInputs:
-    x: np.ndarray
-    w: np.ndarray
-
-
-class Conv2d(Workload):
+class Conv2d(ArrayLayer):
     kind = "conv2d"
     description = "a convolution layer as im2col GEMMs per group (depthwise included) on the array"
     network_layer = True
@@ -140,38 +126,25 @@ class Conv2d(Workload):
         ho, wo = output_shape(p)
         metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
                         "groups": p.groups})
-        return ConvPlan(metrics, emulator_affordable(metrics["cycles"], array))
+        return ArrayPlan.of(metrics, array)
 
-    def model(self, p, array, plan):
-        return dict(plan.metrics)
+    def weight_shape(self, p):
+        return (p.out_channels, p.in_channels // p.groups, *p.kernel)
 
-    def inputs(self, p, array, plan, rng):
-        kh, kw = p.kernel
-        x = random_operand(rng, (p.batch, p.in_channels, p.height, p.width), array.dtype)
-        w = random_operand(rng, (p.out_channels, p.in_channels // p.groups, kh, kw), array.dtype)
-        return ConvInputs(x, w)
-
-    def timed(self, run: Run) -> Timed:
-        x, w, p, array, threads = run.inputs.x, run.inputs.w, run.params, run.array, run.threads
-        return Timed(lambda: conv2d_array(x, w, p, array, threads))
+    layer = staticmethod(conv2d_array)
 
     def validate(self, run: Run, output) -> Validation:
         x, w, p, array = run.inputs.x, run.inputs.w, run.params, run.array
-        int8 = array.dtype == "int8"
-        worst, ok = against_exact(output, conv2d_direct(x, w, p), int8,
-                                  lambda: gamma(gemm_dims(p)[1] + 1) * conv2d_direct(np.abs(x), np.abs(w), p))
-        reference = "direct conv (exact int)" if int8 else "direct conv float64 (error bound)"
-        level = "exact" if int8 else "in bound"
-        if run.plan.emulate:
-            xp = pad(x, p.padding)
-            cout_g = p.out_channels // p.groups
-            for g in range(p.groups):
-                out_g = output[:, g * cout_g:(g + 1) * cout_g].transpose(0, 2, 3, 1).reshape(-1, cout_g)
-                ok &= emulator_matches(im2col(xp, g, p), group_weights(w, g, p.groups),
-                                       np.ascontiguousarray(out_g), array)
-            reference += " + emulator (bit-exact)"
-            level = "bit-exact"
-        return Validation(reference, worst, ok, level)
+
+        def emulated_bits():
+            xp, cout_g = pad(x, p.padding), p.out_channels // p.groups
+            return all(emulator_matches(im2col(xp, g, p), group_weights(w, g, p.groups),
+                                        np.ascontiguousarray(output[:, g * cout_g:(g + 1) * cout_g]
+                                                             .transpose(0, 2, 3, 1).reshape(-1, cout_g)), array)
+                       for g in range(p.groups))
+        return check_layer(output, conv2d_direct(x, w, p),
+                           lambda: gamma(gemm_dims(p)[1] + 1) * conv2d_direct(np.abs(x), np.abs(w), p),
+                           array, "direct conv", emulated_bits if run.plan.emulate else None)
 
 
 WORKLOAD = Conv2d()

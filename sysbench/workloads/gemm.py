@@ -7,14 +7,8 @@ import numpy as np
 
 from ..models.systolic import gemm_cycles
 from ..numerics import random_operand
-from ._array import INT8_MAX_K, array_gemm, check_gemm, emulator_affordable, operand_bytes
+from ._array import INT8_MAX_K, ArrayPlan, array_gemm, check_gemm, operand_bytes
 from .base import Key, Run, Timed, Validation, Workload
-
-
-@dataclass(frozen=True)
-class GemmPlan:
-    cycles: dict   # the model's figures
-    emulate: bool  # small enough for the cycle-stepped emulator's bit-exact check
 
 
 @dataclass(frozen=True)
@@ -43,11 +37,10 @@ class Gemm(Workload):
         return operand_bytes(array, p.m, p.k, p.n) if numerics else 0
 
     def plan(self, p, array):
-        cycles = gemm_cycles(array, p.m, p.k, p.n)
-        return GemmPlan(cycles, emulator_affordable(cycles["cycles"], array))
+        return ArrayPlan.of(gemm_cycles(array, p.m, p.k, p.n), array)
 
     def model(self, p, array, plan):
-        return dict(plan.cycles)
+        return dict(plan.metrics)
 
     def inputs(self, p, array, plan, rng):
         return GemmInputs(random_operand(rng, (p.m, p.k), array.dtype), random_operand(rng, (p.k, p.n), array.dtype))

@@ -15,15 +15,13 @@ PyTorch's conv_transpose2d. Three computations of the same layer:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import gamma, random_operand
+from ..numerics import gamma
 from . import conv2d
-from ._array import INT8_MAX_K, LAYER_KEYS, against_exact, array_gemm, emulate, emulator_affordable
-from .base import Key, Run, Timed, Validation, Workload
+from ._array import INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulate
+from .base import Key, Run, Validation
 
 
 def _kernel():
@@ -181,19 +179,7 @@ def error_bound(x: np.ndarray, w: np.ndarray, p: dict, zero_insertion: bool = Fa
 
 # ------------------------------------------------------------------ the workload
 
-@dataclass(frozen=True)
-class TconvPlan:
-    metrics: dict  # the model's figures
-    emulate: bool
-
-
-@dataclass(frozen=True)
-class TconvInputs:
-    x: np.ndarray
-    w: np.ndarray
-
-
-class Tconv2d(Workload):
+class Tconv2d(ArrayLayer):
     kind = "tconv2d"
     description = "transposed convolution: a GEMM per kernel element + strided scatter, vs zero insertion"
     keys = {**LAYER_KEYS,
@@ -247,34 +233,20 @@ class Tconv2d(Workload):
             "utilization_zero_insertion": baseline["utilization"],
             "speedup": baseline["cycles"] / metrics["cycles"] if metrics["cycles"] else None,
         })
-        return TconvPlan(metrics, emulator_affordable(metrics["cycles"], array))
+        return ArrayPlan.of(metrics, array)
 
-    def model(self, p, array, plan):
-        return dict(plan.metrics)
+    def weight_shape(self, p):
+        return (p.in_channels, p.out_channels // p.groups, *p.kernel)
 
-    def inputs(self, p, array, plan, rng):
-        kh, kw = p.kernel
-        x = random_operand(rng, (p.batch, p.in_channels, p.height, p.width), array.dtype)
-        w = random_operand(rng, (p.in_channels, p.out_channels // p.groups, kh, kw), array.dtype)
-        return TconvInputs(x, w)
-
-    def timed(self, run: Run) -> Timed:
-        x, w, p, array, threads = run.inputs.x, run.inputs.w, run.params, run.array, run.threads
-        return Timed(lambda: tconv2d_strided(x, w, p, array, threads))
+    layer = staticmethod(tconv2d_strided)
 
     def validate(self, run: Run, output) -> Validation:
         x, w, p, array = run.inputs.x, run.inputs.w, run.params, run.array
-        int8 = array.dtype == "int8"
-        worst, ok = against_exact(output, tconv2d_direct(x, w, p), int8, lambda: error_bound(x, w, p))
-        reference = "direct scatter (exact int)" if int8 else "direct scatter float64 (error bound)"
-        level = "exact" if int8 else "in bound"
-        if run.plan.emulate:
-            # the emulator's per-element GEMMs, scattered by numpy in the same order
-            emulated = strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0])
-            ok &= emulated.tobytes() == output.tobytes()
-            reference += " + emulator (bit-exact)"
-            level = "bit-exact"
-        return Validation(reference, worst, ok, level)
+
+        def emulated_bits():  # the emulator's per-element GEMMs, scattered by numpy in the same order
+            return strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0]).tobytes() == output.tobytes()
+        return check_layer(output, tconv2d_direct(x, w, p), lambda: error_bound(x, w, p), array,
+                           "direct scatter", emulated_bits if run.plan.emulate else None)
 
     def plots(self, cases):
         return tconv_plot(cases)
