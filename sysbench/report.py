@@ -1,6 +1,7 @@
 """Rich rendering of runs (to stderr; stdout is kept for --json)."""
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -57,17 +58,18 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
     for case in document["cases"]:
         by_suite.setdefault(case.get("suite", document.get("suite", "")), []).append(case)
     for suite, cases in by_suite.items():
-        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold")
-        table.add_column("case", overflow="fold", ratio=3)
+        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("case", overflow="fold")
         table.add_column("array", no_wrap=True)
         table.add_column("cycles", justify="right", no_wrap=True)
         table.add_column("util", justify="right", no_wrap=True)
         table.add_column("time", justify="right", no_wrap=True)
         table.add_column("±", justify="right", no_wrap=True)
         table.add_column("check", no_wrap=True)
-        table.add_column("error", justify="right", no_wrap=True)
         if verbose:
-            table.add_column("reference", overflow="fold", ratio=2)
+            table.add_column("error", justify="right", no_wrap=True)
+            table.add_column("reference", overflow="fold")
         for case in cases:
             workload = kinds.get(case["kind"])
             summary = workload.summary(case["metrics"]) if workload else case["metrics"]
@@ -83,9 +85,9 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
                    _array_cell(case["array"], workload is None or workload.needs_array),
                    fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
                    fmt_time(timing.get("median_s")), spread_cell,
-                   f"[{_WORD_STYLE.get(word, 'green')}]{escape(word)}[/]",
-                   "-" if not isinstance(err, (int, float)) else f"{err:.2g}"]
+                   f"[{_WORD_STYLE.get(word, 'green')}]{escape(word)}[/]"]
             if verbose:
+                row.append("-" if not isinstance(err, (int, float)) else f"{err:.2g}")
                 detail = case.get("error") or validation.get("reference", "")
                 if validation.get("detail"):
                     detail += f" ({validation['detail']})"
