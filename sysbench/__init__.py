@@ -7,3 +7,21 @@ def openmp_enabled() -> bool:
     from ._kernels import config
 
     return config.openmp_enabled()
+
+
+def kernel_isas() -> dict[str, str]:
+    """The SIMD path each compiled kernel with several runs ("avx512", "avx2", "scalar")."""
+    import importlib
+    import pkgutil
+
+    from . import _kernels
+
+    paths = {}
+    for info in pkgutil.iter_modules(_kernels.__path__):
+        try:
+            module = importlib.import_module(f"{_kernels.__name__}.{info.name}")
+        except ImportError:
+            continue
+        if callable(getattr(module, "isa", None)):
+            paths[info.name] = module.isa()
+    return paths

@@ -3,11 +3,12 @@
 A case is matched by its `id`. Its two halves are judged differently:
 - deterministic figures (`metrics`, and the `params` and `array` that produced them) must be
   identical; any difference is a model change, reported with the old and the new value;
-- a timing is a regression only when the median ratio new/base exceeds the threshold AND a
-  one-sided Mann-Whitney U test on the raw samples says NEW is slower (p <= alpha). The test
-  is rank-based, so one descheduled sample cannot make a regression on its own.
-Improvements are reported the same way. Samples whose coefficient of variation is above
-results.STABILITY_CV are warned about: their timings are not worth much.
+- a timing is a regression only when (stats.timing_verdict) the median ratio new/base
+  exceeds the threshold, AND exceeds the case's noise floor (the largest between-round spread
+  either file shows), AND a one-sided Mann-Whitney U test on the per-round medians says NEW is
+  slower (p <= alpha). Rounds are the independent draws; samples within one round share the
+  machine's state of that moment, so a test on raw samples calls a between-run shift
+  significant. Improvements mirror the rule. Unstable samples are warned about.
 
 Exit code of a comparison: 0 nothing wrong, 1 a regression, a model change or a newly failing
 validation; 2 (raised as CompareError) files that cannot be read or compared.
@@ -21,13 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import results
+from .stats import STABLE_SPREAD, mann_whitney_u, robust_spread, timing_verdict  # noqa: F401 (re-exported)
 
 SCHEMA = "sysbench.compare/1"
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.05
-# Exact U distribution up to this many (m * n) sample pairs when there are no ties;
-# past it (or with ties) the normal approximation with tie correction is accurate enough.
-EXACT_MAX_PAIRS = 2500
 # Machine metadata that changes timings: a difference is warned about (git commit is not:
 # comparing two commits is the point).
 MACHINE_KEYS = ("cpu", "arch", "cores", "threads", "python", "numpy", "blas", "compiler_version",
@@ -40,93 +39,6 @@ TIMING_MACHINE_KEYS = ("cpu", "arch", "cores", "threads", "isa")
 
 class CompareError(Exception):
     """The files cannot be compared (unreadable, not a result, malformed): exit 2."""
-
-
-# ----------------------------------------------------------------------------------------
-# Mann-Whitney U
-
-
-@dataclass(frozen=True)
-class UTest:
-    u: float          # U of the first sample: pairs (x_i, y_j) with x_i > y_j, ties count 1/2
-    p: float          # one-sided p-value for the requested alternative
-    method: str       # "exact" or "normal"
-
-
-def midranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..N; tied values all get the average of the ranks they span."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    ranks = np.empty(len(values), dtype=np.float64)
-    start = 0
-    while start < len(values):
-        stop = start
-        while stop + 1 < len(values) and ordered[stop + 1] == ordered[start]:
-            stop += 1
-        ranks[order[start:stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return ranks
-
-
-def u_distribution(m: int, n: int) -> list[int]:
-    """How many of the C(m+n, m) orderings give U = 0 .. m*n (no ties).
-
-    These are the coefficients of the Gaussian binomial [m+n choose m]_q
-    = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i), built one factor at a time with exact
-    integers. Truncating at degree m*n is exact: dividing by (1 - q^i) as a power series
-    only looks at lower degrees.
-    """
-    m, n = min(m, n), max(m, n)
-    top = m * n
-    coeffs = [1] + [0] * top
-    for i in range(1, m + 1):
-        shift = n + i
-        for k in range(top, shift - 1, -1):   # times (1 - q^shift)
-            coeffs[k] -= coeffs[k - shift]
-        for k in range(i, top + 1):           # divided by (1 - q^i)
-            coeffs[k] += coeffs[k - i]
-    return coeffs
-
-
-def mann_whitney_u(x, y, alternative: str = "greater") -> UTest:
-    """One-sided Mann-Whitney U test that x is stochastically greater ("greater") or less
-    ("less") than y. Exact distribution without ties and for small samples; otherwise the
-    normal approximation with tie correction and continuity correction."""
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    m, n = len(x), len(y)
-    if m == 0 or n == 0:
-        raise ValueError("both samples need at least one value")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("samples must be finite")
-    combined = np.concatenate([x, y])
-    ranks = midranks(combined)
-    u = float(ranks[:m].sum() - m * (m + 1) / 2)
-    _, tie_sizes = np.unique(combined, return_counts=True)
-    has_ties = bool(np.any(tie_sizes > 1))
-
-    if not has_ties and m * n <= EXACT_MAX_PAIRS:
-        counts = u_distribution(m, n)
-        total = math.comb(m + n, m)
-        k = int(round(u))
-        tail = sum(counts[k:]) if alternative == "greater" else sum(counts[:k + 1])
-        return UTest(u, tail / total, "exact")
-
-    big_n = m + n
-    tie_term = float(np.sum(tie_sizes.astype(np.float64) ** 3 - tie_sizes)) / (big_n * (big_n - 1))
-    variance = m * n / 12 * ((big_n + 1) - tie_term)
-    if variance <= 0:  # every value tied: no evidence either way
-        return UTest(u, 1.0, "normal")
-    mean = m * n / 2
-    if alternative == "greater":
-        z = (u - mean - 0.5) / math.sqrt(variance)
-        p = 0.5 * math.erfc(z / math.sqrt(2))
-    else:
-        z = (u - mean + 0.5) / math.sqrt(variance)
-        p = 0.5 * math.erfc(-z / math.sqrt(2))
-    return UTest(u, min(1.0, p), "normal")
 
 
 # ----------------------------------------------------------------------------------------
@@ -167,15 +79,16 @@ class CaseComparison:
     base_s: float | None = None        # median
     new_s: float | None = None
     ratio: float | None = None         # new / base medians
-    p_value: float | None = None       # of the test in the direction of the ratio
-    test: str | None = None            # "exact" / "normal"
+    p_value: float | None = None       # of the per-round test in the direction of the ratio
+    noise: float | None = None         # the noise floor: largest between-round spread of the two
+    reason: str = ""                   # why a slowdown past the threshold was not gated
     # regression | improvement | same | slower (not significant) | faster (not significant)
     # | slower (no samples to test) | faster (no samples to test) | no timing (model only)
     timing: str = "no timing"
     model_changes: list[dict] = field(default_factory=list)
     validation_failed: bool = False
-    unstable: list[str] = field(default_factory=list)   # "base" and/or "new", with cv
-    cv: dict = field(default_factory=dict)
+    unstable: list[str] = field(default_factory=list)   # "base" and/or "new"
+    spread: dict = field(default_factory=dict)          # robust spread of each side's samples
     gated: bool = True  # False: the machines differ, a timing regression is shown, not failed
 
     @property
@@ -198,7 +111,8 @@ class CaseComparison:
     def to_dict(self) -> dict:
         return {"id": self.id, "verdict": self.verdict, "timing": self.timing,
                 "base_median_s": self.base_s, "new_median_s": self.new_s, "ratio": self.ratio,
-                "p_value": self.p_value, "test": self.test, "cv": self.cv, "gated": self.gated,
+                "p_value": self.p_value, "noise_floor": self.noise, "reason": self.reason,
+                "spread": self.spread, "gated": self.gated,
                 "unstable": self.unstable, "validation_failed": self.validation_failed,
                 "model_changes": self.model_changes}
 
@@ -249,60 +163,59 @@ class Comparison:
                 "warnings": self.warnings, "cases": [c.to_dict() for c in self.cases]}
 
 
-def _samples(case: dict, label: str) -> tuple[float | None, list[float] | None]:
-    """(median, samples) of a case's timing; (None, None) for a model-only case."""
+def _samples(case: dict, label: str) -> tuple[list[float] | None, list[int] | None]:
+    """(samples, their rounds) of a case's timing; (None, None) for a model-only case. A /1
+    file's samples all count as one round."""
     timing = case.get("timing")
     if timing is None:
         return None, None
     if not isinstance(timing, dict):
         raise CompareError(f"{label}: case {case['id']!r}: 'timing' is not an object")
     samples = timing.get("samples_s")
-    if samples is not None:
-        if (not isinstance(samples, list) or not samples
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                           and math.isfinite(s) and s >= 0 for s in samples)):
-            raise CompareError(f"{label}: case {case['id']!r}: 'timing.samples_s' must be a "
-                               "non-empty list of non-negative numbers")
-        return float(np.median(samples)), [float(s) for s in samples]
-    median = timing.get("median_s")
-    if isinstance(median, (int, float)) and not isinstance(median, bool):
-        return float(median), None
-    raise CompareError(f"{label}: case {case['id']!r}: timing has neither 'samples_s' nor 'median_s'")
+    if samples is None and "samples_s" not in timing:
+        median = timing.get("median_s")
+        if isinstance(median, (int, float)) and not isinstance(median, bool) and math.isfinite(median):
+            return [float(median)], None  # a median alone: reported, never tested
+        raise CompareError(f"{label}: case {case['id']!r}: timing has neither 'samples_s' nor 'median_s'")
+    if (not isinstance(samples, list) or not samples
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                       and math.isfinite(s) and s >= 0 for s in samples)):
+        raise CompareError(f"{label}: case {case['id']!r}: 'timing.samples_s' must be a "
+                           "non-empty list of non-negative numbers")
+    rounds = timing.get("sample_rounds")
+    if rounds is None:
+        rounds = [0] * len(samples)
+    elif (not isinstance(rounds, list) or len(rounds) != len(samples)
+          or not all(isinstance(r, int) and not isinstance(r, bool) for r in rounds)):
+        raise CompareError(f"{label}: case {case['id']!r}: 'timing.sample_rounds' must list one "
+                           "integer round per sample")
+    return [float(s) for s in samples], rounds
 
 
 def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: str, new_label: str,
                    threshold: float, alpha: float) -> None:
-    result.base_s, base_samples = _samples(base, base_label)
-    result.new_s, new_samples = _samples(new, new_label)
+    base_samples, base_rounds = _samples(base, base_label)
+    new_samples, new_rounds = _samples(new, new_label)
     for side, samples in (("base", base_samples), ("new", new_samples)):
         if samples:
-            cv, stable = results.stability(samples)
-            result.cv[side] = cv
-            if stable is False:
+            spread = robust_spread(samples)
+            result.spread[side] = spread
+            if spread is not None and spread > STABLE_SPREAD:
                 result.unstable.append(side)
-    if result.base_s is None or result.new_s is None:
+    if not base_samples or not new_samples:
         result.timing = "no timing"
         return
-    if result.base_s == 0:
-        result.ratio = math.inf if result.new_s > 0 else 1.0
-    else:
-        result.ratio = result.new_s / result.base_s
-    direction = ("slower" if result.ratio > threshold
-                 else "faster" if result.ratio < 1 / threshold else None)
-    if direction is None:
-        result.timing = "same"
+    result.base_s, result.new_s = float(np.median(base_samples)), float(np.median(new_samples))
+    if base_rounds is None or new_rounds is None:
+        result.ratio = result.new_s / result.base_s if result.base_s else None
+        slower = result.ratio is not None and result.ratio > threshold
+        faster = result.ratio is not None and result.ratio < 1 / threshold
+        result.timing = "same" if not (slower or faster) else \
+            f"{'slower' if slower else 'faster'} (no samples to test)"
         return
-    if base_samples is None or new_samples is None:
-        result.timing = f"{direction} (no samples to test)"
-        return
-    test = mann_whitney_u(new_samples, base_samples,
-                          alternative="greater" if direction == "slower" else "less")
-    result.p_value, result.test = test.p, test.method
-    significant = test.p <= alpha
-    if direction == "slower":
-        result.timing = "regression" if significant else "slower (not significant)"
-    else:
-        result.timing = "improvement" if significant else "faster (not significant)"
+    verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha)
+    result.timing, result.ratio, result.noise = verdict.word, verdict.ratio, verdict.noise
+    result.p_value, result.reason = verdict.p, verdict.reason
 
 
 def _validation_failed(case: dict) -> bool:
@@ -387,11 +300,10 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
                         f"gate" + (" (--gate-timings gates timings anyway)" if gate_timings is None else ""))
     for result in compared:
         for side in result.unstable:
-            warnings.append(f"{result.id}: unstable {side} timing (cv {100 * result.cv[side]:.1f}% > "
-                            f"{100 * results.STABILITY_CV:.0f}%): its verdict is unreliable")
-        if result.timing.endswith("(not significant)"):
-            warnings.append(f"{result.id}: {result.ratio:.2f}x but not significant "
-                            f"(p = {result.p_value:.3g} > {alpha}): not called a "
+            warnings.append(f"{result.id}: unstable {side} timing (spread {100 * result.spread[side]:.1f}% > "
+                            f"{100 * STABLE_SPREAD:.0f}%): its verdict is unreliable")
+        if result.reason:
+            warnings.append(f"{result.id}: {result.ratio:.2f}x but {result.reason}: not called a "
                             f"{'regression' if result.ratio > 1 else 'improvement'}")
     return Comparison(base_label, new_label, threshold, alpha, compared,
                       only_in_base=[i for i in base_cases if i not in new_cases],

@@ -3,10 +3,10 @@ at its end: the output can be written, the threshold means something, the case i
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import compare, output, suite as suite_mod
+from .runner import available_cpus
 
 
 class PreflightError(Exception):
@@ -17,21 +17,12 @@ class PreflightError(Exception):
         self.problems = problems
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container or taskset may allow fewer
-    than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def threads_warning(threads: int) -> str | None:
     """A warning when --threads asks for more threads than there are CPUs to run them.
 
     A warning, not an error: the numbers stay right and oversubscription can be what is being
     studied, but the timings then measure the scheduler as much as the kernels."""
-    cpus = usable_cpus()
+    cpus = available_cpus()
     if threads > cpus:
         return (f"--threads {threads} is more than the {cpus} CPU(s) this process may use: "
                 f"the threads will share cores and the timings will show it")

@@ -1,11 +1,12 @@
 """Rich rendering of runs (to stderr; stdout is kept for --json)."""
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .plots import PlotUnavailable  # noqa: F401  (re-exported for the CLI)
+from .plots import PlotDataError, PlotUnavailable  # noqa: F401  (re-exported for the CLI)
 from .workloads import registry
 
 stderr = Console(stderr=True)
@@ -28,73 +29,100 @@ def fmt_pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _check_cell(case: dict) -> str:
+def check_word(case: dict) -> str:
+    """One word for the validation: bit-exact | exact | in bound | checked | FAIL | error | model."""
     if case.get("error"):
-        return "[red]error[/red]"
+        return "error"
     v = case.get("validation")
-    if v is None:
-        return "[dim]model only[/dim]"
-    return "[green]ok[/green]" if v["passed"] else "[red]FAIL[/red]"
+    if not isinstance(v, dict):
+        return "model"
+    if not v.get("passed"):
+        return "FAIL"
+    return str(v.get("level") or "ok")
 
 
-def _reference_cell(case: dict) -> str:
-    if case.get("error"):
-        return f"[red]{escape(case['error'])}[/red]"
-    v = case.get("validation")
-    return "" if v is None else f"[dim]{escape(v['reference'])}[/dim]"
+_WORD_STYLE = {"error": "red", "FAIL": "bold red", "model": "dim"}
 
 
 def _array_cell(array: dict, uses_array: bool) -> str:
     if not uses_array:
         return "[dim]-[/dim]"
-    return escape(f"{array['name']} {array['rows']}x{array['cols']} {array['dataflow']} {array['dtype']}")
+    return escape(f"{array['name']} {array['dataflow']}")
 
 
-def render_cases(document: dict, console: Console = stderr) -> None:
-    """One table per suite: case, array, cycles, utilization, time, check and reference."""
+def render_cases(document: dict, console: Console = stderr, verbose: bool = False) -> None:
+    """One table per suite: case, array, cycles, utilization, time, spread, check (one word).
+    verbose: also the error and the reference each case was checked against."""
     kinds = registry()
     by_suite: dict[str, list[dict]] = {}
     for case in document["cases"]:
         by_suite.setdefault(case.get("suite", document.get("suite", "")), []).append(case)
     for suite, cases in by_suite.items():
-        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold")
+        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("case", overflow="fold")
-        table.add_column("array")
-        table.add_column("cycles", justify="right")
-        table.add_column("util", justify="right")
-        table.add_column("time", justify="right")
-        table.add_column("check")
-        table.add_column("max err", justify="right")
-        table.add_column("reference", overflow="fold")
+        table.add_column("array", no_wrap=True)
+        table.add_column("cycles", justify="right", no_wrap=True)
+        table.add_column("util", justify="right", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("±", justify="right", no_wrap=True)
+        table.add_column("check", no_wrap=True)
+        if verbose:
+            table.add_column("error", justify="right", no_wrap=True)
+            table.add_column("reference", overflow="fold")
         for case in cases:
             workload = kinds.get(case["kind"])
             summary = workload.summary(case["metrics"]) if workload else case["metrics"]
             timing = case.get("timing") or {}
             validation = case.get("validation") or {}
-            err = validation.get("max_abs_err")
-            table.add_row(escape(case["id"].split("/", 1)[-1]),
-                          _array_cell(case["array"], workload is None or workload.needs_array),
-                          fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
-                          fmt_time(timing.get("median_s")), _check_cell(case),
-                          "-" if err is None else f"{err:.2g}", _reference_cell(case))
+            err = validation.get("error", validation.get("max_abs_err"))
+            word = check_word(case)
+            spread = timing.get("spread")
+            spread_cell = "-" if spread is None else f"{100 * spread:.0f}%"
+            if timing.get("stable") is False:
+                spread_cell = f"[yellow]{spread_cell}[/yellow]"
+            row = [escape(case["id"].split("/", 1)[-1]),
+                   _array_cell(case["array"], workload is None or workload.needs_array),
+                   fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
+                   fmt_time(timing.get("median_s")), spread_cell,
+                   f"[{_WORD_STYLE.get(word, 'green')}]{escape(word)}[/]"]
+            if verbose:
+                row.append("-" if not isinstance(err, (int, float)) else f"{err:.2g}")
+                detail = case.get("error") or validation.get("reference", "")
+                if validation.get("detail"):
+                    detail += f" ({validation['detail']})"
+                row.append(f"[dim]{escape(str(detail))}[/dim]")
+            table.add_row(*row)
         console.print(table)
         for line in network_totals(cases):
             console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+        errors = [c for c in cases if c.get("error")]
+        if errors and not verbose:
+            for case in errors:
+                console.print(f"[red]error[/red] {escape(case['id'])}: {escape(str(case['error']))}", highlight=False)
     machine = document.get("machine", {})
+    timed = [c["timing"] for c in document["cases"] if isinstance(c.get("timing"), dict)]
+    rounds = sorted({t.get("rounds") for t in timed} - {None})
     console.print(f"[dim]{machine.get('cpu', '?')} · {machine.get('threads', '?')} thread(s) · "
                   f"OpenMP {'on' if machine.get('openmp') else 'off'} · "
-                  f"kernel ISA {machine.get('isa', '?')} · sysbench {machine.get('sysbench', '?')} · "
-                  f"time = median of the kernel's repeats[/dim]")
+                  f"kernel ISA {isa_text(machine.get('isa'))} · sysbench {machine.get('sysbench', '?')} · "
+                  f"time = median per call over {'/'.join(map(str, rounds)) or '-'} round(s), "
+                  f"± = robust spread[/dim]")
 
 
-NETWORK_KINDS = ("gemm", "conv2d")  # layers of a network on the array: their cycles add up
+def isa_text(isa) -> str:
+    """A result's kernel ISAs: one name when every kernel runs the same path."""
+    if isinstance(isa, dict):
+        paths = sorted(set(isa.values()))
+        return paths[0] if len(paths) == 1 else ", ".join(f"{k} {v}" for k, v in sorted(isa.items()))
+    return str(isa or "?")
 
 
 def network_totals(cases: list[dict]) -> list[str]:
-    """For a network suite (conv2d layers, maybe gemm ones, nothing else), one line per array:
+    """For a suite made of network layers (kinds with `network_layer`), one line per array:
     the layers run back to back — total cycles, MACs, utilization and time."""
-    kinds = {case["kind"] for case in cases}
-    if "conv2d" not in kinds or not kinds <= set(NETWORK_KINDS):
+    kinds = registry()
+    if not cases or not all(kinds.get(c["kind"]) and kinds[c["kind"]].network_layer for c in cases):
         return []
     by_array: dict[str, list[dict]] = {}
     for case in cases:
@@ -109,12 +137,10 @@ def network_totals(cases: list[dict]) -> list[str]:
         array = layers[0]["array"]
         cycles = sum(c["metrics"]["cycles"] for c in layers)
         macs = sum(c["metrics"]["macs"] for c in layers)
-        if cycles <= 0:
-            continue
-        utilization = macs / (cycles * array["rows"] * array["cols"])
+        utilization = macs / (cycles * array["rows"] * array["cols"]) if cycles else 0.0
         clock = array.get("clock_ghz")
         timing = f", {cycles / (clock * 1e3):,.1f} µs at {clock:g} GHz" if clock else ""
-        lines.append(f"total of {len(layers)} gemm/conv2d layers on {name} ({array['rows']}x{array['cols']} "
+        lines.append(f"total of {len(layers)} layers on {name} ({array['rows']}x{array['cols']} "
                      f"{array['dataflow']}): {cycles:,} cycles, {macs:,} MACs, utilization "
                      f"{100 * utilization:.1f}%" + timing)
     return lines
@@ -134,16 +160,16 @@ def render_summary(document: dict, console: Console = stderr) -> None:
 
 def render_stability(document: dict, console: Console = stderr) -> None:
     """Warn, in one line, about cases whose timing samples vary too much to be compared."""
-    from .results import STABILITY_CV, unstable_cases
+    from .results import unstable_cases
+    from .stats import STABLE_SPREAD
 
-    limit = (document.get("settings") or {}).get("stability_cv", STABILITY_CV)
     unstable = unstable_cases(document)
     if not unstable:
         return
-    listed = ", ".join(f"{c['id']} (cv {fmt_pct(c['timing'].get('cv'))})" for c in unstable)
-    console.print(f"[yellow]warning:[/yellow] unstable timing (cv > {100 * limit:.0f}%) in "
-                  f"{len(unstable)} case(s): {escape(listed)}; rerun with more --repeats on a "
-                  f"quieter machine before comparing them", highlight=False)
+    listed = ", ".join(f"{c['id']} ({fmt_pct(c['timing'].get('spread'))})" for c in unstable)
+    console.print(f"[yellow]warning:[/yellow] unstable timing (robust spread > {100 * STABLE_SPREAD:.0f}%) in "
+                  f"{len(unstable)} case(s): {escape(listed)}; rerun with more --rounds or a larger --min-time "
+                  f"on a quieter machine before comparing them", highlight=False)
 
 
 _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "same": "dim",
@@ -172,13 +198,15 @@ def render_comparison(comparison, console: Console = stderr, max_changes: int = 
     table.add_column("base", justify="right")
     table.add_column("new", justify="right")
     table.add_column("ratio", justify="right")
+    table.add_column("noise", justify="right")
     table.add_column("p", justify="right")
     table.add_column("verdict", overflow="fold")
     for case in comparison.cases:
         ratio = "-" if case.ratio is None else f"{case.ratio:.2f}x"
+        noise = "-" if case.noise is None else f"{case.noise:.2f}x"
         p = "-" if case.p_value is None else f"{case.p_value:.2g}"
         flag = " [yellow](unstable)[/yellow]" if case.unstable else ""
-        table.add_row(escape(case.id), fmt_time(case.base_s), fmt_time(case.new_s), ratio, p,
+        table.add_row(escape(case.id), fmt_time(case.base_s), fmt_time(case.new_s), ratio, noise, p,
                       _verdict_cell(case.verdict) + flag)
     console.print(table)
     for case in comparison.cases:
@@ -260,23 +288,22 @@ def html_page(document: dict, figures, images: dict, source: str = "") -> str:
         parts.append("<h2>Plots</h2><ul>" + "".join(
             f"<li><a href='#plot-{escape(p.id)}'>{escape(p.title)}</a></li>" for p in figures) + "</ul>")
     else:
-        parts.append("<p>No plots: the result holds no case of a plotted kind "
-                     "(gemm/conv2d suites, sparse_gemm, tconv2d, train_recompute, train_distributed).</p>")
+        parts.append("<p>No plots: the result holds no case of a kind that plots.</p>")
     for plot in figures:
         data = base64.b64encode(images[plot.id]).decode("ascii")
         parts.append(f"<section id='plot-{escape(plot.id)}'><h3>{escape(plot.title)}</h3><figure>"
                      f"<img alt='{escape(plot.title)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{escape(plot.caption)}</figcaption></figure></section>")
     parts.append("<h2>Cases</h2><table><tr><th>case</th><th>kind</th><th>array</th><th>cycles</th>"
-                 "<th>util</th><th>time (median)</th><th>cv</th><th>validation</th></tr>")
+                 "<th>util</th><th>time (median)</th><th>spread</th><th>validation</th></tr>")
     for case in document.get("cases", []):
         workload = kinds.get(case.get("kind"))
         metrics = case.get("metrics") or {}
         summary = workload.summary(metrics) if workload else metrics
         timing = case.get("timing") or {}
-        cv = timing.get("cv")
-        cv_cell = "-" if cv is None else (f"<span class='warn'>{100 * cv:.0f}% unstable</span>"
-                                          if timing.get("stable") is False else f"{100 * cv:.1f}%")
+        spread = timing.get("spread")
+        cv_cell = "-" if spread is None else (f"<span class='warn'>{100 * spread:.0f}% unstable</span>"
+                                              if timing.get("stable") is False else f"{100 * spread:.1f}%")
         v = case.get("validation")
         if case.get("error"):
             v_cell = f"<span class='fail'>error: {escape(str(case['error']))}</span>"
@@ -284,7 +311,7 @@ def html_page(document: dict, figures, images: dict, source: str = "") -> str:
             v_cell = "model only"
         else:
             v_cell = (f"<span class='{'ok' if v.get('passed') else 'fail'}'>"
-                      f"{'ok' if v.get('passed') else 'FAIL'}</span> {escape(str(v.get('reference', '')))}")
+                      f"{escape(check_word(case))}</span> {escape(str(v.get('reference', '')))}")
         array = case.get("array") or {}
         parts.append(f"<tr><td>{escape(str(case.get('id')))}</td><td>{escape(str(case.get('kind')))}</td>"
                      f"<td>{escape(str(array.get('name', '')))}</td>"

@@ -1,4 +1,10 @@
-"""The result document (schema sysbench.result/1): build, save atomically, load."""
+"""The result document (schema sysbench.result/2): build, save atomically, load.
+
+/2 (this version): every timed case records how it was timed: `number` calls per sample
+(calibrated to `min_time_s`), `rounds`, each sample's round (`sample_rounds`), the robust
+`spread` and `stable` flag, per-round medians; validations name their `level` and `error_kind`.
+/1 files (one burst of single-call samples) are still read by show and compare.
+"""
 from __future__ import annotations
 
 import datetime as _dt
@@ -14,11 +20,8 @@ import numpy as np
 
 from . import __version__, output
 
-SCHEMA = "sysbench.result/1"
-
-# A case whose timing samples vary more than this (standard deviation / mean) is flagged
-# unstable: pyperf warns at the same 10%. Its timings should not be trusted for a comparison.
-STABILITY_CV = 0.10
+SCHEMA = "sysbench.result/2"
+READABLE_SCHEMAS = ("sysbench.result/1", SCHEMA)
 
 # Environment variables that change how many threads BLAS/OpenMP use, or which kernels they pick.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -108,13 +111,15 @@ def _blas() -> str | None:
 
 
 def machine_info(threads: int) -> dict:
-    from . import openmp_enabled
+    from . import kernel_isas, openmp_enabled
+    from .runner import available_cpus
 
     cc = sysconfig.get_config_var("CC")
     info = {
         "cpu": _cpu_model(),
         "arch": platform.machine(),
         "cores": os.cpu_count(),
+        "cpus_available": available_cpus(),
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -129,42 +134,21 @@ def machine_info(threads: int) -> dict:
         "git_commit": _git_commit(),
         "git_dirty": _git_dirty(),
         "env": {name: os.environ[name] for name in THREAD_ENV if name in os.environ},
+        "isa": kernel_isas(),
     }
-    try:
-        from ._kernels import systolic
-
-        info["isa"] = systolic.isa()
-    except (ImportError, AttributeError):
-        pass
     return info
 
 
-def stability(samples: list[float], limit: float = STABILITY_CV) -> tuple[float | None, bool | None]:
-    """(coefficient of variation, stable?) of timing samples; (None, None) below two samples."""
-    if len(samples) < 2:
-        return None, None
-    values = np.asarray(samples, dtype=np.float64)
-    mean = float(values.mean())
-    cv = float(values.std(ddof=1) / mean) if mean > 0 else 0.0
-    return cv, cv <= limit
-
-
-def mark_stability(case: dict, limit: float = STABILITY_CV) -> dict:
-    """Add `cv` and `stable` to a case's timing (in place; returns the case)."""
-    timing = case.get("timing")
-    if isinstance(timing, dict) and isinstance(timing.get("samples_s"), list):
-        timing["cv"], timing["stable"] = stability(timing["samples_s"], limit)
-    return case
-
-
 def unstable_cases(document: dict) -> list[dict]:
-    """Cases whose timing was flagged unstable (cv above the threshold)."""
+    """Cases whose timing was flagged unstable (robust spread above stats.STABLE_SPREAD)."""
     return [c for c in document.get("cases", [])
             if isinstance(c.get("timing"), dict) and c["timing"].get("stable") is False]
 
 
 def build_document(suites: list[str], results, threads: int, settings: dict) -> dict:
-    settings = {**settings, "stability_cv": STABILITY_CV}
+    from .stats import STABLE_SPREAD
+
+    settings = {**settings, "stable_spread": STABLE_SPREAD}
     return {
         "schema": SCHEMA,
         "suite": "+".join(suites),
@@ -172,7 +156,7 @@ def build_document(suites: list[str], results, threads: int, settings: dict) -> 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
         "settings": settings,
-        "cases": [null_non_finite(mark_stability(r.to_dict())) for r in results],
+        "cases": [null_non_finite(r.to_dict()) for r in results],
     }
 
 
@@ -239,9 +223,10 @@ def load(path: str | os.PathLike) -> dict:
         raise ResultError(f"{path}: not strict JSON: {exc} is not a number JSON allows") from None
     except RecursionError:
         raise ResultError(f"{path}: not a result: nested too deeply") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+    if not isinstance(document, dict) or document.get("schema") not in READABLE_SCHEMAS:
         found = document.get("schema") if isinstance(document, dict) else type(document).__name__
-        raise ResultError(f"{path}: not a {SCHEMA} document (schema: {found!r})")
+        raise ResultError(f"{path}: not a sysbench result this version reads (schema {found!r}; "
+                          f"reads {', '.join(READABLE_SCHEMAS)})")
     if not isinstance(document.get("cases"), list):
         raise ResultError(f"{path}: 'cases' missing or not a list")
     problem = schema_problem(document)

@@ -1,25 +1,52 @@
-"""Run one case: model, inputs, warm-up, timed repeats of the kernel, validation."""
+"""The one suite loop: model every case, then time the numerics cases in interleaved rounds.
+
+`run_suite` is used by the CLI (its progress bar is the `on_step` callback) and by the MPI
+worker mode of `sysbench run`. It owns everything about timing:
+
+- calibration: per case, a loop count `number` such that one sample (`number` calls) lasts
+  at least `min_time` (timeit's autorange: 1, 2, 5, 10, 20, 50, ...); a sample's per-call
+  time is its duration / number. Kinds with a per-call reset, or whose call is long by
+  nature (`single_call`: a training step, an MPI job), take one call per sample;
+- rounds: every case is timed once per round, in the same case order each round (as asv
+  does), so that slow drift of the machine lands inside each case's spread; each round
+  starts with `warmup` untimed calls; every sample is kept with its round;
+- threads: BLAS is held to the case's thread count while it is timed, and to one thread
+  while references run (unless the kind's reference must sum like the kernel), so no idle
+  BLAS pool spins on the core the next case needs; the garbage collector is off while a
+  sample is taken;
+- guarding: an input problem (CaseError, a working set past the memory limit) found before
+  anything is timed is an InputError naming file, case and key (exit 2); any other failure
+  of a case is that case's error, recorded, and the run goes on.
+"""
 from __future__ import annotations
 
+import gc
 import os
-import statistics
+import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from .suite import Case
+from .stats import summarize
+from .suite import Case, SuiteError
 from .workloads import registry
-from .workloads.base import CaseError
+from .workloads.base import CaseError, Run, SelfTimed, Workload
+
+DEFAULT_ROUNDS = 3
+DEFAULT_MIN_TIME = 0.005  # seconds per sample
+# inputs kept alive between rounds up to this many bytes (beyond it they are rebuilt)
+KEEP_INPUTS_BYTES = 512 * 2**20
 
 
-class InputError(Exception):
-    """A case's inputs are unusable (bad file, bad data): exit 2, one line."""
+class InputError(SuiteError):
+    """Cases that cannot run as written, found before anything is timed: exit 2, one line each."""
 
 
 @dataclass
 class CaseResult:
     case: Case
-    metrics: dict
+    metrics: dict | None = None
     timing: dict | None = None
     validation: dict | None = None
     measured: dict = field(default_factory=dict)
@@ -40,7 +67,7 @@ class CaseResult:
             "array": c.array.to_dict(),
             "numerics": c.numerics,
             "seed": c.seed,
-            "metrics": self.metrics,
+            "metrics": self.metrics if self.metrics is not None else {},
             "timing": self.timing,
             "validation": self.validation,
         }
@@ -51,42 +78,272 @@ class CaseResult:
         return out
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def resolve_threads(threads: int | None) -> int:
-    """--threads: None or 1 -> 1 (reproducible default), 0 -> every core."""
+    """--threads: None or 1 -> 1 (reproducible default), 0 -> every CPU we may use."""
     if threads is None:
         return 1
     if threads == 0:
-        return os.cpu_count() or 1
+        return available_cpus()
     return threads
 
 
-def timing_summary(samples: list[float]) -> dict:
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "mean_s": statistics.fmean(samples),
-        "stdev_s": statistics.stdev(samples) if len(samples) > 1 else 0.0,
-        "repeats": len(samples),
-        "samples_s": samples,
-    }
-
-
-def run_case(case: Case, threads: int, repeats: int | None = None) -> CaseResult:
-    workload = registry()[case.kind]
-    metrics = workload.model(case.params, case.array)
-    result = CaseResult(case, metrics)
-    if not case.numerics:
-        return result
-    rng = np.random.default_rng(case.seed)
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get without swapping (MemAvailable)."""
     try:
-        state = workload.prepare(case.params, case.array, rng)
-        samples, output, measured = workload.measure(state, threads, case.warmup, repeats or case.repeats)
-        result.timing = timing_summary(samples)
-        result.measured = measured
-        result.validation = workload.validate(state, output).to_dict()
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _blas_limit(threads: int):
+    """A context that holds numpy's BLAS (and OpenMP pools threadpoolctl knows) to `threads`."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _nbytes(value: Any, seen: set | None = None) -> int:
+    """Bytes of the numpy arrays reachable from `value` (dataclasses, dicts, lists)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v, seen) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(_nbytes(getattr(value, name), seen) for name in value.__dataclass_fields__)
+    if hasattr(value, "__dict__"):
+        return sum(_nbytes(v, seen) for v in vars(value).values())
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+@dataclass
+class _Timing:
+    """How one case is timed, fixed on its first visit."""
+
+    number: int = 1
+    calibration: list = field(default_factory=list)  # [[number, seconds of one trial], ...]
+    samples: list = field(default_factory=list)
+    cpu_samples: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)
+    peers: dict = field(default_factory=dict)  # name -> _Timing
+
+
+def _time_calls(call: Callable[[], Any], number: int, reset=None) -> tuple[float, float, Any]:
+    """(wall seconds per call, cpu seconds per call, last output) of one sample."""
+    if reset is not None:
+        reset()
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(number):
+            output = call()
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return wall / number, cpu / number, output
+
+
+def calibrate(call: Callable[[], Any], min_time: float) -> tuple[int, list]:
+    """timeit's autorange: the smallest of 1, 2, 5, 10, 20, 50, ... calls lasting min_time."""
+    trials = []
+    number = 1
+    while True:
+        per_call, _, _ = _time_calls(call, number)
+        trials.append([number, per_call * number])
+        if per_call * number >= min_time or number >= 10**9:
+            return number, trials
+        # jump close to the target, then round up to the 1-2-5 sequence
+        wanted = max(number * 2, int(min_time / max(per_call, 1e-9) * 1.1))
+        decade = 10 ** (len(str(wanted)) - 1)
+        number = next(m * decade for m in (1, 2, 5, 10) if m * decade >= wanted)
+
+
+class _CaseRun:
+    """A case across the run: its workload, params, results and timing state."""
+
+    def __init__(self, case: Case, workload: Workload):
+        self.case, self.workload = case, workload
+        self.result = CaseResult(case)
+        self.timing = _Timing()
+        self.plan: Any = None
+        self.inputs: Any = None
+        self.visits = 0
+
+    def where(self, key: str) -> str:
+        return f"{self.case.source}: case {self.case.name!r} key {key!r}"
+
+
+def total_steps(cases: list[Case], rounds: int | None = None) -> int:
+    """How many times run_suite calls on_step for these cases."""
+    return len(cases) + sum(rounds or c.rounds for c in cases if c.numerics)
+
+
+def run_suite(cases: list[Case], threads: int = 1, repeats: int | None = None, rounds: int | None = None,
+              min_time: float | None = None, max_memory: int | None = None,
+              on_step: Callable[[Case, str], None] | None = None) -> list[CaseResult]:
+    """Model every case, then time and validate the numerics cases in rounds.
+
+    repeats, rounds, min_time: override every case's. on_step(case, stage) after each case's
+    model ("model") and after each timed visit ("round N"). Raises InputError before any
+    timing when a case cannot run as written."""
+    kinds = registry()
+    runs = [_CaseRun(case, kinds[case.kind]) for case in cases]
+    limit = max_memory if max_memory is not None else available_memory()
+    problems: list[str] = []
+    for run in runs:
+        _model(run, limit, problems)
+        if on_step:
+            on_step(run.case, "model")
+    if problems:
+        raise InputError(problems)
+
+    timed = [r for r in runs if r.case.numerics and r.result.error is None]
+    n_rounds = {r.case.id: rounds or r.case.rounds for r in timed}
+    for index in range(max(n_rounds.values(), default=0)):
+        kept_bytes = 0
+        for run in timed:
+            if index >= n_rounds[run.case.id] or run.result.error:
+                continue
+            try:
+                _visit(run, threads, repeats or run.case.repeats, min_time or run.case.min_time, index)
+            except CaseError as exc:
+                run.result.error = f"{run.where(exc.key)}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a failing case is reported and the run goes on
+                run.result.error = f"{type(exc).__name__}: {exc}"
+            if run.result.error:
+                run.plan = run.inputs = None
+            else:
+                kept_bytes += _nbytes(run.inputs) + _nbytes(run.plan)
+                if kept_bytes > KEEP_INPUTS_BYTES:  # rebuilt next round, deterministically
+                    kept_bytes -= _nbytes(run.inputs) + _nbytes(run.plan)
+                    run.plan = run.inputs = None
+            if on_step:
+                on_step(run.case, f"round {index + 1}")
+    for run in timed:
+        if run.timing.samples and run.result.error is None:
+            run.result.timing = _timing_record(run, min_time or run.case.min_time)
+        run.plan = run.inputs = None
+    return [r.result for r in runs]
+
+
+def run_case(case: Case, threads: int = 1, repeats: int | None = None, rounds: int | None = 1) -> CaseResult:
+    """One case through run_suite (an InputError is raised, not returned)."""
+    return run_suite([case], threads, repeats, rounds)[0]
+
+
+def _model(run: _CaseRun, memory_limit: int | None, problems: list[str]) -> None:
+    case, workload = run.case, run.workload
+    try:
+        need = workload.working_set(case.params, case.array, case.numerics)
+        if memory_limit is not None and need > memory_limit:
+            hint = "; numerics = false gives the model alone" if case.numerics else ""
+            problems.append(f"{case.source}: case {case.name!r}: needs about {_human(need)} of memory, "
+                            f"more than the {_human(memory_limit)} available (--max-memory){hint}")
+            return
+        run.plan = workload.plan(case.params, case.array)
+        run.result.metrics = workload.model(case.params, case.array, run.plan)
     except CaseError as exc:
-        raise InputError(f"{case.source}: case {case.name!r} key {exc.key!r}: {exc}") from None
-    except Exception as exc:  # a failing case is reported and the run goes on (exit 1)
-        result.error = f"{type(exc).__name__}: {exc}"
-    return result
+        problems.append(f"{run.where(exc.key)}: {exc}")
+    except Exception as exc:  # noqa: BLE001
+        run.result.error = f"model: {type(exc).__name__}: {exc}"
+        run.plan = None
+    if not case.numerics:
+        run.plan = None
+
+
+def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_index: int) -> None:
+    case, workload, timing = run.case, run.workload, run.timing
+    if run.plan is None:
+        run.plan = workload.plan(case.params, case.array)
+    if run.inputs is None:
+        run.inputs = workload.inputs(case.params, case.array, run.plan, np.random.default_rng(case.seed))
+    ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats)
+    spec = workload.timed(ctx)
+    first = run.visits == 0
+    run.visits += 1
+    one_call = workload.single_call or spec.reset is not None
+    output = None
+    with _blas_limit(threads):
+        for _ in range(0 if spec.self_timed else case.warmup):
+            if spec.reset is not None:
+                spec.reset()
+            output = spec.call()
+        if first and not one_call and not spec.self_timed:
+            timing.number, timing.calibration = calibrate(spec.call, min_time)
+        for _ in range(repeats):
+            wall, cpu, output = _time_calls(spec.call, timing.number, spec.reset)
+            if isinstance(output, SelfTimed):
+                timing.samples += output.samples
+                timing.rounds += [round_index] * len(output.samples)
+                if first:
+                    run.result.measured.update(output.measured)
+                output = output.output
+                break  # the job ran all its repeats inside
+            timing.samples.append(wall)
+            timing.cpu_samples.append(cpu)
+            timing.rounds.append(round_index)
+        for name, peer in spec.peers.items():
+            peer_timing = timing.peers.setdefault(name, _Timing())
+            if first:
+                peer_timing.number, peer_timing.calibration = calibrate(peer, min_time)
+            for _ in range(repeats):
+                wall, _, _ = _time_calls(peer, peer_timing.number)
+                peer_timing.samples.append(wall)
+                peer_timing.rounds.append(round_index)
+    if first:
+        with _blas_limit(threads if workload.reference_uses_case_threads else 1):
+            run.result.validation = workload.validate(ctx, output).to_dict()
+            run.result.measured.update(workload.observe(ctx, output))
+
+
+def _timing_record(run: _CaseRun, min_time: float) -> dict:
+    timing = run.timing
+    record = summarize(timing.samples, timing.rounds)
+    record.update({
+        "number": timing.number,
+        "min_time_s": None if run.workload.single_call else min_time,
+        "rounds": len(set(timing.rounds)),
+        "repeats": len(timing.samples) // max(1, len(set(timing.rounds))),
+        "calibration": timing.calibration,
+        "samples_s": timing.samples,
+        "sample_rounds": timing.rounds,
+    })
+    if timing.cpu_samples and len(timing.cpu_samples) == len(timing.samples):
+        record["cpu_samples_s"] = timing.cpu_samples
+    if timing.peers:
+        record["peers"] = {}
+        for name, peer in timing.peers.items():
+            summary = summarize(peer.samples, peer.rounds)
+            record["peers"][name] = {
+                "median_s": summary["median_s"], "min_s": summary["min_s"], "spread": summary["spread"],
+                "number": peer.number, "samples_s": peer.samples, "sample_rounds": peer.rounds,
+                # peer time / kernel time: above 1, the kernel is faster than the peer
+                "ratio": summary["median_s"] / record["median_s"] if record["median_s"] else None,
+            }
+    return record

@@ -15,7 +15,7 @@ from typing import Any
 
 from .hardware import ARRAY_KEYS, Array
 from .workloads import registry
-from .workloads.base import COMMON_KEYS, Key
+from .workloads.base import COMMON_KEYS, Key, Params
 
 TOP_KEYS = ("name", "description", "defaults", "arrays", "cases")
 
@@ -35,17 +35,19 @@ class Case:
     suite: str
     name: str
     kind: str
-    params: dict  # kind-specific keys, parsed (pairs as tuples, paths resolved)
+    params: Params  # the kind's keys, parsed (pairs as tuples, paths resolved), normalized
     array: Array
     numerics: bool
     repeats: int
     warmup: int
     seed: int
+    rounds: int = 3
+    min_time: float = 0.005
     source: str = ""  # the file it came from, for error messages
     swept: dict = field(default_factory=dict)
 
     def params_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
+        return self.params.to_json()
 
 
 @dataclass
@@ -261,8 +263,9 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
                 case_ok = False
         if not case_ok:
             continue
-        common = {k: parsed.pop(k) for k in ("numerics", "repeats", "warmup", "seed")}
-        for key, message in workload.check(parsed, array):
+        common = {k: parsed.pop(k) for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
+        params = workload.normalize(workload.make_params(parsed), array)
+        for key, message in workload.check(params, array):
             problems.append(f"{where(key)}: {message}")
             case_ok = False
         if not case_ok:
@@ -270,7 +273,7 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
         swept = dict(zip(swept_keys, combo))
         tag = ",".join(f"{k}={_short(v)}" for k, v in swept.items())
         case_id = f"{suite_name}/{cname}" + (f"[{tag}]" if tag else "")
-        cases.append(Case(case_id, suite_name, cname, kind, parsed, array, source=label,
+        cases.append(Case(case_id, suite_name, cname, kind, params, array, source=label,
                           swept=swept, **common))
     return cases
 

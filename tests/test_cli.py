@@ -1,12 +1,17 @@
-"""The command line end to end: exit codes, one-line errors, results written atomically."""
+"""The command line end to end: exit codes, one-line errors, results written atomically.
+
+In-process through Typer's CliRunner (one real process: `python -m sysbench` itself)."""
 import json
 import os
 import subprocess
 import sys
+import traceback
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
-from sysbench import results
+from sysbench import cli, results
 
 SMALL = """
 name = "small"
@@ -40,8 +45,24 @@ repeats = 1
 
 
 def sysbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sysbench", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    """Run the CLI in this process; returncode/stdout/stderr as a subprocess would give (a
+    traceback the CLI let escape lands in stderr, where the tests look for one)."""
+    previous = os.getcwd()
+    os.chdir(cwd or previous)
+    try:
+        result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    finally:
+        os.chdir(previous)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
+
+
+def test_python_m_sysbench_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "sysbench", "run", "resnet50", "--filter", "fc[array=a32"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "fc" in proc.stderr, proc.stderr
 
 
 def assert_clean_error(proc, *fragments):
@@ -60,12 +81,12 @@ def test_run_writes_validated_result(tmp_path, dataflow, dtype):
     assert proc.returncode == 0, proc.stderr
     doc = results.load(out)
     assert json.loads(proc.stdout) == doc
-    assert doc["schema"] == "sysbench.result/1" and doc["machine"]["threads"] == 2
+    assert doc["schema"] == "sysbench.result/2" and doc["machine"]["threads"] == 2
     cases = {c["id"]: c for c in doc["cases"]}
     assert set(cases) == {"small/g", "small/c"}
     for case in cases.values():
         assert case["validation"]["passed"] and "emulator" in case["validation"]["reference"]
-        assert case["timing"]["repeats"] == len(case["timing"]["samples_s"])
+        assert case["timing"]["repeats"] * case["timing"]["rounds"] == len(case["timing"]["samples_s"])
         assert case["timing"]["min_s"] <= case["timing"]["median_s"] <= case["timing"]["max_s"]
         assert case["metrics"]["cycles"] > 0
     assert cases["small/c"]["params"]["kernel"] == [3, 2]
@@ -135,7 +156,7 @@ def test_show_rejects_corrupt_and_foreign_json(tmp_path):
     assert_clean_error(sysbench("show", str(corrupt)), "not valid JSON")
     foreign = tmp_path / "f.json"
     foreign.write_text(json.dumps({"schema": "other/9", "cases": []}))
-    assert_clean_error(sysbench("show", str(foreign)), "not a sysbench.result/1 document")
+    assert_clean_error(sysbench("show", str(foreign)), "not a sysbench result", "other/9")
 
 
 def test_unwritable_output_is_exit_2(tmp_path):
@@ -152,7 +173,10 @@ def test_failed_validation_is_exit_1(tmp_path, monkeypatch):
     from sysbench import cli
     from sysbench.workloads import gemm
 
-    monkeypatch.setattr(gemm.Gemm, "run", lambda self, state, threads: state["a"] @ state["b"] + 1)
+    def broken(self, run):
+        return gemm.Timed(lambda: run.inputs.a @ run.inputs.b + 1)
+
+    monkeypatch.setattr(gemm.Gemm, "timed", broken)
     suite = tmp_path / "s.toml"
     suite.write_text(SMALL.format(dataflow="ws", dtype="fp32"))
     result = CliRunner().invoke(cli.app, ["run", str(suite), "--filter", "small/g"])

@@ -1,4 +1,5 @@
-"""sysbench compare: Mann-Whitney U, exact model diffs, verdicts and exit codes on crafted pairs."""
+"""sysbench compare: Mann-Whitney U, the per-round decision rule, exact model diffs, verdicts
+and exit codes on crafted pairs."""
 import itertools
 import json
 import math
@@ -8,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sysbench import cli, results
-from sysbench.compare import CompareError, compare_documents, diff_values, mann_whitney_u, midranks, u_distribution
+from sysbench.compare import CompareError, compare_documents, diff_values
+from sysbench.stats import mann_whitney_u, midranks, round_medians, summarize, timing_verdict, u_distribution
 
 MS = 1e-3
 
@@ -121,15 +123,18 @@ def test_bad_samples_are_value_errors():
 # Crafted documents
 
 
-def make_case(case_id, samples=None, **metrics):
+def make_case(case_id, rounds=None, **metrics):
+    """A case timed in `rounds` (a list of rounds, each a list of per-call seconds)."""
     timing = None
-    if samples is not None:
-        timing = {"median_s": float(np.median(samples)), "repeats": len(samples), "samples_s": list(samples)}
+    if rounds is not None:
+        samples = [s for r in rounds for s in r]
+        timing = {"median_s": float(np.median(samples)), "repeats": len(rounds[0]), "rounds": len(rounds),
+                  "samples_s": samples, "sample_rounds": [i for i, r in enumerate(rounds) for _ in r]}
     return {"id": case_id, "name": case_id, "kind": "gemm", "params": {"m": 4, "k": 4, "n": 4},
             "array": {"name": "a", "rows": 4, "cols": 4, "dataflow": "ws", "dtype": "fp32"},
             "metrics": {"cycles": 1000, "macs": 64, "utilization": 0.004, **metrics},
-            "timing": timing, "validation": None if samples is None else
-            {"reference": "float64", "max_abs_err": 0.0, "passed": True}}
+            "timing": timing, "validation": None if rounds is None else
+            {"reference": "float64", "level": "in bound", "error": 0.0, "passed": True}}
 
 
 MACHINE = {"cpu": "Test CPU", "arch": "x86_64", "cores": 2, "threads": 1, "python": "3.11.7",
@@ -141,9 +146,21 @@ def make_doc(*cases, **machine):
             "machine": {**MACHINE, **machine}, "settings": {}, "cases": [dict(c) for c in cases]}
 
 
-TIGHT = [1.00 * MS, 1.01 * MS, 0.99 * MS, 1.02 * MS, 0.98 * MS]  # no ties: exact test
-NOISY_BASE = [1.0 * MS, 0.3 * MS, 2.5 * MS, 0.6 * MS, 1.8 * MS]      # median 1.0 ms
-NOISY_NEW = [0.35 * MS, 2.9 * MS, 1.2 * MS, 0.7 * MS, 2.1 * MS]      # median 1.2 ms: 1.2x
+ROUND = [1.00 * MS, 1.01 * MS, 0.99 * MS, 1.02 * MS, 0.98 * MS]
+TIGHT = [ROUND, [s * 1.001 for s in ROUND], [s * 0.999 for s in ROUND]]  # 3 rounds, round medians apart
+
+
+def scaled(rounds, *factors):
+    """Each round times its factor (one factor: every round)."""
+    factors = factors * len(rounds) if len(factors) == 1 else factors
+    return [[s * f for s in r] for r, f in zip(rounds, factors)]
+
+
+# noisy within and between rounds: round medians 1.0, 1.3, 0.8 ms and 1.2, 0.9, 1.4 ms
+NOISY_BASE = [[1.0 * MS, 0.3 * MS, 2.5 * MS, 0.6 * MS, 1.8 * MS], [1.3 * MS, 0.4 * MS, 2.2 * MS, 1.9 * MS, 0.9 * MS],
+              [0.8 * MS, 0.2 * MS, 1.6 * MS, 0.5 * MS, 2.0 * MS]]
+NOISY_NEW = [[0.35 * MS, 2.9 * MS, 1.2 * MS, 0.7 * MS, 2.1 * MS], [0.9 * MS, 0.5 * MS, 1.5 * MS, 0.6 * MS, 2.4 * MS],
+             [1.4 * MS, 0.8 * MS, 2.6 * MS, 1.1 * MS, 2.0 * MS]]
 
 
 def write(tmp_path, name, document):
@@ -174,13 +191,15 @@ def test_identical_is_exit_0(tmp_path):
 
 def test_two_times_slower_with_tight_samples_is_regression(tmp_path):
     base = make_doc(make_case("t/a", TIGHT), make_case("t/b", TIGHT))
-    new = make_doc(make_case("t/a", [2 * s for s in TIGHT]), make_case("t/b", TIGHT))
+    new = make_doc(make_case("t/a", scaled(TIGHT, 2)), make_case("t/b", TIGHT))
     result, out = compare_cli(tmp_path, base, new)
     assert result.exit_code == 1
     assert out["regressions"] == ["t/a"] and out["model_changes"] == []
     case = out["cases"][0]
     assert case["ratio"] == pytest.approx(2.0)
-    assert case["p_value"] == pytest.approx(1 / math.comb(10, 5))   # new all above base: 1 of 252
+    # the test runs on the 3 round medians a side: every new one above every base one
+    assert case["p_value"] == pytest.approx(1 / math.comb(6, 3))
+    assert case["noise_floor"] == pytest.approx(1.001 / 0.999)
     assert "regression" in result.stderr and "2.00x" in result.stderr
 
 
@@ -189,17 +208,17 @@ def test_noisy_twenty_percent_slower_is_not_a_regression_but_warned(tmp_path):
     result, out = compare_cli(tmp_path, base, new)
     assert result.exit_code == 0, result.stderr
     case = out["cases"][0]
-    assert case["ratio"] == pytest.approx(1.2) and case["p_value"] > 0.05
+    assert case["ratio"] > 1.1 and case["p_value"] > 0.05
     assert case["verdict"] == "slower (not significant)" and out["regressions"] == []
     assert sorted(case["unstable"]) == ["base", "new"]
     assert any("t/noisy" in w and "unstable" in w for w in out["warnings"])
-    assert any("t/noisy" in w and "not significant" in w for w in out["warnings"])
+    assert any("t/noisy" in w and "p = " in w for w in out["warnings"])
     assert "warning" in result.stderr and "unstable" in result.stderr
 
 
 def test_below_threshold_is_same_even_if_significant(tmp_path):
     base = make_doc(make_case("t/a", TIGHT))
-    new = make_doc(make_case("t/a", [1.05 * s for s in TIGHT]))
+    new = make_doc(make_case("t/a", scaled(TIGHT, 1.05)))
     result, out = compare_cli(tmp_path, base, new)
     assert result.exit_code == 0 and out["cases"][0]["verdict"] == "same"
     # a tighter threshold makes the same 5% slowdown a regression
@@ -209,7 +228,7 @@ def test_below_threshold_is_same_even_if_significant(tmp_path):
 
 def test_improvement_is_reported_exit_0(tmp_path):
     base = make_doc(make_case("t/a", TIGHT))
-    new = make_doc(make_case("t/a", [s / 3 for s in TIGHT]))
+    new = make_doc(make_case("t/a", scaled(TIGHT, 1 / 3)))
     result, out = compare_cli(tmp_path, base, new)
     assert result.exit_code == 0 and out["improvements"] == ["t/a"]
     assert "improvement" in result.stderr
@@ -292,7 +311,8 @@ def test_corrupt_json_is_exit_2(tmp_path):
 def test_wrong_schema_is_exit_2(tmp_path):
     good = write(tmp_path, "good.json", make_doc(make_case("t/a", TIGHT)))
     foreign = write(tmp_path, "foreign.json", {"schema": "pytest-benchmark/4", "cases": []})
-    assert_one_line_error(invoke("compare", foreign, good), "foreign.json", "not a sysbench.result/1 document")
+    assert_one_line_error(invoke("compare", foreign, good), "foreign.json", "not a sysbench result",
+                          "pytest-benchmark/4")
     no_id = make_doc(make_case("t/a", TIGHT))
     del no_id["cases"][0]["id"]
     assert_one_line_error(invoke("compare", good, write(tmp_path, "noid.json", no_id)), "case #1", "'id'")
@@ -351,17 +371,22 @@ def test_samples_and_metadata_round_trip(tmp_path):
     printed, saved = json.loads(result.stdout), results.load(out)
     assert printed == saved
     timing = {c["id"]: c["timing"] for c in saved["cases"]}
-    samples = timing["cmp/g"]["samples_s"]
-    assert len(samples) == timing["cmp/g"]["repeats"] == 4 and all(s > 0 for s in samples)
-    cv = float(np.std(samples, ddof=1) / np.mean(samples))
-    assert timing["cmp/g"]["cv"] == pytest.approx(cv) and timing["cmp/g"]["stable"] == (cv <= results.STABILITY_CV)
+    g = timing["cmp/g"]
+    samples = g["samples_s"]
+    assert g["repeats"] == 4 and g["rounds"] == 3 and len(samples) == 12 and all(s > 0 for s in samples)
+    assert g["sample_rounds"] == [0] * 4 + [1] * 4 + [2] * 4
+    assert g["number"] >= 1 and g["min_time_s"] == 0.005
+    assert g["calibration"][-1][0] == g["number"] and g["calibration"][-1][1] >= g["min_time_s"]
+    expected = summarize(samples, g["sample_rounds"])
+    assert g["spread"] == pytest.approx(expected["spread"]) and g["stable"] == expected["stable"]
+    assert g["round_medians_s"] == round_medians(samples, g["sample_rounds"])
     assert timing["cmp/model"] is None
     machine = saved["machine"]
     for key in ("cpu", "cores", "threads", "python", "numpy", "blas", "compiler", "compiler_version",
                 "openmp", "sysbench", "git_commit", "git_dirty", "arch", "cython", "env"):
         assert key in machine, key
     assert machine["threads"] == 1 and isinstance(machine["openmp"], bool)
-    assert saved["settings"]["stability_cv"] == results.STABILITY_CV
+    assert saved["settings"]["stable_spread"] == 0.10
     # A saved document loads back identically, samples bit for bit.
     again = tmp_path / "again.json"
     results.save(saved, again)
@@ -390,7 +415,57 @@ def test_run_with_baseline(tmp_path):
 
 def test_medians_without_samples_are_never_called_significant(tmp_path):
     old_style = make_case("t/a", TIGHT)
-    del old_style["timing"]["samples_s"]   # a result that kept only the median
-    result, out = compare_cli(tmp_path, make_doc(old_style), make_doc(make_case("t/a", [2 * s for s in TIGHT])))
+    del old_style["timing"]["samples_s"], old_style["timing"]["sample_rounds"]  # kept only the median
+    result, out = compare_cli(tmp_path, make_doc(old_style), make_doc(make_case("t/a", scaled(TIGHT, 2))))
     assert result.exit_code == 0
     assert out["cases"][0]["verdict"] == "slower (no samples to test)" and out["cases"][0]["p_value"] is None
+
+
+def test_schema_1_samples_are_one_round_and_never_gated(tmp_path):
+    # a /1 file: one burst of samples, no rounds; 2x slower is reported, not gated
+    old = make_case("t/a", TIGHT)
+    del old["timing"]["sample_rounds"]
+    base = dict(make_doc(old), schema="sysbench.result/1")
+    result, out = compare_cli(tmp_path, base, make_doc(make_case("t/a", scaled(TIGHT, 2))))
+    assert result.exit_code == 0 and out["cases"][0]["verdict"] == "slower (not significant)"
+    assert "fewer than 2 rounds" in out["cases"][0]["reason"]
+
+
+# ----------------------------------------------------------------------------------------
+# The decision rule on crafted rounds (stats.timing_verdict)
+
+
+def rounds_of(rounds):
+    return [s for r in rounds for s in r], [i for i, r in enumerate(rounds) for _ in r]
+
+
+def verdict(base, new, threshold=1.10, alpha=0.05):
+    return timing_verdict(*rounds_of(base), *rounds_of(new), threshold, alpha)
+
+
+def test_one_round_of_five_shifted_is_not_a_regression():
+    # the new file's third round ran 1.2x slower (a neighbour's load, a clock step): the median of
+    # all its samples barely moves, and that round's own spread is the noise floor
+    v = verdict(TIGHT, scaled(TIGHT, 1.0, 1.0, 1.2))
+    assert v.word == "same" and v.ratio < 1.02 and v.noise == pytest.approx(1.2 * 0.999 / 1.0)
+
+
+def test_every_round_shifted_with_a_tight_spread_is_a_regression():
+    v = verdict(TIGHT, scaled(TIGHT, 1.3))
+    assert v.word == "regression" and v.ratio == pytest.approx(1.3) and v.p == pytest.approx(0.05)
+    assert verdict(scaled(TIGHT, 1.3), TIGHT).word == "improvement"
+
+
+def test_a_shift_inside_the_between_round_noise_is_not_a_regression():
+    # new rounds at 1.12, 1.2 and 1.35 ms: every one above every base round (p = 0.05) and the
+    # median 1.2x past the 1.10 threshold, but the new file itself moved 1.2x between rounds
+    v = verdict(TIGHT, scaled(TIGHT, 1.12, 1.2, 1.35))
+    assert v.ratio > 1.10 and v.p == pytest.approx(0.05)
+    assert v.word == "slower (within noise)" and v.noise == pytest.approx(1.35 * 0.999 / (1.12 * 1.0))
+    assert v.ratio < v.noise
+
+
+def test_rounds_must_all_agree_with_three_a_side():
+    # two of three new rounds 2x slower, one not: U = 6 of 9, P(U >= 6) = 7/20 for 3 + 3
+    v = verdict(TIGHT, scaled(TIGHT, 2.0, 2.0, 0.99))
+    assert v.word == "slower (not significant)" and v.p == pytest.approx(7 / 20)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import model_of
 
 from sysbench import compare, results, suite as suite_mod
 from sysbench.runner import CaseResult
@@ -34,7 +35,7 @@ def test_current_models_match_the_baseline(baseline):
     the baseline's, exactly as `sysbench compare` would."""
     workloads = registry()
     current = copy.deepcopy(baseline)
-    current["cases"] = [CaseResult(c, workloads[c.kind].model(c.params, c.array)).to_dict()
+    current["cases"] = [CaseResult(c, model_of(workloads[c.kind], c.params, c.array)).to_dict()
                         for c in suite_mod.load("quick").cases]
     current = json.loads(results.dumps(current))   # as saved: tuples as lists, numpy scalars as numbers
     by_id = {c["id"]: c for c in baseline["cases"]}

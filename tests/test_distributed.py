@@ -2,6 +2,8 @@
 timelines, the ResNet-50 sizes, and the checks that run before anything launches."""
 from __future__ import annotations
 
+from conftest import check_of, drive, model_of  # noqa: F401
+
 import textwrap
 
 import pytest
@@ -228,7 +230,7 @@ def test_sim_suite_loads_and_models(tmp_path):
     from sysbench.workloads import registry
     w = registry()["train_distributed"]
     for case in suite.cases:
-        m = w.model(case.params, case.array)
+        m = model_of(w, case.params, case.array)
         assert m["parameters"] == 25_557_032 and m["step_s"] >= m["compute_s"] > 0
         assert m["bytes_sent_per_rank"] == round(2 * (m["workers"] - 1) / m["workers"] * m["gradient_bytes"])
 
@@ -250,9 +252,9 @@ def test_calibration_file_drives_the_simulator(tmp_path):
         """)
     from sysbench.workloads import registry
     case = suite.cases[0]
-    with_file = registry()["train_distributed"].model(case.params, case.array)
+    with_file = model_of(registry()["train_distributed"], case.params, case.array)
     same_link = dict(case.params, calibration=None, link_gbps=10.0, link_latency_us=10.0)
-    assert with_file["step_s"] == registry()["train_distributed"].model(same_link, case.array)["step_s"]
+    assert with_file["step_s"] == model_of(registry()["train_distributed"], same_link, case.array)["step_s"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"alpha": 1}')
     with pytest.raises(CaseError, match="alpha_s and beta_s_per_byte"):

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import traceback
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def invoke(*args):
 
 
 def assert_clean(result, folder: Path):
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        "".join(traceback.format_exception(result.exception)[-4:]))
     assert result.exit_code in (0, 1, 2), result.output
     assert "Traceback" not in result.output
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []   # no temporary file
@@ -192,6 +194,9 @@ numerics = false
 name = "sim"
 kind = "train_distributed"
 mode = "sim"
+layers = 2
+width = 8
+batch = 8
 workers = 4
 repeats = 2
 """

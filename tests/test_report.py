@@ -5,10 +5,12 @@ import re
 import sys
 
 import pytest
+from conftest import model_of
 from typer.testing import CliRunner
 
 from sysbench import cli, report, results, suite as suite_mod
 from sysbench.runner import CaseResult
+from sysbench.stats import summarize
 from sysbench.workloads import registry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +35,7 @@ def model_only_document(suite_name: str, kinds=None) -> dict:
     workloads really emit, so the plots are tested against them and not against a guess."""
     loaded = suite_mod.load(suite_name)
     workloads = registry()
-    done = [CaseResult(c, workloads[c.kind].model(c.params, c.array)).to_dict()
+    done = [CaseResult(c, model_of(workloads[c.kind], c.params, c.array)).to_dict()
             for c in loaded.cases if kinds is None or c.kind in kinds]
     return document(*done)
 
@@ -120,7 +122,7 @@ def test_real_suites_feed_their_plots():
     axes = network[0].figure.axes
     assert len(axes[0].patches) == 2 * 54   # 53 convolutions + fc, on two arrays
     if "tconv2d" in registry():
-        tconv = plots.tconv_plot(model_only_document("tconv", {"tconv2d"}))
+        tconv = registry()["tconv2d"].plots(model_only_document("tconv", {"tconv2d"})["cases"])
         assert [p.id for p in tconv] == ["tconv"]
 
 
@@ -143,21 +145,16 @@ def test_real_workload_results_feed_their_plots():
     assert sorted(p.id for p in plots.build_plots(doc)) == sorted(wanted[k] for k in kinds)
 
 
-def test_timeline_and_memory_parsing():
-    from sysbench import plots
-
-    events = plots._parse_timeline([
-        {"rank": 1, "type": "forward", "start_s": 0.0, "end_s": 1.0},
-        {"rank": 1, "type": "wait", "start_s": 1.0, "end_s": 2.0},           # idle: no bar
-        {"rank": 0, "type": "allreduce", "start_s": 0.5, "end_s": 0.75}])
-    assert [(e["rank"], e["lane"], e["start"], e["end"]) for e in events] == [
-        (1, "compute", 0.0, 1.0), (0, "exchange", 0.5, 0.75)]
-    assert plots._parse_series([[0, "in", 10, 20], [1, "h", 30, 40]]) == ([0.0, 1.0], [10.0, 30.0])
-    assert plots._parse_series([[0, 10, 20], [1, 30, 40]], ["event", "total_bytes", "activation_bytes"]) == (
-        [0.0, 1.0], [20.0, 40.0])
-    assert plots._parse_series([5, 6, 7]) == ([0, 1, 2], [5.0, 6.0, 7.0])
-    assert plots._parse_series({"t": [0, 2], "bytes": [1, 3]}) == ([0.0, 2.0], [1.0, 3.0])
-    assert plots._parse_series(["a", "b"]) is None
+def test_distributed_plot_draws_compute_and_exchange_lanes():
+    pytest.importorskip("matplotlib")
+    timeline = [{"rank": 1, "step": 0, "type": "forward", "start_s": 0.0, "end_s": 1.0},
+                {"rank": 1, "step": 0, "type": "wait", "start_s": 1.0, "end_s": 2.0},   # idle: no bar
+                {"rank": 0, "step": 0, "type": "allreduce", "start_s": 0.5, "end_s": 0.75}]
+    [plot] = registry()["train_distributed"].plots([case("t/d", "train_distributed", {}, {"timeline": timeline})])
+    ax = plot.figure.axes[0]
+    assert len(ax.collections) == 2   # rank 1 compute, rank 0 exchange; the wait is a gap
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["rank 0 compute", "rank 0 exchange",
+                                                              "rank 1 compute", "rank 1 exchange"]
 
 
 def test_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
@@ -186,12 +183,11 @@ def test_report_usage_errors(tmp_path, args, fragment):
 def test_show_warns_about_unstable_timing(tmp_path):
     unstable = case("t/jittery", "gemm", {"cycles": 10, "utilization": 0.5})
     samples = [1e-3, 3e-3, 1e-3, 2e-3]
-    unstable["timing"] = {"median_s": 1.5e-3, "repeats": 4, "samples_s": samples}
-    results.mark_stability(unstable)
-    assert unstable["timing"]["stable"] is False and unstable["timing"]["cv"] > 0.1
+    unstable["timing"] = dict(summarize(samples, [0, 0, 1, 1]), repeats=2, rounds=2, samples_s=samples)
+    assert unstable["timing"]["stable"] is False and unstable["timing"]["spread"] > 0.1
     steady = case("t/steady", "gemm", {"cycles": 10, "utilization": 0.5})
-    steady["timing"] = {"median_s": 1e-3, "repeats": 3, "samples_s": [1e-3, 1.01e-3, 0.99e-3]}
-    results.mark_stability(steady)
+    steady_samples = [1e-3, 1.01e-3, 0.99e-3]
+    steady["timing"] = dict(summarize(steady_samples, [0, 1, 2]), repeats=1, rounds=3, samples_s=steady_samples)
     assert steady["timing"]["stable"] is True
     path = tmp_path / "r.json"
     path.write_text(json.dumps(document(unstable, steady)))
@@ -210,8 +206,8 @@ def test_network_suite_totals_per_array():
         layer["array"] = {"name": "a4", "rows": 4, "cols": 4, "dataflow": "ws", "dtype": "fp32",
                           "clock_ghz": 2.0}
     [line] = report.network_totals(layers)
-    assert line == ("total of 3 gemm/conv2d layers on a4 (4x4 ws): 500 cycles, 5,600 MACs, "
+    assert line == ("total of 3 layers on a4 (4x4 ws): 500 cycles, 5,600 MACs, "
                     "utilization 70.0%, 0.2 µs at 2 GHz")  # 5600 / (500 * 16)
     mixed = layers + [case("net/s", "sample", {"cycles": 5})]
     assert report.network_totals(mixed) == []           # not a network suite
-    assert report.network_totals(layers[2:]) == []      # no conv layer
+    assert report.network_totals(layers[2:]) == []      # one layer is no network

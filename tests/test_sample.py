@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import check_of, drive, model_of
 
 from sysbench._kernels import sample as kernel
 from sysbench.hardware import Array
@@ -280,7 +281,7 @@ def test_cycle_model_by_hand():
     assert select["bytes_read"] == 5 * 4 * 13 and select["bytes_written"] == 0
     one = vector_cycles(7, 1, "chunk_select")  # one unit: no encoder, one total
     assert one["cycles_per_row"] == 7 + 1 + 1 + 1 + 7
-    figures = WORKLOAD.model(params(vocab=10, units=4, batch=5, method="full_scan"),
+    figures = model_of(WORKLOAD, params(vocab=10, units=4, batch=5, method="full_scan"),
                              Array(clock_ghz=2.0))
     assert figures["time_us"] == pytest.approx(80 / 2000) and figures["time_us_per_row"] == pytest.approx(16 / 2000)
 
@@ -289,25 +290,22 @@ def test_cycle_model_by_hand():
 @pytest.mark.parametrize("method", METHODS)
 def test_workload_runs_and_validates(distribution, method):
     p = params(distribution=distribution, method=method, vocab=3000, batch=8, units=7)
-    state = WORKLOAD.prepare(p, Array(), np.random.default_rng(5))
-    assert state["probs"].dtype == np.float32 and state["probs"].shape == (8, 3000)
-    out = WORKLOAD.run(state, 2)
+    state, out = drive(WORKLOAD, p, Array(), seed=5, threads=2)
+    assert state.inputs.probs.dtype == np.float32 and state.inputs.probs.shape == (8, 3000)
     result = WORKLOAD.validate(state, out)
     assert result.passed, result.detail
     assert result.extra["emulation_exact"] and result.extra["unexplained_mismatches"] == 0
     extra = result.extra
     assert extra["mismatches"] <= extra["boundary_cases_observed"] <= extra["boundary_cases"]
-    assert 0 <= result.max_abs_err < 1e-4
+    assert 0 <= result.error < 1e-4
 
 
 def test_validation_catches_wrong_indices():
-    state = WORKLOAD.prepare(params(distribution="uniform", vocab=500, batch=8), Array(),
-                             np.random.default_rng(2))
-    good = WORKLOAD.run(state, 1)
+    state, good = drive(WORKLOAD, params(distribution="uniform", vocab=500, batch=8), Array(), seed=2)
     assert WORKLOAD.validate(state, good).passed
     far = (good + 250) % 500  # far from every draw's boundary
     assert not WORKLOAD.validate(state, far).passed
-    state["probs"][0, 123] = 0.0
+    state.inputs.probs[0, 123] = 0.0
     zero = good.copy()
     zero[0] = 123
     result = WORKLOAD.validate(state, zero)
@@ -316,12 +314,13 @@ def test_validation_catches_wrong_indices():
 
 def test_seed_reproducibility():
     p = params(vocab=5000, batch=16)
-    first = WORKLOAD.prepare(p, Array(), np.random.default_rng(42))
-    again = WORKLOAD.prepare(p, Array(), np.random.default_rng(42))
-    other = WORKLOAD.prepare(p, Array(), np.random.default_rng(43))
-    assert np.array_equal(first["probs"], again["probs"]) and np.array_equal(first["uniforms"], again["uniforms"])
-    assert np.array_equal(WORKLOAD.run(first, 1), WORKLOAD.run(again, 2))
-    assert not np.array_equal(first["uniforms"], other["uniforms"])
+    first, out_first = drive(WORKLOAD, p, Array(), seed=42, threads=1)
+    again, out_again = drive(WORKLOAD, p, Array(), seed=42, threads=2)
+    other, _ = drive(WORKLOAD, p, Array(), seed=43)
+    assert np.array_equal(first.inputs.probs, again.inputs.probs)
+    assert np.array_equal(first.inputs.uniforms, again.inputs.uniforms)
+    assert np.array_equal(out_first, out_again)
+    assert not np.array_equal(first.inputs.uniforms, other.inputs.uniforms)
 
 
 def test_random_weights_distributions():
@@ -358,22 +357,21 @@ def test_top_k_and_top_p_keep_exactly_defined_sets():
 
 def test_top_k_one_is_greedy_decoding():
     p = params(vocab=2000, batch=32, top_k=1)
-    state = WORKLOAD.prepare(p, Array(), np.random.default_rng(4))
-    out = WORKLOAD.run(state, 1)
+    state, out = drive(WORKLOAD, p, Array(), seed=4)
     logits_argmax = np.argmax(random_weights(np.random.default_rng(4), 32, 2000, "softmax"), axis=1)
     assert np.array_equal(out, logits_argmax)
     assert WORKLOAD.validate(state, out).passed
 
 
 def test_check_rejects_bad_filters():
-    assert WORKLOAD.check(params(temperature=0.0), Array())[0][0] == "temperature"
-    assert WORKLOAD.check(params(temperature=0.7, distribution="zipf"), Array())[0][0] == "temperature"
-    assert WORKLOAD.check(params(top_k=1001), Array())[0][0] == "top_k"
-    assert WORKLOAD.check(params(top_p=0.0), Array())[0][0] == "top_p"
-    assert WORKLOAD.check(params(top_p=1.5), Array())[0][0] == "top_p"
-    assert WORKLOAD.check(params(units=1 << 21), Array())[0][0] == "units"
-    assert WORKLOAD.check(params(units=5000, vocab=10), Array()) == []  # V < U is allowed
-    assert WORKLOAD.check(params(temperature=0.7, top_k=50, top_p=0.9), Array()) == []
+    assert check_of(WORKLOAD, params(temperature=0.0), Array())[0][0] == "temperature"
+    assert check_of(WORKLOAD, params(temperature=0.7, distribution="zipf"), Array())[0][0] == "temperature"
+    assert check_of(WORKLOAD, params(top_k=1001), Array())[0][0] == "top_k"
+    assert check_of(WORKLOAD, params(top_p=0.0), Array())[0][0] == "top_p"
+    assert check_of(WORKLOAD, params(top_p=1.5), Array())[0][0] == "top_p"
+    assert check_of(WORKLOAD, params(units=1 << 21), Array())[0][0] == "units"
+    assert check_of(WORKLOAD, params(units=5000, vocab=10), Array()) == []  # V < U is allowed
+    assert check_of(WORKLOAD, params(temperature=0.7, top_k=50, top_p=0.9), Array()) == []
 
 
 def test_suite_cases_and_errors(tmp_path):
@@ -398,4 +396,5 @@ def test_quick_suite_sample_cases_run():
     assert cases
     for case in cases:
         result = run_case(case, threads=1, repeats=1)
+        assert result.timing["rounds"] == 1 and result.timing["number"] >= 1
         assert result.passed, result.validation

@@ -1,4 +1,5 @@
 """The analytical systolic model on hand-worked cases, and conv2d's shapes."""
+from conftest import check_of, drive, model_of  # noqa: F401
 import pytest
 
 from sysbench.hardware import Array
@@ -63,6 +64,6 @@ def test_depthwise_conv_model():
     p = {"batch": 2, "height": 8, "width": 8, "in_channels": 16, "out_channels": 16, "kernel": (3, 3),
          "stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 16}
     assert gemm_dims(p) == (2 * 64, 9, 1)
-    m = Conv2d().model(p, arr(rows=8, cols=8))
+    m = model_of(Conv2d(), p, arr(rows=8, cols=8))
     one = gemm_cycles(arr(rows=8, cols=8), 128, 9, 1)
     assert m["cycles"] == 16 * one["cycles"] and m["macs"] == 16 * 128 * 9

@@ -1,5 +1,6 @@
 """tconv2d workload: MAC counts against brute force, the model's figures, check() errors,
 and whole cases through the suite loader, the runner and the CLI."""
+from conftest import check_of, drive, model_of  # noqa: F401
 import itertools
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_strided_macs_equal_nonzero_products_exactly():
         T.tconv2d_strided(x_ones, w_ones, p, ARRAY, gemm=recording_gemm)
         assert sum(executed) == count, layer
         assert zeros_sent == 0, layer
-        assert T.WORKLOAD.model(p, ARRAY)["macs"] == count, layer
+        assert model_of(T.WORKLOAD, p, ARRAY)["macs"] == count, layer
 
 
 def test_zero_insertion_macs_count_inserted_zeros():
@@ -61,7 +62,7 @@ def test_zero_insertion_macs_count_inserted_zeros():
         ho, wo = T.output_shape(p)
         expected = p["batch"] * ho * wo * p["kernel"][0] * p["kernel"][1] * p["in_channels"] \
             * (p["out_channels"] // p["groups"])
-        assert T.WORKLOAD.model(p, ARRAY)["macs_zero_insertion"] == expected, layer
+        assert model_of(T.WORKLOAD, p, ARRAY)["macs_zero_insertion"] == expected, layer
 
 
 def dcgan_first(batch=1):
@@ -74,7 +75,7 @@ def test_model_dcgan_layer_by_hand():
     # H=4, k=4, s=2, p=1 -> 8x8. Kernel row r lands input i on 2i - 1 + r in [0, 8):
     # r=0: i=1..3 (3 rows), r=1: 0..3 (4), r=2: 0..3 (4), r=3: 0..2 (3) -> 14 per dimension.
     array = Array(rows=128, cols=128)
-    m = T.WORKLOAD.model(dcgan_first(), array)
+    m = model_of(T.WORKLOAD, dcgan_first(), array)
     assert (m["output_height"], m["output_width"]) == (8, 8)
     assert m["gemms"] == 16
     assert m["macs"] == 14 * 14 * 512 * 256
@@ -85,7 +86,7 @@ def test_model_dcgan_layer_by_hand():
     cycles = sum(count * gemm_cycles(array, mm, 512, 256)["cycles"] for mm, count in per_m.items())
     assert m["cycles"] == cycles
     # baseline: conv over the 11x11 zero-inserted, padded input (7 + 2*2), 4x4 kernel -> 8x8
-    base = conv2d.WORKLOAD.model({"batch": 1, "height": 11, "width": 11, "in_channels": 512,
+    base = model_of(conv2d.WORKLOAD, {"batch": 1, "height": 11, "width": 11, "in_channels": 512,
                                   "out_channels": 256, "kernel": (4, 4), "stride": (1, 1),
                                   "padding": (0, 0), "dilation": (1, 1), "groups": 1}, array)
     assert m["cycles_zero_insertion"] == base["cycles"]
@@ -97,17 +98,17 @@ def test_mac_saving_tends_to_stride_squared():
         p = {**dcgan_first(), "height": 64, "width": 64, "in_channels": 8, "out_channels": 8,
              "kernel": (stride, stride), "stride": (stride, stride), "padding": (0, 0)}
         # kernel == stride: no overlap, every product lands: saving is exactly stride^2
-        assert T.WORKLOAD.model(p, ARRAY)["mac_saving"] == stride * stride
+        assert model_of(T.WORKLOAD, p, ARRAY)["mac_saving"] == stride * stride
         p = {**p, "kernel": (2 * stride, 2 * stride), "padding": (stride // 2, stride // 2)}
-        assert stride ** 2 <= T.WORKLOAD.model(p, ARRAY)["mac_saving"] < 1.1 * stride ** 2
+        assert stride ** 2 <= model_of(T.WORKLOAD, p, ARRAY)["mac_saving"] < 1.1 * stride ** 2
     p = {**dcgan_first(), "stride": (1, 1), "kernel": (3, 3), "padding": (1, 1), "height": 32, "width": 32}
-    assert T.WORKLOAD.model(p, ARRAY)["mac_saving"] < 1.1  # stride 1: nothing to save
+    assert model_of(T.WORKLOAD, p, ARRAY)["mac_saving"] < 1.1  # stride 1: nothing to save
 
 
 def test_model_when_nothing_reaches_the_output():
     p = {**dcgan_first(), "height": 1, "width": 1, "kernel": (1, 1), "stride": (3, 3),
          "padding": (1, 1), "output_padding": (2, 2)}
-    m = T.WORKLOAD.model(p, ARRAY)
+    m = model_of(T.WORKLOAD, p, ARRAY)
     assert m["macs"] == 0 and m["cycles"] == 0 and m["gemms"] == 0
     assert m["mac_saving"] is None and m["speedup"] is None
 
@@ -127,16 +128,16 @@ def params(**over):
     ({"padding": (9, 9)}, "padding", "too large"),
 ])
 def test_check_reports_key_and_message(over, key, fragment):
-    problems = T.WORKLOAD.check(params(**over), ARRAY)
+    problems = check_of(T.WORKLOAD, params(**over), ARRAY)
     assert [k for k, _ in problems] == [key]
     assert fragment in problems[0][1]
 
 
 def test_check_accepts_good_layers_and_int8_limit():
-    assert T.WORKLOAD.check(params(), ARRAY) == []
-    assert T.WORKLOAD.check(params(output_padding=(1, 1), dilation=(2, 2), stride=(1, 1)), ARRAY) == []
+    assert check_of(T.WORKLOAD, params(), ARRAY) == []
+    assert check_of(T.WORKLOAD, params(output_padding=(1, 1), dilation=(2, 2), stride=(1, 1)), ARRAY) == []
     int8 = Array(dtype="int8")
-    problems = T.WORKLOAD.check(params(in_channels=20000, kernel=(3, 3)), int8)
+    problems = check_of(T.WORKLOAD, params(in_channels=20000, kernel=(3, 3)), int8)
     assert problems and problems[0][0] == "in_channels"
 
 
@@ -178,8 +179,7 @@ def test_case_runs_and_validates_against_the_emulator(tmp_path, dataflow, dtype)
 
 def test_validation_catches_a_wrong_output():
     x, w, p = make((1, 4, 4, 5, 5, 3, 2, 1, 0, 1, 1), "fp32")
-    state = T.WORKLOAD.prepare(p, ARRAY, np.random.default_rng(0))
-    good = T.WORKLOAD.run(state, 1)
+    state, good = drive(T.WORKLOAD, p, ARRAY)
     assert T.WORKLOAD.validate(state, good).passed
     bad = good.copy()
     bad[0, 0, 3, 3] += 1e-3
@@ -201,6 +201,6 @@ def test_bundled_tconv_suite_loads_with_the_layers():
     strides = {c.params["stride"] for c in cases}
     assert {(1, 1), (2, 2), (3, 3)} <= strides
     for c in cases:
-        m = T.WORKLOAD.model(c.params, c.array)
+        m = model_of(T.WORKLOAD, c.params, c.array)
         if c.params["stride"] == (2, 2):
             assert m["mac_saving"] > 3.9 and m["speedup"] > 1

@@ -7,13 +7,12 @@ OUTDIR/result.json with everything gathered. Each rank writes OUTDIR/rank<r>.pid
 OUTDIR/rank<r>.beat as work completes, and OUTDIR/rank<r>.error when it fails or its watchdog
 sees no progress for timeout_s seconds (then it exits, and mpiexec ends the other ranks).
 
-Under your own mpiexec (a cluster), run a suite's train_distributed cases instead:
+Under your own mpiexec (a cluster), the suite loop is `sysbench run --mpi` itself:
 
-    mpiexec -n R [-f hosts] python -m sysbench.distributed.worker --suite distributed \
-        --filter mlp -o result.json
+    mpiexec -n R [-f hosts] python -m sysbench run --mpi distributed --filter mlp -o result.json
 
 which runs the suite's MPI cases (train_distributed with mode = "mpi", distributed_calibrate)
-whose `ranks` equals R on COMM_WORLD; rank 0 validates and writes the result.
+whose `ranks` equals R on COMM_WORLD; rank 0 validates, reports and writes the result.
 """
 from __future__ import annotations
 
@@ -246,10 +245,12 @@ def _train(comm, spec, dog, outdir):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--suite":
-        return suite_main(argv)
+        sys.stderr.write("the suite loop under your own mpiexec is now: "
+                         "mpiexec -n R python -m sysbench run --mpi SUITE [--filter TEXT] [-o FILE]\n")
+        return 2
     if len(argv) != 2:
         sys.stderr.write("usage: python -m sysbench.distributed.worker SPEC.json OUTDIR\n"
-                         "   or: python -m sysbench.distributed.worker --suite SUITE [--filter TEXT] [-o FILE]\n")
+                         "   (a suite under your own mpiexec: python -m sysbench run --mpi SUITE)\n")
         return 2
     spec = json.loads(Path(argv[0]).read_text())
     outdir = Path(argv[1])
@@ -272,67 +273,6 @@ def main(argv=None) -> int:
         tmp = outdir / "result.json.tmp"
         tmp.write_text(json.dumps(result))
         tmp.replace(outdir / "result.json")
-    return 0
-
-
-def suite_main(argv) -> int:
-    """Run a suite's train_distributed cases inside an existing MPI job (see the module doc)."""
-    import argparse
-    from mpi4py import MPI
-    from .. import results, suite as suite_mod
-    from ..runner import run_case
-    parser = argparse.ArgumentParser(prog="python -m sysbench.distributed.worker")
-    parser.add_argument("--suite", required=True)
-    parser.add_argument("--filter", default=None)
-    parser.add_argument("-o", "--output", default=None)
-    args = parser.parse_args(argv)
-    comm = MPI.COMM_WORLD
-    try:
-        loaded = suite_mod.load(args.suite)
-    except suite_mod.SuiteError as exc:
-        if comm.rank == 0:
-            sys.stderr.write(f"error: {exc}\n")
-        return 2
-    mpi_case = lambda c: (c.kind == "distributed_calibrate"
-                          or (c.kind == "train_distributed" and c.params.get("mode") == "mpi"))
-    cases = [c for c in loaded.cases if mpi_case(c) and c.params["ranks"] == comm.size
-             and (not args.filter or args.filter in c.id)]
-    if not cases:
-        if comm.rank == 0:
-            sys.stderr.write(f"error: {args.suite}: no MPI case (train_distributed mode mpi, "
-                             f"distributed_calibrate) with ranks = {comm.size}"
-                             + (f" matching {args.filter!r}" if args.filter else "") + "\n")
-        return 2
-    from ..output import OutputError, check_writable
-    if comm.rank == 0 and args.output:
-        try:  # before the run, not after it
-            check_writable(args.output, "result")
-        except OutputError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            comm.Abort(2)
-            return 2
-    from ..runner import InputError
-    try:
-        done = [run_case(case, 1) for case in cases]
-    except InputError as exc:
-        sys.stderr.write(f"error: rank {comm.rank}: {exc}\n")
-        comm.Abort(2)
-        return 2
-    if comm.rank == 0:
-        document = results.build_document([loaded.name], done, 1, {"mpiexec_ranks": comm.size})
-        text = results.dumps(document)
-        if args.output:
-            try:
-                results.save(document, Path(args.output))
-            except OSError as exc:
-                sys.stderr.write(f"error: {args.output}: cannot write the result: {exc.strerror or exc}\n")
-                return 2
-        else:
-            sys.stdout.write(text)
-        ok = all(r.passed for r in done)
-        for r in done:
-            sys.stderr.write(f"{r.case.id}: {'passed' if r.passed else 'FAILED'}\n")
-        return 0 if ok else 1
     return 0
 
 

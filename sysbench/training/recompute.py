@@ -44,7 +44,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..workloads.base import parse_size
+from ..units import parse_size
 from .memory import MemoryTracker
 
 SCHEDULE_FORMS = ("store_all | full_recompute | checkpoint_every=K | "

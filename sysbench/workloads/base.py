@@ -1,27 +1,41 @@
-"""What every workload kind provides, and the typed keys its suite cases accept.
+"""The workload protocol: what every kind provides, and the typed keys its suite cases accept.
 
 A kind is one module in sysbench/workloads/ that defines WORKLOAD, an instance of a
-Workload subclass. The runner calls, per case:
-    model(params, array)            deterministic figures (cycles, macs, bytes...)
-    prepare(params, array, rng)     inputs, built outside the timed region
-    measure(state, threads, warmup, repeats) -> (samples_s, output, measured)
-                                    by default times run(state, threads) per repeat
-    validate(state, output)         against an independent reference
+Workload subclass. Its suite keys become a frozen `Params` dataclass (one per kind, made
+from `keys`); the runner drives every kind through one contract:
+
+    normalize(params, array) -> params     derived keys (pure: returns a new Params)
+    check(params, array) -> [(key, msg)]   cross-key checks before anything runs
+    working_set(params, array, numerics)   bytes the case needs (refused past the machine's)
+    plan(params, array) -> Plan            the deterministic work (shapes, folds, decomposition);
+                                           computed once per visit and shared by model and inputs
+    model(params, array, plan) -> dict     deterministic figures (cycles, macs, bytes...)
+    inputs(params, array, plan, rng)       generated operands, outside every timed region
+    timed(run) -> Timed                    the call the runner times (and an optional reset)
+    validate(run, output) -> Validation    against an independent reference
+    observe(run, output) -> dict           non-deterministic figures of the last call (`measured`)
+    summary(metrics) -> dict               the report's columns (cycles, utilization)
+    plots(cases) -> [Plot]                 the kind's plots of saved result cases
+
+The runner owns the timing loop (calibration, warm-up, rounds, the clock, thread limits);
+a workload never times itself, except a kind whose timing happens inside another process
+(an MPI job), which returns SelfTimed samples from its call.
 """
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from ..hardware import Array
+from ..units import MAX_SIZE, parse_size
 
 REQUIRED = object()
-# An integer or byte count past this fits no 64-bit size in the kernels (and no machine).
-MAX_INT = MAX_SIZE = 2**63 - 1
+# An integer past this fits no 64-bit size in the kernels (and no machine).
+MAX_INT = MAX_SIZE
 
 
 class CaseError(ValueError):
@@ -115,57 +129,101 @@ class Key:
         return value, None
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def parse_size(value: Any) -> int | None:
-    """Bytes from an int or a string such as '512MiB', '1.5 GB', '4096'; None when it is not
-    one (including 'nan', 'inf' and numbers past float range such as '1e400')."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= MAX_SIZE else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip().lower().replace(" ", "")
-    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(number):]
-    try:
-        amount = float(number)
-    except ValueError:
-        return None
-    if unit not in _UNITS or not 0 <= amount * _UNITS[unit] <= MAX_SIZE:  # also nan, inf
-        return None
-    return int(amount * _UNITS[unit])
-
-
 # Keys every case accepts, whatever its kind.
 COMMON_KEYS = {
     "name": Key("str", help="case name, unique in the suite"),
     "kind": Key("str", help="workload kind"),
     "array": Key("str", default=None, help="name of an [arrays.*] table"),
     "numerics": Key("bool", default=True, help="compute and validate the numbers (false: model only)"),
-    "repeats": Key("int", default=5, minimum=1, help="timed repetitions"),
-    "warmup": Key("int", default=1, minimum=0, help="untimed runs before timing"),
+    "repeats": Key("int", default=5, minimum=1, help="timed samples per round"),
+    "rounds": Key("int", default=3, minimum=1, help="rounds: every case is timed once per round, in suite order"),
+    "min_time": Key("float", default=0.005, minimum=1e-6,
+                    help="seconds one sample lasts at least (calls per sample calibrated to it)"),
+    "warmup": Key("int", default=1, minimum=0, help="untimed calls at the start of every round"),
     "seed": Key("int", default=0, minimum=0, help="seed of the generated inputs"),
 }
 
 
+class Params(Mapping):
+    """A case's parsed keys: a frozen dataclass (attributes) that also reads as a mapping,
+    so shape helpers shared with tests and kernels take either."""
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __iter__(self):
+        return (f.name for f in fields(self))
+
+    def __len__(self) -> int:
+        return len(fields(self))
+
+    def replace(self, **changes) -> "Params":
+        return replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.items()}
+
+
 @dataclass
 class Validation:
+    """What the reference said. `error` is the largest deviation found, absolute or relative
+    to the reference as `error_kind` says; `level` is the one word the report shows."""
+
     reference: str
-    max_abs_err: float
+    error: float
     passed: bool
+    level: str = "in bound"  # bit-exact | exact | in bound | checked
+    error_kind: str = "max_abs"  # max_abs | max_rel
     detail: str = ""
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = {"reference": self.reference, "max_abs_err": self.max_abs_err, "passed": self.passed}
+        error = self.error if self.error is None or math.isfinite(self.error) else None
+        out = {"reference": self.reference, "level": self.level, "error": error,
+               "error_kind": self.error_kind, "passed": bool(self.passed)}
         if self.detail:
             out["detail"] = self.detail
         out.update(self.extra)
         return out
+
+
+@dataclass(frozen=True)
+class Run:
+    """One visit of a case: everything timed() and validate() may read."""
+
+    params: Params
+    array: Array
+    plan: Any
+    inputs: Any
+    threads: int
+    warmup: int
+    repeats: int
+
+
+@dataclass
+class Timed:
+    """The call the runner times. `reset` runs before every call, outside the timer (a
+    training step restores its weights); a kind with a reset is timed one call per sample."""
+
+    call: Callable[[], Any]
+    reset: Callable[[], None] | None = None
+    # the call returns SelfTimed (its warm-up and repeats happen inside): called once a round
+    self_timed: bool = False
+    # peers timed the same way beside the kernel ("dense" for sparse_gemm): name -> call
+    peers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SelfTimed:
+    """What a call returns when its time can only be measured inside it (the steps of an MPI
+    job, timed on the ranks): its own samples in seconds, the output and extra figures."""
+
+    samples: list[float]
+    output: Any
+    measured: dict = field(default_factory=dict)
 
 
 class Workload:
@@ -173,34 +231,57 @@ class Workload:
     description: str = ""
     keys: dict[str, Key] = {}
     needs_array: bool = True
+    # one call per sample, never a loop of calls (a training step, an MPI job)
+    single_call: bool = False
+    # the reference sums like the kernel only with the case's BLAS thread count (numpy
+    # training); otherwise validation holds BLAS to one thread
+    reference_uses_case_threads: bool = False
+    # a layer of a network on the array: a suite of them has network totals and plots
+    network_layer: bool = False
+    Params: type = Params
 
-    def check(self, params: dict, array: Array) -> list[tuple[str, str]]:
-        """Cross-key checks before anything runs: [(key, message)]."""
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "keys" in cls.__dict__:
+            cls.Params = make_dataclass(f"{cls.__name__}Params", [(name, Any) for name in cls.keys],
+                                        bases=(Params,), frozen=True, eq=True)
+
+    def make_params(self, values: dict) -> Params:
+        return self.Params(**{name: values.get(name) for name in self.keys})
+
+    def normalize(self, params: Params, array: Array) -> Params:
+        return params
+
+    def check(self, params: Params, array: Array) -> list[tuple[str, str]]:
         return []
 
-    def model(self, params: dict, array: Array) -> dict:
+    def working_set(self, params: Params, array: Array, numerics: bool) -> int:
+        """Bytes the case allocates at its peak (an estimate from shapes): its plan and
+        model alone, or with numerics its inputs, outputs and reference too."""
+        return 0
+
+    def plan(self, params: Params, array: Array) -> Any:
+        return None
+
+    def model(self, params: Params, array: Array, plan: Any) -> dict:
         raise NotImplementedError
 
-    def prepare(self, params: dict, array: Array, rng: np.random.Generator) -> Any:
+    def inputs(self, params: Params, array: Array, plan: Any, rng: np.random.Generator) -> Any:
+        return None
+
+    def timed(self, run: Run) -> Timed:
         raise NotImplementedError
 
-    def run(self, state: Any, threads: int) -> Any:
+    def validate(self, run: Run, output: Any) -> Validation:
         raise NotImplementedError
 
-    def measure(self, state: Any, threads: int, warmup: int, repeats: int):
-        """(samples in seconds, last output, measured figures). Times only run()."""
-        for _ in range(warmup):
-            self.run(state, threads)
-        samples, output = [], None
-        for _ in range(repeats):
-            start = time.perf_counter()
-            output = self.run(state, threads)
-            samples.append(time.perf_counter() - start)
-        return samples, output, {}
-
-    def validate(self, state: Any, output: Any) -> Validation:
-        raise NotImplementedError
+    def observe(self, run: Run, output: Any) -> dict:
+        return {}
 
     def summary(self, metrics: dict) -> dict:
         """Columns for the report: cycles and utilization where the kind has them."""
         return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
+
+    def plots(self, cases: list[dict]) -> list:
+        """Plots (sysbench.plots.Plot) of this kind's cases of a saved result."""
+        return []

@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import gamma, random_operand
-from ._array import INT8_MAX_K, against_exact, array_gemm, emulator_affordable, emulator_matches
-from .base import Key, Validation, Workload
+from ..numerics import gamma
+from ._array import (INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulator_matches,
+                     operand_bytes)
+from .base import Run, Validation
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -90,27 +91,17 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, p: dict) -> np.ndarray:
     return out
 
 
-class Conv2d(Workload):
+class Conv2d(ArrayLayer):
     kind = "conv2d"
     description = "a convolution layer as im2col GEMMs per group (depthwise included) on the array"
-    keys = {
-        "batch": Key("int", default=1, minimum=1),
-        "height": Key("int", minimum=1),
-        "width": Key("int", minimum=1),
-        "in_channels": Key("int", minimum=1),
-        "out_channels": Key("int", minimum=1),
-        "kernel": Key("pair", minimum=1, help="int or [kh, kw]"),
-        "stride": Key("pair", default=1, minimum=1),
-        "padding": Key("pair", default=0, minimum=0),
-        "dilation": Key("pair", default=1, minimum=1),
-        "groups": Key("int", default=1, minimum=1, help="in_channels = depthwise"),
-    }
+    network_layer = True
+    keys = dict(LAYER_KEYS)
 
     def check(self, p, array):
         problems = []
         for key in ("in_channels", "out_channels"):
-            if p[key] % p["groups"]:
-                problems.append(("groups", f"{key} = {p[key]} is not divisible by groups = {p['groups']}"))
+            if p[key] % p.groups:
+                problems.append(("groups", f"{key} = {p[key]} is not divisible by groups = {p.groups}"))
         if not problems:
             ho, wo = output_shape(p)
             if ho < 1 or wo < 1:
@@ -120,40 +111,40 @@ class Conv2d(Workload):
                 problems.append(("in_channels", f"int8 accumulates in int32: the reduction must be <= {INT8_MAX_K}"))
         return problems
 
-    def model(self, p, array):
+    def working_set(self, p, array, numerics):
+        if not numerics:
+            return 0
         m, k, n = gemm_dims(p)
-        group = gemm_cycles(array, m, k, n)
-        metrics = add_cycles([group] * p["groups"], array)
+        # one group's im2col and GEMM at a time; the float64 direct reference holds the
+        # padded input, the output and its bound
+        padded = p.batch * p.in_channels * (p.height + 2 * p.padding[0]) * (p.width + 2 * p.padding[1])
+        return operand_bytes(array, m, k, n) + 8 * 3 * (padded + m * n * p.groups)
+
+    def plan(self, p, array):
+        m, k, n = gemm_dims(p)
+        metrics = add_cycles([gemm_cycles(array, m, k, n)] * p.groups, array)
         ho, wo = output_shape(p)
         metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
-                        "groups": p["groups"]})
-        return metrics
+                        "groups": p.groups})
+        return ArrayPlan.of(metrics, array)
 
-    def prepare(self, p, array, rng):
-        kh, kw = p["kernel"]
-        x = random_operand(rng, (p["batch"], p["in_channels"], p["height"], p["width"]), array.dtype)
-        w = random_operand(rng, (p["out_channels"], p["in_channels"] // p["groups"], kh, kw), array.dtype)
-        cycles = self.model(p, array)["cycles"]
-        return {"x": x, "w": w, "p": p, "array": array, "emulate": emulator_affordable(cycles, array)}
+    def weight_shape(self, p):
+        return (p.out_channels, p.in_channels // p.groups, *p.kernel)
 
-    def run(self, state, threads):
-        return conv2d_array(state["x"], state["w"], state["p"], state["array"], threads)
+    layer = staticmethod(conv2d_array)
 
-    def validate(self, state, output) -> Validation:
-        x, w, p, array = state["x"], state["w"], state["p"], state["array"]
-        int8 = array.dtype == "int8"
-        worst, ok = against_exact(output, conv2d_direct(x, w, p), int8,
-                                  lambda: gamma(gemm_dims(p)[1] + 1) * conv2d_direct(np.abs(x), np.abs(w), p))
-        reference = "direct conv (exact int)" if int8 else "direct conv float64 (error bound)"
-        if state["emulate"]:
-            xp = pad(x, p["padding"])
-            cout_g = p["out_channels"] // p["groups"]
-            for g in range(p["groups"]):
-                out_g = output[:, g * cout_g:(g + 1) * cout_g].transpose(0, 2, 3, 1).reshape(-1, cout_g)
-                ok &= emulator_matches(im2col(xp, g, p), group_weights(w, g, p["groups"]),
-                                       np.ascontiguousarray(out_g), array)
-            reference += " + emulator (bit-exact)"
-        return Validation(reference, worst, ok)
+    def validate(self, run: Run, output) -> Validation:
+        x, w, p, array = run.inputs.x, run.inputs.w, run.params, run.array
+
+        def emulated_bits():
+            xp, cout_g = pad(x, p.padding), p.out_channels // p.groups
+            return all(emulator_matches(im2col(xp, g, p), group_weights(w, g, p.groups),
+                                        np.ascontiguousarray(output[:, g * cout_g:(g + 1) * cout_g]
+                                                             .transpose(0, 2, 3, 1).reshape(-1, cout_g)), array)
+                       for g in range(p.groups))
+        return check_layer(output, conv2d_direct(x, w, p),
+                           lambda: gamma(gemm_dims(p)[1] + 1) * conv2d_direct(np.abs(x), np.abs(w), p),
+                           array, "direct conv", emulated_bits if run.plan.emulate else None)
 
 
 WORKLOAD = Conv2d()

@@ -12,9 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from ..output import OutputError, check_writable, write_text
 from ..distributed.costs import ALGORITHMS, allreduce_time, fit_alpha_beta
-from .base import CaseError, Key, Validation, Workload, parse_size
+from ..output import OutputError, check_writable, write_text
+from ..units import parse_size
+from .base import CaseError, Key, Run, SelfTimed, Timed, Validation, Workload
 
 DEFAULT_SIZES = ["4KiB", "16KiB", "64KiB", "256KiB", "1MiB", "4MiB", "16MiB"]
 
@@ -48,34 +49,34 @@ class DistributedCalibrate(Workload):
                 return [("output", str(exc))]
         return []
 
-    def model(self, params, array):
-        return {"sizes_bytes": [parse_size(s) // 4 * 4 for s in params["sizes"]], "workers": params["ranks"]}
+    def model(self, params, array, plan):
+        return {"sizes_bytes": [parse_size(s) // 4 * 4 for s in params.sizes], "workers": params.ranks}
 
-    def prepare(self, params, array, rng):
-        return {"params": params, "sizes": self.model(params, array)["sizes_bytes"]}
+    def timed(self, run: Run) -> Timed:
+        return Timed(lambda: self.sweep(run.params, run.repeats, run.threads), self_timed=True)
 
-    def measure(self, state, threads, warmup, repeats):
+    def sweep(self, p, repeats, threads) -> SelfTimed:
+        """One MPI job timing every size; the sample is the job's wall time."""
         from .train_distributed import execute
-        p = state["params"]
-        spec = {"mode": "calibrate", "sizes_bytes": state["sizes"], "repeats": max(3, repeats)}
+        spec = {"mode": "calibrate", "sizes_bytes": self.model(p, None, None)["sizes_bytes"],
+                "repeats": max(3, repeats)}
         start = time.perf_counter()
-        result = execute(spec, p["ranks"], p["timeout_s"], threads)
+        result = execute(spec, p.ranks, p.timeout_s, threads)
         elapsed = time.perf_counter() - start
         if result is None:
-            return [elapsed], None, {}
+            return SelfTimed([elapsed], None)
         cal = result["calibration"]
-        fit = fit_alpha_beta(cal["sizes_bytes"], cal["times_s"], p["ranks"], p["algorithm"])
-        cal.update(fit)
-        if p["output"]:
+        cal.update(fit_alpha_beta(cal["sizes_bytes"], cal["times_s"], p.ranks, p.algorithm))
+        if p.output:
             try:
-                write_text(p["output"], json.dumps(cal, indent=1, allow_nan=False) + "\n")
+                write_text(p.output, json.dumps(cal, indent=1, allow_nan=False) + "\n")
             except (OSError, ValueError) as exc:
-                raise CaseError("output", f"{p['output']}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
-        return [elapsed], cal, {"calibration": cal}
+                raise CaseError("output", f"{p.output}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
+        return SelfTimed([elapsed], cal, {"calibration": cal})
 
-    def validate(self, state, output) -> Validation:
+    def validate(self, run: Run, output) -> Validation:
         if output is None:
-            return Validation("validated on rank 0", 0.0, True)
+            return Validation("validated on rank 0", 0.0, True, "checked")
         # The fit must reproduce the sweep it came from (the model is two straight lines' worth
         # of freedom; a poor fit means the sweep was too noisy to trust).
         worst = 0.0
@@ -84,11 +85,8 @@ class DistributedCalibrate(Workload):
                                    output["algorithm"])
             worst = max(worst, abs(model - t) / t)
         ok = output["beta_s_per_byte"] > 0 and worst < 1.0
-        return Validation("alpha-beta fit vs sweep", worst, ok,
-                          "" if ok else "the sweep is too noisy for a fit")
-
-    def summary(self, metrics):
-        return {"cycles": None, "utilization": None}
+        return Validation("alpha-beta fit vs sweep", worst, ok, "checked", error_kind="max_rel",
+                          detail="" if ok else "the sweep is too noisy for a fit")
 
 
 WORKLOAD = DistributedCalibrate()

@@ -1,41 +1,56 @@
 """gemm: one M x K times K x N product on the systolic array."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 
 from ..models.systolic import gemm_cycles
 from ..numerics import random_operand
-from ._array import INT8_MAX_K, array_gemm, check_gemm, emulator_affordable
-from .base import Key, Validation, Workload
+from ._array import INT8_MAX_K, ArrayPlan, array_gemm, check_gemm, operand_bytes
+from .base import Key, Run, Timed, Validation, Workload
+
+
+@dataclass(frozen=True)
+class GemmInputs:
+    a: np.ndarray
+    b: np.ndarray
 
 
 class Gemm(Workload):
     kind = "gemm"
     description = "M x K times K x N on a ws/os/is systolic array: exact outputs, cycles, folds"
+    network_layer = True
     keys = {
         "m": Key("int", minimum=1, help="rows of A and of the output"),
         "k": Key("int", minimum=1, help="reduction dimension"),
         "n": Key("int", minimum=1, help="columns of B and of the output"),
     }
 
-    def check(self, params, array):
-        if array.dtype == "int8" and params["k"] > INT8_MAX_K:
-            return [("k", f"int8 accumulates in int32: k must be <= {INT8_MAX_K}, got {params['k']}")]
+    def check(self, p, array):
+        if array.dtype == "int8" and p.k > INT8_MAX_K:
+            return [("k", f"int8 accumulates in int32: k must be <= {INT8_MAX_K}, got {p.k}")]
         return []
 
-    def model(self, params, array):
-        return gemm_cycles(array, params["m"], params["k"], params["n"])
+    def working_set(self, p, array, numerics):
+        # operands, the output and the float64 reference (exact product + error bound)
+        return operand_bytes(array, p.m, p.k, p.n) if numerics else 0
 
-    def prepare(self, params, array, rng):
-        a = random_operand(rng, (params["m"], params["k"]), array.dtype)
-        b = random_operand(rng, (params["k"], params["n"]), array.dtype)
-        cycles = self.model(params, array)["cycles"]
-        return {"a": a, "b": b, "array": array, "emulate": emulator_affordable(cycles, array)}
+    def plan(self, p, array):
+        return ArrayPlan.of(gemm_cycles(array, p.m, p.k, p.n), array)
 
-    def run(self, state, threads):
-        return array_gemm(state["a"], state["b"], state["array"], threads)
+    def model(self, p, array, plan):
+        return dict(plan.metrics)
 
-    def validate(self, state, output) -> Validation:
-        return check_gemm([(state["a"], state["b"])], [output], state["array"], state["emulate"])
+    def inputs(self, p, array, plan, rng):
+        return GemmInputs(random_operand(rng, (p.m, p.k), array.dtype), random_operand(rng, (p.k, p.n), array.dtype))
+
+    def timed(self, run: Run) -> Timed:
+        a, b, array, threads = run.inputs.a, run.inputs.b, run.array, run.threads
+        return Timed(lambda: array_gemm(a, b, array, threads))
+
+    def validate(self, run: Run, output) -> Validation:
+        return check_gemm([(run.inputs.a, run.inputs.b)], [output], run.array, run.plan.emulate)
 
 
 WORKLOAD = Gemm()

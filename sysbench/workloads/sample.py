@@ -15,11 +15,19 @@ exactly. The emulation's cumulative values also give the rounding error actually
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..models.vector import METHODS, chunk_length, vector_cycles
 from ..numerics import gamma
-from .base import Key, Validation, Workload
+from .base import Key, Run, Timed, Validation, Workload
+
+
+@dataclass(frozen=True)
+class SampleInputs:
+    probs: np.ndarray     # (batch, vocab) float32 weights, top-k/top-p filtered
+    uniforms: np.ndarray  # one U[0, 1) draw per row
 
 DISTRIBUTIONS = {
     "softmax": "exp of N(0, 2^2) logits (unnormalised)",
@@ -198,28 +206,32 @@ class Sample(Workload):
             problems.append(("top_p", f"must lie in (0, 1], got {params['top_p']}"))
         return problems
 
-    def model(self, params, array):
-        figures = vector_cycles(params["vocab"], params["units"], params["method"], params["batch"])
+    def working_set(self, p, array, numerics):
+        # weights (float32) and their float64 reference cumulative sums, the float32 emulation
+        # and its float64 copy (row by row)
+        return 4 * p.batch * p.vocab * 4 + 16 * p.vocab if numerics else 0
+
+    def model(self, p, array, plan):
+        figures = vector_cycles(p.vocab, p.units, p.method, p.batch)
         figures["time_us"] = figures["cycles"] / (array.clock_ghz * 1e3)
         figures["time_us_per_row"] = figures["cycles_per_row"] / (array.clock_ghz * 1e3)
         return figures
 
-    def prepare(self, params, array, rng):
+    def inputs(self, p, array, plan, rng):
+        probs = random_weights(rng, p.batch, p.vocab, p.distribution, p.temperature)
+        probs = filter_top(probs, p.top_k, p.top_p)  # outside the timed region
+        return SampleInputs(probs, rng.random(p.batch))
+
+    def timed(self, run: Run) -> Timed:
         from .._kernels import sample as kernel  # imported late: `sysbench list` needs no build
 
-        probs = random_weights(rng, params["batch"], params["vocab"], params["distribution"],
-                               params["temperature"])
-        probs = filter_top(probs, params["top_k"], params["top_p"])  # outside the timed region
-        uniforms = rng.random(params["batch"])
-        return {"probs": probs, "uniforms": uniforms, "units": params["units"],
-                "method": params["method"], "kernel": kernel}
+        probs, uniforms, p, threads = run.inputs.probs, run.inputs.uniforms, run.params, run.threads
+        return Timed(lambda: kernel.sample(probs, uniforms, p.units, p.method, threads))
 
-    def run(self, state, threads):
-        return state["kernel"].sample(state["probs"], state["uniforms"], state["units"],
-                                      state["method"], threads)
+    def validate(self, run: Run, output) -> Validation:
+        from .._kernels import sample as kernel
 
-    def validate(self, state, output) -> Validation:
-        probs, uniforms, units = state["probs"], state["uniforms"], state["units"]
+        probs, uniforms, units = run.inputs.probs, run.inputs.uniforms, run.params.units
         V = probs.shape[1]
         rows = np.arange(probs.shape[0])
         in_range = bool(np.all((output >= 0) & (output < V)))
@@ -247,19 +259,17 @@ class Sample(Workload):
         if check["unexplained_rows"]:
             detail.append(f"rows {check['unexplained_rows'][:5]} disagree with the float64 "
                           "reference beyond the rounding bound")
-        # max_abs_err: the float32 row total (chunk totals added in order, as the kernel
+        # error: the float32 row total (chunk totals added in order, as the kernel
         # forms it) against the float64 sum, relative to the latter
-        chunk_totals = state["kernel"].chunk_totals(probs, units)
+        chunk_totals = kernel.chunk_totals(probs, units)
         total32 = np.zeros(probs.shape[0], dtype=np.float32)
         for c in range(chunk_totals.shape[1]):
             total32 = total32 + chunk_totals[:, c]
         total64 = probs.astype(np.float64).sum(axis=1)
         max_rel = float(np.max(np.abs(total32.astype(np.float64) - total64) / total64))
-        return Validation("float64 searchsorted; fp32 emulation",
-                          max_abs_err=max_rel, passed=passed, detail="; ".join(detail), extra=extra)
-
-    def summary(self, metrics):
-        return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
+        return Validation("float64 searchsorted; fp32 emulation" if emulate else "float64 searchsorted",
+                          max_rel, passed, "bit-exact" if emulate else "in bound", error_kind="max_rel",
+                          detail="; ".join(detail), extra=extra)
 
 
 WORKLOAD = Sample()

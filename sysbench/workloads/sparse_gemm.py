@@ -25,16 +25,17 @@ with the values and counted in the SRAM bytes, not in the cycles.
 from __future__ import annotations
 
 import math
-import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..models.systolic import add_cycles, gemm_cycles
+from ..models.systolic import gemm_cycles
+from ..models.sparse import fold_depth, sparse_cycles, worthwhile
 from ..numerics import gemm_error_bound, random_operand, to_operand
-from ._array import array_gemm, check_gemm, emulator_affordable
-from .base import CaseError, Key, Validation, Workload
+from ._array import array_gemm, check_gemm, emulator_affordable, operand_bytes
+from .base import CaseError, Key, Run, Timed, Validation, Workload
 
 PATTERNS = ("random", "nm", "rowwise")
 DEFAULT_DENSITY = 0.5
@@ -56,7 +57,7 @@ def parse_nm(text) -> tuple[tuple[int, int] | None, str | None]:
 
 # ------------------------------------------------------------------ weights
 
-_FILE_CACHE: dict = {}
+_FILE_CACHE: dict = {}  # the last weights file read: check() and plan() both read it
 
 
 def load_weights(path: str, key: str | None) -> np.ndarray:
@@ -160,17 +161,38 @@ def weight_matrix(p: dict, array) -> np.ndarray:
 
 # ------------------------------------------------------------------ the plan
 
-_PLAN_CACHE: dict = {}
+@dataclass(frozen=True)
+class SparsePlan:
+    """Weights, their decomposition (after the permutation when asked) and the route."""
+
+    w: np.ndarray          # the weights as given (rounded to the array dtype)
+    w_used: np.ndarray     # padded to kp rows and permuted when that needs fewer passes
+    perm: np.ndarray       # the reduction permutation applied (identity when none)
+    values: np.ndarray     # (passes, K*N/M, n) compressed values
+    indices: np.ndarray    # (passes, K*N/M, n) uint8 in-group indices
+    n_of_nm: int
+    m_of_nm: int
+    k: int
+    n: int
+    kp: int
+    groups: int
+    counts: np.ndarray     # nonzeros per group and column
+    passes: int
+    passes_identity: int
+    lower_bound: int
+
+    @property
+    def compressed_k(self) -> int:
+        return self.groups * self.n_of_nm
+
+    @property
+    def sparse_route(self) -> bool:
+        return worthwhile(self.passes, self.n_of_nm, self.m_of_nm)
 
 
-def plan(p: dict, array) -> dict:
-    """Weights, decomposition (after the permutation when asked) and route; deterministic,
-    shared by model() and prepare()."""
+def make_plan(p, array) -> SparsePlan:
     from .._kernels import sparse
 
-    cache_key = (tuple(sorted(p.items())), array)
-    if cache_key in _PLAN_CACHE:
-        return _PLAN_CACHE[cache_key]
     sn, sm = parse_nm(p["nm"])[0]
     w = weight_matrix(p, array)
     k, n = w.shape
@@ -179,7 +201,6 @@ def plan(p: dict, array) -> dict:
     counts = sparse.counts(w, sm)
     passes_identity = sparse.passes_for(counts, sn)
     bound = sparse.lower_bound(w, sn, sm)
-    perm = np.arange(kp, dtype=np.int64)
     passes = passes_identity
     if p["permute"]:
         perm, _, passes, _ = sparse.permute(w, sn, sm)
@@ -191,36 +212,8 @@ def plan(p: dict, array) -> dict:
     else:
         perm = np.arange(kp, dtype=np.int64)
     values, indices = sparse.decompose(w_used, sn, sm)
-    result = {"w": w, "w_used": w_used, "perm": perm, "values": values, "indices": indices,
-              "n_of_nm": sn, "m_of_nm": sm, "k": k, "n": n, "kp": kp, "groups": groups,
-              "counts": counts, "passes": passes, "passes_identity": passes_identity,
-              "lower_bound": bound}
-    _PLAN_CACHE.clear()
-    _PLAN_CACHE[cache_key] = result
-    return result
-
-
-def worthwhile(passes: int, sn: int, sm: int) -> bool:
-    """The converter's route: sparse when passes * N / M < 1 (fewer streamed reduction rows
-    than dense), written in integers."""
-    return passes * sn < sm
-
-
-def fold_depth(array, compressed_k: int) -> int:
-    """Compressed rows per fold: the array rows (ws, is); os keeps a whole pass in the PE."""
-    return max(compressed_k, 1) if array.dataflow == "os" else array.rows
-
-
-def sparse_cycles(array, m: int, compressed_k: int, n: int, passes: int) -> dict:
-    """Sum over passes of the foundation model with K -> K*N/M; index bytes (uint8) read
-    alongside the values."""
-    if passes == 0:
-        return {"cycles": 0, "macs": 0, "folds": 0, "utilization": 0.0, "mapping_efficiency": 0.0,
-                "time_us": 0.0, "ifmap_sram_read_bytes": 0, "filter_sram_read_bytes": 0,
-                "ofmap_sram_write_bytes": 0, "index_sram_read_bytes": 0}
-    out = add_cycles([gemm_cycles(array, m, compressed_k, n)] * passes, array)
-    out["index_sram_read_bytes"] = passes * compressed_k * n
-    return out
+    return SparsePlan(w, w_used, perm, values, indices, sn, sm, k, n, kp, groups, counts, passes,
+                      passes_identity, bound)
 
 
 # ------------------------------------------------------------------ the reference
@@ -252,6 +245,12 @@ def pad_permute_columns(a: np.ndarray, kp: int, perm: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the workload
+
+@dataclass(frozen=True)
+class SparseInputs:
+    a: np.ndarray       # m x k activations
+    a_used: np.ndarray  # padded to kp columns and permuted like W's rows (the sparse route)
+
 
 class SparseGemm(Workload):
     kind = "sparse_gemm"
@@ -304,17 +303,34 @@ class SparseGemm(Workload):
                 problems.append((key, f"is {p[key]} but the weights file has {key} = {size}"))
         return problems
 
-    def model(self, p, array):
-        pl = plan(p, array)
-        sn, sm = pl["n_of_nm"], pl["m_of_nm"]
-        k, n, m, passes = pl["k"], pl["n"], p["m"], pl["passes"]
-        kc = pl["groups"] * sn
+    def working_set(self, p, array, numerics):
+        k, n = p.k, p.n
+        if p.weights is not None:
+            try:
+                k, n = load_weights(p.weights, p.key).shape
+            except CaseError:
+                return 0  # check() has reported the file
+        sm = parse_nm(p.nm)[0][1]
+        kp = -(-k // sm) * sm
+        # generated weights with their float64 mask and ranks, the padded/permuted copy, and the
+        # decomposition (at most M / N passes of kp * N / M values + indices)
+        plan = 8 * 4 * kp * n
+        if not numerics:
+            return plan
+        return plan + operand_bytes(array, p.m, kp, n) + 8 * p.m * kp
+
+    plan = staticmethod(make_plan)
+
+    def model(self, p, array, pl):
+        sn, sm = pl.n_of_nm, pl.m_of_nm
+        k, n, m, passes = pl.k, pl.n, p.m, pl.passes
+        kc = pl.compressed_k
         dense = gemm_cycles(array, m, k, n)
         sparse = sparse_cycles(array, m, kc, n, passes)
-        sparse_route = worthwhile(passes, sn, sm)
-        nonzeros = int(np.count_nonzero(pl["w"]))
+        sparse_route = pl.sparse_route
+        nonzeros = int(np.count_nonzero(pl.w))
         ob = array.operand_bytes
-        histogram = np.bincount(pl["counts"].ravel(), minlength=sm + 1).tolist()
+        histogram = np.bincount(pl.counts.ravel(), minlength=sm + 1).tolist()
         ratio = f"passes * N / M = {passes} * {sn} / {sm} = {passes * sn / sm:.3g}"
         if sparse_route:
             reason = f"{ratio} < 1: the passes stream fewer reduction rows than dense"
@@ -334,19 +350,19 @@ class SparseGemm(Workload):
             "dense_cycles": dense["cycles"],
             "speedup": dense["cycles"] / sparse["cycles"] if sparse["cycles"] else None,
             "passes": passes,
-            "passes_identity": pl["passes_identity"],
-            "passes_lower_bound": pl["lower_bound"],
-            "permuted": bool(p["permute"]) and passes < pl["passes_identity"],
-            "already_nm": pl["passes_identity"] <= 1,
+            "passes_identity": pl.passes_identity,
+            "passes_lower_bound": pl.lower_bound,
+            "permuted": bool(p.permute) and passes < pl.passes_identity,
+            "already_nm": pl.passes_identity <= 1,
             "density": nonzeros / (k * n),
             "nonzeros": nonzeros,
             "nonzeros_per_group_histogram": histogram,
             "k": k,
             "n": n,
             "compressed_k": kc,
-            "padded_k": pl["kp"],
+            "padded_k": pl.kp,
             "padding": (f"k = {k} is not a multiple of M = {sm}: padded with "
-                        f"{pl['kp'] - k} zero rows to {pl['kp']}") if pl["kp"] != k else "",
+                        f"{pl.kp - k} zero rows to {pl.kp}") if pl.kp != k else "",
             "dense_weight_bytes": k * n * ob,
             "compressed_value_bytes": passes * kc * n * ob,
             "index_bytes": passes * kc * n,
@@ -358,100 +374,87 @@ class SparseGemm(Workload):
         }
         metrics["compressed_bytes"] = metrics["compressed_value_bytes"] + metrics["index_bytes"]
         metrics["bytes_ratio"] = metrics["compressed_bytes"] / metrics["dense_weight_bytes"]
-        if p["permute"]:
+        if p.permute:
             metrics["passes_permuted"] = passes
         return metrics
 
-    def prepare(self, p, array, rng):
-        pl = plan(p, array)
-        a = random_operand(rng, (p["m"], pl["k"]), array.dtype)
-        sn, sm = pl["n_of_nm"], pl["m_of_nm"]
-        kc = pl["groups"] * sn
-        sparse_route = worthwhile(pl["passes"], sn, sm)
-        state = {"p": p, "array": array, "plan": pl, "a": a, "sparse": sparse_route,
-                 "depth": fold_depth(array, kc)}
-        if sparse_route:
-            state["a_used"] = pad_permute_columns(a, pl["kp"], pl["perm"])
-            work = p["m"] * pl["n"] * kc * pl["passes"]
-            state["reference"] = work <= REFERENCE_BUDGET
-        else:
-            cycles = gemm_cycles(array, p["m"], pl["k"], pl["n"])["cycles"]
-            state["emulate"] = emulator_affordable(cycles, array)
-        return state
+    def inputs(self, p, array, pl, rng):
+        a = random_operand(rng, (p.m, pl.k), array.dtype)
+        return SparseInputs(a, pad_permute_columns(a, pl.kp, pl.perm) if pl.sparse_route else a)
 
-    def run(self, state, threads):
-        if state["sparse"]:
-            from .._kernels import sparse
-
-            pl = state["plan"]
-            return sparse.spmm(state["a_used"], pl["values"], pl["indices"], pl["n_of_nm"],
-                               pl["m_of_nm"], state["depth"], threads)
-        return array_gemm(state["a"], state["plan"]["w"], state["array"], threads)
-
-    def measure(self, state, threads, warmup, repeats):
-        """Times the GEMM (sparse passes or dense); the decomposition (and permutation) is
-        timed once on the side, and for the sparse route the dense kernel too."""
+    def timed(self, run: Run) -> Timed:
+        """The GEMM (sparse passes or dense); beside it, as peers timed by the same rules, the
+        decomposition (and permutation) and, for the sparse route, the dense kernel."""
         from .._kernels import sparse
 
-        pl = state["plan"]
-        sn, sm = pl["n_of_nm"], pl["m_of_nm"]
-        measured = {}
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            sparse.decompose(pl["w_used"], sn, sm, threads)
-            times.append(time.perf_counter() - start)
-        elapsed = min(times)
-        measured["decompose_s"] = elapsed
-        measured["decompose_gb_per_s"] = pl["w_used"].nbytes / elapsed / 1e9 if elapsed else None
-        if state["p"]["permute"]:
-            start = time.perf_counter()
-            sparse.permute(pl["w"], sn, sm)
-            measured["permute_s"] = time.perf_counter() - start
-        samples, output, _ = super().measure(state, threads, warmup, repeats)
-        if state["sparse"]:
-            dense = []
-            for _ in range(max(1, min(repeats, 3))):
-                start = time.perf_counter()
-                array_gemm(state["a"], pl["w"], state["array"], threads)
-                dense.append(time.perf_counter() - start)
-            measured["dense_kernel_min_s"] = min(dense)
-            measured["sparse_kernel_min_s"] = min(samples)
-            measured["kernel_speedup"] = min(dense) / min(samples)
-        return samples, output, measured
+        pl, inputs, array, threads = run.plan, run.inputs, run.array, run.threads
+        sn, sm = pl.n_of_nm, pl.m_of_nm
+        depth = fold_depth(array, pl.compressed_k)
+        dense = lambda: array_gemm(inputs.a, pl.w, array, threads)  # noqa: E731
+        peers = {"decompose": lambda: sparse.decompose(pl.w_used, sn, sm, threads)}
+        if run.params.permute:
+            peers["permute"] = lambda: sparse.permute(pl.w, sn, sm)
+        if not pl.sparse_route:
+            return Timed(dense, peers=peers)
+        peers["dense"] = dense
+        return Timed(lambda: sparse.spmm(inputs.a_used, pl.values, pl.indices, sn, sm, depth, threads),
+                     peers=peers)
 
-    def validate(self, state, output) -> Validation:
+    def observe(self, run: Run, output) -> dict:
+        return {"decompose_bytes": run.plan.w_used.nbytes}
+
+    def validate(self, run: Run, output) -> Validation:
         from .._kernels import sparse
 
-        pl, array, a = state["plan"], state["array"], state["a"]
-        sn, sm = pl["n_of_nm"], pl["m_of_nm"]
+        pl, array, a = run.plan, run.array, run.inputs.a
+        sn, sm = pl.n_of_nm, pl.m_of_nm
         # the decomposition: its parts add up to W bit for bit, and every part obeys N:M
-        total = sparse.reconstruct(pl["values"], pl["indices"], sn, sm, pl["w_used"].shape[0])
-        exact_parts = total.tobytes() == sparse.canonical(pl["w_used"]).tobytes()
+        total = sparse.reconstruct(pl.values, pl.indices, sn, sm, pl.w_used.shape[0])
+        exact_parts = total.tobytes() == sparse.canonical(pl.w_used).tobytes()
         parts_nm = all(sparse.check(np.ascontiguousarray(part), sn, sm)[0] for part in
-                       sparse.expand(pl["values"], pl["indices"], sn, sm, pl["w_used"].shape[0]))
+                       sparse.expand(pl.values, pl.indices, sn, sm, pl.w_used.shape[0]))
         extra = {"decomposition_exact": exact_parts, "parts_obey_nm": parts_nm}
-        if not state["sparse"]:
-            result = check_gemm([(a, pl["w"])], [output], array, state["emulate"])
+        if not pl.sparse_route:
+            cycles = gemm_cycles(array, run.params.m, pl.k, pl.n)["cycles"]
+            result = check_gemm([(a, pl.w)], [output], array, emulator_affordable(cycles, array))
             result.passed = result.passed and exact_parts and parts_nm
             result.extra.update(extra)
             return result
-        kc = pl["groups"] * sn
-        exact = a.astype(np.float64) @ pl["w"].astype(np.float64)
+        kc = pl.compressed_k
+        exact = a.astype(np.float64) @ pl.w.astype(np.float64)
         err = np.abs(output.astype(np.float64) - exact)
         worst = float(err.max()) if err.size else 0.0
-        bound = gemm_error_bound(a, pl["w"], max(pl["k"], pl["passes"] * kc))
+        bound = gemm_error_bound(a, pl.w, max(pl.k, pl.passes * kc))
         ok = bool(np.all(err <= bound)) and exact_parts and parts_nm
-        reference = "float64 (error bound)"
-        detail = ""
-        if state["reference"]:
-            ref = spmm_reference(state["a_used"], pl["values"], pl["indices"], sn, sm, state["depth"])
+        reference, level, detail = "float64 (error bound)", "in bound", ""
+        if run.params.m * pl.n * kc * pl.passes <= REFERENCE_BUDGET:
+            ref = spmm_reference(run.inputs.a_used, pl.values, pl.indices, sn, sm, fold_depth(array, kc))
             same = ref.tobytes() == output.tobytes()
             ok &= same
-            reference = "sparse pass reference (fmaf, bit-exact) + float64 bound"
+            reference, level = "sparse pass reference (fmaf, bit-exact) + float64 bound", "bit-exact"
             if not same:
                 detail = "differs from the sparse pass reference"
-        return Validation(reference, worst, ok, detail, extra)
+        return Validation(reference, worst, ok, level, detail=detail, extra=extra)
+
+    def plots(self, cases):
+        return sparse_plot(cases)
+
+
+def sparse_plot(cases: list[dict]) -> list:
+    from ..plots import Plot, grouped_bars, new_figure, short_label
+
+    rows = [(short_label(c, drop_array=False), c["metrics"]["dense_cycles"], c["metrics"]["sparse_cycles"])
+            for c in cases if "dense_cycles" in c["metrics"] and "sparse_cycles" in c["metrics"]]
+    if not rows:
+        return []
+    labels = [r[0] for r in rows]
+    fig, axes = new_figure(max(7.0, 0.45 * len(rows) + 3), 5.0)
+    grouped_bars(axes[0][0], labels, {"dense": [r[1] for r in rows], "sparse (all passes)": [r[2] for r in rows]},
+                 log="auto")
+    axes[0][0].set_ylabel("cycles")
+    fig.suptitle("sparse_gemm: dense vs N:M sparse cycles")
+    return [Plot("sparse", "sparse_gemm: dense vs sparse cycles",
+                 "Cycles of the dense GEMM against the sum over the N:M sparse passes.", fig)]
 
 
 WORKLOAD = SparseGemm()

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.systolic import add_cycles, gemm_cycles
-from ..numerics import gamma, random_operand
+from ..numerics import gamma
 from . import conv2d
-from ._array import INT8_MAX_K, against_exact, array_gemm, emulate, emulator_affordable
-from .base import Key, Validation, Workload
+from ._array import INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulate
+from .base import Key, Run, Validation
 
 
 def _kernel():
@@ -179,50 +179,49 @@ def error_bound(x: np.ndarray, w: np.ndarray, p: dict, zero_insertion: bool = Fa
 
 # ------------------------------------------------------------------ the workload
 
-class Tconv2d(Workload):
+class Tconv2d(ArrayLayer):
     kind = "tconv2d"
     description = "transposed convolution: a GEMM per kernel element + strided scatter, vs zero insertion"
-    keys = {
-        "batch": Key("int", default=1, minimum=1),
-        "height": Key("int", minimum=1, help="input height"),
-        "width": Key("int", minimum=1, help="input width"),
-        "in_channels": Key("int", minimum=1),
-        "out_channels": Key("int", minimum=1),
-        "kernel": Key("pair", minimum=1, help="int or [kh, kw]"),
-        "stride": Key("pair", default=1, minimum=1),
-        "padding": Key("pair", default=0, minimum=0),
-        "output_padding": Key("pair", default=0, minimum=0, help="< stride or < dilation"),
-        "dilation": Key("pair", default=1, minimum=1),
-        "groups": Key("int", default=1, minimum=1),
-    }
+    keys = {**LAYER_KEYS,
+            "output_padding": Key("pair", default=0, minimum=0, help="< stride or < dilation")}
 
     def check(self, p, array):
         problems = []
         for key in ("in_channels", "out_channels"):
-            if p[key] % p["groups"]:
-                problems.append(("groups", f"{key} = {p[key]} is not divisible by groups = {p['groups']}"))
+            if p[key] % p.groups:
+                problems.append(("groups", f"{key} = {p[key]} is not divisible by groups = {p.groups}"))
         for i, axis in enumerate(("height", "width")):
-            op = p["output_padding"][i]
-            if op >= p["stride"][i] and op >= p["dilation"][i]:
+            op = p.output_padding[i]
+            if op >= p.stride[i] and op >= p.dilation[i]:
                 problems.append(("output_padding", f"{op} ({axis}) must be smaller than stride "
-                                 f"{p['stride'][i]} or dilation {p['dilation'][i]}"))
+                                 f"{p.stride[i]} or dilation {p.dilation[i]}"))
         if not problems:
             ho, wo = output_shape(p)
             if ho < 1 or wo < 1:
                 problems.append(("padding", f"too large: the output would be {ho}x{wo}"))
             elif array.dtype == "int8":
-                terms = p["in_channels"] // p["groups"] * p["kernel"][0] * p["kernel"][1]
+                terms = p.in_channels // p.groups * p.kernel[0] * p.kernel[1]
                 if terms > INT8_MAX_K:
                     problems.append(("in_channels", "int8 accumulates in int32: in_channels/groups * "
                                      f"kh * kw must be <= {INT8_MAX_K}, got {terms}"))
         return problems
 
-    def model(self, p, array):
+    def working_set(self, p, array, numerics):
+        if not numerics:
+            return 0
+        ho, wo = output_shape(p)
+        x = p.batch * p.in_channels * p.height * p.width
+        out = p.batch * p.out_channels * ho * wo
+        # the kernel's products of one element, the output, and the float64 reference's
+        # output, bound and one element's contribution
+        return (array.operand_bytes + 8) * x + 4 * out + 8 * 4 * out + 8 * p.batch * p.height * p.width * p.out_channels
+
+    def plan(self, p, array):
         parts = [gemm_cycles(array, m, k, n) for m, k, n in element_gemms(p)]
         metrics = add_cycles(parts, array)  # no parts: no input pixel reaches the output
         zp = zero_insertion_params(p)
         zm, zk, zn = conv2d.gemm_dims(zp)
-        baseline = add_cycles([gemm_cycles(array, zm, zk, zn)] * p["groups"], array)
+        baseline = add_cycles([gemm_cycles(array, zm, zk, zn)] * p.groups, array)
         ho, wo = output_shape(p)
         metrics.update({
             "output_height": ho,
@@ -234,29 +233,51 @@ class Tconv2d(Workload):
             "utilization_zero_insertion": baseline["utilization"],
             "speedup": baseline["cycles"] / metrics["cycles"] if metrics["cycles"] else None,
         })
-        return metrics
+        return ArrayPlan.of(metrics, array)
 
-    def prepare(self, p, array, rng):
-        kh, kw = p["kernel"]
-        x = random_operand(rng, (p["batch"], p["in_channels"], p["height"], p["width"]), array.dtype)
-        w = random_operand(rng, (p["in_channels"], p["out_channels"] // p["groups"], kh, kw), array.dtype)
-        cycles = self.model(p, array)["cycles"]
-        return {"x": x, "w": w, "p": p, "array": array, "emulate": emulator_affordable(cycles, array)}
+    def weight_shape(self, p):
+        return (p.in_channels, p.out_channels // p.groups, *p.kernel)
 
-    def run(self, state, threads):
-        return tconv2d_strided(state["x"], state["w"], state["p"], state["array"], threads)
+    layer = staticmethod(tconv2d_strided)
 
-    def validate(self, state, output) -> Validation:
-        x, w, p, array = state["x"], state["w"], state["p"], state["array"]
-        int8 = array.dtype == "int8"
-        worst, ok = against_exact(output, tconv2d_direct(x, w, p), int8, lambda: error_bound(x, w, p))
-        reference = "direct scatter (exact int)" if int8 else "direct scatter float64 (error bound)"
-        if state["emulate"]:
-            # the emulator's per-element GEMMs, scattered by numpy in the same order
-            emulated = strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0])
-            ok &= emulated.tobytes() == output.tobytes()
-            reference += " + emulator (bit-exact)"
-        return Validation(reference, worst, ok)
+    def validate(self, run: Run, output) -> Validation:
+        x, w, p, array = run.inputs.x, run.inputs.w, run.params, run.array
+
+        def emulated_bits():  # the emulator's per-element GEMMs, scattered by numpy in the same order
+            return strided_by_numpy(x, w, p, lambda a, b: emulate(a, b, array)[0]).tobytes() == output.tobytes()
+        return check_layer(output, tconv2d_direct(x, w, p), lambda: error_bound(x, w, p), array,
+                           "direct scatter", emulated_bits if run.plan.emulate else None)
+
+    def plots(self, cases):
+        return tconv_plot(cases)
+
+
+def tconv_plot(cases: list[dict]) -> list:
+    from ..plots import Plot, first_number, grouped_bars, new_figure, short_label
+
+    rows = []
+    for case in cases:
+        m = case["metrics"]
+        strided, zeros = first_number(m, ("macs",)), first_number(m, ("macs_zero_insertion",))
+        if strided is not None and zeros is not None:
+            rows.append((short_label(case, drop_array=False), strided, zeros,
+                         first_number(m, ("cycles",)), first_number(m, ("cycles_zero_insertion",))))
+    if not rows:
+        return []
+    labels = [r[0] for r in rows]
+    with_cycles = all(r[3] is not None and r[4] is not None for r in rows)
+    fig, axes = new_figure(max(7.0, 0.45 * len(rows) + 3), 8.0 if with_cycles else 4.5,
+                           rows=2 if with_cycles else 1, sharex=True)
+    grouped_bars(axes[0][0], labels, {"strided tiling": [r[1] for r in rows],
+                                      "zero insertion": [r[2] for r in rows]}, log="auto")
+    axes[0][0].set_ylabel("MACs")
+    if with_cycles:
+        grouped_bars(axes[1][0], labels, {"strided tiling": [r[3] for r in rows],
+                                          "zero insertion": [r[4] for r in rows]}, log="auto")
+        axes[1][0].set_ylabel("cycles")
+    fig.suptitle("tconv2d: strided tiling vs zero insertion")
+    return [Plot("tconv", "tconv2d: strided vs zero-insertion MACs",
+                 "MACs (and array cycles) of strided tiling per kernel element against zero insertion.", fig)]
 
 
 WORKLOAD = Tconv2d()

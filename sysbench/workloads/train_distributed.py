@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from ..distributed.costs import ALGORITHMS, LinkCost
 from ..distributed.exchange import aggregate_steps
 from ..distributed.schedules import SCHEDULES, check_plan, make_plan
-from .base import CaseError, Key, Validation, Workload
+from .base import CaseError, Key, Run, SelfTimed, Timed, Validation, Workload
 
 MODELS = ("mlp", "cnn", "resnet50")
 # The network keys each model reads; setting another one would be silently ignored.
@@ -100,10 +99,14 @@ class TrainDistributed(Workload):
     }
 
     # ------------------------------------------------------------------ checks and model
+    def normalize(self, params, array):
+        """local_batch sets the global batch: local_batch x ranks (mpi) or workers (sim)."""
+        if not params.local_batch:
+            return params
+        workers = params.workers if params.mode == "sim" else params.ranks
+        return params.replace(batch=params.local_batch * workers)
+
     def check(self, params, array):
-        if params["local_batch"]:
-            workers = params["workers"] if params["mode"] == "sim" else params["ranks"]
-            params["batch"] = params["local_batch"] * workers
         problems = []
         mode, model = params["mode"], params["model"]
         if not params["lr"] > 0:
@@ -149,11 +152,11 @@ class TrainDistributed(Workload):
             return LinkCost(data["alpha_s"], data["beta_s_per_byte"], workers, params["algorithm"])
         return LinkCost.from_link(params["link_gbps"], params["link_latency_us"], workers, params["algorithm"])
 
-    def plan(self, params, sizes, bwd_s, cost):
+    def plan_messages(self, params, sizes, bwd_s, cost):
         return make_plan(params["schedule"], sizes, bucket_bytes=int(params["bucket_mib"] * 2**20),
                          portion_bytes=int(params["portion_kib"] * 2**10), bwd_s=bwd_s, cost=cost.occupancy_s)
 
-    def model(self, params, array):
+    def model(self, params, array, plan):
         from ..distributed.simulator import simulate
         workers = params["workers"] if params["mode"] == "sim" else params["ranks"]
         sizes, fwd_flops = self.sizes_and_flops(params)
@@ -171,7 +174,7 @@ class TrainDistributed(Workload):
         fwd = [f / throughput for f in fwd_flops]
         bwd = [2 * f / throughput for f in fwd_flops]
         cost = self.link_cost(params, workers)
-        plan = self.plan(params, sizes, bwd, cost)
+        plan = self.plan_messages(params, sizes, bwd, cost)
         sim = simulate(plan, fwd, bwd, cost.occupancy_s, timeline=False, latency=cost.latency_s)
         out.update(messages=len(plan.messages), **sim.to_dict())
         return out
@@ -185,28 +188,35 @@ class TrainDistributed(Workload):
                                  "beta_s_per_byte": 8.0 / (p["link_gbps"] * 1e9),
                                  "algorithm": p["algorithm"]} if p["emulate_link"] else None}
 
-    def prepare(self, params, array, rng):
-        state = {"params": params}
-        if params["calibration"]:
-            state["calibration"] = load_calibration(params["calibration"])
-        if params["mode"] == "sim":
-            workers = params["workers"]
-            sizes, fwd_flops = self.sizes_and_flops(params)
-            throughput = params["device_tflops"] * 1e12
-            state.update(sizes=sizes, fwd=[f / throughput for f in fwd_flops],
-                         bwd=[2 * f / throughput for f in fwd_flops], cost=self.link_cost(params, workers))
-        return state
+    def inputs(self, params, array, plan, rng):
+        if params.mode != "sim":
+            return {"calibration": load_calibration(params.calibration)} if params.calibration else {}
+        workers = params.workers
+        sizes, fwd_flops = self.sizes_and_flops(params)
+        throughput = params.device_tflops * 1e12
+        return {"sizes": sizes, "fwd": [f / throughput for f in fwd_flops],
+                "bwd": [2 * f / throughput for f in fwd_flops], "cost": self.link_cost(params, workers)}
 
-    def measure(self, state, threads, warmup, repeats):
-        if state["params"]["mode"] == "sim":
-            return self.measure_sim(state, repeats)
-        p = state["params"]
-        spec = dict(self.spec(p), warmup=warmup, repeats=repeats, seed=0)
-        if "calibration" in state:
-            spec["cost"] = {k: state["calibration"][k] for k in ("alpha_s", "beta_s_per_byte")}
-        result = execute(spec, p["ranks"], p["timeout_s"], threads)
+    def timed(self, run: Run) -> Timed:
+        p, inputs = run.params, run.inputs
+        if p.mode == "sim":
+            from ..distributed.simulator import simulate
+
+            def simulated():
+                plan = self.plan_messages(p, inputs["sizes"], inputs["bwd"], inputs["cost"])
+                return plan, simulate(plan, inputs["fwd"], inputs["bwd"], inputs["cost"].occupancy_s,
+                                      latency=inputs["cost"].latency_s)
+            return Timed(simulated)
+        spec = dict(self.spec(p), warmup=run.warmup, repeats=run.repeats, seed=0)
+        if "calibration" in inputs:
+            spec["cost"] = {k: inputs["calibration"][k] for k in ("alpha_s", "beta_s_per_byte")}
+        return Timed(lambda: self.job(spec, p.ranks, p.timeout_s, run.threads), self_timed=True)
+
+    def job(self, spec, ranks, timeout_s, threads) -> SelfTimed:
+        """One MPI job: its steps are the samples (the slowest rank's step time)."""
+        result = execute(spec, ranks, timeout_s, threads)
         if result is None:  # a rank other than 0 of a job launched by the user
-            return [0.0], None, {}
+            return SelfTimed([0.0], None)
         per_rank = result["per_rank"]
         steps = aggregate_steps([r["steps"] for r in per_rank])
         samples = [s["step_s"] for s in steps]
@@ -223,7 +233,14 @@ class TrainDistributed(Workload):
             "timeline": [e for r in per_rank for e in r["timeline"]],
             "issue_order": per_rank[0]["issues"][-result["plan"]["messages"]:],
         }
-        return samples, result, measured
+        return SelfTimed(samples, result, measured)
+
+    def observe(self, run: Run, output) -> dict:
+        if run.params.mode != "sim":
+            return {}
+        _, sim = output
+        last = [e for e in sim.timeline if e["step"] >= 1]
+        return {"simulated": sim.to_dict(), "timeline": last if len(last) <= 2000 else last[:2000]}
 
     def predict(self, result, progress: str | None = None) -> dict:
         """The simulator on this run's own plan, measured layer times and fitted alpha/beta.
@@ -245,30 +262,18 @@ class TrainDistributed(Workload):
                        latency=cost.latency_s, timeline=False, progress=progress)
         return dict(sim.to_dict(), progress=progress)
 
-    def measure_sim(self, state, repeats):
-        from ..distributed.simulator import simulate
-        samples, sim, plan = [], None, None
-        for _ in range(repeats):
-            start = time.perf_counter()
-            plan = self.plan(state["params"], state["sizes"], state["bwd"], state["cost"])
-            sim = simulate(plan, state["fwd"], state["bwd"], state["cost"].occupancy_s, latency=state["cost"].latency_s)
-            samples.append(time.perf_counter() - start)
-        state["plan"] = plan
-        last = [e for e in sim.timeline if e["step"] >= 1]
-        measured = {"simulated": sim.to_dict(), "timeline": last if len(last) <= 2000 else last[:2000]}
-        return samples, sim, measured
-
     # ------------------------------------------------------------------ validation
-    def validate(self, state, output) -> Validation:
-        p = state["params"]
-        if p["mode"] == "sim":
-            problems = check_plan(state["plan"])
+    def validate(self, run: Run, output) -> Validation:
+        p = run.params
+        if p.mode == "sim":
+            plan, output = output
+            problems = check_plan(plan)
             sane = output.step_s >= output.compute_s - 1e-12 and output.exposed_comm_s <= output.comm_inflight_s + 1e-9
             if not sane:
                 problems.append("simulated step shorter than its compute, or more exposed than in-flight communication")
-            return Validation("plan check", 0.0, not problems, "; ".join(problems[:3]))
+            return Validation("plan check", 0.0, not problems, "checked", detail="; ".join(problems[:3]))
         if output is None:
-            return Validation("validated on rank 0", 0.0, True)
+            return Validation("validated on rank 0", 0.0, True, "checked")
         per_rank = output["per_rank"]
         problems = []
         hashes = {r["weights_sha256"] for r in per_rank}
@@ -287,12 +292,56 @@ class TrainDistributed(Workload):
         if err > tol:
             problems.append(f"weights differ from single-process training by {err:.3g} ({rule})")
         full_err = float(np.max(np.abs(w.astype(np.float64) - output["full_batch"])))
-        return Validation(f"single process, {rule}", err, not problems, "; ".join(problems),
-                          {"ranks_identical": len(hashes) == 1, "tolerance": tol,
-                                                "max_abs_err_vs_full_batch_gemm": full_err})
+        return Validation(f"single process, {rule}", err, not problems, "bit-exact" if ranks <= 2 else "in bound",
+                          detail="; ".join(problems),
+                          extra={"ranks_identical": len(hashes) == 1, "tolerance": tol,
+                                 "max_abs_err_vs_full_batch_gemm": full_err})
 
     def summary(self, metrics):
-        return {"cycles": None, "utilization": metrics.get("overlap_fraction")}
+        return {"cycles": None, "utilization": None}
+
+    def plots(self, cases):
+        return distributed_plot(cases)
+
+
+def distributed_plot(cases: list[dict], max_cases: int = 8) -> list:
+    """Gantt of compute and gradient exchange per rank, from each case's recorded timeline."""
+    from ..plots import Plot, new_figure, short_label
+
+    lanes = {"forward": "compute", "backward": "compute", "update": "compute", "allreduce": "exchange"}
+    timelines = []
+    for case in cases:
+        events = [e for e in (case.get("measured") or {}).get("timeline") or []
+                  if isinstance(e, dict) and e.get("type") in lanes]
+        if events:
+            timelines.append((short_label(case, drop_array=False), events))
+    if not timelines:
+        return []
+    shown = timelines[:max_cases]
+    fig, axes = new_figure(10.0, 1.2 + 1.6 * len(shown) + 0.25 * sum(len({e.get("rank", 0) for e in ev})
+                                                                    for _, ev in shown), rows=len(shown))
+    colors = {"compute": "tab:blue", "exchange": "tab:orange"}
+    for ax, (label, events) in zip((row[0] for row in axes), shown):
+        ranks = sorted({e.get("rank", 0) for e in events})
+        yticks, ylabels = [], []
+        for i, rank in enumerate(ranks):
+            for j, lane in enumerate(("compute", "exchange")):
+                y = i * 2.5 + j
+                spans = [(e["start_s"], e["end_s"] - e["start_s"]) for e in events
+                         if e.get("rank", 0) == rank and lanes[e["type"]] == lane]
+                if spans:
+                    ax.broken_barh(spans, (y - 0.4, 0.8), facecolors=colors[lane])
+                yticks.append(y)
+                ylabels.append(f"rank {rank} {lane}")
+        ax.set_yticks(yticks, ylabels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1][0].set_xlabel("time (s)")
+    fig.suptitle("train_distributed: compute and gradient exchange per rank")
+    note = f" (first {max_cases} of {len(timelines)} cases)" if len(timelines) > max_cases else ""
+    return [Plot("distributed", "train_distributed: timeline per rank",
+                 "Gantt of compute (blue) and gradient exchange (orange) per rank" + note + ".", fig)]
 
 
 def load_calibration(path: str) -> dict:

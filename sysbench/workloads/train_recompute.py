@@ -17,7 +17,8 @@ step, bit for bit.
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from ..models.systolic import add_cycles, gemm_cycles
 from ..training import network as nets
 from ..training import recompute as rc
 from ..training.optim import SGD, blas_threads
-from .base import Key, Validation, Workload
+from .base import Key, Run, Timed, Validation, Workload
 
 SERIES_POINTS = 400  # memory-over-time points kept in a result
 
@@ -93,8 +94,27 @@ def _only(*forms: str):
     return applies
 
 
+@dataclass(frozen=True)
+class RecomputePlan:
+    net: nets.Network  # built without weights: shapes, FLOPs, memory
+    chain: Any
+    schedule: Any
+    ops: tuple         # the schedule's program
+
+
+@dataclass(frozen=True)
+class RecomputeInputs:
+    net: nets.Network  # with weights; the timed steps update them, the reset restores them
+    x: np.ndarray
+    target: np.ndarray
+    seed: int
+    initial: list      # the weights every step starts from
+
+
 class TrainRecompute(Workload):
     kind = "train_recompute"
+    single_call = True
+    reference_uses_case_threads = True
     description = ("one SGD step under a recompute schedule (store_all, full_recompute, checkpoint_every, "
                    "optimal under a memory budget): identical results, memory, recompute cost, array time")
     keys = {
@@ -152,11 +172,24 @@ class TrainRecompute(Workload):
                 return [("schedule", str(rc.InfeasibleBudget(budget, minimum, rc.store_all_peak(chain))))]
         return []
 
-    def model(self, p, array):
+    def plan(self, p, array):
         net = _network(p, init=False)
         chain = rc.chain_of(net)
-        schedule = rc.parse_schedule(p["schedule"])
-        ops = rc.program_for(chain, schedule)
+        schedule = rc.parse_schedule(p.schedule)
+        return RecomputePlan(net, chain, schedule, tuple(rc.program_for(chain, schedule)))
+
+    def working_set(self, p, array, numerics):
+        try:
+            net = _network(p, init=False)
+        except ValueError:
+            return 0  # check() has reported it
+        # weights, gradients, the updated copy kept for validation, the reference's gradients
+        # and every activation of the store-all reference step
+        chain = rc.chain_of(net)
+        return 4 * net.param_bytes() + rc.store_all_peak(chain) if numerics else 0
+
+    def model(self, p, array, plan):
+        net, chain, schedule, ops = plan.net, plan.chain, plan.schedule, list(plan.ops)
         sim = rc.simulate(chain, ops)
         base_ops = rc.store_all(chain)
         base = rc.simulate(chain, base_ops)
@@ -199,48 +232,43 @@ class TrainRecompute(Workload):
             metrics["persistent_recompute_flops"] = rc.optimal_persistent(chain, budget)[0] - one_forward
         return metrics
 
-    def prepare(self, p, array, rng):
+    def inputs(self, p, array, plan, rng):
         seed = int(rng.integers(2**31))
         net = _network(p, seed=seed)
         x, target = net.make_batch(seed)
-        ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(p["schedule"]))
-        return {"p": p, "net": net, "x": x, "target": target, "ops": ops, "seed": seed,
-                "initial": net.copy_params()}
+        return RecomputeInputs(net, x, target, seed, net.copy_params())
 
-    def measure(self, state, threads, warmup, repeats):
-        net, ops = state["net"], state["ops"]
-        state["threads"] = threads  # the reference must sum with the same BLAS thread count
-        samples, cpu, result = [], [], None
-        with blas_threads(threads):
-            for i in range(warmup + repeats):
-                net.set_params(state["initial"])  # every repeat is the same first step
-                tracker = rc.MemoryTracker()
-                tracker.add("params", net.param_bytes(), "param")
-                start, start_cpu = time.perf_counter(), time.process_time()
-                result = rc.run_program(net, state["x"], state["target"], ops, tracker, SGD(state["p"]["lr"]))
-                if i >= warmup:
-                    samples.append(time.perf_counter() - start)
-                    cpu.append(time.process_time() - start_cpu)
-        output = {"loss": result.loss, "grads": result.grads, "weights": net.copy_params()}
-        net.set_params(state["initial"])
-        t = result.tracker
-        # CPU time of the process (all its threads): steadier than wall time on a shared machine
-        measured = {"loss": result.loss, "cpu_s_min": min(cpu), "peak_activation_bytes": t.peak_activation,
-                    "peak_total_bytes": t.peak_total, "peak_workspace_bytes": t.peak_workspace,
-                    "layer_forwards": result.layer_forwards, "memory_series": _downsample(t.series),
-                    "memory_series_columns": ["event", "activation_bytes", "total_bytes"]}
-        return samples, output, measured
+    def timed(self, run: Run) -> Timed:
+        """One step from the initial weights per call (the reset restores them, untimed)."""
+        inputs, ops, lr = run.inputs, list(run.plan.ops), run.params.lr
+        net = inputs.net
 
-    def validate(self, state, output) -> Validation:
-        # The network, its weights and the batch are functions of the case's keys and seed; the
-        # schedule changes none of them, so the cases of one network share a reference.
-        keys = {k: v for k, v in state["p"].items() if k != "schedule"}
-        cache_key = (json.dumps(keys, sort_keys=True, default=repr), state["seed"], state["threads"])
+        def step():
+            tracker = rc.MemoryTracker()
+            tracker.add("params", net.param_bytes(), "param")
+            return rc.run_program(net, inputs.x, inputs.target, ops, tracker, SGD(lr))
+
+        return Timed(step, reset=lambda: net.set_params(inputs.initial))
+
+    def observe(self, run: Run, output) -> dict:
+        t = output.tracker
+        return {"loss": output.loss, "peak_activation_bytes": t.peak_activation,
+                "peak_total_bytes": t.peak_total, "peak_workspace_bytes": t.peak_workspace,
+                "layer_forwards": output.layer_forwards, "memory_series": _downsample(t.series),
+                "memory_series_columns": ["event", "activation_bytes", "total_bytes"]}
+
+    def validate(self, run: Run, output) -> Validation:
+        # After the timed calls the network holds the last step's updated weights. The network,
+        # its weights and the batch are functions of the case's keys and seed; the schedule
+        # changes none of them, so the cases of one network share a reference.
+        inputs = run.inputs
+        output = {"loss": output.loss, "grads": output.grads, "weights": inputs.net.copy_params()}
+        keys = {k: v for k, v in run.params.items() if k != "schedule"}
+        cache_key = (json.dumps(keys, sort_keys=True, default=repr), inputs.seed, run.threads)
         ref = _REFERENCE.get(cache_key)
         if ref is None:
             _REFERENCE.clear()  # keep one (freed first): a suite runs the schedules of one network in a row
-            ref = reference_step(state["net"], state["x"], state["target"], state["initial"], state["p"]["lr"],
-                                 state["threads"])
+            ref = reference_step(inputs.net, inputs.x, inputs.target, inputs.initial, run.params.lr, run.threads)
             _REFERENCE[cache_key] = ref
         worst, differs = 0.0, []  # differs: what is not bit-identical, for the report
         if output["loss"] != ref["loss"]:
@@ -259,11 +287,41 @@ class TrainRecompute(Workload):
                         differs.append(f"layer {i + 1} {what.format(name)}")
         detail = "" if not differs else "differs: " + ", ".join(differs[:3]) + (
             f" (+{len(differs) - 3} more)" if len(differs) > 3 else "")
-        return Validation("store-all step, bit-identical loss, grads, weights", worst, not differs, detail,
-                          extra={"loss": output["loss"]})
+        return Validation("store-all step, bit-identical loss, grads, weights", worst, not differs, "bit-exact",
+                          detail=detail, extra={"loss": output["loss"]})
 
-    def summary(self, metrics):
-        return {"cycles": metrics.get("cycles"), "utilization": metrics.get("utilization")}
+    def plots(self, cases):
+        return recompute_plot(cases)
+
+
+def recompute_plot(cases: list[dict]) -> list:
+    """Live activation memory through one step, one line per schedule (and its budget)."""
+    from ..plots import Plot, new_figure, short_label
+
+    lines = []
+    for case in cases:
+        measured = case.get("measured") or {}
+        series = measured.get("memory_series")
+        if isinstance(series, list) and series:
+            xs, ys = [point[0] for point in series], [point[1] for point in series]
+            lines.append((short_label(case, drop_array=False), (xs, ys), case["metrics"].get("budget_bytes")))
+    if not lines:
+        return []
+    fig, axes = new_figure(9.0, 5.0)
+    ax = axes[0][0]
+    peak = max(max(ys) for _, (_, ys), _ in lines)
+    unit, scale = next(((u, f) for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if peak >= f), ("B", 1))
+    for label, (xs, ys), budget in lines:
+        (line,) = ax.step(xs, [y / scale for y in ys], where="post", label=label)
+        if budget:
+            ax.axhline(budget / scale, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("event (allocation / release)")
+    ax.set_ylabel(f"live activation memory ({unit})")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle("train_recompute: activation memory over one step")
+    return [Plot("recompute", "train_recompute: memory over time",
+                 "Live activation memory through one training step per schedule; dotted: the budget.", fig)]
 
 
 _REFERENCE: dict = {}  # (case keys without the schedule, seed, threads) -> the last reference

@@ -1,0 +1,300 @@
+"""The runner owns timing: calibrated loop counts, interleaved rounds, resets outside the timer,
+peers timed by the same rules, thread limits, and every phase of a case guarded."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sysbench import runner, stats, suite as suite_mod
+from sysbench.workloads import register, unregister
+from sysbench.workloads.base import CaseError, Key, Run, SelfTimed, Timed, Validation, Workload
+
+LOG: list = []
+
+
+@dataclass(frozen=True)
+class SleepInputs:
+    token: int
+
+
+class Sleeper(Workload):
+    """A call of a known duration that logs every visit, so tests can see the runner's order."""
+
+    kind = "test_sleeper"
+    needs_array = False
+    keys = {"call_us": Key("float", default=50.0, minimum=0), "fail": Key("str", default="")}
+
+    def model(self, p, array, plan):
+        if p.fail == "model":
+            raise RuntimeError("model exploded")
+        if p.fail == "input":
+            raise CaseError("call_us", "a bad file")
+        return {"cycles": 1}
+
+    def inputs(self, p, array, plan, rng):
+        return SleepInputs(int(rng.integers(1 << 30)))
+
+    def timed(self, run: Run) -> Timed:
+        LOG.append(("visit", run.params.call_us))
+        if run.params.fail == "run":
+            raise ValueError("kernel exploded")
+
+        def call():
+            end = time.perf_counter() + run.params.call_us * 1e-6
+            while time.perf_counter() < end:
+                pass
+            return run.inputs.token
+        return Timed(call)
+
+    def validate(self, run: Run, output) -> Validation:
+        return Validation("itself", 0.0, output == run.inputs.token, "exact")
+
+
+class Resetting(Sleeper):
+    kind = "test_resetting"
+    keys = dict(Sleeper.keys)
+
+    def timed(self, run):
+        state = {"dirty": False}
+
+        def call():
+            assert not state["dirty"], "the reset did not run before this call"
+            state["dirty"] = True
+            return run.inputs.token
+
+        def reset():
+            time.sleep(0.002)  # slow, and outside the timer
+            state["dirty"] = False
+        return Timed(call, reset=reset)
+
+
+class Jobbed(Sleeper):
+    kind = "test_jobbed"
+    keys = dict(Sleeper.keys)
+
+    def timed(self, run):
+        LOG.append(("job", run.repeats, run.warmup))
+        return Timed(lambda: SelfTimed([1e-3] * run.repeats, run.inputs.token, {"ranks": 2}), self_timed=True)
+
+
+@pytest.fixture(autouse=True)
+def kinds():
+    for kind in (Sleeper(), Resetting(), Jobbed()):
+        register(kind)
+    LOG.clear()
+    yield
+    for kind in ("test_sleeper", "test_resetting", "test_jobbed"):
+        unregister(kind)
+
+
+def cases(write_suite, body):
+    return suite_mod.load(str(write_suite(body))).cases
+
+
+def test_calibration_reaches_min_time(write_suite):
+    [case] = cases(write_suite, """
+        [[cases]]
+        name = "s"
+        kind = "test_sleeper"
+        call_us = 40
+        min_time = 0.004
+        repeats = 3
+        rounds = 1
+        """)
+    [result] = runner.run_suite([case])
+    t = result.timing
+    # 4 ms of 40 us calls: about 100 calls, on the 1-2-5 sequence, the last trial >= min_time
+    assert t["number"] in (100, 200) and t["calibration"][-1][0] == t["number"]
+    assert t["calibration"][-1][1] >= 0.004 and all(trial[1] < 0.004 for trial in t["calibration"][:-1])
+    assert all(35e-6 <= s <= 400e-6 for s in t["samples_s"])  # per call, not per sample
+    assert t["min_time_s"] == 0.004 and t["repeats"] == 3 and result.validation["passed"]
+
+
+def test_calibrate_follows_the_1_2_5_sequence():
+    number, trials = runner.calibrate(lambda: time.sleep(0.0003), 0.004)
+    assert number in (10, 20) and trials[0][0] == 1
+    assert all(str(n)[0] in "125" for n, _ in trials)
+
+
+def test_rounds_interleave_cases_in_suite_order(write_suite):
+    loaded = cases(write_suite, """
+        [defaults]
+        rounds = 3
+        repeats = 2
+        min_time = 0.0005
+        [[cases]]
+        name = "a"
+        kind = "test_sleeper"
+        call_us = 10
+        [[cases]]
+        name = "b"
+        kind = "test_sleeper"
+        call_us = 20
+        """)
+    done = runner.run_suite(loaded)
+    assert [v for _, v in LOG] == [10, 20, 10, 20, 10, 20]   # a, b, a, b, a, b
+    for result in done:
+        assert result.timing["sample_rounds"] == [0, 0, 1, 1, 2, 2] and result.timing["rounds"] == 3
+        assert len(result.timing["round_medians_s"]) == 3
+
+
+def test_cli_rounds_override_and_steps(write_suite):
+    loaded = cases(write_suite, """
+        [[cases]]
+        name = "a"
+        kind = "test_sleeper"
+        min_time = 0.0005
+        [[cases]]
+        name = "m"
+        kind = "test_sleeper"
+        numerics = false
+        """)
+    steps = []
+    done = runner.run_suite(loaded, repeats=1, rounds=2, on_step=lambda case, stage: steps.append((case.name, stage)))
+    assert steps == [("a", "model"), ("m", "model"), ("a", "round 1"), ("a", "round 2")]
+    assert len(steps) == runner.total_steps(loaded, 2)
+    assert done[1].timing is None and done[1].metrics == {"cycles": 1}
+
+
+def test_reset_runs_before_every_call_outside_the_timer(write_suite):
+    [case] = cases(write_suite, """
+        [[cases]]
+        name = "r"
+        kind = "test_resetting"
+        repeats = 4
+        rounds = 2
+        warmup = 1
+        """)
+    [result] = runner.run_suite([case])
+    assert result.error is None and result.validation["passed"]
+    t = result.timing
+    assert t["number"] == 1 and len(t["samples_s"]) == 8
+    assert max(t["samples_s"]) < 0.002   # the 2 ms reset is not in any sample
+
+
+def test_self_timed_calls_run_once_a_round_with_their_own_samples(write_suite):
+    [case] = cases(write_suite, """
+        [[cases]]
+        name = "j"
+        kind = "test_jobbed"
+        repeats = 3
+        rounds = 2
+        warmup = 2
+        """)
+    [result] = runner.run_suite([case])
+    assert LOG == [("job", 3, 2), ("job", 3, 2)]    # no runner warm-up, no calibration: one job a round
+    assert result.timing["samples_s"] == [1e-3] * 6 and result.timing["sample_rounds"] == [0, 0, 0, 1, 1, 1]
+    assert result.measured == {"ranks": 2}
+
+
+def test_a_failing_case_is_recorded_and_the_run_goes_on(write_suite):
+    loaded = cases(write_suite, """
+        [defaults]
+        min_time = 0.0005
+        repeats = 1
+        [[cases]]
+        name = "boom"
+        kind = "test_sleeper"
+        fail = ["model", "run"]
+        [[cases]]
+        name = "fine"
+        kind = "test_sleeper"
+        """)
+    done = {r.case.id: r for r in runner.run_suite(loaded)}
+    assert "model exploded" in done[loaded[0].id].error and done[loaded[0].id].timing is None
+    assert "kernel exploded" in done[loaded[1].id].error and not done[loaded[1].id].passed
+    assert done[loaded[2].id].passed and done[loaded[2].id].timing["rounds"] == 3
+
+
+def test_input_errors_stop_before_anything_is_timed(write_suite):
+    loaded = cases(write_suite, """
+        [[cases]]
+        name = "fine"
+        kind = "test_sleeper"
+        [[cases]]
+        name = "bad"
+        kind = "test_sleeper"
+        fail = "input"
+        """)
+    with pytest.raises(runner.InputError) as info:
+        runner.run_suite(loaded)
+    assert info.value.problems == [f"{loaded[1].source}: case 'bad' key 'call_us': a bad file"]
+    assert LOG == []   # nothing was timed
+
+
+def test_working_set_past_the_limit_is_refused_with_a_hint(write_suite):
+    loaded = cases(write_suite, """
+        [arrays.a]
+        rows = 4
+        [[cases]]
+        name = "huge"
+        kind = "gemm"
+        array = "a"
+        m = 100000
+        k = 100000
+        n = 100000
+        """)
+    with pytest.raises(runner.InputError) as info:
+        runner.run_suite(loaded, max_memory=2**30)
+    [line] = info.value.problems
+    assert "case 'huge'" in line and "more than the 1.0 GiB available" in line and "numerics = false" in line
+
+
+def test_blas_is_held_to_the_case_threads_while_timing_and_one_while_validating(write_suite, monkeypatch):
+    seen = []
+    monkeypatch.setattr(runner, "_blas_limit", lambda threads: seen.append(threads) or _nothing())
+    [case] = cases(write_suite, """
+        [[cases]]
+        name = "s"
+        kind = "test_sleeper"
+        min_time = 0.0005
+        rounds = 2
+        repeats = 1
+        """)
+    runner.run_suite([case], threads=2)
+    assert seen == [2, 1, 2]   # round 1 timed, its validation, round 2 timed
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_threads_zero_means_the_cpus_we_may_use(monkeypatch):
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert runner.resolve_threads(0) == 3 and runner.resolve_threads(None) == 1
+
+
+# ----------------------------------------------------------------------------------------
+# statistics against scipy (an oracle: the test extra installs it)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mann_whitney_against_scipy(seed):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(1.0, 0.2, 3 + seed), rng.normal(1.1, 0.2, 4 + seed)
+    if seed % 2:
+        x, y = np.round(x, 1), np.round(y, 1)   # ties: the normal approximation
+    for alternative in ("greater", "less"):
+        ours = stats.mann_whitney_u(x, y, alternative)
+        method = "exact" if ours.method == "exact" else "asymptotic"
+        theirs = scipy_stats.mannwhitneyu(x, y, alternative=alternative, method=method, use_continuity=True)
+        assert ours.u == pytest.approx(theirs.statistic)
+        assert ours.p == pytest.approx(theirs.pvalue, rel=1e-9, abs=1e-12)
+
+
+def test_robust_spread_against_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    samples = rng.lognormal(0, 0.1, 31)
+    expected = scipy_stats.median_abs_deviation(samples, scale="normal") / np.median(samples)
+    assert stats.robust_spread(samples) == pytest.approx(expected, rel=1e-3)  # 1.4826 vs 1/Phi^-1(3/4)
+    outlier = np.append(samples, 100.0)   # one descheduled sample barely moves it
+    assert stats.robust_spread(outlier) < 1.2 * stats.robust_spread(samples)
