@@ -179,8 +179,8 @@ def conv_addresses(height: int, width: int, kh: int, kw: int, channels: int, fil
 
 
 class ReadBuffer:
-    def __init__(self, fetch: np.ndarray, words: int, bw: int, compat: bool):
-        self.compat = compat
+    def __init__(self, fetch: np.ndarray, words: int, bw: int, defects: frozenset):
+        self.defects = defects
         self.bw = bw
         self.active = ceil(words * 0.5)
         self.prefetch = words - self.active
@@ -197,31 +197,54 @@ class ReadBuffer:
         for k, s in enumerate(self.sets):
             for a in s:
                 self.where.setdefault(a, []).append(k)
+        self.per_set = per_set
+        self.n_real = len(real)
         self.fetch_lines = ceil(len(fetch) / bw)
         self.start = 0  # first set of the active window
         self.started = False
         self.last = 0  # cycle the latest DRAM batch completed
+        self.entered = 0  # cycle the array moved into the current window
         self.dram_words = 0
         self.dram_first = self.dram_last = None
         self.batches = 0
+        self.used = -1  # largest unwrapped set index a demand read (own-word model)
+
+    def words_before(self, e: int) -> int:
+        """Real words in the first e sets of the stream repeated without end."""
+        whole, k = divmod(e, self.n_sets)
+        return whole * self.n_real + min(k * self.per_set, self.n_real)
 
     def _fill(self, cycle: int) -> None:
-        lines = min(ceil(self.active / self.bw), self.fetch_lines)
-        self.dram_words += lines * self.bw
+        if "dram_lines" in self.defects:
+            lines = min(ceil(self.active / self.bw), self.fetch_lines)
+            self.dram_words += lines * self.bw
+        else:
+            lines = ceil(self.words_before(self.A) / self.bw)
         self.dram_first, self.dram_last = cycle - lines, cycle - 1
         self.last = cycle - 1
+        self.entered = cycle
         self.started = True
 
     def _advance(self) -> None:
         self.start = (self.start + self.P) % self.n_sets
-        lines = ceil(self.prefetch / self.bw)
-        self.dram_words += lines * self.bw
-        self.last = self.last + lines + 1
+        if "dram_lines" in self.defects:
+            lines = ceil(self.prefetch / self.bw)
+            self.dram_words += lines * self.bw
+        else:
+            first = self.A + self.batches * self.P  # unwrapped index of the first set entering
+            lines = ceil((self.words_before(first + self.P) - self.words_before(first)) / self.bw)
+        issue = self.last + 1
+        if "runahead" not in self.defects:
+            issue = max(issue, self.entered)  # the prefetch half is free once the array moved on
+        self.last = issue + lines
         self.dram_last = self.last
         self.batches += 1
 
     def _resident(self, addr: int) -> bool:
-        return any((k - self.start) % self.n_sets < self.A for k in self.where[addr])
+        copies = self.where[addr]
+        if "alias" not in self.defects:
+            copies = copies[:1]  # own word: the GEMM view has every address once
+        return any((k - self.start) % self.n_sets < self.A for k in copies)
 
     def serve(self, row: np.ndarray, cycle: int) -> int:
         """Cycle the row's reads are served (hit latency 1)."""
@@ -236,18 +259,26 @@ class ReadBuffer:
                     raise RuntimeError("word never resident")
                 self._advance()
                 late = self.last - (cycle + offset)
-                if self.compat:  # SCALE-Sim issue #130
+                if "issue130" in self.defects:
                     offset += late
                     if late > 0:
                         offset += late
                 elif late > 0:
                     offset += late
+                self.entered = cycle + offset
+            if "dram_lines" not in self.defects:
+                k = self.where[addr][0]
+                self.used = max(self.used, self.batches * self.P + (k - self.start) % self.n_sets)
         return cycle + offset
+
+    def finish(self) -> None:
+        if "dram_lines" not in self.defects:  # the words read; a batch's unused tail not counted
+            self.dram_words = self.words_before(self.used + 1)
 
 
 class WriteBuffer:
-    def __init__(self, words: int, bw: int, compat: bool):
-        self.compat = compat
+    def __init__(self, words: int, bw: int, defects: frozenset):
+        self.defects = defects
         self.bw = bw
         self.total = words
         self.drain = words - ceil(words * 0.5)
@@ -272,7 +303,7 @@ class WriteBuffer:
 
     def _drain_chunk(self, start: int) -> int:
         lines = self.queue[self.head:self.head + ceil(self.drain / self.bw)]
-        if self.compat:
+        if "drain_slots" in self.defects:
             words = (len(lines) - 1) * self.bw + lines[-1]
         else:
             words = sum(lines)
@@ -303,7 +334,7 @@ class WriteBuffer:
 
     def finish(self, cycle: int) -> None:
         self._flush()
-        if not self.compat:
+        if "final_drain" not in self.defects:
             cycle = max(cycle + 1, self.drain_end + 1)
         while self.head < len(self.queue):
             self.drain_end = self._drain_chunk(cycle)
@@ -314,7 +345,7 @@ class WriteBuffer:
 class Result:
     compute_rows: int
     stall_cycles: int
-    last_cycle: int  # cycle of the last ofmap write to the SRAM
+    last_cycle: int  # last compute cycle (compat: its index; else the count, rows + stalls)
     total_cycles: int  # first DRAM read .. last DRAM write
     ifmap_dram_words: int
     filter_dram_words: int
@@ -323,13 +354,21 @@ class Result:
     ofmap_dram_last: int
 
 
+DEFECTS = frozenset({"issue130", "alias", "runahead", "dram_lines", "drain_slots", "final_drain",
+                     "issue125"})
+
+
 def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[int, int, int],
-             bw: tuple[int, int, int], compat: bool) -> Result:
-    """Serve every demand row; sram_words = (ifmap, filter, ofmap) capacities in words."""
+             bw: tuple[int, int, int], compat: bool = False, defects: frozenset | None = None
+             ) -> Result:
+    """Serve every demand row; sram_words = (ifmap, filter, ofmap) capacities in words.
+    `defects` picks SCALE-Sim's defects one by one (compat: all of DEFECTS)."""
+    if defects is None:
+        defects = DEFECTS if compat else frozenset()
     st = streams(dataflow, rows, cols, *addresses)
-    ib = ReadBuffer(st.ifmap_fetch, sram_words[0], bw[0], compat)
-    fb = ReadBuffer(st.filter_fetch, sram_words[1], bw[1], compat)
-    ob = WriteBuffer(sram_words[2], bw[2], compat)
+    ib = ReadBuffer(st.ifmap_fetch, sram_words[0], bw[0], defects)
+    fb = ReadBuffer(st.filter_fetch, sram_words[1], bw[1], defects)
+    ob = WriteBuffer(sram_words[2], bw[2], defects)
     stall = 0
     last = 0
     for i in range(len(st.ifmap_demand)):
@@ -340,7 +379,11 @@ def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[i
         stall += max(di, df, out - cycle)
         last = max(last, out)
     ob.finish(last)
+    ib.finish()
+    fb.finish()
     first = min(ib.dram_first, fb.dram_first)
     span = ob.dram_last - first
-    return Result(len(st.ifmap_demand), stall, last, span if compat else span + 1,
+    short = "issue125" in defects
+    return Result(len(st.ifmap_demand), stall, last if short else len(st.ifmap_demand) + stall,
+                  span if short else span + 1,
                   ib.dram_words, fb.dram_words, ob.dram_words, first, ob.dram_last)
