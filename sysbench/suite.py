@@ -5,6 +5,7 @@ the file, the case and the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import tomllib
@@ -14,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import ARRAY_KEYS, Array
+from .models.energy import EnergyError
+from .models.energy import from_table as energy_table
+from .models.memory import check_array as memory_problems
+from .models.memory import word_bytes as memory_word_bytes
 from .workloads import registry
 from .workloads.base import COMMON_KEYS, Key
 
-TOP_KEYS = ("name", "description", "defaults", "arrays", "cases")
+TOP_KEYS = ("name", "description", "defaults", "arrays", "cases", "energy")
 
 
 class SuiteError(Exception):
@@ -105,6 +110,7 @@ def load(spec: str) -> Suite:
         suite_name = path.stem
 
     arrays, invalid_arrays = _load_arrays(data.get("arrays", {}), label, problems)
+    arrays = _with_energy(arrays, data.get("energy"), path, label, problems, invalid_arrays)
     kinds = registry()
     all_kind_keys = set(COMMON_KEYS)
     for w in kinds.values():
@@ -171,8 +177,32 @@ def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, A
             else:
                 values[key] = parsed
         if ok:
-            arrays[name] = Array(name=name, **values)
+            array = Array(name=name, **values)
+            for key, message in memory_problems(array):  # cross-key checks of the memory system
+                problems.append(f"{label}: array {name!r} key {key!r}: {message}")
+                ok = False
+        if ok:
+            arrays[name] = array
     return arrays, set(raw) - set(arrays)
+
+
+def _with_energy(arrays: dict[str, Array], table: Any, path: Path, label: str,
+                 problems: list[str], invalid: set[str]) -> dict[str, Array]:
+    """Arrays carrying the suite's [energy] table (resolved per dtype and word size)."""
+    if table is None:
+        return arrays
+    if not isinstance(table, dict):
+        problems.append(f"{label}: 'energy' must be a table ([energy])")
+        return arrays
+    out = {}
+    for name, array in arrays.items():
+        try:
+            energy = energy_table(table, path.parent, array.dtype, memory_word_bytes(array))
+        except EnergyError as exc:
+            problems.append(f"{label}: [energy] key {exc.key!r}: {exc}")
+            return arrays
+        out[name] = dataclasses.replace(array, energy=energy)
+    return out
 
 
 def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname, path, label,

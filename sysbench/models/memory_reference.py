@@ -102,7 +102,7 @@ def _streamed(x: np.ndarray, width: int, pre: int, post: int, repeats: tuple[int
         for i in range(inner):
             b = bl[o if block_outer else i]
             demand.append(skew(np.concatenate([idle(pre, width), b, idle(post, width)])))
-    return fetch, np.concatenate(demand)
+    return fetch, demand
 
 
 def _preloaded(y: np.ndarray, rows: int, cols: int, post: int, repeats: tuple[int, int]
@@ -117,12 +117,14 @@ def _preloaded(y: np.ndarray, rows: int, cols: int, post: int, repeats: tuple[in
         tiles = blocks(col_blocks[fc], rows, axis=0)
         for fr in range(inner):
             demand.append(np.concatenate([np.flip(tiles[fr], 0), idle(post, cols)]))
-    return fetch, np.concatenate(demand)
+    return fetch, demand
 
 
 def streams(dataflow: str, rows: int, cols: int, ifmap: np.ndarray, filt: np.ndarray,
-            ofmap: np.ndarray) -> Streams:
-    """Demand and fetch streams for ifmap (T x K addresses), filter (K x N), ofmap (T x N)."""
+            ofmap: np.ndarray, weight_load: str = "serial") -> Streams:
+    """Demand and fetch streams for ifmap (M x K addresses), filter (K x N), ofmap (M x N).
+    weight_load "overlapped" (ws, is): fold f+1's stationary tile loads during the first R
+    cycles of fold f's stream; only fold 0's load is exposed (R cycles)."""
     R, C = rows, cols
     M, K = ifmap.shape
     N = filt.shape[1]
@@ -130,14 +132,14 @@ def streams(dataflow: str, rows: int, cols: int, ifmap: np.ndarray, filt: np.nda
         folds = (ceil(N / C), ceil(K / R))
         i_fetch, i_dem = _streamed(ifmap, R, R, C - 1, folds, block_outer=False)
         f_fetch, f_dem = _preloaded(filt, R, C, R + C + M - 2, folds)
-        o_dem = np.concatenate([skew(np.concatenate([idle(2 * R - 1, C), b]))
-                                for b in blocks(ofmap, C, axis=1) for _ in range(folds[1])])
+        o_dem = [skew(np.concatenate([idle(2 * R - 1, C), b]))
+                 for b in blocks(ofmap, C, axis=1) for _ in range(folds[1])]
     elif dataflow == "is":  # Sr=K, Sc=M, T=N
         folds = (ceil(M / C), ceil(K / R))
         i_fetch, i_dem = _preloaded(ifmap.T, R, C, R + C + N - 2, folds)
         f_fetch, f_dem = _streamed(filt.T, R, R, C - 1, folds, block_outer=False)
-        o_dem = np.concatenate([skew(np.concatenate([idle(2 * R - 1, C), b]))
-                                for b in blocks(ofmap.T, C, axis=1) for _ in range(folds[1])])
+        o_dem = [skew(np.concatenate([idle(2 * R - 1, C), b]))
+                 for b in blocks(ofmap.T, C, axis=1) for _ in range(folds[1])]
     elif dataflow == "os":  # Sr=M, Sc=N, T=K
         folds = (ceil(N / C), ceil(M / R))
         i_fetch, i_dem = _streamed(ifmap.T, R, 0, C - 1, folds, block_outer=False)
@@ -146,11 +148,30 @@ def streams(dataflow: str, rows: int, cols: int, ifmap: np.ndarray, filt: np.nda
         for fc, col_block in enumerate(blocks(ofmap, C, axis=1)):
             for tile in blocks(col_block, R, axis=0):
                 o_dem.append(skew(np.concatenate([idle(K - 1, C), np.flip(tile, 0)])))
-        o_dem = np.concatenate(o_dem)
     else:
         raise ValueError(f"unknown dataflow {dataflow!r}")
+    if weight_load == "overlapped" and dataflow != "os":
+        i_dem, f_dem, o_dem = _overlap(i_dem, f_dem, o_dem, R, stationary=0 if dataflow == "is" else 1)
+    i_dem, f_dem, o_dem = (np.concatenate(d) for d in (i_dem, f_dem, o_dem))
     assert len(i_dem) == len(f_dem) == len(o_dem)
     return Streams(i_dem, f_dem, o_dem, i_fetch, f_fetch)
+
+
+def _overlap(i_dem: list, f_dem: list, o_dem: list, R: int, stationary: int) -> tuple:
+    """Per-fold demands with each fold's R preload cycles moved under the previous fold."""
+    folds = [list(x) for x in zip(i_dem, f_dem, o_dem)]
+    out = [[], [], []]
+    for op in range(3):  # the first fold's preload: only the stationary operand moves
+        out[op].append(folds[0][op][:R] if op == stationary else idle(R, folds[0][op].shape[1]))
+    for f, fold in enumerate(folds):
+        for op in range(3):
+            body = fold[op][R:]
+            if op == stationary:
+                body = idle(*body.shape)
+                if f + 1 < len(folds):
+                    body[:R] = folds[f + 1][op][:R]
+            out[op].append(body)
+    return tuple(out)
 
 
 def gemm_addresses(m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -359,13 +380,13 @@ DEFECTS = frozenset({"issue130", "alias", "runahead", "dram_lines", "drain_slots
 
 
 def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[int, int, int],
-             bw: tuple[int, int, int], compat: bool = False, defects: frozenset | None = None
-             ) -> Result:
+             bw: tuple[int, int, int], compat: bool = False, defects: frozenset | None = None,
+             weight_load: str = "serial") -> Result:
     """Serve every demand row; sram_words = (ifmap, filter, ofmap) capacities in words.
     `defects` picks SCALE-Sim's defects one by one (compat: all of DEFECTS)."""
     if defects is None:
         defects = DEFECTS if compat else frozenset()
-    st = streams(dataflow, rows, cols, *addresses)
+    st = streams(dataflow, rows, cols, *addresses, weight_load=weight_load)
     ib = ReadBuffer(st.ifmap_fetch, sram_words[0], bw[0], defects)
     fb = ReadBuffer(st.filter_fetch, sram_words[1], bw[1], defects)
     ob = WriteBuffer(sram_words[2], bw[2], defects)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from ..models.memory import memory_metrics
 from ..models.systolic import gemm_cycles
 from ..numerics import random_operand
 from ._array import INT8_MAX_K, array_gemm, check_gemm, emulator_affordable
@@ -23,7 +24,8 @@ class Gemm(Workload):
         return []
 
     def model(self, params, array):
-        return gemm_cycles(array, params["m"], params["k"], params["n"])
+        dims = (params["m"], params["k"], params["n"])
+        return (c := gemm_cycles(array, *dims)) | memory_metrics(array, [dims], c)
 
     def prepare(self, params, array, rng):
         a = random_operand(rng, (params["m"], params["k"]), array.dtype)

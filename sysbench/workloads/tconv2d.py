@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.memory import memory_metrics
 from ..models.systolic import add_cycles, gemm_cycles
 from ..numerics import gamma, random_operand
 from . import conv2d
@@ -234,6 +235,7 @@ class Tconv2d(Workload):
             "utilization_zero_insertion": baseline["utilization"],
             "speedup": baseline["cycles"] / metrics["cycles"] if metrics["cycles"] else None,
         })
+        metrics.update(memory_metrics(array, element_gemms(p), metrics))
         return metrics
 
     def prepare(self, p, array, rng):
