@@ -24,7 +24,7 @@ cnp.import_array()
 
 # SCALE-Sim v3 defects (sysbench.models.memory_reference.DEFECTS), one bit each
 DEFECT_BITS = {"issue130": 1, "alias": 2, "runahead": 4, "dram_lines": 8, "drain_slots": 16,
-               "final_drain": 32, "issue125": 64}
+               "final_drain": 32, "issue125": 64, "fetch_order": 128}
 OUTPUTS = ("rows", "stall_cycles", "last_cycle", "total_cycles",
            "ifmap_dram_words", "filter_dram_words", "ofmap_dram_words",
            "ifmap_batches", "filter_batches", "ofmap_drains", "dram_first", "ofmap_dram_last",
@@ -39,6 +39,7 @@ cdef enum:
     D_SLOTS = 16
     D_FINAL = 32
     D_125 = 64
+    D_ORDER = 128
 
 
 cdef inline int64_t cdiv(int64_t a, int64_t b) noexcept nogil:
@@ -59,6 +60,8 @@ cdef struct Operand:
     int preloaded
     int64_t T, S, W, SC, TR, pre, post
     int block_outer  # streamed: the fold's block is its outer (1) or inner (0) index
+    int64_t reps  # folds that read the same block in a row (block_outer: the inner folds)
+    int expanded  # the stream holds each block once per fold that reads it
     int64_t nb, wl, n_real, stream_len
     # the buffer
     int64_t active, prefetch, per_set, n_sets, A, P, bw
@@ -97,6 +100,25 @@ cdef inline int64_t diag_rank(Operand *op, int64_t r, int64_t c) noexcept nogil:
     if hi >= lo:
         before += hi - lo + 1
     return before
+
+
+cdef inline int64_t block_rank(int64_t T, int64_t w, int64_t t, int64_t j) noexcept nogil:
+    """Rank of (t, j) in a T x w block read by antidiagonals, each from the bottom row up."""
+    cdef int64_t d = t + j, before = tri(d, w) - tri(d - T, w)
+    cdef int64_t hi = imin(d, T - 1), lo = imax(t + 1, d - w + 1)
+    if hi >= lo:
+        before += hi - lo + 1
+    return before
+
+
+cdef inline int64_t stream_rank(Operand *op, int64_t fc, int64_t fr, int64_t b, int64_t wb,
+                                int64_t t, int64_t j, int flags) noexcept nogil:
+    """Rank of the block-b element (t, j) in the fetch stream."""
+    if flags & D_ORDER:  # SCALE-Sim: antidiagonals of all blocks stacked
+        return diag_rank(op, b * op.T + t, j)
+    if op.expanded:
+        return fc * op.reps * op.T * op.W + fr * op.T * wb + block_rank(op.T, wb, t, j)
+    return b * op.T * op.W + block_rank(op.T, wb, t, j)
 
 
 cdef inline int64_t words_before(Operand *op, int64_t e) noexcept nogil:
@@ -212,7 +234,10 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
         if y >= op.S:
             return cycle + offset
         wb = op.W if fc < op.nb - 1 else op.wl
-        base = fc * op.S * op.W + y * wb
+        if flags & D_ORDER:  # SCALE-Sim fetches the block row-major, top row first
+            base = fc * op.S * op.W + y * wb
+        else:  # fetched in the order the array reads the tile: bottom row first
+            base = fc * op.S * op.W + (fr * op.TR + u - op.TR + imin(op.TR, op.S - fr * op.TR)) * wb
         if op.alias:
             for j in range(wb):
                 k = (base + j) // op.per_set
@@ -230,10 +255,10 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
         j_hi = imin(wb - 1, u - op.pre)
         if j_hi < j_lo:
             return cycle + offset
-        t = b * op.T + u - op.pre  # the antidiagonal, in stacked coordinates
+        t = u - op.pre  # the block's antidiagonal
         if op.alias:
             for j in range(j_lo, j_hi + 1):
-                k = diag_rank(op, t - j, j) // op.per_set
+                k = stream_rank(op, fc, fr, b, wb, t - j, j, flags) // op.per_set
                 if not resident(op, k):
                     if op.addr_is_pixel_row:
                         pixel = u - op.pre - j
@@ -245,8 +270,8 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
                     while not any_copy_resident(op, addr):
                         offset = _alias_step(op, cycle, offset, flags, ideal)
             return cycle + offset
-        k_lo = diag_rank(op, t - j_lo, j_lo) // op.per_set
-        k_hi = diag_rank(op, t - j_hi, j_hi) // op.per_set
+        k_lo = stream_rank(op, fc, fr, b, wb, t - j_lo, j_lo, flags) // op.per_set
+        k_hi = stream_rank(op, fc, fr, b, wb, t - j_hi, j_hi, flags) // op.per_set
     for k in range(k_lo, k_hi + 1):
         offset = take(op, k, cycle, offset, flags, ideal)
         if not (flags & D_LINES):
@@ -372,13 +397,21 @@ cdef int64_t write_row(Writer *w, int64_t fc, int64_t fr, int64_t u, int64_t cyc
     return now
 
 
-cdef void init_buffer(Operand *op, int64_t words, int64_t bw) noexcept nogil:
+cdef void init_buffer(Operand *op, int64_t words, int64_t bw, int flags) noexcept nogil:
     op.bw = bw
     op.active = (words + 1) // 2
     op.prefetch = words - op.active
     op.per_set = cdiv(words, 100)
     op.n_sets = op.n_real // op.per_set + 1
     op.A = imin(cdiv(op.active, op.per_set), op.n_sets)
+    op.expanded = 0
+    if not op.preloaded and op.block_outer and op.reps > 1 and not (flags & D_ORDER) \
+            and op.n_sets > op.A:
+        # the operand does not stay resident: each fold that reads a block fetches it again
+        op.expanded = 1
+        op.n_real *= op.reps
+        op.n_sets = op.n_real // op.per_set + 1
+        op.A = imin(cdiv(op.active, op.per_set), op.n_sets)
     op.P = imin(cdiv(op.prefetch, op.per_set), op.n_sets - op.A)
     op.start = 0
     op.batches = 0
@@ -550,8 +583,9 @@ def _simulate(str dataflow, int64_t R, int64_t C, int64_t m, int64_t k, int64_t 
         aliased = &ifm
         ifm.addr_is_pixel_row = 0
         overlapped = False
-    init_buffer(&ifm, i_words, i_bw)
-    init_buffer(&flt, f_words, f_bw)
+    ifm.reps = flt.reps = n_fr
+    init_buffer(&ifm, i_words, i_bw, flags)
+    init_buffer(&flt, f_words, f_bw, flags)
     if copy_ptr.shape[0] > 1:
         aliased.alias = 1
         aliased.copy_ptr = &copy_ptr[0]

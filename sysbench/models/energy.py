@@ -149,14 +149,20 @@ def from_table(table: dict, base: Path, dtype: str, word_bytes: int) -> Energy:
     if "art" in table:
         path = base / str(table["art"])
         tables = _tables(_yaml(path, "art"), "ART", path, "art")
-        area = 0.0
+        area, found = 0.0, 0
         for comp, name_key in COMPONENTS.items():
             if name_key in table:
-                t = _component(tables, str(table[name_key]), path, name_key)
+                try:  # the ART may cover only some of the named components
+                    t = _component(tables, str(table[name_key]), path, name_key)
+                except EnergyError:
+                    continue
+                found += 1
                 a = t.get("area")
                 if not isinstance(a, (int, float)) or a < 0:
                     raise EnergyError(name_key, f"{path}: {t.get('name')}: area must be a non-negative number")
                 area += float(a)
+        if not found:
+            raise EnergyError("art", f"{path}: none of the named components is in the ART")
         sources.append(f"ART {path.name}")
     if len(given) < len(ACCESS_KEYS):
         sources.append(SOURCE)

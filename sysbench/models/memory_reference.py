@@ -90,27 +90,48 @@ class Streams:
 
 
 def _streamed(x: np.ndarray, width: int, pre: int, post: int, repeats: tuple[int, int],
-              block_outer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A streamed operand: x (T x S) cut into column blocks of `width`. Fetch: the blocks stacked
-    and read by antidiagonals. Demand per fold: `pre` idle rows, the block, `post` idle rows,
-    skewed. Folds loop (outer, inner) = repeats; the block index is the outer or inner one."""
+              block_outer: bool, scalesim_order: bool = True, words: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """A streamed operand: x (T x S) cut into column blocks of `width`. Demand per fold: `pre`
+    idle rows, the block, `post` idle rows, skewed. Folds loop (outer, inner) = repeats; the
+    block index is the outer or inner one.
+    Fetch (SCALE-Sim): the blocks stacked and read by antidiagonals. Otherwise block by block,
+    each by antidiagonals (the order the array reads it); a block that the next folds read
+    again is fetched once per fold unless the whole operand stays resident in `words`."""
     bl = blocks(x, width, axis=1)
-    fetch = antidiagonal_order(np.concatenate(bl, axis=0))
-    demand = []
     outer, inner = repeats
+    if scalesim_order:
+        fetch = antidiagonal_order(np.concatenate(bl, axis=0))
+    else:
+        fetch = np.concatenate([antidiagonal_order(b) for b in bl])
+    real = int(np.count_nonzero(fetch != NONE))
+    per_set = ceil(max(words, 1) / 100)
+    n_sets = real // per_set + 1
+    expand = (not scalesim_order and block_outer and inner > 1
+              and n_sets > min(ceil(ceil(words / 2) / per_set), n_sets))
+    copy = lambda b, i: np.where(b == NONE, NONE, b + i * 1_000_000_000) if expand else b
+    if expand:
+        fetch = np.concatenate([antidiagonal_order(copy(bl[o], i))
+                                for o in range(outer) for i in range(inner)])
+    demand = []
     for o in range(outer):
         for i in range(inner):
-            b = bl[o if block_outer else i]
+            b = copy(bl[o], i) if block_outer else bl[i]
             demand.append(skew(np.concatenate([idle(pre, width), b, idle(post, width)])))
     return fetch, demand
 
 
-def _preloaded(y: np.ndarray, rows: int, cols: int, post: int, repeats: tuple[int, int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """A stationary operand: y (Sr x Sc). Fetch: column blocks of `cols` stacked, row-major.
+def _preloaded(y: np.ndarray, rows: int, cols: int, post: int, repeats: tuple[int, int],
+               row_major: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A stationary operand: y (Sr x Sc). Fetch: column blocks of `cols` stacked, row-major
+    (SCALE-Sim) or tile by tile, each bottom row first (the order the array reads it).
     Demand per fold (fc, fr): the rows x cols tile, bottom row first, then `post` idle rows."""
     col_blocks = blocks(y, cols, axis=1)
-    fetch = np.concatenate(col_blocks, axis=0).reshape(-1)
+    if row_major:
+        fetch = np.concatenate(col_blocks, axis=0).reshape(-1)
+    else:
+        fetch = np.concatenate([np.flip(b[start:start + rows], 0).reshape(-1)
+                                for b in col_blocks for start in range(0, b.shape[0], rows)])
     demand = []
     outer, inner = repeats
     for fc in range(outer):
@@ -121,7 +142,8 @@ def _preloaded(y: np.ndarray, rows: int, cols: int, post: int, repeats: tuple[in
 
 
 def streams(dataflow: str, rows: int, cols: int, ifmap: np.ndarray, filt: np.ndarray,
-            ofmap: np.ndarray, weight_load: str = "serial") -> Streams:
+            ofmap: np.ndarray, weight_load: str = "serial", row_major: bool = True,
+            filter_words: int = 0) -> Streams:
     """Demand and fetch streams for ifmap (M x K addresses), filter (K x N), ofmap (M x N).
     weight_load "overlapped" (ws, is): fold f+1's stationary tile loads during the first R
     cycles of fold f's stream; only fold 0's load is exposed (R cycles)."""
@@ -130,20 +152,20 @@ def streams(dataflow: str, rows: int, cols: int, ifmap: np.ndarray, filt: np.nda
     N = filt.shape[1]
     if dataflow == "ws":  # Sr=K, Sc=N, T=M
         folds = (ceil(N / C), ceil(K / R))
-        i_fetch, i_dem = _streamed(ifmap, R, R, C - 1, folds, block_outer=False)
-        f_fetch, f_dem = _preloaded(filt, R, C, R + C + M - 2, folds)
+        i_fetch, i_dem = _streamed(ifmap, R, R, C - 1, folds, False, row_major)
+        f_fetch, f_dem = _preloaded(filt, R, C, R + C + M - 2, folds, row_major)
         o_dem = [skew(np.concatenate([idle(2 * R - 1, C), b]))
                  for b in blocks(ofmap, C, axis=1) for _ in range(folds[1])]
     elif dataflow == "is":  # Sr=K, Sc=M, T=N
         folds = (ceil(M / C), ceil(K / R))
-        i_fetch, i_dem = _preloaded(ifmap.T, R, C, R + C + N - 2, folds)
-        f_fetch, f_dem = _streamed(filt.T, R, R, C - 1, folds, block_outer=False)
+        i_fetch, i_dem = _preloaded(ifmap.T, R, C, R + C + N - 2, folds, row_major)
+        f_fetch, f_dem = _streamed(filt.T, R, R, C - 1, folds, False, row_major)
         o_dem = [skew(np.concatenate([idle(2 * R - 1, C), b]))
                  for b in blocks(ofmap.T, C, axis=1) for _ in range(folds[1])]
     elif dataflow == "os":  # Sr=M, Sc=N, T=K
         folds = (ceil(N / C), ceil(M / R))
-        i_fetch, i_dem = _streamed(ifmap.T, R, 0, C - 1, folds, block_outer=False)
-        f_fetch, f_dem = _streamed(filt, C, 0, R - 1, folds, block_outer=True)
+        i_fetch, i_dem = _streamed(ifmap.T, R, 0, C - 1, folds, False, row_major)
+        f_fetch, f_dem = _streamed(filt, C, 0, R - 1, folds, True, row_major, filter_words)
         o_dem = []
         for fc, col_block in enumerate(blocks(ofmap, C, axis=1)):
             for tile in blocks(col_block, R, axis=0):
@@ -376,7 +398,7 @@ class Result:
 
 
 DEFECTS = frozenset({"issue130", "alias", "runahead", "dram_lines", "drain_slots", "final_drain",
-                     "issue125"})
+                     "issue125", "fetch_order"})
 
 
 def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[int, int, int],
@@ -386,7 +408,8 @@ def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[i
     `defects` picks SCALE-Sim's defects one by one (compat: all of DEFECTS)."""
     if defects is None:
         defects = DEFECTS if compat else frozenset()
-    st = streams(dataflow, rows, cols, *addresses, weight_load=weight_load)
+    st = streams(dataflow, rows, cols, *addresses, weight_load=weight_load,
+                 row_major="fetch_order" in defects, filter_words=sram_words[1])
     ib = ReadBuffer(st.ifmap_fetch, sram_words[0], bw[0], defects)
     fb = ReadBuffer(st.filter_fetch, sram_words[1], bw[1], defects)
     ob = WriteBuffer(sram_words[2], bw[2], defects)
