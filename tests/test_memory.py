@@ -257,3 +257,22 @@ def test_kernel_rejects_bad_arguments():
         kernel.simulate_gemm("ws", 4, 4, 1, 1, 1, bandwidth=(0, 1, 1))
     with pytest.raises(ValueError, match="unknown defect"):
         kernel.simulate_gemm("ws", 4, 4, 1, 1, 1, defects=("nope",))
+
+
+def test_memory_report_rows_and_plots(tmp_path):
+    from sysbench import memory_report
+    from sysbench.models.systolic import gemm_cycles
+    a = Array(rows=4, cols=4, dtype="int8", dram_bw=2, bandwidth_mode="user", ifmap_sram_kb=0.0625)
+    c = gemm_cycles(a, 8, 8, 8)
+    metrics = c | memory.memory_metrics(a, [(8, 8, 8)], c)
+    cases = [{"id": "g", "name": "g", "kind": "gemm", "params": {}, "array": a.to_dict(), "metrics": metrics},
+             {"id": "s", "name": "s", "kind": "sample", "params": {}, "array": {}, "metrics": {"cycles": 1}}]
+    (row,) = memory_report.detailed_access_rows(cases)
+    assert row[1:4] == (8 * 8 * 2, 64, 64 * 2)   # ws: ifmap read once per column fold...
+    assert row[4] == metrics["ifmap_dram_read_bytes"]  # int8: one byte per word
+    (bw,) = memory_report.bandwidth_rows(cases)
+    assert bw[4] == metrics["ifmap_dram_bw_avg"]
+    pytest.importorskip("matplotlib")
+    assert [p.id for p in memory_report.plots(cases)] == ["memory-cycles", "memory-energy"]
+    totals = memory_report.network_totals(cases)
+    assert totals["stall_cycles"] == metrics["stall_cycles"]
