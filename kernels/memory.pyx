@@ -167,23 +167,6 @@ cdef inline int64_t advance(Operand *op, int flags, int ideal, int64_t now) noex
     return op.last
 
 
-cdef inline int64_t take(Operand *op, int64_t k, int64_t cycle, int64_t offset, int flags,
-                         int ideal) noexcept nogil:
-    """Serve one read from set k (already known resident or not): the new offset."""
-    cdef int64_t late
-    while not resident(op, k):
-        advance(op, flags, ideal, cycle + offset)
-        late = op.last - (cycle + offset)
-        if flags & D_130:
-            offset += late
-            if late > 0:
-                offset += late
-        elif late > 0:
-            offset += late
-        op.entered = cycle + offset
-    return offset
-
-
 cdef inline void note_used(Operand *op, int64_t k) noexcept nogil:
     cdef int64_t off = k - op.start
     if off < 0:
@@ -207,9 +190,9 @@ cdef inline int any_copy_resident(Operand *op, int64_t addr) noexcept nogil:
     return 0
 
 
-cdef inline int64_t _alias_step(Operand *op, int64_t cycle, int64_t offset, int flags,
-                                int ideal) noexcept nogil:
-    """One window advance for a demand no copy of which is resident (SCALE-Sim aliasing)."""
+cdef inline int64_t step(Operand *op, int64_t cycle, int64_t offset, int flags,
+                         int ideal) noexcept nogil:
+    """One window advance for a demand not resident: the new offset (the array waits)."""
     cdef int64_t late
     advance(op, flags, ideal, cycle + offset)
     late = op.last - (cycle + offset)
@@ -244,7 +227,7 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
                 if not resident(op, k):
                     addr = conv_address(op, fc * op.W + j, y)
                     while not any_copy_resident(op, addr):
-                        offset = _alias_step(op, cycle, offset, flags, ideal)
+                        offset = step(op, cycle, offset, flags, ideal)
             return cycle + offset
         k_lo = base // op.per_set
         k_hi = (base + wb - 1) // op.per_set
@@ -268,12 +251,13 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
                         pixel = b * op.W + j
                     addr = conv_address(op, pixel, window)
                     while not any_copy_resident(op, addr):
-                        offset = _alias_step(op, cycle, offset, flags, ideal)
+                        offset = step(op, cycle, offset, flags, ideal)
             return cycle + offset
         k_lo = stream_rank(op, fc, fr, b, wb, t - j_lo, j_lo, flags) // op.per_set
         k_hi = stream_rank(op, fc, fr, b, wb, t - j_hi, j_hi, flags) // op.per_set
     for k in range(k_lo, k_hi + 1):
-        offset = take(op, k, cycle, offset, flags, ideal)
+        while not resident(op, k):
+            offset = step(op, cycle, offset, flags, ideal)
         if not (flags & D_LINES):
             note_used(op, k)
     return cycle + offset

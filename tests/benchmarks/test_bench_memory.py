@@ -2,7 +2,6 @@
 ResNet-50 on a 32x32 array end to end with the memory model."""
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,8 @@ from sysbench.workloads import registry
 FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures/scalesim_memory/scalesim_memory.json").read_text())
 
 
-def best(fn, rounds=5):
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @pytest.mark.parametrize("name", ["g_ws_32x32_resnet", "g_ws_8x8_bw1", "g_os_16x16_mixed"])
-def test_memory_model_vs_scalesim(benchmark, name):
+def test_memory_model_vs_scalesim(benchmark, best_time, name):
     """At least 1000x faster than SCALE-Sim's recorded USER-mode time for the same layer, in
     both the default model and under scalesim_compat."""
     case = FIXTURE["cases"][name]
@@ -37,7 +27,7 @@ def test_memory_model_vs_scalesim(benchmark, name):
     compat = dataclasses.replace(array, scalesim_compat=True)
     benchmark(memory.simulate, array, m, k, n)
     for a in (array, compat):
-        ratio = case["seconds"] / best(lambda: memory.simulate(a, m, k, n))
+        ratio = case["seconds"] / best_time(lambda: memory.simulate(a, m, k, n), 5)
         print(f"{name} compat={a.scalesim_compat}: SCALE-Sim {case['seconds']} s, {ratio:.0f}x faster")
         assert ratio >= 1000
 
@@ -52,12 +42,12 @@ def resnet_cases():
     return [(c, arrays[c.array.name]) for c in cases]
 
 
-def test_resnet50_32x32_with_memory_model_under_a_second(benchmark):
+def test_resnet50_32x32_with_memory_model_under_a_second(benchmark, best_time):
     workloads = registry()
     cases = resnet_cases()
     run = lambda: [workloads[c.kind].model(c.params, a) for c, a in cases]
     out = benchmark.pedantic(run, rounds=3, iterations=1)
     assert len(out) >= 50 and all("stall_cycles" in m for m in out)
-    seconds = best(run, rounds=3)
+    seconds = best_time(run, 3)
     print(f"ResNet-50 on 32x32 with the memory model: {seconds:.3f} s for {len(out)} layers")
     assert seconds < 1.0
