@@ -144,7 +144,9 @@ def build_plots(document: dict) -> list[Plot]:
     require_matplotlib()
     kinds = registry()
     cases = [c for c in document.get("cases", []) if isinstance(c.get("metrics"), dict)]
-    plots = network_plots(document)
+    from . import memory_report
+
+    plots = network_plots(document) + memory_report.plots(cases)  # memory: any case with its metrics
     for kind, workload in kinds.items():
         mine = [c for c in cases if c.get("kind") == kind]
         if mine:

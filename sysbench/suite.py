@@ -5,6 +5,7 @@ the file, the case and the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import tomllib
@@ -14,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import ARRAY_KEYS, Array
+from .models.energy import EnergyError
+from .models.energy import from_table as energy_table
+from .models.memory import check_array as memory_problems
+from .models.memory import word_bytes as memory_word_bytes
 from .workloads import registry
 from .workloads.base import COMMON_KEYS, Key, Params
 
-TOP_KEYS = ("name", "description", "defaults", "arrays", "cases")
+TOP_KEYS = ("name", "description", "defaults", "arrays", "cases", "energy")
 
 
 class SuiteError(Exception):
@@ -107,6 +112,7 @@ def load(spec: str) -> Suite:
         suite_name = path.stem
 
     arrays, invalid_arrays = _load_arrays(data.get("arrays", {}), label, problems)
+    arrays = _with_energy(arrays, data.get("energy"), path, label, problems, invalid_arrays)
     kinds = registry()
     all_kind_keys = set(COMMON_KEYS)
     for w in kinds.values():
@@ -189,9 +195,37 @@ def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, l
         for combo in itertools.product(*(options[k][1] for k in options)):
             values = dict(zip(options, combo))
             tag = ",".join(f"{k}={_short(values[k])}" for k in swept)
-            members.append(Array(name=f"{name}[{tag}]" if swept else name, **values))
-        families[name] = members
+            array = Array(name=f"{name}[{tag}]" if swept else name, **values)
+            for key, message in memory_problems(array):  # cross-key checks of the memory system
+                message = f"{label}: array {array.name!r} key {key!r}: {message}"
+                if message not in problems:
+                    problems.append(message)
+                ok = False
+            members.append(array)
+        if ok:
+            families[name] = members
     return families, set(raw) - set(families)
+
+
+def _with_energy(families: dict[str, list[Array]], table: Any, path: Path, label: str,
+                 problems: list[str], invalid: set[str]) -> dict[str, list[Array]]:
+    """Array families carrying the suite's [energy] table (resolved per dtype and word size)."""
+    if table is None:
+        return families
+    if not isinstance(table, dict):
+        problems.append(f"{label}: 'energy' must be a table ([energy])")
+        return families
+    out = {}
+    for name, members in families.items():
+        out[name] = []
+        for array in members:
+            try:
+                energy = energy_table(table, path.parent, array.dtype, memory_word_bytes(array))
+            except EnergyError as exc:
+                problems.append(f"{label}: [energy] key {exc.key!r}: {exc}")
+                return families
+            out[name].append(dataclasses.replace(array, energy=energy))
+    return out
 
 
 def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname, path, label,

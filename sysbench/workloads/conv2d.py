@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.memory import conv_geometry, memory_metrics
 from ..models.systolic import add_cycles, gemm_cycles
 from ..numerics import gamma
 from ._array import (INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulator_matches,
@@ -126,6 +127,7 @@ class Conv2d(ArrayLayer):
         ho, wo = output_shape(p)
         metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
                         "groups": p.groups})
+        metrics.update(memory_metrics(array, [(m, k, n)] * p.groups, metrics, conv=conv_geometry(p)))
         return ArrayPlan.of(metrics, array)
 
     def weight_shape(self, p):

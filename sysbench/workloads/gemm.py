@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..models.memory import memory_metrics
 from ..models.systolic import gemm_cycles
 from ..numerics import random_operand
 from ._array import INT8_MAX_K, ArrayPlan, array_gemm, check_gemm, operand_bytes
@@ -37,7 +38,9 @@ class Gemm(Workload):
         return operand_bytes(array, p.m, p.k, p.n) if numerics else 0
 
     def plan(self, p, array):
-        return ArrayPlan.of(gemm_cycles(array, p.m, p.k, p.n), array)
+        dims = (p.m, p.k, p.n)
+        cycles = gemm_cycles(array, *dims)
+        return ArrayPlan.of(cycles | memory_metrics(array, [dims], cycles), array)
 
     def model(self, p, array, plan):
         return dict(plan.metrics)
