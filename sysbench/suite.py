@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import ARRAY_KEYS, Array
+from .sweep import Block
 from .models.energy import EnergyError
 from .models.energy import from_table as energy_table
 from .models.memory import check_array as memory_problems
@@ -59,7 +60,15 @@ class Suite:
     name: str
     description: str
     path: Path
-    cases: list[Case]
+    items: list  # Case, or sweep.Block: a model-only grid evaluated as a table
+
+    @property
+    def cases(self) -> list[Case]:
+        """Every case, blocks expanded (for small suites and tests; the runner takes items)."""
+        return [c for item in self.items for c in (item.cases() if isinstance(item, Block) else [item])]
+
+    def __len__(self) -> int:
+        return sum(len(item) if isinstance(item, Block) else 1 for item in self.items)
 
 
 def bundled_suites() -> dict[str, Path]:
@@ -308,6 +317,9 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
     if len(members) > 1 and "array" not in swept_keys:
         swept_keys.append("array")
     swept_keys.sort(key=list(merged).index if all(k in merged for k in swept_keys) else swept_keys.index)
+    if _table_path(workload, options, raw, spec):
+        common = {k: options[k][0][1] for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
+        return [Block(suite_name, cname, kind, label, options, swept_keys, list(workload.keys), common)]
 
     cases = []
     for combo in itertools.product(*(options[k] for k in swept_keys)):
@@ -341,6 +353,19 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
         cases.append(Case(case_id, suite_name, cname, kind, params, array, source=label,
                           swept=swept, **common))
     return cases
+
+
+def _table_path(workload, options: dict, raw: dict, spec: dict) -> bool:
+    """A case's grid goes the table path when its kind models tables, every combination is
+    model only, its params need no normalizing and no key depends on another (applies), and its
+    arrays have no memory system (modelled per case by its kernel)."""
+    from .models.memory import has_memory
+    from .workloads.base import Workload
+
+    return (workload.model_table is not None and type(workload).normalize is Workload.normalize
+            and all(value is False for _, value in options["numerics"])
+            and not any(spec[key].applies for key in raw if key in spec)
+            and not any(has_memory(array) or array.energy is not None for _, array in options["array"]))
 
 
 def _short(value: Any) -> str:
