@@ -40,6 +40,7 @@ class Array:
     ofmap_dram_bw: float | None = None
     bandwidth_mode: str = "ideal"  # ideal: no stalls, report the bandwidth needed | user: stalls
     scalesim_compat: bool = False  # reproduce SCALE-Sim v3's documented memory-model defects
+    energy: object = None  # models.energy.Energy from the suite's [energy] table; None: defaults
 
     @property
     def operand_bytes(self) -> int:
@@ -56,6 +57,10 @@ class Array:
         for key in MEMORY_KEYS:
             if out[key] == MEMORY_DEFAULTS[key]:
                 del out[key]
+        if self.energy is None:
+            del out["energy"]
+        else:
+            out["energy"] = {**dict(self.energy.values), "sources": list(self.energy.sources)}
         return out
 
 
@@ -67,16 +72,17 @@ ARRAY_KEYS = {
     "dtype": (str, tuple(DTYPES), "fp32 | bf16 | fp16 | int8"),
     "weight_load": (str, tuple(WEIGHT_LOADS), "serial | overlapped"),
     "clock_ghz": (float, "positive", "clock in GHz, for time_us"),
-    "ifmap_sram_kb": (float, "positive", "ifmap SRAM capacity in KiB (both halves of its double buffer)"),
-    "filter_sram_kb": (float, "positive", "filter SRAM capacity in KiB (both halves)"),
-    "ofmap_sram_kb": (float, "positive", "ofmap SRAM capacity in KiB (both halves)"),
-    "word_bytes": (int, "positive", "bytes per memory word (default: the dtype's operand bytes)"),
-    "dram_bw": (float, "positive", "DRAM bandwidth in words per cycle for every operand"),
-    "ifmap_dram_bw": (float, "positive", "ifmap DRAM bandwidth, words per cycle"),
-    "filter_dram_bw": (float, "positive", "filter DRAM bandwidth, words per cycle"),
-    "ofmap_dram_bw": (float, "positive", "ofmap DRAM bandwidth, words per cycle"),
+    "ifmap_sram_kb": (float, "positive", "ifmap SRAM capacity in KiB (both halves of its double buffer; unset: holds the operand)"),
+    "filter_sram_kb": (float, "positive", "filter SRAM capacity in KiB (both halves; unset: holds the operand)"),
+    "ofmap_sram_kb": (float, "positive", "ofmap SRAM capacity in KiB (both halves; unset: holds the outputs)"),
+    "word_bytes": (int, "positive", "bytes per memory word, one operand element (default: the dtype's operand bytes)"),
+    "dram_bw": (float, "positive", "DRAM bandwidth in whole words per cycle for every interface not set below"),
+    "ifmap_dram_bw": (float, "positive", "ifmap DRAM read bandwidth, whole words per cycle"),
+    "filter_dram_bw": (float, "positive", "filter DRAM read bandwidth, whole words per cycle"),
+    "ofmap_dram_bw": (float, "positive", "ofmap DRAM write bandwidth, whole words per cycle"),
     "bandwidth_mode": (str, BANDWIDTH_MODES, "ideal (no stalls; reports the bandwidth needed) | user (stalls)"),
     "scalesim_compat": (bool, None, "reproduce SCALE-Sim v3's documented memory-model defects"),
 }
 MEMORY_KEYS = tuple(list(ARRAY_KEYS)[6:])
+assert MEMORY_KEYS[0] == "ifmap_sram_kb" and "energy" not in MEMORY_KEYS
 MEMORY_DEFAULTS = {key: Array.__dataclass_fields__[key].default for key in MEMORY_KEYS}

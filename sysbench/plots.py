@@ -152,13 +152,21 @@ def build_plots(document: dict) -> list[Plot]:
     require_matplotlib()
     kinds = registry()
     cases = [c for c in document.get("cases", []) if isinstance(c.get("metrics"), dict)]
-    plots = network_plots(document)
+    from . import memory_report
+
+    plots = _drawn("network", lambda: network_plots(document))
+    plots += _drawn("memory-system", lambda: memory_report.plots(cases))  # any case with its metrics
     for kind, workload in kinds.items():
         mine = [c for c in cases if c.get("kind") == kind]
         if mine:
-            try:
-                plots += workload.plots(mine)
-            except _DATA_ERRORS as exc:
-                raise PlotDataError(f"damaged result: its {kind} cases cannot be plotted "
-                                    f"({type(exc).__name__}: {exc})") from None
+            plots += _drawn(kind, lambda: workload.plots(mine))
     return plots
+
+
+def _drawn(what: str, build) -> list[Plot]:
+    """build(), or PlotDataError (one line) when the cases hold values it cannot draw."""
+    try:
+        return build()
+    except _DATA_ERRORS as exc:
+        raise PlotDataError(f"damaged result: its {what} cases cannot be plotted "
+                            f"({type(exc).__name__}: {exc})") from None

@@ -25,6 +25,15 @@ def fmt_int(value) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+def fmt_energy(picojoules) -> str:
+    if picojoules is None:
+        return "-"
+    for unit, scale in (("J", 1e12), ("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)):
+        if picojoules >= scale:
+            return f"{picojoules / scale:.3g} {unit}"
+    return f"{picojoules:.3g} pJ"
+
+
 def fmt_pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -64,6 +73,10 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
         table.add_column("array", no_wrap=True)
         table.add_column("cycles", justify="right", no_wrap=True)
         table.add_column("util", justify="right", no_wrap=True)
+        memory = any("total_cycles" in (c.get("metrics") or {}) for c in cases)
+        if memory:  # the memory system: stalls and energy beside the compute cycles
+            table.add_column("stall", justify="right", no_wrap=True)
+            table.add_column("energy", justify="right", no_wrap=True)
         table.add_column("time", justify="right", no_wrap=True)
         table.add_column("±", justify="right", no_wrap=True)
         table.add_column("check", no_wrap=True)
@@ -83,8 +96,11 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
                 spread_cell = f"[yellow]{spread_cell}[/yellow]"
             row = [escape(case["id"].split("/", 1)[-1]),
                    _array_cell(case["array"], workload is None or workload.needs_array),
-                   fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization")),
-                   fmt_time(timing.get("median_s")), spread_cell,
+                   fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization"))]
+            if memory:
+                metrics = case.get("metrics") or {}
+                row += [fmt_int(metrics.get("stall_cycles")), fmt_energy(metrics.get("energy_pj"))]
+            row += [fmt_time(timing.get("median_s")), spread_cell,
                    f"[{_WORD_STYLE.get(word, 'green')}]{escape(word)}[/]"]
             if verbose:
                 row.append("-" if not isinstance(err, (int, float)) else f"{err:.2g}")
@@ -138,11 +154,19 @@ def network_totals(cases: list[dict]) -> list[str]:
         cycles = sum(c["metrics"]["cycles"] for c in layers)
         macs = sum(c["metrics"]["macs"] for c in layers)
         utilization = macs / (cycles * array["rows"] * array["cols"]) if cycles else 0.0
+        line = (f"total of {len(layers)} layers on {name} ({array['rows']}x{array['cols']} "
+                f"{array['dataflow']}): {cycles:,} cycles, {macs:,} MACs, utilization "
+                f"{100 * utilization:.1f}%")
         clock = array.get("clock_ghz")
-        timing = f", {cycles / (clock * 1e3):,.1f} µs at {clock:g} GHz" if clock else ""
-        lines.append(f"total of {len(layers)} layers on {name} ({array['rows']}x{array['cols']} "
-                     f"{array['dataflow']}): {cycles:,} cycles, {macs:,} MACs, utilization "
-                     f"{100 * utilization:.1f}%" + timing)
+        if clock:
+            line += f", {cycles / (clock * 1e3):,.1f} µs at {clock:g} GHz"
+        if all("total_cycles" in c["metrics"] for c in layers):
+            from .memory_report import network_totals as memory_totals
+
+            mem = memory_totals(layers)
+            line += (f"; with the memory system {mem['total_cycles']:,} cycles ({mem['stall_cycles']:,} stalled), "
+                     f"{fmt_energy(mem['energy_pj'])}, EDP {mem['edp_js']:.3g} J·s")
+        lines.append(line)
     return lines
 
 

@@ -5,6 +5,7 @@ the file, the case and the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import tomllib
@@ -14,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import ARRAY_KEYS, Array
+from .sweep import Block
+from .models.energy import EnergyError
+from .models.energy import from_table as energy_table
+from .models.memory import check_array as memory_problems
+from .models.memory import word_bytes as memory_word_bytes
 from .workloads import registry
 from .workloads.base import COMMON_KEYS, Key, Params
 
-TOP_KEYS = ("name", "description", "defaults", "arrays", "cases")
+TOP_KEYS = ("name", "description", "defaults", "arrays", "cases", "energy")
 
 
 class SuiteError(Exception):
@@ -55,7 +61,15 @@ class Suite:
     name: str
     description: str
     path: Path
-    cases: list[Case]
+    items: list  # Case, or sweep.Block: a model-only grid evaluated as a table
+
+    @property
+    def cases(self) -> list[Case]:
+        """Every case, blocks expanded (for small suites and tests; the runner takes items)."""
+        return [c for item in self.items for c in (item.cases() if isinstance(item, Block) else [item])]
+
+    def __len__(self) -> int:
+        return sum(len(item) if isinstance(item, Block) else 1 for item in self.items)
 
 
 def bundled_suites() -> dict[str, Path]:
@@ -110,6 +124,7 @@ def load(spec: str) -> Suite:
         suite_name = path.stem
 
     arrays, invalid_arrays = _load_arrays(data.get("arrays", {}), label, problems)
+    arrays = _with_energy(arrays, data.get("energy"), path, label, problems, invalid_arrays)
     kinds = registry()
     all_kind_keys = set(COMMON_KEYS)
     for w in kinds.values():
@@ -148,17 +163,19 @@ def load(spec: str) -> Suite:
     return Suite(suite_name, data.get("description", ""), path, cases)
 
 
-def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, Array], set[str]]:
-    """Valid arrays by name, and the names of those with errors (already reported)."""
-    arrays: dict[str, Array] = {}
+def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, list[Array]], set[str]]:
+    """Array families by name (a table whose keys hold lists sweeps: one array per combination,
+    named by its swept values, e.g. a[rows=32,cols=64]; a plain table is a family of one), and
+    the names of the tables with errors (already reported)."""
+    families: dict[str, list[Array]] = {}
     if not isinstance(raw, dict):
         problems.append(f"{label}: 'arrays' must be a table of [arrays.NAME] tables")
-        return arrays, set()
+        return families, set()
     for name, table in raw.items():
         if not isinstance(table, dict):
             problems.append(f"{label}: array {name!r}: must be a table")
             continue
-        values, ok = {}, True
+        options, ok = {}, True
         for key, value in table.items():
             if key not in ARRAY_KEYS:
                 problems.append(f"{label}: array {name!r} key {key!r}: unknown key{_did_you_mean(key, ARRAY_KEYS)}")
@@ -167,17 +184,60 @@ def _load_arrays(raw: Any, label: str, problems: list[str]) -> tuple[dict[str, A
             typ, rule, _ = ARRAY_KEYS[key]
             key_spec = Key("float" if typ is float else typ.__name__,
                            choices=rule if isinstance(rule, tuple) else None)
-            parsed, error = key_spec.parse(value)
-            if error is None and rule == "positive" and parsed <= 0:
-                error = f"must be positive, got {value!r}"
-            if error:
-                problems.append(f"{label}: array {name!r} key {key!r}: {error}")
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                problems.append(f"{label}: array {name!r} key {key!r}: an empty list sweeps nothing")
                 ok = False
-            else:
-                values[key] = parsed
+            parsed_values = []
+            for item in values:
+                parsed, error = key_spec.parse(item)
+                if error is None and rule == "positive" and parsed <= 0:
+                    error = f"must be positive, got {item!r}"
+                if error:
+                    message = f"{label}: array {name!r} key {key!r}: {error}"
+                    if message not in problems:
+                        problems.append(message)
+                    ok = False
+                parsed_values.append(parsed)
+            options[key] = (isinstance(value, list), parsed_values)
+        if not ok:
+            continue
+        swept = [k for k, (is_list, _) in options.items() if is_list]
+        members = []
+        for combo in itertools.product(*(options[k][1] for k in options)):
+            values = dict(zip(options, combo))
+            tag = ",".join(f"{k}={_short(values[k])}" for k in swept)
+            array = Array(name=f"{name}[{tag}]" if swept else name, **values)
+            for key, message in memory_problems(array):  # cross-key checks of the memory system
+                message = f"{label}: array {array.name!r} key {key!r}: {message}"
+                if message not in problems:
+                    problems.append(message)
+                ok = False
+            members.append(array)
         if ok:
-            arrays[name] = Array(name=name, **values)
-    return arrays, set(raw) - set(arrays)
+            families[name] = members
+    return families, set(raw) - set(families)
+
+
+def _with_energy(families: dict[str, list[Array]], table: Any, path: Path, label: str,
+                 problems: list[str], invalid: set[str]) -> dict[str, list[Array]]:
+    """Array families carrying the suite's [energy] table (resolved per dtype and word size)."""
+    if table is None:
+        return families
+    if not isinstance(table, dict):
+        problems.append(f"{label}: 'energy' must be a table ([energy])")
+        return families
+    out = {}
+    for name, members in families.items():
+        out[name] = []
+        for array in members:
+            try:
+                energy = energy_table(table, path.parent, array.dtype, memory_word_bytes(array))
+            except EnergyError as exc:
+                problems.append(f"{label}: [energy] key {exc.key!r}: {exc}")
+                return families
+            out[name].append(dataclasses.replace(array, energy=energy))
+    return out
 
 
 def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname, path, label,
@@ -208,54 +268,72 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
     if not ok:
         return []
 
-    # Sweep: one case per combination of list values.
-    swept_keys = [k for k in merged if k not in ("name", "kind") and spec[k].is_sweep(merged[k])]
-    for key in swept_keys:
-        if not merged[key]:
+    # Every value is parsed once, swept or not: options[key] = [(tag text, parsed value)].
+    options: dict[str, list] = {}
+    swept_keys = []
+    for key, key_spec in spec.items():
+        if key in ("name", "kind"):
+            continue
+        value = merged.get(key, key_spec.default)
+        is_sweep = key in merged and key_spec.is_sweep(value)
+        if is_sweep and not value:
             problems.append(f"{where(key)}: an empty list sweeps nothing")
             return []
-    combos = itertools.product(*(merged[k] for k in swept_keys)) if swept_keys else [()]
-    cases = []
-    for combo in combos:
-        values = {k: v for k, v in merged.items() if k not in ("name", "kind")}
-        values.update(zip(swept_keys, combo))
-        parsed, case_ok = {}, True
-        for key, key_spec in spec.items():
-            if key in ("name", "kind"):
+        parsed_values = []
+        for item in (value if is_sweep else [value]):
+            if item is None and not key_spec.required:
+                parsed_values.append((None, None))
                 continue
-            value = values.get(key, key_spec.default)
-            if value is None and not key_spec.required:
-                parsed[key] = None
-                continue
-            result, error = key_spec.parse(value)
+            result, error = key_spec.parse(item)
             if error:
                 message = f"{where(key)}: {error}"
                 if message not in problems:
                     problems.append(message)
-                case_ok = False
+                ok = False
                 continue
             if key_spec.kind == "path":
                 result = str((path.parent / result).resolve()) if not Path(result).is_absolute() else result
-            parsed[key] = result
-        array_name = parsed.pop("array", None)
+            parsed_values.append((_short(item), result))
+        options[key] = parsed_values
+        if is_sweep:
+            swept_keys.append(key)
+    if not ok:
+        return []
+    # The array dimension: names resolve to their families (a family of many sweeps).
+    members = []
+    for _, array_name in options["array"]:
         if array_name is None:
             if workload.needs_array:
                 hint = f" (arrays here: {', '.join(arrays)})" if arrays else " and the suite defines no [arrays.*]"
                 problems.append(f"{where('array')}: missing{hint}")
-                continue
-            array = Array()
+                return []
+            members.append(Array())
         elif array_name in invalid_arrays:
-            continue  # its own errors are already reported
+            return []  # its own errors are already reported
         elif array_name not in arrays:
             hint = _did_you_mean(array_name, arrays) or (f" (defined: {', '.join(arrays)})" if arrays else "")
             problems.append(f"{where('array')}: no array named {array_name!r}{hint}")
-            continue
+            return []
         else:
-            array = arrays[array_name]
+            members += arrays[array_name]
+    options["array"] = [(a.name, a) for a in members]
+    if len(members) > 1 and "array" not in swept_keys:
+        swept_keys.append("array")
+    swept_keys.sort(key=list(merged).index if all(k in merged for k in swept_keys) else swept_keys.index)
+    if _table_path(workload, options, raw, spec):
+        common = {k: options[k][0][1] for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
+        return [Block(suite_name, cname, kind, label, options, swept_keys, list(workload.keys), common)]
+
+    cases = []
+    for combo in itertools.product(*(options[k] for k in swept_keys)):
+        values = {k: opts[0][1] for k, opts in options.items()}
+        values.update((k, parsed) for k, (_, parsed) in zip(swept_keys, combo))
+        array = values.pop("array")
         # A key the case sets itself (not via [defaults]) that its other keys make moot is a
         # mistake worth naming: nothing would read it.
-        for key in raw if case_ok else ():
-            reason = spec[key].applies(parsed) if spec[key].applies else None
+        case_ok = True
+        for key in raw:
+            reason = spec[key].applies(values) if spec[key].applies else None
             if reason:
                 message = f"{where(key)}: not used by this case: {reason}"
                 if message not in problems:
@@ -263,19 +341,34 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
                 case_ok = False
         if not case_ok:
             continue
-        common = {k: parsed.pop(k) for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
-        params = workload.normalize(workload.make_params(parsed), array)
+        common = {k: values.pop(k) for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
+        params = workload.normalize(workload.make_params(values), array)
         for key, message in workload.check(params, array):
-            problems.append(f"{where(key)}: {message}")
+            message = f"{where(key)}: {message}"
+            if message not in problems:
+                problems.append(message)
             case_ok = False
         if not case_ok:
             continue
-        swept = dict(zip(swept_keys, combo))
-        tag = ",".join(f"{k}={_short(v)}" for k, v in swept.items())
+        swept = {k: tag for k, (tag, _) in zip(swept_keys, combo)}
+        tag = ",".join(f"{k}={v}" for k, v in swept.items())
         case_id = f"{suite_name}/{cname}" + (f"[{tag}]" if tag else "")
         cases.append(Case(case_id, suite_name, cname, kind, params, array, source=label,
                           swept=swept, **common))
     return cases
+
+
+def _table_path(workload, options: dict, raw: dict, spec: dict) -> bool:
+    """A case's grid goes the table path when its kind models tables, every combination is
+    model only, its params need no normalizing and no key depends on another (applies), and its
+    arrays have no memory system (modelled per case by its kernel)."""
+    from .models.memory import has_memory
+    from .workloads.base import Workload
+
+    return (workload.model_table is not None and type(workload).normalize is Workload.normalize
+            and all(value is False for _, value in options["numerics"])
+            and not any(spec[key].applies for key in raw if key in spec)
+            and not any(has_memory(array) or array.energy is not None for _, array in options["array"]))
 
 
 def _short(value: Any) -> str:

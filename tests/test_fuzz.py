@@ -172,6 +172,14 @@ name = "fz"
 [arrays.a]
 rows = 4
 cols = 4
+[arrays.mem]
+rows = 4
+cols = 4
+ifmap_sram_kb = 1
+filter_sram_kb = 1
+ofmap_sram_kb = 1
+dram_bw = 2
+bandwidth_mode = "user"
 [[cases]]
 name = "g"
 kind = "gemm"
@@ -180,6 +188,16 @@ m = 4
 k = [4, 9]
 n = 4
 repeats = 3
+[[cases]]
+name = "layer"
+kind = "conv2d"
+array = "mem"
+height = 6
+width = 6
+in_channels = 4
+out_channels = 4
+kernel = [1, 3]
+numerics = false
 [[cases]]
 name = "conv"
 kind = "conv2d"

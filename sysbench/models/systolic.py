@@ -91,3 +91,66 @@ def add_cycles(parts: list[dict], array: Array) -> dict:
     out["mapping_efficiency"] = mapped / out["folds"] if out["folds"] else 0.0
     out["time_us"] = out["cycles"] / (array.clock_ghz * 1e3)
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# The same model over a table of (layer, array) rows, for design-space sweeps: numpy columns
+# in, numpy columns out, the same figures bit for bit as gemm_cycles / add_cycles per row.
+
+DATAFLOW_CODES = {"ws": 0, "os": 1, "is": 2}
+
+
+def gemm_cycles_table(arrays: dict, m, k, n) -> dict:
+    """gemm_cycles for every row. arrays: columns rows, cols, dataflow (DATAFLOW_CODES),
+    serial (bool: weight_load == "serial"), operand_bytes, clock_ghz; m, k, n: int64 columns."""
+    import numpy as np
+
+    R, C, flow = arrays["rows"], arrays["cols"], arrays["dataflow"]
+    ws, os_, is_ = flow == 0, flow == 1, flow == 2
+    sr = np.where(ws | is_, k, m)
+    sc = np.where(is_, m, n)
+    t = np.where(ws, m, np.where(os_, k, n))
+    row_folds, col_folds = -(-sr // R), -(-sc // C)
+    folds = row_folds * col_folds
+    stream = R + C + t - 2
+    preload = np.where(os_, 0, R)
+    cycles = np.where(arrays["serial"], folds * (preload + stream), preload + folds * stream)
+    macs = m * k * n
+    ob, ab = arrays["operand_bytes"], 4
+    ifmap_reads = np.where(is_, m * k, m * k * col_folds)
+    filter_reads = np.where(ws, k * n, np.where(is_, k * n * col_folds, k * n * row_folds))
+    ofmap_writes = np.where(os_, m * n, m * n * row_folds)
+    cells = R * C
+    return {
+        "cycles": cycles,
+        "macs": macs,
+        "folds": folds,
+        "row_folds": row_folds,
+        "col_folds": col_folds,
+        "utilization": macs / (cycles * cells),
+        "mapping_efficiency": (sr * sc) / (folds * cells),
+        "time_us": cycles / (arrays["clock_ghz"] * 1e3),
+        "ifmap_sram_read_bytes": ifmap_reads * ob,
+        "filter_sram_read_bytes": filter_reads * ob,
+        "ofmap_sram_write_bytes": ofmap_writes * ab,
+    }
+
+
+def repeat_table(part: dict, times, arrays: dict) -> dict:
+    """add_cycles([part] * times) for every row (`times` >= 1: groups of a layer)."""
+    import numpy as np
+
+    out = {key: part[key] * times for key in ("cycles", "macs", "folds", "ifmap_sram_read_bytes",
+                                              "filter_sram_read_bytes", "ofmap_sram_write_bytes")}
+    cells = arrays["rows"] * arrays["cols"]
+    out["utilization"] = np.where(out["cycles"] > 0, out["macs"] / np.maximum(out["cycles"] * cells, 1), 0.0)
+    # add_cycles sums mapping_efficiency * folds over the parts one at a time: the same
+    # additions in the same order, so that the float is the same bits
+    weighted = part["mapping_efficiency"] * part["folds"]
+    mapped = weighted.copy()
+    for extra in range(1, int(times.max()) if len(times) else 1):
+        more = times > extra
+        mapped[more] = mapped[more] + weighted[more]
+    out["mapping_efficiency"] = np.where(out["folds"] > 0, mapped / np.maximum(out["folds"], 1), 0.0)
+    out["time_us"] = out["cycles"] / (arrays["clock_ghz"] * 1e3)
+    return out

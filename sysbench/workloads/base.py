@@ -245,6 +245,8 @@ class Workload:
         if "keys" in cls.__dict__:
             cls.Params = make_dataclass(f"{cls.__name__}Params", [(name, Any) for name in cls.keys],
                                         bases=(Params,), frozen=True, eq=True)
+            # picklable by reference (worker processes of a sweep): found as Kind.Params
+            cls.Params.__module__, cls.Params.__qualname__ = cls.__module__, f"{cls.__qualname__}.Params"
 
     def make_params(self, values: dict) -> Params:
         return self.Params(**{name: values.get(name) for name in self.keys})
@@ -284,4 +286,13 @@ class Workload:
 
     def plots(self, cases: list[dict]) -> list:
         """Plots (sysbench.plots.Plot) of this kind's cases of a saved result."""
+        return []
+
+    # The table path of design-space sweeps (sysbench.sweep): a kind that can model many
+    # model-only cases at once as numpy columns overrides both; the figures must be the same
+    # bits as model() per case.
+    model_table = None  # (params columns, array columns per row) -> metric columns
+
+    def check_table(self, params: dict, arrays: dict) -> list[tuple[int, str, str]]:
+        """check() over table rows: [(row, key, message)]."""
         return []

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.systolic import add_cycles, gemm_cycles
+from ..models.memory import conv_geometry, memory_metrics
+from ..models.systolic import add_cycles, gemm_cycles, gemm_cycles_table, repeat_table
 from ..numerics import gamma
 from ._array import (INT8_MAX_K, LAYER_KEYS, ArrayLayer, ArrayPlan, array_gemm, check_layer, emulator_matches,
                      operand_bytes)
@@ -22,6 +23,12 @@ def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -
 
 def output_shape(p: dict) -> tuple[int, int]:
     return tuple(out_size(p[d], p["kernel"][i], p["stride"][i], p["padding"][i], p["dilation"][i])
+                 for i, d in enumerate(("height", "width")))
+
+
+def output_shape_table(p: dict):
+    """output_shape over table columns (pairs as (rows, 2) columns)."""
+    return tuple(out_size(p[d], p["kernel"][:, i], p["stride"][:, i], p["padding"][:, i], p["dilation"][:, i])
                  for i, d in enumerate(("height", "width")))
 
 
@@ -126,10 +133,39 @@ class Conv2d(ArrayLayer):
         ho, wo = output_shape(p)
         metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
                         "groups": p.groups})
+        metrics.update(memory_metrics(array, [(m, k, n)] * p.groups, metrics, conv=conv_geometry(p)))
         return ArrayPlan.of(metrics, array)
 
     def weight_shape(self, p):
         return (p.out_channels, p.in_channels // p.groups, *p.kernel)
+
+    def model_table(self, p, arrays):
+        ho, wo = output_shape_table(p)
+        groups = p["groups"]
+        m = p["batch"] * ho * wo
+        k = p["kernel"][:, 0] * p["kernel"][:, 1] * p["in_channels"] // groups
+        n = p["out_channels"] // groups
+        metrics = repeat_table(gemm_cycles_table(arrays, m, k, n), groups, arrays)
+        metrics.update({"output_height": ho, "output_width": wo, "gemm_m": m, "gemm_k": k, "gemm_n": n,
+                        "groups": groups})
+        return metrics
+
+    def check_table(self, p, arrays):
+        """check() per row, vectorised; the first problem of each bad row, as check() words it."""
+        problems = {}
+        for key in ("in_channels", "out_channels"):
+            for i in np.flatnonzero(p[key] % p["groups"]):
+                problems.setdefault(int(i), ("groups", f"{key} = {p[key][i]} is not divisible by groups = "
+                                                       f"{p['groups'][i]}"))
+        ho, wo = output_shape_table(p)
+        for i in np.flatnonzero((ho < 1) | (wo < 1)):
+            problems.setdefault(int(i), ("kernel", "the dilated kernel does not fit the padded input: "
+                                                   f"output would be {ho[i]}x{wo[i]}"))
+        reduction = p["kernel"][:, 0] * p["kernel"][:, 1] * p["in_channels"] // p["groups"]
+        for i in np.flatnonzero(arrays["int8"] & (reduction > INT8_MAX_K)):
+            problems.setdefault(int(i), ("in_channels",
+                                         f"int8 accumulates in int32: the reduction must be <= {INT8_MAX_K}"))
+        return [(i, key, message) for i, (key, message) in sorted(problems.items())]
 
     layer = staticmethod(conv2d_array)
 

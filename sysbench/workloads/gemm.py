@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.systolic import gemm_cycles
+from ..models.memory import memory_metrics
+from ..models.systolic import gemm_cycles, gemm_cycles_table
 from ..numerics import random_operand
 from ._array import INT8_MAX_K, ArrayPlan, array_gemm, check_gemm, operand_bytes
 from .base import Key, Run, Timed, Validation, Workload
@@ -37,7 +38,9 @@ class Gemm(Workload):
         return operand_bytes(array, p.m, p.k, p.n) if numerics else 0
 
     def plan(self, p, array):
-        return ArrayPlan.of(gemm_cycles(array, p.m, p.k, p.n), array)
+        dims = (p.m, p.k, p.n)
+        cycles = gemm_cycles(array, *dims)
+        return ArrayPlan.of(cycles | memory_metrics(array, [dims], cycles), array)
 
     def model(self, p, array, plan):
         return dict(plan.metrics)
@@ -51,6 +54,14 @@ class Gemm(Workload):
 
     def validate(self, run: Run, output) -> Validation:
         return check_gemm([(run.inputs.a, run.inputs.b)], [output], run.array, run.plan.emulate)
+
+    def model_table(self, p, arrays):
+        return gemm_cycles_table(arrays, p["m"], p["k"], p["n"])
+
+    def check_table(self, p, arrays):
+        bad = np.flatnonzero(arrays["int8"] & (p["k"] > INT8_MAX_K))
+        return [(int(i), "k", f"int8 accumulates in int32: k must be <= {INT8_MAX_K}, got {p['k'][i]}")
+                for i in bad]
 
 
 WORKLOAD = Gemm()

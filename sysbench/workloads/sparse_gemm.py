@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.systolic import gemm_cycles
+from ..models.memory import memory_metrics
 from ..models.sparse import fold_depth, sparse_cycles, worthwhile
+from ..models.systolic import gemm_cycles
 from ..numerics import gemm_error_bound, random_operand, to_operand
 from ._array import array_gemm, check_gemm, emulator_affordable, operand_bytes
 from .base import CaseError, Key, Run, Timed, Validation, Workload
@@ -376,6 +377,9 @@ class SparseGemm(Workload):
         metrics["bytes_ratio"] = metrics["compressed_bytes"] / metrics["dense_weight_bytes"]
         if p.permute:
             metrics["passes_permuted"] = passes
+        # the memory system on the route taken; a sparse pass's filter element is value + index byte
+        metrics.update(memory_metrics(array, [(m, kc, n)] * passes, sparse, filter_element_bytes=ob + 1)
+                       if sparse_route else memory_metrics(array, [(m, k, n)], dense))
         return metrics
 
     def inputs(self, p, array, pl, rng):

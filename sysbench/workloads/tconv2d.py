@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.memory import memory_metrics
 from ..models.systolic import add_cycles, gemm_cycles
 from ..numerics import gamma
 from . import conv2d
@@ -233,6 +234,7 @@ class Tconv2d(ArrayLayer):
             "utilization_zero_insertion": baseline["utilization"],
             "speedup": baseline["cycles"] / metrics["cycles"] if metrics["cycles"] else None,
         })
+        metrics.update(memory_metrics(array, element_gemms(p), metrics))
         return ArrayPlan.of(metrics, array)
 
     def weight_shape(self, p):
