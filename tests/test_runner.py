@@ -113,10 +113,13 @@ def test_calibration_reaches_min_time(write_suite):
     assert t["min_time_s"] == 0.004 and t["repeats"] == 3 and result.validation["passed"]
 
 
-def test_calibrate_follows_the_1_2_5_sequence():
-    number, trials = runner.calibrate(lambda: time.sleep(0.0003), 0.004)
-    assert number in (10, 20) and trials[0][0] == 1
-    assert all(str(n)[0] in "125" for n, _ in trials)
+def test_calibrate_follows_the_1_2_5_sequence(monkeypatch):
+    # a call of exactly 0.3 ms (a fake clock: the machine's load plays no part)
+    monkeypatch.setattr(runner, "_time_calls", lambda call, number, reset=None: (3e-4, 3e-4, None))
+    number, trials = runner.calibrate(lambda: None, 0.004)
+    # 1 call (0.3 ms) -> aim at 4 ms * 1.1 / 0.3 ms = 14.7 -> 20 calls = 6 ms >= 4 ms
+    assert [n for n, _ in trials] == [1, 20] and number == 20
+    assert trials[-1][1] == pytest.approx(20 * 3e-4)
 
 
 def test_rounds_interleave_cases_in_suite_order(write_suite):
