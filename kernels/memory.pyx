@@ -6,9 +6,10 @@ The semantics are those of sysbench.models.memory_reference (the slow, explicit 
 kernel is tested against); read its docstring first. This kernel never builds a demand or
 fetch matrix: for each cycle (demand row) it computes, from the fold structure, which sets of
 each read operand's fetch stream the row reads (their ranks in the stream, in closed form) and
-how many outputs it writes, and serves those. Memory is O(1) but for the ofmap's queue of
-partial lines (bounded by the ofmap SRAM) and, only under SCALE-Sim's im2col address aliasing,
-the caller's table of address copies.
+how many outputs it writes, and serves those. Memory is O(1) (the ofmap FIFO keeps the drain
+ends of its last few chunks) but, only for SCALE-Sim's write buffer (drain_on_write), its queue
+of partial lines (bounded by the ofmap SRAM) and, only under SCALE-Sim's im2col address
+aliasing, the caller's table of address copies.
 
 Layers: `simulate_gemm` validates and raises ValueError naming the bad argument; `_simulate`
 is the typed shim; `_run` and its helpers are the nogil core.
