@@ -6,9 +6,10 @@ The semantics are those of sysbench.models.memory_reference (the slow, explicit 
 kernel is tested against); read its docstring first. This kernel never builds a demand or
 fetch matrix: for each cycle (demand row) it computes, from the fold structure, which sets of
 each read operand's fetch stream the row reads (their ranks in the stream, in closed form) and
-how many outputs it writes, and serves those. Memory is O(1) but for the ofmap's queue of
-partial lines (bounded by the ofmap SRAM) and, only under SCALE-Sim's im2col address aliasing,
-the caller's table of address copies.
+how many outputs it writes, and serves those. Memory is O(1) (the ofmap FIFO keeps the drain
+ends of its last few chunks) but, only for SCALE-Sim's write buffer (drain_on_write), its queue
+of partial lines (bounded by the ofmap SRAM) and, only under SCALE-Sim's im2col address
+aliasing, the caller's table of address copies.
 
 Layers: `simulate_gemm` validates and raises ValueError naming the bad argument; `_simulate`
 is the typed shim; `_run` and its helpers are the nogil core.
@@ -24,7 +25,7 @@ cnp.import_array()
 
 # SCALE-Sim v3 defects (sysbench.models.memory_reference.DEFECTS), one bit each
 DEFECT_BITS = {"issue130": 1, "alias": 2, "runahead": 4, "dram_lines": 8, "drain_slots": 16,
-               "final_drain": 32, "issue125": 64, "fetch_order": 128}
+               "final_drain": 32, "issue125": 64, "fetch_order": 128, "drain_on_write": 256}
 OUTPUTS = ("rows", "stall_cycles", "last_cycle", "total_cycles",
            "ifmap_dram_words", "filter_dram_words", "ofmap_dram_words",
            "ifmap_batches", "filter_batches", "ofmap_drains", "dram_first", "ofmap_dram_last",
@@ -40,6 +41,8 @@ cdef enum:
     D_FINAL = 32
     D_125 = 64
     D_ORDER = 128
+    D_TRIGGER = 256
+    RING = 8  # drain ends kept per ofmap chunk: a write waits for a chunk at most 3 back
 
 
 cdef inline int64_t cdiv(int64_t a, int64_t b) noexcept nogil:
@@ -264,8 +267,14 @@ cdef int64_t read_row(Operand *op, int64_t fc, int64_t fr, int64_t u, int64_t cy
 
 
 cdef struct Writer:
-    int64_t total, drain, free, bw, line, closed, queued, head, drain_end
-    int64_t dram_words, first, last, drains, prev_trigger, prev_words
+    int64_t total, drain, bw, dram_words, first, last, drains, prev_trigger, prev_words
+    # the FIFO drained in chunks of `drain` words: outputs written, drain end of chunk k at
+    # ends[k % RING], of the latest chunk; until output `boundary` no chunk completes and the
+    # outputs wait for the space of one chunk, free at `wait_until`
+    int64_t written, last_end, boundary, wait_until
+    int64_t ends[RING]
+    # SCALE-Sim's write-triggered drains (D_TRIGGER)
+    int64_t free, line, closed, queued, head, drain_end
     int os_layout  # ofmap tile layout of os (T-1 idle rows, flipped R x C tile)
     int64_t T, R, C, Sr, Sc, pre
     double peak
@@ -334,6 +343,60 @@ cdef int64_t drain_chunk(Writer *w, int64_t start, int flags) noexcept nogil:
     return end
 
 
+cdef void chunk_ready(Writer *w, int64_t k, int64_t ready, int64_t words, int ideal,
+                      int final) noexcept nogil:
+    """Chunk k of `words` outputs is complete at `ready`: it drains once the previous one ended."""
+    cdef int64_t start = ready, end
+    w.dram_words += words
+    w.drains += 1
+    if ideal:
+        # drains never wait: a chunk needs to be out before the next one is complete
+        if not final:
+            if w.prev_trigger >= 0 and w.prev_words > w.peak * imax(1, ready - w.prev_trigger):
+                w.peak = <double>w.prev_words / imax(1, ready - w.prev_trigger)
+            w.prev_trigger = ready
+            w.prev_words = words
+    else:
+        start = imax(ready, w.last_end + 1)
+    end = start + cdiv(words, w.bw) - 1
+    w.ends[k % RING] = end
+    w.last_end = end
+    if w.first > start:
+        w.first = start
+    if w.last < end:
+        w.last = end
+
+
+cdef int64_t write_words(Writer *w, int64_t n, int64_t now, int ideal) noexcept nogil:
+    """Write the next n outputs at cycle `now` into the FIFO: the cycle the last is written.
+    The words go in segments that share their chunk and the chunk whose space they wait for."""
+    cdef int64_t pos = w.written, end = pos + n, seg, k
+    if end < w.boundary:  # the common row: no chunk completes, the same space waited for
+        w.written = end
+        return now if ideal or w.wait_until <= now else w.wait_until
+    while pos < end:
+        seg = imin(end, (pos // w.drain + 1) * w.drain)
+        if pos >= w.total:
+            k = (pos - w.total) // w.drain
+            seg = imin(seg, (k + 1) * w.drain + w.total)
+            if not ideal and w.ends[k % RING] + 1 > now:
+                now = w.ends[k % RING] + 1
+        else:
+            seg = imin(seg, w.total)
+        pos = seg
+        if pos % w.drain == 0:
+            chunk_ready(w, pos // w.drain - 1, now + 1, w.drain, ideal, 0)
+    w.written = end
+    w.boundary = (pos // w.drain + 1) * w.drain
+    if pos >= w.total:
+        k = (pos - w.total) // w.drain
+        w.boundary = imin(w.boundary, (k + 1) * w.drain + w.total)
+        w.wait_until = w.ends[k % RING] + 1
+    else:
+        w.boundary = imin(w.boundary, w.total)
+    return now
+
+
 cdef int64_t write_row(Writer *w, int64_t fc, int64_t fr, int64_t u, int64_t cycle, int flags,
                        int ideal) noexcept nogil:
     """Serve the outputs row u of fold (fc, fr) writes: the cycle it is done."""
@@ -349,6 +412,8 @@ cdef int64_t write_row(Writer *w, int64_t fc, int64_t fr, int64_t u, int64_t cyc
     n = hi - lo + 1
     if n <= 0:
         return now
+    if not (flags & D_TRIGGER):
+        return write_words(w, n, now, ideal)
     # no drain starts and no stall in this row: count the words in bulk
     if (now < w.drain_end and w.free - n > 0) or (now >= w.drain_end and w.free - n >= w.total - w.drain):
         w.free -= n
@@ -476,16 +541,20 @@ cdef void _run(Operand *ifm, Operand *flt, Writer *w, int dataflow_os, int overl
                 out[0] = -1
                 return
     # the rest of the ofmap drains after the last cycle
-    flush(w)
-    cycle = last
-    if not (flags & D_FINAL):
-        cycle = imax(last + 1, w.drain_end + 1)
-    while w.head < w.queued:
-        if ideal:
-            drain_chunk(w, cycle, flags)
-        else:
-            w.drain_end = drain_chunk(w, cycle, flags)
-            cycle = w.drain_end + 1
+    if not (flags & D_TRIGGER):
+        if w.written % w.drain:
+            chunk_ready(w, w.written // w.drain, last + 1, w.written % w.drain, ideal, 1)
+    else:
+        flush(w)
+        cycle = last
+        if not (flags & D_FINAL):
+            cycle = imax(last + 1, w.drain_end + 1)
+        while w.head < w.queued:
+            if ideal:
+                drain_chunk(w, cycle, flags)
+            else:
+                w.drain_end = drain_chunk(w, cycle, flags)
+                cycle = w.drain_end + 1
     if not (flags & D_LINES):
         ifm.dram_words = words_before(ifm, ifm.used + 1)
         flt.dram_words = words_before(flt, flt.used + 1)
@@ -581,6 +650,8 @@ def _simulate(str dataflow, int64_t R, int64_t C, int64_t m, int64_t k, int64_t 
     w.free = o_words
     w.bw = o_bw
     w.line = w.closed = w.queued = w.head = w.drain_end = 0
+    w.written = w.boundary = 0
+    w.last_end = w.wait_until = -(1 << 62)
     w.dram_words = w.drains = 0
     w.first = 1 << 62
     w.last = -(1 << 62)

@@ -157,7 +157,6 @@ def memory_metrics(array: Array, gemms: list[tuple[int, int, int]], compute: dic
                   "filter": compute["filter_sram_read_bytes"] // ob}
     ofmap_writes = compute["ofmap_sram_write_bytes"] // ab
     dram_words = {op: total(f"{op}_dram_words") for op in OPERANDS}
-    elem_bytes = {"ifmap": wb, "filter": fb, "ofmap": wb}
     out = {
         "bandwidth_mode": array.bandwidth_mode,
         "compute_cycles": compute_cycles,

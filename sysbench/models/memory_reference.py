@@ -17,11 +17,15 @@ prefetch half of the rest; the buffer's unit of replacement is a set of ceil(S/1
   cycle -1. A demand for a word outside the active window advances the window by P sets and
   fetches the next prefetch batch (ceil(prefetch/bw) lines, one cycle each, plus one cycle of
   latency) right after the previous batch; the array stalls until the batch is in.
-- The ofmap SRAM (active half and drain half) takes the outputs; once more than the drain half
-  is occupied and no drain is running, a drain of ceil(drain/bw) lines of bw words starts; a
-  write into a full buffer stalls until the running drain ends. After the last cycle the rest
-  drains.
+- The ofmap SRAM of S words is a FIFO of the outputs in write order, drained in chunks of
+  D = floor(S/2) words (the drain half; the outputs numbered 0, 1, ..., chunk k holds
+  kD .. kD+D-1). A full chunk drains (ceil(D/bw) cycles) from the cycle after its last word is
+  written or the cycle after the previous drain ends, whichever is later; its space is free
+  the cycle after its drain ends. Output w waits for the space of output w - S (a write into
+  a full buffer stalls). After the last cycle the partial last chunk drains.
 - A cycle's stall is the largest of the three SRAMs' delays; every later cycle shifts by it.
+  Every event time is a max of earlier event times plus durations that shrink with bandwidth,
+  so more bandwidth on any interface never makes any event later (never adds stalls).
 
 `compat=True` reproduces SCALE-Sim v3.0.0 including its defects (README, "Memory system"):
   (1) issue #130: a stall is added twice, and a prefetch that arrived early moves the cycle back;
@@ -31,7 +35,11 @@ prefetch half of the rest; the buffer's unit of replacement is a set of ceil(S/1
       space (write_buffer.empty_drain_buf checks only the chunk's last line);
   (4) the final drain starts at the last compute cycle even while a drain is still running;
   (5) the cycle counts are one short (issue #125): total = last cycle index, and the total
-      including prefetch = last DRAM write cycle - first DRAM read cycle.
+      including prefetch = last DRAM write cycle - first DRAM read cycle;
+  (6) drain_on_write: an ofmap drain starts only at a write that finds more than the drain half
+      occupied and no drain running, takes the lines queued then (a partial line is a DRAM
+      cycle), and frees their space when it starts (write_buffer.service_writes); (3) and (4)
+      are part of this write buffer and act only with it.
 """
 from __future__ import annotations
 
@@ -320,6 +328,45 @@ class ReadBuffer:
 
 
 class WriteBuffer:
+    """The ofmap SRAM: a FIFO of `words` drained in chunks of the drain half (docstring above)."""
+
+    def __init__(self, words: int, bw: int, defects: frozenset):
+        self.size = words
+        self.chunk = words - ceil(words * 0.5)
+        self.bw = bw
+        self.written = 0
+        self.ends: list[int] = []  # the cycle each chunk's drain ended, chunk by chunk
+        self.dram_words = 0
+        self.dram_first = self.dram_last = None
+
+    def _drain(self, ready: int, words: int) -> None:
+        start = ready if not self.ends else max(ready, self.ends[-1] + 1)
+        end = start + ceil(words / self.bw) - 1
+        self.ends.append(end)
+        self.dram_words += words
+        self.dram_first = start if self.dram_first is None else self.dram_first
+        self.dram_last = end
+
+    def serve(self, row: np.ndarray, cycle: int) -> int:
+        now = cycle
+        for addr in row.tolist():
+            if addr == NONE:
+                continue
+            if self.written >= self.size:  # wait for the space of output written - size
+                now = max(now, self.ends[(self.written - self.size) // self.chunk] + 1)
+            self.written += 1
+            if self.written % self.chunk == 0:
+                self._drain(now + 1, self.chunk)
+        return now
+
+    def finish(self, cycle: int) -> None:
+        if self.written % self.chunk:
+            self._drain(cycle + 1, self.written % self.chunk)
+
+
+class TriggeredWriteBuffer:
+    """SCALE-Sim's ofmap SRAM (defect drain_on_write): drains start at writes."""
+
     def __init__(self, words: int, bw: int, defects: frozenset):
         self.defects = defects
         self.bw = bw
@@ -398,7 +445,7 @@ class Result:
 
 
 DEFECTS = frozenset({"issue130", "alias", "runahead", "dram_lines", "drain_slots", "final_drain",
-                     "issue125", "fetch_order"})
+                     "issue125", "fetch_order", "drain_on_write"})
 
 
 def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[int, int, int],
@@ -412,7 +459,8 @@ def simulate(dataflow: str, rows: int, cols: int, addresses, sram_words: tuple[i
                  row_major="fetch_order" in defects, filter_words=sram_words[1])
     ib = ReadBuffer(st.ifmap_fetch, sram_words[0], bw[0], defects)
     fb = ReadBuffer(st.filter_fetch, sram_words[1], bw[1], defects)
-    ob = WriteBuffer(sram_words[2], bw[2], defects)
+    ob = (TriggeredWriteBuffer if "drain_on_write" in defects else WriteBuffer)(
+        sram_words[2], bw[2], defects)
     stall = 0
     last = 0
     for i in range(len(st.ifmap_demand)):
