@@ -14,6 +14,8 @@ thrown away at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import stat
 import sys
@@ -119,24 +121,32 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with writing(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """A binary handle that writes `path` by the rules above: what is written reaches a regular
+    file only when the block ends without an exception (then atomically); on an exception the
+    temporary file is removed and the target is untouched."""
     path = Path(path)
     if str(path) == STDOUT:
         sys.stdout.flush()
         stream = getattr(sys.stdout, "buffer", None)
         if stream is None:  # a text-only stdout (a test runner's capture)
-            sys.stdout.write(data.decode("utf-8"))
+            buffer = io.BytesIO()
+            yield buffer
+            sys.stdout.write(buffer.getvalue().decode("utf-8"))
         else:
-            stream.write(data)
+            yield stream
         sys.stdout.flush()
         return
     if _is_stream(path):
         with open(path, "wb") as handle:
-            handle.write(data)
+            yield handle
         return
-    _write_atomic(_target(path), data)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
+    target = _target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         old = os.stat(target)
@@ -145,7 +155,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
             # mkstemp makes 0600; give the file the mode `open` would have (or the old file's)

@@ -30,6 +30,8 @@ import numpy as np
 
 from .stats import summarize
 from .suite import Case, SuiteError
+from .sweep import Block, TableChunk, evaluate
+from .sweep import chunks as sweep_chunks
 from .workloads import registry
 from .workloads.base import CaseError, Run, SelfTimed, Workload
 
@@ -199,31 +201,135 @@ class _CaseRun:
         return f"{self.case.source}: case {self.case.name!r} key {key!r}"
 
 
-def total_steps(cases: list[Case], rounds: int | None = None) -> int:
-    """How many times run_suite calls on_step for these cases."""
-    return len(cases) + sum(rounds or c.rounds for c in cases if c.numerics)
+def _size(item) -> int:
+    return len(item) if isinstance(item, Block) else 1
 
 
-def run_suite(cases: list[Case], threads: int = 1, repeats: int | None = None, rounds: int | None = None,
+def total_steps(items: list, rounds: int | None = None) -> int:
+    """The progress total of run_suite: one per case modelled (a block's rows included) and
+    one per timed visit."""
+    return sum(_size(item) for item in items) + sum(rounds or item.rounds for item in items
+                                                      if isinstance(item, Case) and item.numerics)
+
+
+class SweepError(Exception):
+    """A worker of the model phase died or failed: the cases it held are lost (exit 2)."""
+
+
+MODEL_BATCH = 256  # model-only cases per task of a parallel model phase
+
+
+def _model_tasks(items: list) -> list[tuple]:
+    """The model phase cut into tasks, in order: ("cases", [model-only Case]), ("block", Block,
+    start, stop), ("timed", Case). Model-only work is what an executor may spread."""
+    tasks, batch = [], []
+    for item in items:
+        if isinstance(item, Block):
+            if batch:
+                tasks.append(("cases", batch))
+                batch = []
+            tasks += [("block", item, start, stop) for start, stop in sweep_chunks(item)]
+        elif item.numerics:
+            if batch:
+                tasks.append(("cases", batch))
+                batch = []
+            tasks.append(("timed", item))
+        else:
+            batch.append(item)
+            if len(batch) == MODEL_BATCH:
+                tasks.append(("cases", batch))
+                batch = []
+    if batch:
+        tasks.append(("cases", batch))
+    return tasks
+
+
+def model_task(task: tuple, memory_limit: int | None = None):
+    """One model-only task: a TableChunk, or [(CaseResult, problems)]. Runs in a worker process."""
+    if task[0] == "block":
+        return evaluate(*task[1:])
+    kinds = registry()
+    out = []
+    for case in task[1]:
+        run, problems = _CaseRun(case, kinds[case.kind]), []
+        _model(run, memory_limit, problems)
+        out.append((run.result, problems))
+    return out
+
+
+def _task_ids(task: tuple) -> str:
+    if task[0] == "block":
+        block, start, stop = task[1:]
+        return f"{stop - start} case(s) of {block.suite}/{block.name} (rows {start}..{stop - 1})"
+    cases = task[1]
+    return f"{len(cases)} case(s) {cases[0].id} .. {cases[-1].id}" if len(cases) > 1 else cases[0].id
+
+
+def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds: int | None = None,
               min_time: float | None = None, max_memory: int | None = None,
-              on_step: Callable[[Case, str], None] | None = None) -> list[CaseResult]:
+              on_step: Callable[[str, str, int], None] | None = None,
+              emit: Callable[[Any], None] | None = None, executor=None) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
-    repeats, rounds, min_time: override every case's. on_step(case, stage) after each case's
-    model ("model") and after each timed visit ("round N"). Raises InputError before any
-    timing when a case cannot run as written."""
+    items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
+    order, are CaseResult per case and TableChunk per block chunk; with `emit` each goes there
+    as soon as it and every one before it is final (nothing is kept: memory stays flat),
+    otherwise they are returned. executor: a concurrent.futures executor for the model-only
+    work (--jobs, mpi4py.futures); timed cases always run here, one at a time.
+    repeats, rounds, min_time: override every case's. on_step(label, stage, count) as work
+    completes. Raises InputError before any timing when a case cannot run as written, and
+    SweepError when a worker dies."""
     kinds = registry()
-    runs = [_CaseRun(case, kinds[case.kind]) for case in cases]
     limit = max_memory if max_memory is not None else available_memory()
     problems: list[str] = []
-    for run in runs:
-        _model(run, limit, problems)
+    slots: list = []  # results in order; a _CaseRun while its case still has to be timed
+    emitted = 0
+
+    def flush():
+        nonlocal emitted
+        while emit is not None and emitted < len(slots) and not isinstance(slots[emitted], _CaseRun):
+            emit(slots[emitted])
+            slots[emitted] = None  # emitted: no longer held
+            emitted += 1
+
+    tasks = _model_tasks(items)
+    remote = [t for t in tasks if t[0] != "timed"]
+    mapped = iter(executor.map(model_task, remote, [limit] * len(remote)) if executor is not None
+                  else (model_task(t, limit) for t in remote))
+    for task in tasks:
+        if task[0] == "timed":
+            run = _CaseRun(task[1], kinds[task[1].kind])
+            _model(run, limit, problems)
+            slots.append(run if run.result.error is None else run.result)
+            if on_step:
+                on_step(task[1].id, "model", 1)
+            continue
+        try:
+            done = next(mapped)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a worker died (BrokenProcessPool) or the executor failed
+            lost = [_task_ids(t) for t in remote[remote.index(task):]]
+            raise SweepError(f"the model phase lost its worker ({type(exc).__name__}: {exc}); lost "
+                             f"{'; '.join(lost[:3])}{f' and {len(lost) - 3} more task(s)' if len(lost) > 3 else ''}"
+                             ) from None
+        if isinstance(done, TableChunk):
+            problems += done.problems
+            slots.append(done)
+            label, count = f"{done.block.suite}/{done.block.name}", len(done)
+        else:
+            for result, found in done:
+                problems += found
+                slots.append(result)
+            label, count = done[-1][0].case.id, len(done)
         if on_step:
-            on_step(run.case, "model")
+            on_step(label, "model", count)
+        if not problems:
+            flush()
     if problems:
         raise InputError(problems)
 
-    timed = [r for r in runs if r.case.numerics and r.result.error is None]
+    timed = [r for r in slots if isinstance(r, _CaseRun)]
     n_rounds = {r.case.id: rounds or r.case.rounds for r in timed}
     for index in range(max(n_rounds.values(), default=0)):
         kept_bytes = 0
@@ -244,17 +350,31 @@ def run_suite(cases: list[Case], threads: int = 1, repeats: int | None = None, r
                     kept_bytes -= _nbytes(run.inputs) + _nbytes(run.plan)
                     run.plan = run.inputs = None
             if on_step:
-                on_step(run.case, f"round {index + 1}")
+                on_step(run.case.id, f"round {index + 1}", 1)
     for run in timed:
         if run.timing.samples and run.result.error is None:
             run.result.timing = _timing_record(run, min_time or run.case.min_time)
         run.plan = run.inputs = None
-    return [r.result for r in runs]
+    slots = [r.result if isinstance(r, _CaseRun) else r for r in slots]
+    flush()
+    return [] if emit is not None else slots
 
 
 def run_case(case: Case, threads: int = 1, repeats: int | None = None, rounds: int | None = 1) -> CaseResult:
     """One case through run_suite (an InputError is raised, not returned)."""
     return run_suite([case], threads, repeats, rounds)[0]
+
+
+def case_results(results: list) -> list[CaseResult]:
+    """run_suite's results with every table chunk as CaseResults (small runs, tests)."""
+    out = []
+    for result in results:
+        if isinstance(result, TableChunk):
+            out += [CaseResult(case, metrics) for case, metrics in zip(result.block.cases(result.start, result.stop),
+                                                                       result.metric_rows())]
+        else:
+            out.append(result)
+    return out
 
 
 def _model(run: _CaseRun, memory_limit: int | None, problems: list[str]) -> None:

@@ -131,6 +131,10 @@ class TableChunk:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    def metric_rows(self) -> list[dict]:
+        metrics = {k: _python(v) for k, v in self.metrics.items()}
+        return [{k: v[i] for k, v in metrics.items()} for i in range(len(self))]
+
     def case_dicts(self):
         """The rows as result-document cases (what CaseResult.to_dict gives per case)."""
         arrays = [a.to_dict() for a in self.block.arrays]
