@@ -1,4 +1,3 @@
-# cython: language_level=3
 """Build-time facts the package reports at run time."""
 
 cdef extern from *:
@@ -13,6 +12,7 @@ cdef extern from *:
     #endif
     """
     int SYSBENCH_HAVE_OPENMP
+    int SYSBENCH_DEBUG  # set by setup.py (SYSBENCH_DEBUG=1: bounds checks on, -O0 -g)
     int sysbench_max_threads() nogil
 
 
@@ -24,3 +24,8 @@ def openmp_enabled():
 def max_threads():
     """Threads OpenMP would use by default (1 without OpenMP)."""
     return sysbench_max_threads()
+
+
+def debug_build():
+    """True for a SYSBENCH_DEBUG=1 build (bounds checks on, unoptimised: slow kernels)."""
+    return bool(SYSBENCH_DEBUG)

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """N:M sparsity by exact decomposition, and the sparse passes of a systolic array.
 
 A weight matrix W (K x cols; K is the reduction dimension) obeys N:M when every group of
@@ -33,25 +32,17 @@ register), AVX2+FMA or scalar fmaf (lanes along rows of A; the index becomes the
 of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests use it).
 decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
 """
-import os
-import warnings
-
 import numpy as np
 
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 cdef extern from "sparse_micro.h" nogil:
-    int SP_ISA_SCALAR
-    int SP_ISA_AVX2
-    int SP_ISA_AVX512
-    int sp_isa_supported(int isa)
-    int sp_isa_best()
     int sp_isa_mb(int isa)
     int sp_isa_nc(int isa)
-    void *sp_alloc(size_t nbytes)
+    void *simd_alloc(size_t count, size_t size)
+    void simd_free(void *p)
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
@@ -63,55 +54,22 @@ cdef extern from "sparse_micro.h" nogil:
 
 MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
 
-_ISA_CODES = {"scalar": SP_ISA_SCALAR, "avx2": SP_ISA_AVX2, "avx512": SP_ISA_AVX512}
-
-
-cdef inline int _isa_best() noexcept nogil:
-    return sp_isa_best()
-
-
-cdef inline int _isa_supported(int code) noexcept nogil:
-    return sp_isa_supported(code)
-
-
+include "checks.pxi"
 include "isa.pxi"
 
 
 # ------------------------------------------------------------------ validation
 
-def _int(x, name):
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {x!r}")
-    return int(x)
-
-
 def _nm(n, m):
-    n, m = _int(n, "n"), _int(m, "m")
-    if not 2 <= m <= MAX_M:
-        raise ValueError(f"m must be in 2..{MAX_M} (an in-group index must fit), got {m}")
+    n = check_int(n, "n")
+    m = check_int_range(m, "m", 2, MAX_M, " (an in-group index must fit)")
     if not 1 <= n < m:
         raise ValueError(f"n must satisfy 1 <= n < m = {m}, got {n}")
     return n, m
 
 
 def _weights(w, name="w"):
-    if not isinstance(w, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(w).__name__}")
-    if w.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got ndim={w.ndim}")
-    if w.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {w.dtype} "
-                         f"(convert with {name}.astype(np.float32))")
-    if w.shape[0] < 1 or w.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and column, got shape {w.shape}")
-    return np.ascontiguousarray(w)
-
-
-def _threads(threads):
-    threads = _int(threads, "threads")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return threads
+    return check_array(w, name, (np.float32,), 2)
 
 
 def groups(k, m):
@@ -130,10 +88,8 @@ def counts(w, m, threads=1):
     """Per-group nonzero counts (G x cols, uint8) of w (K x cols) for groups of m rows.
     Raises ValueError if w holds NaN or inf (naming the first bad row and column)."""
     w = _weights(w)
-    m = _int(m, "m")
-    if not 1 <= m <= MAX_M:
-        raise ValueError(f"m must be in 2..{MAX_M}, got {m}")
-    threads = _threads(threads)
+    m = check_int_range(m, "m", 1, MAX_M)
+    threads = check_threads(threads)
     cdef long k = w.shape[0], cols = w.shape[1], G = groups(w.shape[0], m)
     out = np.empty((G, cols), dtype=np.uint8)
     bad = np.zeros(G, dtype=np.uint8)
@@ -184,7 +140,7 @@ def decompose(w, n, m, threads=1):
     float32 and uint8 (see the module docstring for the slot order)."""
     n, m = _nm(n, m)
     w = _weights(w)
-    threads = _threads(threads)
+    threads = check_threads(threads)
     group_counts = counts(w, m, threads)
     P = passes_for(group_counts, n)
     cdef long G = group_counts.shape[0], cols = w.shape[1]
@@ -224,7 +180,7 @@ def expand(values, indices, n, m, k):
     values, indices, n, m = _compressed(values, indices, n, m)
     P, kc, cols = values.shape
     G = kc // n
-    k = _int(k, "k")
+    k = check_int(k, "k")
     if not (G - 1) * m < k <= G * m:
         raise ValueError(f"k = {k} does not match {G} groups of m = {m}")
     rows = (np.arange(kc) // n * m)[:, None] + indices.astype(np.int64)  # (P, kc, cols)
@@ -281,15 +237,19 @@ def permute(w, n, m):
 
 cdef int _assign_shim(const int32_t[::1] row_ptr, const int32_t[::1] col_idx,
                       const int64_t[::1] order, long G, int m, long cols, int cap,
-                      int64_t[::1] group_of):
-    cdef uint16_t *cnt = <uint16_t *>malloc(G * cols * sizeof(uint16_t))
-    cdef int *fill = <int *>malloc(G * sizeof(int))
+                      int64_t[::1] group_of) except -1:
+    cdef uint16_t *cnt = <uint16_t *>simd_alloc(G * cols, sizeof(uint16_t))
+    cdef int *fill = <int *>simd_alloc(G, sizeof(int))
     cdef int ok
+    if cnt == NULL or fill == NULL:
+        simd_free(cnt)
+        simd_free(fill)
+        raise MemoryError(f"permute: could not allocate the group counts ({G} x {cols})")
     with nogil:
         ok = _assign(&row_ptr[0], &col_idx[0] if col_idx.shape[0] else NULL, &order[0],
                      order.shape[0], G, m, cols, cap, cnt, fill, &group_of[0])
-    free(cnt)
-    free(fill)
+    simd_free(cnt)
+    simd_free(fill)
     return ok
 
 
@@ -335,69 +295,48 @@ def spmm(a, values, indices, n, m, fold_depth, threads=1):
     """float32 (rows, cols) = A (rows x G*m) times the compressed passes, in the sparse
     pass order of the module docstring (folds of ``fold_depth`` compressed rows)."""
     values, indices, n, m = _compressed(values, indices, n, m)
-    a = _weights(a, "a")
+    a = check_array(a, "a", (np.float32,), 2)
     P, kc, cols = values.shape
     kp = kc // n * m
     if a.shape[1] != kp:
         raise ValueError(f"a must have {kp} columns (G = {kc // n} groups of m = {m}, pad with "
                          f"zero columns), got {a.shape[1]}")
-    fold_depth = _int(fold_depth, "fold_depth")
-    if fold_depth < 1:
-        raise ValueError(f"fold_depth must be >= 1, got {fold_depth}")
-    threads = _threads(threads)
-    rows = a.shape[0]
-    if P == 0:
-        return np.zeros((rows, cols), dtype=np.float32)
-    if _isa == SP_ISA_AVX512:
-        out = np.zeros((rows, cols), dtype=np.float32)
-        if _spmm_lanes_c_shim(a, values, indices, n, m, fold_depth, out, threads) != 0:
-            raise MemoryError("could not allocate the packing buffers")
-        return out
-    cdef int mb = sp_isa_mb(_isa), nc = sp_isa_nc(_isa)
-    rows_pad = -(-rows // mb) * mb
-    cols_pad = -(-cols // nc) * nc
-    ot = np.zeros((cols_pad, rows_pad), dtype=np.float32)
-    if _spmm_shim(a, values, indices, n, m, fold_depth, ot, threads, _isa) != 0:
-        raise MemoryError("could not allocate the packing buffers")
-    out = np.empty((rows, cols), dtype=np.float32)
-    _transpose_shim(ot, out, threads)
+    fold_depth = check_int(fold_depth, "fold_depth", CONS_POSITIVE)
+    threads = check_threads(threads)
+    out = np.zeros((a.shape[0], cols), dtype=np.float32)
+    if P and _spmm_shim(a, values, indices, n, m, fold_depth, out, threads, _isa) != 0:
+        raise MemoryError("spmm: could not allocate the packing buffers")
     return out
 
 
-cdef void _transpose_shim(const float[:, ::1] ot, float[:, ::1] out, int threads):
-    """out[i, c] = ot[c, i], in 64 x 64 blocks (a strided copy would miss the cache)."""
-    cdef long rows = out.shape[0], cols = out.shape[1], nbi = (rows + 63) // 64
-    cdef long bi, i0, i1, c0, c1, i, c
-    with nogil:
-        for bi in prange(nbi, num_threads=threads, schedule="static"):
-            i0 = bi * 64
-            i1 = i0 + 64 if rows - i0 > 64 else rows
-            c0 = 0
-            while c0 < cols:
-                c1 = c0 + 64 if cols - c0 > 64 else cols
-                for i in range(i0, i1):
-                    for c in range(c0, c1):
-                        out[i, c] = ot[c, i]
-                c0 = c1
-
-
-cdef int _spmm_lanes_c_shim(const float[:, ::1] a, const float[:, :, ::1] values,
-                            const uint8_t[:, :, ::1] indices, int n, int m, long depth,
-                            float[:, ::1] out, int threads):
+cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,
+                    const uint8_t[:, :, ::1] indices, int n, int m, long depth,
+                    float[:, ::1] out, int threads, int isa_code):
     cdef int rc
     with nogil:
-        rc = _spmm_lanes_c_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0],
-                                &indices[0, 0, 0], values.shape[0], values.shape[1],
-                                values.shape[2], n, m, depth, &out[0, 0], threads)
+        rc = _spmm_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0], &indices[0, 0, 0],
+                        values.shape[0], values.shape[1], values.shape[2], n, m, depth,
+                        &out[0, 0], threads, isa_code)
     return rc
 
 
-cdef int _spmm_lanes_c_core(const float *A, long rows, long kp, const float *V,
-                            const uint8_t *I, long P, long kc, long cols, int n, int m,
-                            long depth, float *out, int threads) noexcept nogil:
-    """AVX-512 path (sp_p5_block): per pass and fold, tasks of one 32-column block by a
+cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const uint8_t *I,
+                    long P, long kc, long cols, int n, int m, long depth, float *out,
+                    int threads, int isa_code) noexcept nogil:
+    """The one C entry of spmm: out (rows x cols, +0 on entry) gets the passes added in the
+    sparse pass order, by the driver of the ISA's design. Returns -1 when a buffer cannot
+    be allocated (out is then incomplete), else 0."""
+    if isa_code == SIMD_ISA_AVX512:
+        return _spmm_lanes_cols(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, threads)
+    return _spmm_lanes_rows(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, threads, isa_code)
+
+
+cdef int _spmm_lanes_cols(const float *A, long rows, long kp, const float *V,
+                          const uint8_t *I, long P, long kc, long cols, int n, int m,
+                          long depth, float *out, int threads) noexcept nogil:
+    """AVX-512 design (sp_p5_block): per pass and fold, tasks of one 32-column block by a
     chunk of rows; each task packs its block of B (indices as int32, values) and runs the
-    rows of A against it."""
+    rows of A against it, adding into out (row-major) directly."""
     cdef long ncb = (cols + 31) // 32
     cdef long nr_max = depth if depth < kc else kc
     cdef long nrc = 1
@@ -406,13 +345,13 @@ cdef int _spmm_lanes_c_core(const float *A, long rows, long kp, const float *V,
     cdef long chunk = ((rows + nrc - 1) // nrc + 5) // 6 * 6
     nrc = (rows + chunk - 1) // chunk
     cdef size_t per_thread = <size_t>nr_max * 32
-    cdef int32_t *bi_all = <int32_t *>sp_alloc(threads * per_thread * sizeof(int32_t))
-    cdef float *bv_all = <float *>sp_alloc(threads * per_thread * sizeof(float))
+    cdef int32_t *bi_all = <int32_t *>simd_alloc(threads * per_thread, sizeof(int32_t))
+    cdef float *bv_all = <float *>simd_alloc(threads * per_thread, sizeof(float))
     if bi_all == NULL or bv_all == NULL:
-        free(bi_all)
-        free(bv_all)
+        simd_free(bi_all)
+        simd_free(bv_all)
         return -1
-    cdef long p, f0, f1, t, cb, r0, r1, r, j, c
+    cdef long p, f0, f1, t, cb, r0, r1, r, j
     cdef int width
     cdef int32_t *bi
     cdef float *bv
@@ -441,40 +380,35 @@ cdef int _spmm_lanes_c_core(const float *A, long rows, long kp, const float *V,
                             bv[(r - f0) * 32 + j] = 0.0
                 sp_p5_block(f0, f1, n, m, A, kp, r0, r1, bi, bv, out, cols, cb * 32, width)
             f0 = f1
-    free(bi_all)
-    free(bv_all)
+    simd_free(bi_all)
+    simd_free(bv_all)
     return 0
 
 
-cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,
-                    const uint8_t[:, :, ::1] indices, int n, int m, long depth,
-                    float[:, ::1] ot, int threads, int isa_code):
-    cdef int rc
-    with nogil:
-        rc = _spmm_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0], &indices[0, 0, 0],
-                        values.shape[0], values.shape[1], values.shape[2], n, m, depth,
-                        &ot[0, 0], ot.shape[0], ot.shape[1], threads, isa_code)
-    return rc
-
-
-cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const uint8_t *I,
-                    long P, long kc, long cols, int n, int m, long depth, float *ot,
-                    long cols_pad, long rows_pad, int threads, int isa_code) noexcept nogil:
-    """Per pass, per fold: pack the fold's compressed B (values and A offsets, NC columns
-    per block), pack the fold's span of A (MB rows per block, k-major), then one micro-kernel
-    per MB x NC tile; tiles are spread over the threads by rows of A and column chunks."""
+cdef int _spmm_lanes_rows(const float *A, long rows, long kp, const float *V,
+                          const uint8_t *I, long P, long kc, long cols, int n, int m,
+                          long depth, float *out, int threads, int isa_code) noexcept nogil:
+    """AVX2 and scalar design (sp_micro): the output is accumulated transposed, ot[c, i]
+    (cols_pad x rows_pad), then transposed into out. Per pass, per fold: pack the fold's
+    compressed B (values and A offsets, NC columns per block), pack the fold's span of A
+    (MB rows per block, k-major), then one micro-kernel per MB x NC tile; tiles are spread
+    over the threads by rows of A and column chunks."""
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
+    cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
     cdef long nr_max = depth if depth < kc else kc
     cdef long span_max = ((nr_max + n - 1) // n + 1) * m
-    cdef float *pa = <float *>sp_alloc(<size_t>rows_pad * span_max * sizeof(float))
-    cdef float *bv = <float *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(float))
-    cdef int32_t *bo = <int32_t *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(int32_t))
-    if pa == NULL or bv == NULL or bo == NULL:
-        free(pa)
-        free(bv)
-        free(bo)
+    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * rows_pad, sizeof(float))
+    cdef float *pa = <float *>simd_alloc(<size_t>rows_pad * span_max, sizeof(float))
+    cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
+    cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
+    if ot == NULL or pa == NULL or bv == NULL or bo == NULL:
+        simd_free(ot)
+        simd_free(pa)
+        simd_free(bv)
+        simd_free(bo)
         return -1
+    memset(ot, 0, <size_t>cols_pad * rows_pad * sizeof(float))
     # column chunks per row block so that there are a few tiles per thread
     cdef long nchunk = 1
     if threads > 1 and nib < 4 * threads:
@@ -504,10 +438,29 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
                     sp_micro(isa_code, nr, pa + ib * mb * span, bv + cbi * nr * nc,
                              bo + cbi * nr * nc, ot + cbi * nc * rows_pad + ib * mb, rows_pad)
             f0 = f1
-    free(pa)
-    free(bv)
-    free(bo)
+    _transpose(ot, rows_pad, out, rows, cols, threads)
+    simd_free(ot)
+    simd_free(pa)
+    simd_free(bv)
+    simd_free(bo)
     return 0
+
+
+cdef void _transpose(const float *ot, long ldt, float *out, long rows, long cols,
+                     int threads) noexcept nogil:
+    """out[i, c] = ot[c * ldt + i], in 64 x 64 blocks (a strided copy would miss the cache)."""
+    cdef long nbi = (rows + 63) // 64
+    cdef long bi, i0, i1, c0, c1, i, c
+    for bi in prange(nbi, num_threads=threads, schedule="static"):
+        i0 = bi * 64
+        i1 = i0 + 64 if rows - i0 > 64 else rows
+        c0 = 0
+        while c0 < cols:
+            c1 = c0 + 64 if cols - c0 > 64 else cols
+            for i in range(i0, i1):
+                for c in range(c0, c1):
+                    out[i * cols + c] = ot[c * ldt + i]
+            c0 = c1
 
 
 cdef inline void _pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb,

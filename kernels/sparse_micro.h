@@ -29,19 +29,8 @@
 #define SYSBENCH_SPARSE_MICRO_H
 
 #include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define SP_X86 1
-#include <immintrin.h>
-#else
-#define SP_X86 0
-#endif
-
-#define SP_ISA_SCALAR 0
-#define SP_ISA_AVX2 1
-#define SP_ISA_AVX512 2
+#include "simd.h"
 
 /* tile: MB rows of A (lanes) x NC output columns */
 #define SP_S_MB 4
@@ -49,43 +38,15 @@
 #define SP_A2_MB 16
 #define SP_A2_NC 6
 
-static int sp_isa_supported(int isa)
-{
-    if (isa == SP_ISA_SCALAR) return 1;
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (isa == SP_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == SP_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f");
-#endif
-    return 0;
-}
-
-static int sp_isa_best(void)
-{
-    if (sp_isa_supported(SP_ISA_AVX512)) return SP_ISA_AVX512;
-    if (sp_isa_supported(SP_ISA_AVX2)) return SP_ISA_AVX2;
-    return SP_ISA_SCALAR;
-}
-
 /* tile of the lanes-along-rows kernels (AVX2, scalar; AVX-512 uses sp_p5_block) */
 static int sp_isa_mb(int isa)
 {
-    return isa == SP_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
+    return isa == SIMD_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
 }
 
 static int sp_isa_nc(int isa)
 {
-    return isa == SP_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
-}
-
-static void *sp_alloc(size_t bytes)
-{
-    void *p = NULL;
-    if (bytes == 0) bytes = 64;
-    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-    return p;
+    return isa == SIMD_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
 }
 
 /* ---------------------------------------------------------------- scalar, 4 x 4 */
@@ -109,7 +70,7 @@ static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_
         for (i = 0; i < SP_S_MB; i++) ot[c * ldo + i] = ot[c * ldo + i] + acc[c][i];
 }
 
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
+#if SIMD_X86
 
 /* ---------------------------------------------------------------- AVX2 + FMA, 16 x 6 */
 
@@ -221,7 +182,7 @@ static void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp,
 
 /* Per-column nonzero counts of group g (rows g*m .. g*m+m-1 that exist); returns 1 when
  * a weight is NaN or inf. +0.0 and -0.0 are zeros (the sign bit is masked off). */
-__attribute__((target_clones("avx2", "default")))
+SIMD_CLONES
 static int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g,
                           uint8_t *cnt)
 {
@@ -248,7 +209,7 @@ static int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g
  * running state lives in small arrays that stay in L1. */
 #define SP_FILL_CHUNK 512
 
-__attribute__((target_clones("avx2", "default")))
+SIMD_CLONES
 static void sp_fill_group(const float *w, long K, long cols, int n, int m, long g,
                           int slots, long kc, float *values, uint8_t *indices)
 {
@@ -281,8 +242,8 @@ static void sp_fill_group(const float *w, long K, long cols, int n, int m, long 
 static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
                      float *ot, long ldo)
 {
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SP_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ot, ldo); return; }
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ot, ldo); return; }
 #endif
     sp_uk_scalar(nr, pa, bv, bo, ot, ldo);
 }
