@@ -10,8 +10,8 @@
  *   feature masks  SIMD_F_*: what the CPU has (simd_cpu_features) and what a path needs
  *                  (simd_isa_needs); the AVX2 path needs AVX2 and FMA, AVX-512 needs AVX-512F
  *   allocation     simd_alloc / simd_free: 64-byte aligned, NULL on failure or overflow
- *   transpose      simd_transpose16_avx512: a 16 x 16 float block in registers
- *   packing        simd_pack_t16_avx512: up to 16 rows into k-major columns, via the transpose
+ *   transposes     simd_transpose16_avx512: a 16 x 16 float block in registers;
+ *                  simd_transpose_avx512: a matrix by such blocks (packing panels, outputs)
  *   SIMD_CLONES    plain C loops compiled for AVX2 and the baseline (target_clones)
  */
 #ifndef SYSBENCH_SIMD_H
@@ -134,26 +134,30 @@ static inline void simd_transpose16_avx512(__m512 r[16])
     }
 }
 
-/* dst[k * ldd + i] = src[i * lds + k] for k < kc and i < width (width <= 16): `rows` rows
- * (rows <= width) of kc floats become kc k-major columns; lanes rows..width-1 are zeros.
- * 16 k at a time through the register transpose, each column out with a masked store. */
+/* dst[j * ldd + i] = src[i * lds + j] for j < cols and i < rows_pad: the first `rows` rows
+ * of src (rows <= rows_pad) become columns of dst, lanes rows..rows_pad-1 are zeros. 16 x 16
+ * blocks through the register transpose, masked at the edges (packing panels, undoing a
+ * transposed output). */
 __attribute__((target("avx512f")))
-static inline void simd_pack_t16_avx512(const float *src, long lds, int rows, long kc, float *dst,
-                                 long ldd, int width)
+static inline void simd_transpose_avx512(const float *src, long lds, long rows, long cols,
+                                         float *dst, long ldd, long rows_pad)
 {
     __m512 r[16];
-    const __mmask16 keep = (__mmask16)(width >= 16 ? 0xFFFFu : (1u << width) - 1u);
-    long k;
+    long i0, j0;
     int i, j;
-    for (k = 0; k + 16 <= kc; k += 16) {
-        for (i = 0; i < 16; i++)
-            r[i] = i < rows ? _mm512_loadu_ps(src + i * lds + k) : _mm512_setzero_ps();
-        simd_transpose16_avx512(r);
-        for (j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * ldd, keep, r[j]);
-    }
-    for (; k < kc; k++) {
-        for (i = 0; i < rows; i++) dst[k * ldd + i] = src[i * lds + k];
-        for (; i < width; i++) dst[k * ldd + i] = 0.0f;
+    for (i0 = 0; i0 < rows_pad; i0 += 16) {
+        const long left = rows - i0, pad = rows_pad - i0;
+        const int h = left <= 0 ? 0 : left < 16 ? (int)left : 16;
+        const __mmask16 keep = (__mmask16)(pad >= 16 ? 0xFFFFu : (1u << pad) - 1u);
+        for (j0 = 0; j0 < cols; j0 += 16) {
+            const int w = cols - j0 < 16 ? (int)(cols - j0) : 16;
+            const __mmask16 take = (__mmask16)(w == 16 ? 0xFFFFu : (1u << w) - 1u);
+            for (i = 0; i < 16; i++)
+                r[i] = i < h ? _mm512_maskz_loadu_ps(take, src + (i0 + i) * lds + j0)
+                             : _mm512_setzero_ps();
+            simd_transpose16_avx512(r);
+            for (j = 0; j < w; j++) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, keep, r[j]);
+        }
     }
 }
 

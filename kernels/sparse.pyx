@@ -26,11 +26,10 @@ out[i, c] = out[i, c] + psum. This is a ws array's fold order applied to the K*N
 compressed reduction rows, every fold of every pass adding into one output accumulator.
 
 Wrappers validate and raise a ValueError naming the bad argument; cores are nogil C loops.
-spmm's micro-kernels (sparse_micro.h) are chosen at run time: AVX-512F (lanes along output
-columns; vpermps selects each column's A element from the group's candidates in a
-register), AVX2+FMA or scalar fmaf (lanes along rows of A; the index becomes the address
-of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests use it).
-decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
+spmm has one driver and a micro-kernel per ISA (sparse_micro.h), chosen at run time:
+AVX-512F, AVX2+FMA or scalar fmaf, all with lanes along rows of A (the index becomes the
+address of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests
+use it). decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
 """
 import numpy as np
 
@@ -41,16 +40,20 @@ from libc.string cimport memset
 cdef extern from "sparse_micro.h" nogil:
     int sp_isa_mb(int isa)
     int sp_isa_nc(int isa)
+    long sp_piece_rows(int isa, int n, int m)
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
-    void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
-                     long r1, const int32_t *bi, const float *bv, float *out, long ldo,
-                     long c0, int width)
     void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
-                  float *ot, long ldo)
+                  float *ps, float *ot, long ldo, int first, int last)
+    void sp_pack_a(int isa, const float *A, long rows, long kp, int mb, long ib, long k0,
+                   long span, float *pa)
+    void sp_pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb, int nc,
+                   long f0, long nr, long g0, long cb, float *bv, int32_t *bo)
+    void sp_unpack_out(int isa, const float *ot, long ldt, float *out, long cols, long i0,
+                       long i1)
 
 MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
 
@@ -323,100 +326,56 @@ cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,
 cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const uint8_t *I,
                     long P, long kc, long cols, int n, int m, long depth, float *out,
                     int threads, int isa_code) noexcept nogil:
-    """The one C entry of spmm: out (rows x cols, +0 on entry) gets the passes added in the
-    sparse pass order, by the driver of the ISA's design. Returns -1 when a buffer cannot
-    be allocated (out is then incomplete), else 0."""
-    if isa_code == SIMD_ISA_AVX512:
-        return _spmm_lanes_cols(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, threads)
-    return _spmm_lanes_rows(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, threads, isa_code)
-
-
-cdef int _spmm_lanes_cols(const float *A, long rows, long kp, const float *V,
-                          const uint8_t *I, long P, long kc, long cols, int n, int m,
-                          long depth, float *out, int threads) noexcept nogil:
-    """AVX-512 design (sp_p5_block): per pass and fold, tasks of one 32-column block by a
-    chunk of rows; each task packs its block of B (indices as int32, values) and runs the
-    rows of A against it, adding into out (row-major) directly."""
-    cdef long ncb = (cols + 31) // 32
-    cdef long nr_max = depth if depth < kc else kc
-    cdef long nrc = 1
-    if threads > 1 and ncb < 4 * threads:
-        nrc = (4 * threads + ncb - 1) // ncb
-    cdef long chunk = ((rows + nrc - 1) // nrc + 5) // 6 * 6
-    nrc = (rows + chunk - 1) // chunk
-    cdef size_t per_thread = <size_t>nr_max * 32
-    cdef int32_t *bi_all = <int32_t *>simd_alloc(threads * per_thread, sizeof(int32_t))
-    cdef float *bv_all = <float *>simd_alloc(threads * per_thread, sizeof(float))
-    if bi_all == NULL or bv_all == NULL:
-        simd_free(bi_all)
-        simd_free(bv_all)
-        return -1
-    cdef long p, f0, f1, t, cb, r0, r1, r, j
-    cdef int width
-    cdef int32_t *bi
-    cdef float *bv
-    cdef const float *vrow
-    cdef const uint8_t *irow
-    for p in range(P):
-        f0 = 0
-        while f0 < kc:
-            f1 = f0 + depth if kc - f0 > depth else kc
-            for t in prange(ncb * nrc, num_threads=threads, schedule="dynamic"):
-                cb = t // nrc
-                r0 = (t % nrc) * chunk
-                r1 = r0 + chunk if rows - r0 > chunk else rows
-                bi = bi_all + threadid() * per_thread
-                bv = bv_all + threadid() * per_thread
-                width = 32 if cols - cb * 32 > 32 else cols - cb * 32
-                for r in range(f0, f1):
-                    vrow = V + (p * kc + r) * cols + cb * 32
-                    irow = I + (p * kc + r) * cols + cb * 32
-                    for j in range(32):
-                        if j < width:
-                            bi[(r - f0) * 32 + j] = irow[j]
-                            bv[(r - f0) * 32 + j] = vrow[j]
-                        else:
-                            bi[(r - f0) * 32 + j] = 0
-                            bv[(r - f0) * 32 + j] = 0.0
-                sp_p5_block(f0, f1, n, m, A, kp, r0, r1, bi, bv, out, cols, cb * 32, width)
-            f0 = f1
-    simd_free(bi_all)
-    simd_free(bv_all)
-    return 0
-
-
-cdef int _spmm_lanes_rows(const float *A, long rows, long kp, const float *V,
-                          const uint8_t *I, long P, long kc, long cols, int n, int m,
-                          long depth, float *out, int threads, int isa_code) noexcept nogil:
-    """AVX2 and scalar design (sp_micro): the output is accumulated transposed, ot[c, i]
-    (cols_pad x rows_pad), then transposed into out. Per pass, per fold: pack the fold's
-    compressed B (values and A offsets, NC columns per block), pack the fold's span of A
-    (MB rows per block, k-major), then one micro-kernel per MB x NC tile; tiles are spread
-    over the threads by rows of A and column chunks."""
+    """The one C entry of spmm, every ISA: out (rows x cols) = the passes in the sparse pass
+    order, accumulated transposed in ot[c, i] (cols_pad x rows_pad) and transposed at the
+    end. Per pass, per fold: pack the fold's compressed B (values and A offsets, NC columns
+    per block) and the fold's span of A (MB rows per block, k-major); then tasks of one row
+    block by a chunk of column blocks, spread over the threads, each running the fold in
+    pieces that keep their packed A in L1 (psums wait in the thread's buffer between
+    pieces). Returns -1 when a buffer cannot be allocated, else 0."""
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
     cdef long nr_max = depth if depth < kc else kc
     cdef long span_max = ((nr_max + n - 1) // n + 1) * m
-    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * rows_pad, sizeof(float))
-    cdef float *pa = <float *>simd_alloc(<size_t>rows_pad * span_max, sizeof(float))
-    cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
-    cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
-    if ot == NULL or pa == NULL or bv == NULL or bo == NULL:
-        simd_free(ot)
-        simd_free(pa)
-        simd_free(bv)
-        simd_free(bo)
-        return -1
-    memset(ot, 0, <size_t>cols_pad * rows_pad * sizeof(float))
-    # column chunks per row block so that there are a few tiles per thread
+    cdef long piece = sp_piece_rows(isa_code, n, m)
+    # column chunks per row block so that there are a few tasks per thread
     cdef long nchunk = 1
     if threads > 1 and nib < 4 * threads:
         nchunk = (4 * threads + nib - 1) // nib
         if nchunk > ncb:
             nchunk = ncb
     cdef long chunk = (ncb + nchunk - 1) // nchunk
-    cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi
+    cdef size_t ps_floats = <size_t>chunk * nc * mb  # one task's psums, per thread
+    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * rows_pad, sizeof(float))
+    cdef float *pa = <float *>simd_alloc(<size_t>rows_pad * span_max, sizeof(float))
+    cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
+    cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
+    cdef float *ps_all = <float *>simd_alloc(<size_t>threads * ps_floats, sizeof(float))
+    cdef int rc = 0
+    if ot == NULL or pa == NULL or bv == NULL or bo == NULL or ps_all == NULL:
+        rc = -1
+    else:
+        memset(ot, 0, <size_t>cols_pad * rows_pad * sizeof(float))
+        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, ot, rows_pad, ncb, nib,
+                     nchunk, chunk, piece, pa, bv, bo, ps_all, ps_floats, threads, isa_code)
+        _unpack(isa_code, ot, rows_pad, out, rows, cols, threads)
+    simd_free(ot)
+    simd_free(pa)
+    simd_free(bv)
+    simd_free(bo)
+    simd_free(ps_all)
+    return rc
+
+
+cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const uint8_t *I,
+                       long P, long kc, long cols, int n, int m, long depth, float *ot,
+                       long rows_pad, long ncb, long nib, long nchunk, long chunk, long piece,
+                       float *pa, float *bv, int32_t *bo, float *ps_all, size_t ps_floats,
+                       int threads, int isa_code) noexcept nogil:
+    cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
+    cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi, s0, s1
+    cdef float *ps
     for p in range(P):
         f0 = 0
         while f0 < kc:
@@ -426,72 +385,32 @@ cdef int _spmm_lanes_rows(const float *A, long rows, long kp, const float *V,
             g1 = (f1 - 1) // n + 1
             span = (g1 - g0) * m
             for cb in prange(ncb, num_threads=threads, schedule="static"):
-                _pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr, g0,
-                        cb, bv + cb * nr * nc, bo + cb * nr * nc)
+                sp_pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr,
+                          g0, cb, bv + cb * nr * nc, bo + cb * nr * nc)
             for ib in prange(nib, num_threads=threads, schedule="static"):
-                _pack_a(A, rows, kp, mb, ib, g0 * m, span, pa + ib * mb * span)
+                sp_pack_a(isa_code, A, rows, kp, mb, ib, g0 * m, span, pa + ib * mb * span)
             for t in prange(nib * nchunk, num_threads=threads, schedule="dynamic"):
                 ib = t // nchunk
                 c0 = (t % nchunk) * chunk
                 c1 = c0 + chunk if ncb - c0 > chunk else ncb
-                for cbi in range(c0, c1):
-                    sp_micro(isa_code, nr, pa + ib * mb * span, bv + cbi * nr * nc,
-                             bo + cbi * nr * nc, ot + cbi * nc * rows_pad + ib * mb, rows_pad)
+                ps = ps_all + threadid() * ps_floats
+                s0 = f0
+                while s0 < f1:
+                    s1 = s0 + piece if f1 - s0 > piece else f1
+                    for cbi in range(c0, c1):
+                        sp_micro(isa_code, s1 - s0, pa + ib * mb * span,
+                                 bv + cbi * nr * nc + (s0 - f0) * nc,
+                                 bo + cbi * nr * nc + (s0 - f0) * nc,
+                                 ps + (cbi - c0) * nc * mb, ot + cbi * nc * rows_pad + ib * mb,
+                                 rows_pad, s0 == f0, s1 == f1)
+                    s0 = s1
             f0 = f1
-    _transpose(ot, rows_pad, out, rows, cols, threads)
-    simd_free(ot)
-    simd_free(pa)
-    simd_free(bv)
-    simd_free(bo)
-    return 0
 
 
-cdef void _transpose(const float *ot, long ldt, float *out, long rows, long cols,
-                     int threads) noexcept nogil:
-    """out[i, c] = ot[c * ldt + i], in 64 x 64 blocks (a strided copy would miss the cache)."""
-    cdef long nbi = (rows + 63) // 64
-    cdef long bi, i0, i1, c0, c1, i, c
-    for bi in prange(nbi, num_threads=threads, schedule="static"):
-        i0 = bi * 64
-        i1 = i0 + 64 if rows - i0 > 64 else rows
-        c0 = 0
-        while c0 < cols:
-            c1 = c0 + 64 if cols - c0 > 64 else cols
-            for i in range(i0, i1):
-                for c in range(c0, c1):
-                    out[i * cols + c] = ot[c * ldt + i]
-            c0 = c1
-
-
-cdef inline void _pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb,
-                         int nc, long f0, long nr, long g0, long cb, float *bv,
-                         int32_t *bo) noexcept nogil:
-    """bv[r*nc + j], bo[r*nc + j]: value and packed-A offset of compressed row f0 + r,
-    column cb*nc + j (columns past the end: value 0, offset 0)."""
-    cdef long r, j, c, row
-    for r in range(nr):
-        row = f0 + r
-        for j in range(nc):
-            c = cb * nc + j
-            if c < cols:
-                bv[r * nc + j] = V[row * cols + c]
-                bo[r * nc + j] = <int32_t>(((row // n - g0) * m + I[row * cols + c]) * mb)
-            else:
-                bv[r * nc + j] = 0.0
-                bo[r * nc + j] = 0
-
-
-cdef inline void _pack_a(const float *A, long rows, long kp, int mb, long ib, long k0,
-                         long span, float *pa) noexcept nogil:
-    """pa[k*mb + i] = A[ib*mb + i, k0 + k] (rows past the end: 0)."""
-    cdef long i, k, row
-    cdef const float *src
-    for i in range(mb):
-        row = ib * mb + i
-        if row < rows:
-            src = A + row * kp + k0
-            for k in range(span):
-                pa[k * mb + i] = src[k]
-        else:
-            for k in range(span):
-                pa[k * mb + i] = 0.0
+cdef void _unpack(int isa_code, const float *ot, long ldt, float *out, long rows, long cols,
+                  int threads) noexcept nogil:
+    """out[i, c] = ot[c * ldt + i], in bands of 64 rows over the threads."""
+    cdef long nbands = (rows + 63) // 64, band
+    for band in prange(nbands, num_threads=threads, schedule="static"):
+        sp_unpack_out(isa_code, ot, ldt, out, cols, band * 64,
+                      band * 64 + 64 if rows - band * 64 > 64 else rows)

@@ -234,7 +234,7 @@ static void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, lon
 #if SIMD_X86
     if (isa == SIMD_ISA_AVX512 && mr <= 16) {
         /* rows of A (contiguous in k) become columns of the panel */
-        simd_pack_t16_avx512(A + i0 * lda + k0, lda, (int)rows, kc, dst, mr, mr);
+        simd_transpose_avx512(A + i0 * lda + k0, lda, rows, kc, dst, mr, mr);
         return;
     }
 #endif
