@@ -46,14 +46,17 @@ cdef extern from "sparse_micro.h" nogil:
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
+    int SP_SPILL
+    int SP_ADD
+    int SP_STORE
     void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
-                  float *ps, float *ot, long ldo, int first, int last)
+                  float *ps, float *ot, long ldo, int first, int end)
     void sp_pack_a(int isa, const float *A, long rows, long kp, int mb, long ib, long k0,
                    long span, float *pa)
     void sp_pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb, int nc,
                    long f0, long nr, long g0, long cb, float *bv, int32_t *bo)
     void sp_unpack_out(int isa, const float *ot, long ldt, float *out, long cols, long i0,
-                       long i1)
+                       long i1, long c0, long c1)
 
 MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
 
@@ -306,8 +309,10 @@ def spmm(a, values, indices, n, m, fold_depth, threads=1):
                          f"zero columns), got {a.shape[1]}")
     fold_depth = check_int(fold_depth, "fold_depth", CONS_POSITIVE)
     threads = check_threads(threads)
-    out = np.zeros((a.shape[0], cols), dtype=np.float32)
-    if P and _spmm_shim(a, values, indices, n, m, fold_depth, out, threads, _isa) != 0:
+    if P == 0:
+        return np.zeros((a.shape[0], cols), dtype=np.float32)
+    out = np.empty((a.shape[0], cols), dtype=np.float32)  # every element is written
+    if _spmm_shim(a, values, indices, n, m, fold_depth, out, threads, _isa) != 0:
         raise MemoryError("spmm: could not allocate the packing buffers")
     return out
 
@@ -327,12 +332,13 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
                     long P, long kc, long cols, int n, int m, long depth, float *out,
                     int threads, int isa_code) noexcept nogil:
     """The one C entry of spmm, every ISA: out (rows x cols) = the passes in the sparse pass
-    order, accumulated transposed in ot[c, i] (cols_pad x rows_pad) and transposed at the
-    end. Per pass, per fold: pack the fold's compressed B (values and A offsets, NC columns
-    per block) and the fold's span of A (MB rows per block, k-major); then tasks of one row
-    block by a chunk of column blocks, spread over the threads, each running the fold in
-    pieces that keep their packed A in L1 (psums wait in the thread's buffer between
-    pieces). Returns -1 when a buffer cannot be allocated, else 0."""
+    order, accumulated transposed in ot[c, i] (cols_pad x rows_pad). Per pass, per fold:
+    pack the fold's compressed B (values and A offsets, NC columns per block) and the
+    fold's span of A (MB rows per block, k-major); then tasks of one row block by a chunk
+    of column blocks, spread over the threads, each running the fold in pieces that keep
+    their packed A in L1 (psums wait in the thread's buffer between pieces); after the last
+    fold a task transposes its block of ot into out while it is in cache. Returns -1 when
+    a buffer cannot be allocated, else 0."""
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
@@ -356,10 +362,9 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
     if ot == NULL or pa == NULL or bv == NULL or bo == NULL or ps_all == NULL:
         rc = -1
     else:
-        memset(ot, 0, <size_t>cols_pad * rows_pad * sizeof(float))
-        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, ot, rows_pad, ncb, nib,
-                     nchunk, chunk, piece, pa, bv, bo, ps_all, ps_floats, threads, isa_code)
-        _unpack(isa_code, ot, rows_pad, out, rows, cols, threads)
+        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, ot, rows_pad, ncb,
+                     nib, nchunk, chunk, piece, pa, bv, bo, ps_all, ps_floats, threads,
+                     isa_code)
     simd_free(ot)
     simd_free(pa)
     simd_free(bv)
@@ -369,12 +374,13 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
 
 
 cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const uint8_t *I,
-                       long P, long kc, long cols, int n, int m, long depth, float *ot,
-                       long rows_pad, long ncb, long nib, long nchunk, long chunk, long piece,
+                       long P, long kc, long cols, int n, int m, long depth, float *out,
+                       float *ot, long rows_pad, long ncb, long nib, long nchunk, long chunk, long piece,
                        float *pa, float *bv, int32_t *bo, float *ps_all, size_t ps_floats,
                        int threads, int isa_code) noexcept nogil:
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi, s0, s1
+    cdef int end
     cdef float *ps
     for p in range(P):
         f0 = 0
@@ -397,20 +403,17 @@ cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const
                 s0 = f0
                 while s0 < f1:
                     s1 = s0 + piece if f1 - s0 > piece else f1
+                    end = SP_SPILL
+                    if s1 == f1:
+                        end = SP_STORE if p == 0 and f0 == 0 else SP_ADD
                     for cbi in range(c0, c1):
                         sp_micro(isa_code, s1 - s0, pa + ib * mb * span,
                                  bv + cbi * nr * nc + (s0 - f0) * nc,
                                  bo + cbi * nr * nc + (s0 - f0) * nc,
                                  ps + (cbi - c0) * nc * mb, ot + cbi * nc * rows_pad + ib * mb,
-                                 rows_pad, s0 == f0, s1 == f1)
+                                 rows_pad, s0 == f0, end)
                     s0 = s1
+                if p == P - 1 and f1 == kc:
+                    sp_unpack_out(isa_code, ot, rows_pad, out, cols, ib * mb,
+                                  min(rows, ib * mb + mb), c0 * nc, min(cols, c1 * nc))
             f0 = f1
-
-
-cdef void _unpack(int isa_code, const float *ot, long ldt, float *out, long rows, long cols,
-                  int threads) noexcept nogil:
-    """out[i, c] = ot[c * ldt + i], in bands of 64 rows over the threads."""
-    cdef long nbands = (rows + 63) // 64, band
-    for band in prange(nbands, num_threads=threads, schedule="static"):
-        sp_unpack_out(isa_code, ot, ldt, out, cols, band * 64,
-                      band * 64 + 64 if rows - band * 64 > 64 else rows)

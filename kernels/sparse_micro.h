@@ -28,7 +28,8 @@
  *   psums between pieces: ps[c * MB + i];  output, transposed: ot[c * ldo + i].
  * A micro-kernel runs one MB x NC tile over nr compressed rows:
  *   psum = first ? +0 : ps;  psum = fmaf(A vector, v, psum) over the rows in order;
- *   last ? ot = ot + psum : ps = psum.
+ *   then by `end`: SP_SPILL ps = psum (more of the fold follows), SP_ADD ot = ot + psum,
+ *   SP_STORE ot = +0 + psum (the first fold: ot is not read, out = +0 + psum).
  * The AVX-512F and AVX2+FMA kernels are compiled with target attributes and chosen at run
  * time (simd.h); the scalar kernel uses C fmaf. -ffp-contract=off keeps every other
  * operation unfused.
@@ -47,6 +48,11 @@
 #define SP_A2_NC 6
 #define SP_A5_MB 64
 #define SP_A5_NC 6
+
+/* what a micro-kernel does with the psums it ends with */
+#define SP_SPILL 0
+#define SP_ADD 1
+#define SP_STORE 2
 
 /* packed A of one piece of a fold: at most this many floats (24 KB, half of a 48 KB L1) */
 #define SP_PIECE_FLOATS 6144
@@ -71,7 +77,7 @@ static long sp_piece_rows(int isa, int n, int m)
 /* ---------------------------------------------------------------- scalar, 4 x 4 */
 
 static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_t *bo,
-                         float *ps, float *ot, long ldo, int first, int last)
+                         float *ps, float *ot, long ldo, int first, int end)
 {
     float acc[SP_S_NC][SP_S_MB];
     long r;
@@ -87,8 +93,10 @@ static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_
     }
     for (c = 0; c < SP_S_NC; c++)
         for (i = 0; i < SP_S_MB; i++) {
-            if (last)
+            if (end == SP_ADD)
                 ot[c * ldo + i] = ot[c * ldo + i] + acc[c][i];
+            else if (end == SP_STORE)
+                ot[c * ldo + i] = 0.0f + acc[c][i];
             else
                 ps[c * SP_S_MB + i] = acc[c][i];
         }
@@ -102,7 +110,7 @@ static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_
 
 __attribute__((target("avx2,fma")))
 static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t *bo,
-                       float *ps, float *ot, long ldo, int first, int last)
+                       float *ps, float *ot, long ldo, int first, int end)
 {
 #define SP_A2_DECL(c) __m256 a##c##_0, a##c##_1;
     SP_A2_COLS(SP_A2_DECL)
@@ -129,12 +137,18 @@ static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t 
         bv += SP_A2_NC;
         bo += SP_A2_NC;
     }
-    if (last) {
+    if (end == SP_ADD) {
 #define SP_A2_ADD(c) \
     _mm256_storeu_ps(ot + (c) * ldo, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo), a##c##_0)); \
     _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo + 8), a##c##_1));
         SP_A2_COLS(SP_A2_ADD)
 #undef SP_A2_ADD
+    } else if (end == SP_STORE) {
+        const __m256 z = _mm256_setzero_ps();
+#define SP_A2_STORE(c) _mm256_storeu_ps(ot + (c) * ldo, _mm256_add_ps(z, a##c##_0)); \
+                       _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(z, a##c##_1));
+        SP_A2_COLS(SP_A2_STORE)
+#undef SP_A2_STORE
     } else {
 #define SP_A2_SPILL(c) _mm256_storeu_ps(ps + (c) * SP_A2_MB, a##c##_0); \
                        _mm256_storeu_ps(ps + (c) * SP_A2_MB + 8, a##c##_1);
@@ -152,7 +166,7 @@ static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t 
 
 __attribute__((target("avx512f")))
 static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_t *bo,
-                         float *ps, float *ot, long ldo, int first, int last)
+                         float *ps, float *ot, long ldo, int first, int end)
 {
 #define SP_A5_DECL(c) __m512 a##c##_0, a##c##_1, a##c##_2, a##c##_3;
     SP_A5_COLS(SP_A5_DECL)
@@ -182,13 +196,20 @@ static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_
         bv += SP_A5_NC;
         bo += SP_A5_NC;
     }
-    if (last) {
+    if (end == SP_ADD) {
 #define SP_A5_ADD1(c, q) _mm512_storeu_ps(ot + (c) * ldo + 16 * (q), \
         _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo + 16 * (q)), a##c##_##q));
 #define SP_A5_ADD(c) SP_A5_PARTS(SP_A5_ADD1, c)
         SP_A5_COLS(SP_A5_ADD)
 #undef SP_A5_ADD
 #undef SP_A5_ADD1
+    } else if (end == SP_STORE) {
+        const __m512 z = _mm512_setzero_ps();
+#define SP_A5_STORE1(c, q) _mm512_storeu_ps(ot + (c) * ldo + 16 * (q), _mm512_add_ps(z, a##c##_##q));
+#define SP_A5_STORE(c) SP_A5_PARTS(SP_A5_STORE1, c)
+        SP_A5_COLS(SP_A5_STORE)
+#undef SP_A5_STORE
+#undef SP_A5_STORE1
     } else {
 #define SP_A5_SPILL1(c, q) _mm512_store_ps(ps + (c) * SP_A5_MB + 16 * (q), a##c##_##q);
 #define SP_A5_SPILL(c) SP_A5_PARTS(SP_A5_SPILL1, c)
@@ -200,16 +221,16 @@ static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_
 
 #endif /* x86 */
 
-/* One MB x NC tile over nr compressed rows with the micro-kernel of `isa` (the layouts
- * and the first / last modes are in the header comment). */
+/* One MB x NC tile over nr compressed rows with the micro-kernel of `isa` (the layouts,
+ * `first` and `end` are in the header comment). */
 static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
-                     float *ps, float *ot, long ldo, int first, int last)
+                     float *ps, float *ot, long ldo, int first, int end)
 {
 #if SIMD_X86
-    if (isa == SIMD_ISA_AVX512) { sp_uk_avx512(nr, pa, bv, bo, ps, ot, ldo, first, last); return; }
-    if (isa == SIMD_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ps, ot, ldo, first, last); return; }
+    if (isa == SIMD_ISA_AVX512) { sp_uk_avx512(nr, pa, bv, bo, ps, ot, ldo, first, end); return; }
+    if (isa == SIMD_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ps, ot, ldo, first, end); return; }
 #endif
-    sp_uk_scalar(nr, pa, bv, bo, ps, ot, ldo, first, last);
+    sp_uk_scalar(nr, pa, bv, bo, ps, ot, ldo, first, end);
 }
 
 /* ---------------------------------------------------------------- packing */
@@ -263,19 +284,21 @@ static void sp_pack_b(const float *V, const uint8_t *I, long cols, int n, int m,
     }
 }
 
-/* out[i, c] = ot[c * ldt + i] for rows [i0, i1) of out (rows x cols, row-major). */
+/* out[i, c] = ot[c * ldt + i] for rows [i0, i1) and columns [c0, c1) of out (row-major,
+ * cols columns). */
 static void sp_unpack_out(int isa, const float *ot, long ldt, float *out, long cols, long i0,
-                          long i1)
+                          long i1, long c0, long c1)
 {
     long i, c, cb, ce;
 #if SIMD_X86
     if (isa == SIMD_ISA_AVX512) {
-        simd_transpose_avx512(ot + i0, ldt, cols, i1 - i0, out + i0 * cols, cols, cols);
+        simd_transpose_avx512(ot + c0 * ldt + i0, ldt, c1 - c0, i1 - i0, out + i0 * cols + c0,
+                              cols, c1 - c0);
         return;
     }
 #endif
-    for (cb = 0; cb < cols; cb += 64) {  /* 64-column blocks: a strided copy misses the cache */
-        ce = cb + 64 < cols ? cb + 64 : cols;
+    for (cb = c0; cb < c1; cb += 64) {  /* 64-column blocks: a strided copy misses the cache */
+        ce = cb + 64 < c1 ? cb + 64 : c1;
         for (i = i0; i < i1; i++)
             for (c = cb; c < ce; c++) out[i * cols + c] = ot[c * ldt + i];
     }
