@@ -332,7 +332,7 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
                     long P, long kc, long cols, int n, int m, long depth, float *out,
                     int threads, int isa_code) noexcept nogil:
     """The one C entry of spmm, every ISA: out (rows x cols) = the passes in the sparse pass
-    order, accumulated transposed in ot[c, i] (cols_pad x rows_pad). Per pass, per fold:
+    order, accumulated transposed in ot[c * ldt + i] (cols_pad x ldt). Per pass, per fold:
     pack the fold's compressed B (values and A offsets, NC columns per block) and the
     fold's span of A (MB rows per block, k-major); then tasks of one row block by a chunk
     of column blocks, spread over the threads, each running the fold in pieces that keep
@@ -342,6 +342,9 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
+    # a row of ot one cache line longer than rows_pad: a power-of-two stride would make the
+    # output's loads and stores alias in the cache (and in the store buffer)
+    cdef long ldt = rows_pad + 16
     cdef long nr_max = depth if depth < kc else kc
     cdef long span_max = ((nr_max + n - 1) // n + 1) * m
     cdef long piece = sp_piece_rows(isa_code, n, m)
@@ -353,7 +356,7 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
             nchunk = ncb
     cdef long chunk = (ncb + nchunk - 1) // nchunk
     cdef size_t ps_floats = <size_t>chunk * nc * mb  # one task's psums, per thread
-    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * rows_pad, sizeof(float))
+    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * ldt, sizeof(float))
     cdef float *pa = <float *>simd_alloc(<size_t>rows_pad * span_max, sizeof(float))
     cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
     cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
@@ -362,7 +365,7 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
     if ot == NULL or pa == NULL or bv == NULL or bo == NULL or ps_all == NULL:
         rc = -1
     else:
-        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, ot, rows_pad, ncb,
+        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, ot, ldt, ncb,
                      nib, nchunk, chunk, piece, pa, bv, bo, ps_all, ps_floats, threads,
                      isa_code)
     simd_free(ot)
@@ -375,7 +378,7 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
 
 cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const uint8_t *I,
                        long P, long kc, long cols, int n, int m, long depth, float *out,
-                       float *ot, long rows_pad, long ncb, long nib, long nchunk, long chunk, long piece,
+                       float *ot, long ldt, long ncb, long nib, long nchunk, long chunk, long piece,
                        float *pa, float *bv, int32_t *bo, float *ps_all, size_t ps_floats,
                        int threads, int isa_code) noexcept nogil:
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
@@ -410,10 +413,10 @@ cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const
                         sp_micro(isa_code, s1 - s0, pa + ib * mb * span,
                                  bv + cbi * nr * nc + (s0 - f0) * nc,
                                  bo + cbi * nr * nc + (s0 - f0) * nc,
-                                 ps + (cbi - c0) * nc * mb, ot + cbi * nc * rows_pad + ib * mb,
-                                 rows_pad, s0 == f0, end)
+                                 ps + (cbi - c0) * nc * mb, ot + cbi * nc * ldt + ib * mb,
+                                 ldt, s0 == f0, end)
                     s0 = s1
                 if p == P - 1 and f1 == kc:
-                    sp_unpack_out(isa_code, ot, rows_pad, out, cols, ib * mb,
+                    sp_unpack_out(isa_code, ot, ldt, out, cols, ib * mb,
                                   min(rows, ib * mb + mb), c0 * nc, min(cols, c1 * nc))
             f0 = f1
