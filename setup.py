@@ -28,7 +28,11 @@ def _flag(name):
 
 def _first_line(completed):
     lines = (completed.stderr or completed.stdout or "").strip().splitlines()
-    return lines[0][:120] if lines else f"exit status {completed.returncode}"
+    if lines:
+        return lines[0][:120]
+    if completed.returncode < 0:
+        return f"killed by signal {-completed.returncode}"
+    return f"exit status {completed.returncode}"
 
 
 def openmp_probe(flags=("-fopenmp",)):

@@ -1,9 +1,6 @@
 """sysbench: benchmarks and cycle models for systolic-array accelerator techniques."""
 __version__ = "0.1.0"
 
-# the compiled kernel modules (sysbench._kernels.<name>), each with isa()
-KERNELS = ("systolic", "sparse", "tconv", "sample")
-
 
 def openmp_enabled() -> bool:
     """True when the compiled kernels use OpenMP; False for the serial fallback build."""
@@ -12,15 +9,19 @@ def openmp_enabled() -> bool:
     return config.openmp_enabled()
 
 
-def kernel_isas() -> dict:
-    """{kernel: the SIMD path it runs ("avx512", "avx2", "scalar")}, for a result's machine
-    record; a kernel that is not built is left out."""
+def kernel_isas() -> dict[str, str]:
+    """The SIMD path each compiled kernel with several runs ("avx512", "avx2", "scalar")."""
     import importlib
+    import pkgutil
 
-    isas = {}
-    for name in KERNELS:
+    from . import _kernels
+
+    paths = {}
+    for info in pkgutil.iter_modules(_kernels.__path__):
         try:
-            isas[name] = importlib.import_module(f"{__name__}._kernels.{name}").isa()
+            module = importlib.import_module(f"{_kernels.__name__}.{info.name}")
         except ImportError:
             continue
-    return isas
+        if callable(getattr(module, "isa", None)):
+            paths[info.name] = module.isa()
+    return paths
