@@ -3,7 +3,7 @@
 # `_isa` (the path in use, a SIMD_ISA_* code its nogil cores read) and the same Python
 # functions in every module: isa(), available_isas(), set_isa(). The environment variable
 # SYSBENCH_ISA forces a path at import; a name this CPU cannot run is ignored with a warning
-# rather than making the module unimportable.
+# rather than making the module unimportable. Include checks.pxi first (set_isa uses it).
 import os
 import warnings
 

@@ -46,6 +46,7 @@ cdef extern from "sparse_micro.h" nogil:
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
+    int SP_MAX_MB
     int SP_SPILL
     int SP_ADD
     int SP_STORE
@@ -309,6 +310,8 @@ def spmm(a, values, indices, n, m, fold_depth, threads=1):
                          f"zero columns), got {a.shape[1]}")
     fold_depth = check_int(fold_depth, "fold_depth", CONS_POSITIVE)
     threads = check_threads(threads)
+    if (kp + m) * SP_MAX_MB >= 2 ** 31:  # packed-A offsets (in floats) are int32
+        raise ValueError(f"a has {kp} columns; spmm takes fewer than {2 ** 31 // SP_MAX_MB - m}")
     if P == 0:
         return np.zeros((a.shape[0], cols), dtype=np.float32)
     out = np.empty((a.shape[0], cols), dtype=np.float32)  # every element is written
@@ -333,12 +336,12 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
                     int threads, int isa_code) noexcept nogil:
     """The one C entry of spmm, every ISA: out (rows x cols) = the passes in the sparse pass
     order, accumulated transposed in ot[c * ldt + i] (cols_pad x ldt). Per pass, per fold:
-    pack the fold's compressed B (values and A offsets, NC columns per block) and the
-    fold's span of A (MB rows per block, k-major); then tasks of one row block by a chunk
-    of column blocks, spread over the threads, each running the fold in pieces that keep
-    their packed A in L1 (psums wait in the thread's buffer between pieces); after the last
-    fold a task transposes its block of ot into out while it is in cache. Returns -1 when
-    a buffer cannot be allocated, else 0."""
+    pack the fold's compressed B (values and A offsets, NC columns per block); then tasks
+    of one row block by a chunk of column blocks, spread over the threads: a task packs its
+    row block's span of A (k-major, into the thread's buffer) and runs the fold in pieces
+    that keep their packed A in L1 (psums wait in the thread's buffer between pieces);
+    after the last fold it transposes its block of ot into out while that is in cache.
+    Returns -1 when a buffer cannot be allocated, else 0."""
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
@@ -356,8 +359,9 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
             nchunk = ncb
     cdef long chunk = (ncb + nchunk - 1) // nchunk
     cdef size_t ps_floats = <size_t>chunk * nc * mb  # one task's psums, per thread
+    cdef size_t pa_floats = <size_t>mb * span_max    # one row block's packed A, per thread
     cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * ldt, sizeof(float))
-    cdef float *pa = <float *>simd_alloc(<size_t>rows_pad * span_max, sizeof(float))
+    cdef float *pa = <float *>simd_alloc(<size_t>threads * pa_floats, sizeof(float))
     cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
     cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
     cdef float *ps_all = <float *>simd_alloc(<size_t>threads * ps_floats, sizeof(float))
@@ -366,8 +370,8 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
         rc = -1
     else:
         _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, ot, ldt, ncb,
-                     nib, nchunk, chunk, piece, pa, bv, bo, ps_all, ps_floats, threads,
-                     isa_code)
+                     nib, nchunk, chunk, piece, pa, pa_floats, bv, bo, ps_all, ps_floats,
+                     threads, isa_code)
     simd_free(ot)
     simd_free(pa)
     simd_free(bv)
@@ -379,11 +383,13 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
 cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const uint8_t *I,
                        long P, long kc, long cols, int n, int m, long depth, float *out,
                        float *ot, long ldt, long ncb, long nib, long nchunk, long chunk, long piece,
-                       float *pa, float *bv, int32_t *bo, float *ps_all, size_t ps_floats,
-                       int threads, int isa_code) noexcept nogil:
+                       float *pa_all, size_t pa_floats, float *bv, int32_t *bo,
+                       float *ps_all, size_t ps_floats, int threads,
+                       int isa_code) noexcept nogil:
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
     cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi, s0, s1
     cdef int end
+    cdef float *pa
     cdef float *ps
     for p in range(P):
         f0 = 0
@@ -396,13 +402,13 @@ cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const
             for cb in prange(ncb, num_threads=threads, schedule="static"):
                 sp_pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr,
                           g0, cb, bv + cb * nr * nc, bo + cb * nr * nc)
-            for ib in prange(nib, num_threads=threads, schedule="static"):
-                sp_pack_a(isa_code, A, rows, kp, mb, ib, g0 * m, span, pa + ib * mb * span)
             for t in prange(nib * nchunk, num_threads=threads, schedule="dynamic"):
                 ib = t // nchunk
                 c0 = (t % nchunk) * chunk
                 c1 = c0 + chunk if ncb - c0 > chunk else ncb
+                pa = pa_all + threadid() * pa_floats
                 ps = ps_all + threadid() * ps_floats
+                sp_pack_a(isa_code, A, rows, kp, mb, ib, g0 * m, span, pa)
                 s0 = f0
                 while s0 < f1:
                     s1 = s0 + piece if f1 - s0 > piece else f1
@@ -410,7 +416,7 @@ cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const
                     if s1 == f1:
                         end = SP_STORE if p == 0 and f0 == 0 else SP_ADD
                     for cbi in range(c0, c1):
-                        sp_micro(isa_code, s1 - s0, pa + ib * mb * span,
+                        sp_micro(isa_code, s1 - s0, pa,
                                  bv + cbi * nr * nc + (s0 - f0) * nc,
                                  bo + cbi * nr * nc + (s0 - f0) * nc,
                                  ps + (cbi - c0) * nc * mb, ot + cbi * nc * ldt + ib * mb,

@@ -48,6 +48,7 @@
 #define SP_A2_NC 6
 #define SP_A5_MB 64
 #define SP_A5_NC 6
+#define SP_MAX_MB SP_A5_MB
 
 /* what a micro-kernel does with the psums it ends with */
 #define SP_SPILL 0
