@@ -1,4 +1,3 @@
-# cython: language_level=3
 """Build-time facts the package reports at run time."""
 
 cdef extern from *:
@@ -13,6 +12,7 @@ cdef extern from *:
     #endif
     """
     int SYSBENCH_HAVE_OPENMP
+    int SYSBENCH_DEBUG  # set by setup.py (SYSBENCH_DEBUG=1: bounds checks on, -O0 -g)
     int sysbench_max_threads() nogil
 
 
@@ -41,3 +41,8 @@ def cython_version():
     text = f"{(v >> 24) & 0xFF}.{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}"
     level = v & 0xF0
     return text + (f"{_LEVELS[level]}{v & 0x0F}" if level in _LEVELS else "")
+
+
+def debug_build():
+    """True for a SYSBENCH_DEBUG=1 build (bounds checks on, unoptimised: slow kernels)."""
+    return bool(SYSBENCH_DEBUG)

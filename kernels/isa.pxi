@@ -1,17 +1,28 @@
-# The run-time choice of SIMD path, shared by the kernels that have several (systolic,
-# sparse, sample). Included (textually) by a module after it defines
-#   _ISA_CODES = {"scalar": ..., "avx2": ..., "avx512": ...}   its C header's codes
-#   cdef int _isa_best() noexcept nogil / cdef int _isa_supported(int) noexcept nogil
-# The environment variable SYSBENCH_ISA forces a path at import; a name this CPU cannot run
-# is ignored with a warning rather than making the module unimportable.
+# The run-time choice of SIMD path (the Cython side of simd.h), included textually by the
+# kernels that have several paths (systolic, sparse, sample). It gives the module a C global
+# `_isa` (the path in use, a SIMD_ISA_* code its nogil cores read) and the same Python
+# functions in every module: isa(), available_isas(), set_isa(). The environment variable
+# SYSBENCH_ISA forces a path at import; a name this CPU cannot run is ignored with a warning
+# rather than making the module unimportable. Include checks.pxi first (set_isa uses it).
+import os
+import warnings
 
+cdef extern from "simd.h" nogil:
+    int SIMD_ISA_SCALAR
+    int SIMD_ISA_AVX2
+    int SIMD_ISA_AVX512
+    int simd_isa_supported(int isa)
+    int simd_isa_best()
+
+_ISA_CODES = {"scalar": SIMD_ISA_SCALAR, "avx2": SIMD_ISA_AVX2, "avx512": SIMD_ISA_AVX512}
 _ISA_NAMES = {code: name for name, code in _ISA_CODES.items()}
-cdef int _isa = _isa_best()
+cdef int _isa = simd_isa_best()
 
 
 def available_isas():
     """SIMD paths this CPU can run, widest first."""
-    return tuple(name for name in ("avx512", "avx2", "scalar") if _isa_supported(_ISA_CODES[name]))
+    return tuple(name for name in ("avx512", "avx2", "scalar")
+                 if simd_isa_supported(_ISA_CODES[name]))
 
 
 def isa():
@@ -28,11 +39,10 @@ def set_isa(name=None):
     global _isa
     previous = _ISA_NAMES[_isa]
     if name is None:
-        _isa = _isa_best()
+        _isa = simd_isa_best()
         return previous
-    if name not in _ISA_CODES:
-        raise ValueError(f"isa must be one of {sorted(_ISA_CODES)}, got {name!r}")
-    if not _isa_supported(_ISA_CODES[name]):
+    check_choice(name, "isa", tuple(_ISA_CODES))
+    if not simd_isa_supported(_ISA_CODES[name]):
         raise ValueError(f"isa {name!r} is not supported by this CPU "
                          f"(available: {', '.join(available_isas())})")
     _isa = _ISA_CODES[name]

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The memory system of a systolic array running one GEMM: double-buffered operand SRAMs, DRAM
 bandwidth stalls, traffic.
 

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Multinomial sampling by parallel (chunked, two-level) cumulative sums.
 
 A row of V nonnegative float32 weights (unnormalised allowed) is cut into ``units`` chunks of
@@ -24,9 +23,6 @@ holds the target. Both perform the same additions, so they return identical indi
 every SIMD path (``isa()``, ``set_isa``; the environment variable SYSBENCH_ISA picks one at
 import) and for any thread count.
 """
-import os
-import warnings
-
 import numpy as np
 
 from cython.parallel cimport prange
@@ -34,15 +30,10 @@ from libc.stdint cimport int64_t
 
 
 cdef extern from "sample_simd.h" nogil:
-    int SM_ISA_SCALAR
-    int SM_ISA_AVX2
-    int SM_ISA_AVX512
     int SM_BAD_VALUE
     int SM_ALL_ZERO
     int SM_RESCAN
     int SM_LOST
-    int sm_isa_supported(int isa)
-    int sm_isa_best()
     long sm_group_count(long B, long V, long L)
     void sm_scan_group(int isa, const float *probs, long B, long V, long U, long L, long g,
                        float *work, float *totals, float *mins)
@@ -55,18 +46,9 @@ cdef extern from "sample_simd.h" nogil:
                           const float *mins, double u, float *work)
 
 
-_ISA_CODES = {"scalar": SM_ISA_SCALAR, "avx2": SM_ISA_AVX2, "avx512": SM_ISA_AVX512}
 METHODS = ("full_scan", "chunk_select")
 
-
-cdef inline int _isa_best() noexcept nogil:
-    return sm_isa_best()
-
-
-cdef inline int _isa_supported(int code) noexcept nogil:
-    return sm_isa_supported(code)
-
-
+include "checks.pxi"
 include "isa.pxi"
 
 
@@ -76,20 +58,12 @@ def chunk_length(V, units):
 
 
 def _check_probs(probs):
-    probs = np.asarray(probs)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be a 2-D (batch, vocab) array, got shape {probs.shape}")
-    if probs.dtype != np.float32:
-        raise ValueError(f"probs must be float32, got {probs.dtype}")
-    if probs.shape[1] < 1:
-        raise ValueError("probs must have at least one column (vocab >= 1)")
-    return np.ascontiguousarray(probs)
+    # an empty batch is fine; a row needs at least one weight (vocab >= 1)
+    return check_array(np.asarray(probs), "probs", (np.float32,), 2, "(batch, vocab)", (1,))
 
 
 def _check_units(units):
-    if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-        raise ValueError(f"units must be a positive integer, got {units!r}")
-    return int(units)
+    return check_int(units, "units", CONS_POSITIVE)
 
 
 # A parallel stage gets a second thread only for this many elements per thread (~50 us of
@@ -101,12 +75,6 @@ MIN_ELEMENTS_PER_THREAD = 1 << 17
 def _team(elements, threads):
     """Threads for a stage of `elements` element-steps, at most `threads`."""
     return int(max(1, min(threads, elements // MIN_ELEMENTS_PER_THREAD)))
-
-
-def _check_threads(threads):
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return int(threads)
 
 
 def _bad_row_message(row, x):
@@ -233,9 +201,8 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
     """
     probs = _check_probs(probs)
     units = _check_units(units)
-    threads = _check_threads(threads)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    threads = check_threads(threads)
+    check_choice(method, "method", METHODS)
     u = np.ascontiguousarray(uniforms, dtype=np.float64)
     if u.ndim > 1:  # a (1, B) or (B, 1) array would otherwise be flattened silently
         raise ValueError(f"uniforms must be 1-D (one value per row), got shape {u.shape}")
@@ -264,7 +231,7 @@ def sample(probs, uniforms, units, method="chunk_select", threads=1):
 def chunk_totals(probs, units, threads=1):
     """(B, units) float32 chunk totals T_c (no checks on the weights)."""
     probs = _check_probs(probs)
-    _, totals, _ = _scan(probs, _check_units(units), _check_threads(threads), False)
+    _, totals, _ = _scan(probs, _check_units(units), check_threads(threads), False)
     return totals
 
 
@@ -272,7 +239,7 @@ def cumulative(probs, units, threads=1):
     """(B, V) float32 cumulative values cum[i] exactly as full_scan materialises them."""
     probs = _check_probs(probs)
     units = _check_units(units)
-    threads = _check_threads(threads)
+    threads = check_threads(threads)
     work, totals, mins = _scan(probs, units, threads, True)
     out = np.empty(probs.shape[0], dtype=np.int64)
     if probs.shape[0]:

@@ -7,27 +7,16 @@
  * in registers, then add its rows in order -- element j of every chunk at once.
  *
  * Paths: AVX-512F (16 lanes), AVX2 (two 8-lane halves), scalar. They are compiled with
- * __attribute__((target(...))) and picked at run time with __builtin_cpu_supports, so one
- * build runs on any x86-64. All give the same bits (the same IEEE additions in the same
+ * __attribute__((target(...))) and picked at run time (simd.h), so one build runs on any
+ * x86-64. All give the same bits (the same IEEE additions in the same
  * order); -ffp-contract=off keeps the compiler from fusing anything.
  */
 #ifndef SYSBENCH_SAMPLE_SIMD_H
 #define SYSBENCH_SAMPLE_SIMD_H
 
 #include <math.h>
-#include <stdint.h>
-#include <stddef.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define SM_X86 1
-#include <immintrin.h>
-#else
-#define SM_X86 0
-#endif
-
-#define SM_ISA_SCALAR 0
-#define SM_ISA_AVX2 1
-#define SM_ISA_AVX512 2
+#include "simd.h"
 
 #define SM_BAD_VALUE (-1)  /* a negative, NaN or infinite weight, or a sum that overflows */
 #define SM_ALL_ZERO (-2)
@@ -55,24 +44,6 @@ static inline void sm_prefetch_lanes(const float *const *src, const float *const
     }
 }
 
-static int sm_isa_supported(int isa)
-{
-    if (isa == SM_ISA_SCALAR) return 1;
-#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (isa == SM_ISA_AVX2) return __builtin_cpu_supports("avx2");
-    if (isa == SM_ISA_AVX512) return __builtin_cpu_supports("avx512f");
-#endif
-    return 0;
-}
-
-static int sm_isa_best(void)
-{
-    if (sm_isa_supported(SM_ISA_AVX512)) return SM_ISA_AVX512;
-    if (sm_isa_supported(SM_ISA_AVX2)) return SM_ISA_AVX2;
-    return SM_ISA_SCALAR;
-}
-
 /* ---- scalar: one chunk at a time ------------------------------------------------------ */
 
 static void sm_group_scalar(const float *const *src, float *const *dst, long n,
@@ -91,41 +62,9 @@ static void sm_group_scalar(const float *const *src, float *const *dst, long n,
     }
 }
 
-#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+#if SIMD_X86
 
 /* ---- AVX-512: 16 chunks in the 16 lanes ------------------------------------------------ */
-
-/* In place: r[i] lane j  <-  r[j] lane i. */
-__attribute__((target("avx512f"), always_inline))
-static inline void sm_transpose16(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    /* r[4i + q] now holds, in 128-bit block m, elements 4m..4m+3 of rows 4i..4i+3 at column q. */
-    for (int q = 0; q < 4; q++) {
-        t[q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
-        t[4 + q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
-        t[8 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
-        t[12 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
-    }
-    for (int q = 0; q < 4; q++) {
-        r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
-        r[4 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0x88);
-        r[8 + q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xdd);
-        r[12 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xdd);
-    }
-}
 
 __attribute__((target("avx512f")))
 static void sm_group_avx512(const float *const *src, const float *const *next,
@@ -142,7 +81,7 @@ static void sm_group_avx512(const float *const *src, const float *const *next,
         const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
         sm_prefetch_lanes(src, next, n, j, 16);
         for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, src[k] + j);
-        sm_transpose16(r);
+        simd_transpose16_avx512(r);
         __m512 m01 = _mm512_min_ps(r[0], r[1]), m23 = _mm512_min_ps(r[2], r[3]);
         __m512 m45 = _mm512_min_ps(r[4], r[5]), m67 = _mm512_min_ps(r[6], r[7]);
         __m512 m89 = _mm512_min_ps(r[8], r[9]), mab = _mm512_min_ps(r[10], r[11]);
@@ -152,7 +91,7 @@ static void sm_group_avx512(const float *const *src, const float *const *next,
         mn = _mm512_min_ps(mn, _mm512_min_ps(m01, m89));
         if (dst) {
             for (int k = 0; k < 16; k++) { acc = _mm512_add_ps(acc, r[k]); r[k] = acc; }
-            sm_transpose16(r);
+            simd_transpose16_avx512(r);
             for (int k = 0; k < 16; k++) _mm512_mask_storeu_ps(dst[k] + j, m, r[k]);
         } else {
             for (int k = 0; k < 16; k++) acc = _mm512_add_ps(acc, r[k]);
@@ -223,9 +162,9 @@ static void sm_group8_avx2(const float *const *src, const float *const *next,
 static void sm_group16(int isa, const float *const *src, const float *const *next,
                        float *const *dst, long n, float *total, float *minv)
 {
-#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SM_ISA_AVX512) { sm_group_avx512(src, next, dst, n, total, minv); return; }
-    if (isa == SM_ISA_AVX2) {
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) { sm_group_avx512(src, next, dst, n, total, minv); return; }
+    if (isa == SIMD_ISA_AVX2) {
         sm_group8_avx2(src, next, dst, n, total, minv);
         sm_group8_avx2(src + 8, next ? next + 8 : NULL, dst ? dst + 8 : NULL, n, total + 8,
                        minv + 8);
@@ -365,7 +304,7 @@ static void sm_rescan_scalar(const float *const *src, long n, const float *off, 
     }
 }
 
-#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
+#if SIMD_X86
 
 __attribute__((target("avx512f")))
 static void sm_rescan_avx512(const float *const *src, long n, const float *off, const float *t,
@@ -382,7 +321,7 @@ static void sm_rescan_avx512(const float *const *src, long n, const float *off, 
         const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
         sm_prefetch_lanes(src, NULL, n, j, 16);
         for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, src[k] + j);
-        sm_transpose16(r);
+        simd_transpose16_avx512(r);
         for (int k = 0; k < 16; k++) {
             acc = _mm512_add_ps(acc, r[k]);
             const __mmask16 now = _mm512_mask_cmp_ps_mask((__mmask16)~found,
@@ -431,9 +370,9 @@ static void sm_rescan8_avx2(const float *const *src, long n, const float *off, c
 static void sm_rescan16(int isa, const float *const *src, long n, const float *off,
                         const float *t, long *hit)
 {
-#if SM_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SM_ISA_AVX512) { sm_rescan_avx512(src, n, off, t, hit); return; }
-    if (isa == SM_ISA_AVX2) {
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) { sm_rescan_avx512(src, n, off, t, hit); return; }
+    if (isa == SIMD_ISA_AVX2) {
         sm_rescan8_avx2(src, n, off, t, hit);
         sm_rescan8_avx2(src + 8, n, off + 8, t + 8, hit + 8);
         return;

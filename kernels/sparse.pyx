@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """N:M sparsity by exact decomposition, and the sparse passes of a systolic array.
 
 A weight matrix W (K x cols; K is the reduction dimension) obeys N:M when every group of
@@ -27,91 +26,57 @@ out[i, c] = out[i, c] + psum. This is a ws array's fold order applied to the K*N
 compressed reduction rows, every fold of every pass adding into one output accumulator.
 
 Wrappers validate and raise a ValueError naming the bad argument; cores are nogil C loops.
-spmm's micro-kernels (sparse_micro.h) are chosen at run time: AVX-512F (lanes along output
-columns; vpermps selects each column's A element from the group's candidates in a
-register), AVX2+FMA or scalar fmaf (lanes along rows of A; the index becomes the address
-of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests use it).
-decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
+spmm has one driver and a micro-kernel per ISA (sparse_micro.h), chosen at run time:
+AVX-512F, AVX2+FMA or scalar fmaf, all with lanes along rows of A (the index becomes the
+address of a packed A vector). All give the same bits; ``set_isa`` forces one (the tests
+use it). decompose's loops are plain C compiled for AVX2 and baseline (target_clones).
 """
-import os
-import warnings
-
 import numpy as np
 
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 cdef extern from "sparse_micro.h" nogil:
-    int SP_ISA_SCALAR
-    int SP_ISA_AVX2
-    int SP_ISA_AVX512
-    int sp_isa_supported(int isa)
-    int sp_isa_best()
     int sp_isa_mb(int isa)
     int sp_isa_nc(int isa)
-    void *sp_alloc(size_t nbytes)
+    long sp_piece_rows(int isa, int n, int m)
+    void *simd_alloc(size_t count, size_t size)
+    void simd_free(void *p)
     int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g, uint8_t *cnt)
     void sp_fill_group(const float *w, long K, long cols, int n, int m, long g, int slots,
                        long kc, float *values, uint8_t *indices)
-    void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
-                     long r1, const int32_t *bi, const float *bv, float *out, long ldo,
-                     long c0, int width)
+    int SP_MAX_MB
+    int SP_SPILL
+    int SP_ADD
+    int SP_STORE
     void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
-                  float *ot, long ldo)
+                  float *ps, float *ot, long ldo, int first, int end)
+    void sp_pack_a(int isa, const float *A, long rows, long kp, int mb, long ib, long k0,
+                   long span, float *pa)
+    void sp_pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb, int nc,
+                   long f0, long nr, long g0, long cb, float *bv, int32_t *bo)
+    void sp_unpack_out(int isa, const float *ot, long ldt, float *out, long cols, long i0,
+                       long i1, long c0, long c1)
 
 MAX_M = 16  # in-group indices must fit the metadata (and the uint8 layout)
 
-_ISA_CODES = {"scalar": SP_ISA_SCALAR, "avx2": SP_ISA_AVX2, "avx512": SP_ISA_AVX512}
-
-
-cdef inline int _isa_best() noexcept nogil:
-    return sp_isa_best()
-
-
-cdef inline int _isa_supported(int code) noexcept nogil:
-    return sp_isa_supported(code)
-
-
+include "checks.pxi"
 include "isa.pxi"
 
 
 # ------------------------------------------------------------------ validation
 
-def _int(x, name):
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {x!r}")
-    return int(x)
-
-
 def _nm(n, m):
-    n, m = _int(n, "n"), _int(m, "m")
-    if not 2 <= m <= MAX_M:
-        raise ValueError(f"m must be in 2..{MAX_M} (an in-group index must fit), got {m}")
+    n = check_int(n, "n")
+    m = check_int_range(m, "m", 2, MAX_M, " (an in-group index must fit)")
     if not 1 <= n < m:
         raise ValueError(f"n must satisfy 1 <= n < m = {m}, got {n}")
     return n, m
 
 
 def _weights(w, name="w"):
-    if not isinstance(w, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(w).__name__}")
-    if w.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got ndim={w.ndim}")
-    if w.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {w.dtype} "
-                         f"(convert with {name}.astype(np.float32))")
-    if w.shape[0] < 1 or w.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and column, got shape {w.shape}")
-    return np.ascontiguousarray(w)
-
-
-def _threads(threads):
-    threads = _int(threads, "threads")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return threads
+    return check_array(w, name, (np.float32,), 2)
 
 
 def groups(k, m):
@@ -130,10 +95,8 @@ def counts(w, m, threads=1):
     """Per-group nonzero counts (G x cols, uint8) of w (K x cols) for groups of m rows.
     Raises ValueError if w holds NaN or inf (naming the first bad row and column)."""
     w = _weights(w)
-    m = _int(m, "m")
-    if not 1 <= m <= MAX_M:
-        raise ValueError(f"m must be in 2..{MAX_M}, got {m}")
-    threads = _threads(threads)
+    m = check_int_range(m, "m", 1, MAX_M)
+    threads = check_threads(threads)
     cdef long k = w.shape[0], cols = w.shape[1], G = groups(w.shape[0], m)
     out = np.empty((G, cols), dtype=np.uint8)
     bad = np.zeros(G, dtype=np.uint8)
@@ -184,7 +147,7 @@ def decompose(w, n, m, threads=1):
     float32 and uint8 (see the module docstring for the slot order)."""
     n, m = _nm(n, m)
     w = _weights(w)
-    threads = _threads(threads)
+    threads = check_threads(threads)
     group_counts = counts(w, m, threads)
     P = passes_for(group_counts, n)
     cdef long G = group_counts.shape[0], cols = w.shape[1]
@@ -224,7 +187,7 @@ def expand(values, indices, n, m, k):
     values, indices, n, m = _compressed(values, indices, n, m)
     P, kc, cols = values.shape
     G = kc // n
-    k = _int(k, "k")
+    k = check_int(k, "k")
     if not (G - 1) * m < k <= G * m:
         raise ValueError(f"k = {k} does not match {G} groups of m = {m}")
     rows = (np.arange(kc) // n * m)[:, None] + indices.astype(np.int64)  # (P, kc, cols)
@@ -281,15 +244,19 @@ def permute(w, n, m):
 
 cdef int _assign_shim(const int32_t[::1] row_ptr, const int32_t[::1] col_idx,
                       const int64_t[::1] order, long G, int m, long cols, int cap,
-                      int64_t[::1] group_of):
-    cdef uint16_t *cnt = <uint16_t *>malloc(G * cols * sizeof(uint16_t))
-    cdef int *fill = <int *>malloc(G * sizeof(int))
+                      int64_t[::1] group_of) except -1:
+    cdef uint16_t *cnt = <uint16_t *>simd_alloc(G * cols, sizeof(uint16_t))
+    cdef int *fill = <int *>simd_alloc(G, sizeof(int))
     cdef int ok
+    if cnt == NULL or fill == NULL:
+        simd_free(cnt)
+        simd_free(fill)
+        raise MemoryError(f"permute: could not allocate the group counts ({G} x {cols})")
     with nogil:
         ok = _assign(&row_ptr[0], &col_idx[0] if col_idx.shape[0] else NULL, &order[0],
                      order.shape[0], G, m, cols, cap, cnt, fill, &group_of[0])
-    free(cnt)
-    free(fill)
+    simd_free(cnt)
+    simd_free(fill)
     return ok
 
 
@@ -335,154 +302,95 @@ def spmm(a, values, indices, n, m, fold_depth, threads=1):
     """float32 (rows, cols) = A (rows x G*m) times the compressed passes, in the sparse
     pass order of the module docstring (folds of ``fold_depth`` compressed rows)."""
     values, indices, n, m = _compressed(values, indices, n, m)
-    a = _weights(a, "a")
+    a = check_array(a, "a", (np.float32,), 2)
     P, kc, cols = values.shape
     kp = kc // n * m
     if a.shape[1] != kp:
         raise ValueError(f"a must have {kp} columns (G = {kc // n} groups of m = {m}, pad with "
                          f"zero columns), got {a.shape[1]}")
-    fold_depth = _int(fold_depth, "fold_depth")
-    if fold_depth < 1:
-        raise ValueError(f"fold_depth must be >= 1, got {fold_depth}")
-    threads = _threads(threads)
-    rows = a.shape[0]
+    fold_depth = check_int(fold_depth, "fold_depth", CONS_POSITIVE)
+    threads = check_threads(threads)
+    if (kp + m) * SP_MAX_MB >= 2 ** 31:  # packed-A offsets (in floats) are int32
+        raise ValueError(f"a has {kp} columns; spmm takes fewer than {2 ** 31 // SP_MAX_MB - m}")
     if P == 0:
-        return np.zeros((rows, cols), dtype=np.float32)
-    if _isa == SP_ISA_AVX512:
-        out = np.zeros((rows, cols), dtype=np.float32)
-        if _spmm_lanes_c_shim(a, values, indices, n, m, fold_depth, out, threads) != 0:
-            raise MemoryError("could not allocate the packing buffers")
-        return out
-    cdef int mb = sp_isa_mb(_isa), nc = sp_isa_nc(_isa)
-    rows_pad = -(-rows // mb) * mb
-    cols_pad = -(-cols // nc) * nc
-    ot = np.zeros((cols_pad, rows_pad), dtype=np.float32)
-    if _spmm_shim(a, values, indices, n, m, fold_depth, ot, threads, _isa) != 0:
-        raise MemoryError("could not allocate the packing buffers")
-    out = np.empty((rows, cols), dtype=np.float32)
-    _transpose_shim(ot, out, threads)
+        return np.zeros((a.shape[0], cols), dtype=np.float32)
+    out = np.empty((a.shape[0], cols), dtype=np.float32)  # every element is written
+    if _spmm_shim(a, values, indices, n, m, fold_depth, out, threads, _isa) != 0:
+        raise MemoryError("spmm: could not allocate the packing buffers")
     return out
-
-
-cdef void _transpose_shim(const float[:, ::1] ot, float[:, ::1] out, int threads):
-    """out[i, c] = ot[c, i], in 64 x 64 blocks (a strided copy would miss the cache)."""
-    cdef long rows = out.shape[0], cols = out.shape[1], nbi = (rows + 63) // 64
-    cdef long bi, i0, i1, c0, c1, i, c
-    with nogil:
-        for bi in prange(nbi, num_threads=threads, schedule="static"):
-            i0 = bi * 64
-            i1 = i0 + 64 if rows - i0 > 64 else rows
-            c0 = 0
-            while c0 < cols:
-                c1 = c0 + 64 if cols - c0 > 64 else cols
-                for i in range(i0, i1):
-                    for c in range(c0, c1):
-                        out[i, c] = ot[c, i]
-                c0 = c1
-
-
-cdef int _spmm_lanes_c_shim(const float[:, ::1] a, const float[:, :, ::1] values,
-                            const uint8_t[:, :, ::1] indices, int n, int m, long depth,
-                            float[:, ::1] out, int threads):
-    cdef int rc
-    with nogil:
-        rc = _spmm_lanes_c_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0],
-                                &indices[0, 0, 0], values.shape[0], values.shape[1],
-                                values.shape[2], n, m, depth, &out[0, 0], threads)
-    return rc
-
-
-cdef int _spmm_lanes_c_core(const float *A, long rows, long kp, const float *V,
-                            const uint8_t *I, long P, long kc, long cols, int n, int m,
-                            long depth, float *out, int threads) noexcept nogil:
-    """AVX-512 path (sp_p5_block): per pass and fold, tasks of one 32-column block by a
-    chunk of rows; each task packs its block of B (indices as int32, values) and runs the
-    rows of A against it."""
-    cdef long ncb = (cols + 31) // 32
-    cdef long nr_max = depth if depth < kc else kc
-    cdef long nrc = 1
-    if threads > 1 and ncb < 4 * threads:
-        nrc = (4 * threads + ncb - 1) // ncb
-    cdef long chunk = ((rows + nrc - 1) // nrc + 5) // 6 * 6
-    nrc = (rows + chunk - 1) // chunk
-    cdef size_t per_thread = <size_t>nr_max * 32
-    cdef int32_t *bi_all = <int32_t *>sp_alloc(threads * per_thread * sizeof(int32_t))
-    cdef float *bv_all = <float *>sp_alloc(threads * per_thread * sizeof(float))
-    if bi_all == NULL or bv_all == NULL:
-        free(bi_all)
-        free(bv_all)
-        return -1
-    cdef long p, f0, f1, t, cb, r0, r1, r, j, c
-    cdef int width
-    cdef int32_t *bi
-    cdef float *bv
-    cdef const float *vrow
-    cdef const uint8_t *irow
-    for p in range(P):
-        f0 = 0
-        while f0 < kc:
-            f1 = f0 + depth if kc - f0 > depth else kc
-            for t in prange(ncb * nrc, num_threads=threads, schedule="dynamic"):
-                cb = t // nrc
-                r0 = (t % nrc) * chunk
-                r1 = r0 + chunk if rows - r0 > chunk else rows
-                bi = bi_all + threadid() * per_thread
-                bv = bv_all + threadid() * per_thread
-                width = 32 if cols - cb * 32 > 32 else cols - cb * 32
-                for r in range(f0, f1):
-                    vrow = V + (p * kc + r) * cols + cb * 32
-                    irow = I + (p * kc + r) * cols + cb * 32
-                    for j in range(32):
-                        if j < width:
-                            bi[(r - f0) * 32 + j] = irow[j]
-                            bv[(r - f0) * 32 + j] = vrow[j]
-                        else:
-                            bi[(r - f0) * 32 + j] = 0
-                            bv[(r - f0) * 32 + j] = 0.0
-                sp_p5_block(f0, f1, n, m, A, kp, r0, r1, bi, bv, out, cols, cb * 32, width)
-            f0 = f1
-    free(bi_all)
-    free(bv_all)
-    return 0
 
 
 cdef int _spmm_shim(const float[:, ::1] a, const float[:, :, ::1] values,
                     const uint8_t[:, :, ::1] indices, int n, int m, long depth,
-                    float[:, ::1] ot, int threads, int isa_code):
+                    float[:, ::1] out, int threads, int isa_code):
     cdef int rc
     with nogil:
         rc = _spmm_core(&a[0, 0], a.shape[0], a.shape[1], &values[0, 0, 0], &indices[0, 0, 0],
                         values.shape[0], values.shape[1], values.shape[2], n, m, depth,
-                        &ot[0, 0], ot.shape[0], ot.shape[1], threads, isa_code)
+                        &out[0, 0], threads, isa_code)
     return rc
 
 
 cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const uint8_t *I,
-                    long P, long kc, long cols, int n, int m, long depth, float *ot,
-                    long cols_pad, long rows_pad, int threads, int isa_code) noexcept nogil:
-    """Per pass, per fold: pack the fold's compressed B (values and A offsets, NC columns
-    per block), pack the fold's span of A (MB rows per block, k-major), then one micro-kernel
-    per MB x NC tile; tiles are spread over the threads by rows of A and column chunks."""
+                    long P, long kc, long cols, int n, int m, long depth, float *out,
+                    int threads, int isa_code) noexcept nogil:
+    """The one C entry of spmm, every ISA: out (rows x cols) = the passes in the sparse pass
+    order, accumulated transposed in ot[c * ldt + i] (cols_pad x ldt). Per pass, per fold:
+    pack the fold's compressed B (values and A offsets, NC columns per block); then tasks
+    of one row block by a chunk of column blocks, spread over the threads: a task packs its
+    row block's span of A (k-major, into the thread's buffer) and runs the fold in pieces
+    that keep their packed A in L1 (psums wait in the thread's buffer between pieces);
+    after the last fold it transposes its block of ot into out while that is in cache.
+    Returns -1 when a buffer cannot be allocated, else 0."""
     cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
+    cdef long rows_pad = (rows + mb - 1) // mb * mb, cols_pad = (cols + nc - 1) // nc * nc
     cdef long nib = rows_pad // mb, ncb = cols_pad // nc
+    # a row of ot one cache line longer than rows_pad: a power-of-two stride would make the
+    # output's loads and stores alias in the cache (and in the store buffer)
+    cdef long ldt = rows_pad + 16
     cdef long nr_max = depth if depth < kc else kc
     cdef long span_max = ((nr_max + n - 1) // n + 1) * m
-    cdef float *pa = <float *>sp_alloc(<size_t>rows_pad * span_max * sizeof(float))
-    cdef float *bv = <float *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(float))
-    cdef int32_t *bo = <int32_t *>sp_alloc(<size_t>ncb * nr_max * nc * sizeof(int32_t))
-    if pa == NULL or bv == NULL or bo == NULL:
-        free(pa)
-        free(bv)
-        free(bo)
-        return -1
-    # column chunks per row block so that there are a few tiles per thread
+    cdef long piece = sp_piece_rows(isa_code, n, m)
+    # column chunks per row block so that there are a few tasks per thread
     cdef long nchunk = 1
     if threads > 1 and nib < 4 * threads:
         nchunk = (4 * threads + nib - 1) // nib
         if nchunk > ncb:
             nchunk = ncb
     cdef long chunk = (ncb + nchunk - 1) // nchunk
-    cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi
+    cdef size_t ps_floats = <size_t>chunk * nc * mb  # one task's psums, per thread
+    cdef size_t pa_floats = <size_t>mb * span_max    # one row block's packed A, per thread
+    cdef float *ot = <float *>simd_alloc(<size_t>cols_pad * ldt, sizeof(float))
+    cdef float *pa = <float *>simd_alloc(<size_t>threads * pa_floats, sizeof(float))
+    cdef float *bv = <float *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(float))
+    cdef int32_t *bo = <int32_t *>simd_alloc(<size_t>ncb * nr_max * nc, sizeof(int32_t))
+    cdef float *ps_all = <float *>simd_alloc(<size_t>threads * ps_floats, sizeof(float))
+    cdef int rc = 0
+    if ot == NULL or pa == NULL or bv == NULL or bo == NULL or ps_all == NULL:
+        rc = -1
+    else:
+        _spmm_passes(A, rows, kp, V, I, P, kc, cols, n, m, depth, out, ot, ldt, ncb,
+                     nib, nchunk, chunk, piece, pa, pa_floats, bv, bo, ps_all, ps_floats,
+                     threads, isa_code)
+    simd_free(ot)
+    simd_free(pa)
+    simd_free(bv)
+    simd_free(bo)
+    simd_free(ps_all)
+    return rc
+
+
+cdef void _spmm_passes(const float *A, long rows, long kp, const float *V, const uint8_t *I,
+                       long P, long kc, long cols, int n, int m, long depth, float *out,
+                       float *ot, long ldt, long ncb, long nib, long nchunk, long chunk, long piece,
+                       float *pa_all, size_t pa_floats, float *bv, int32_t *bo,
+                       float *ps_all, size_t ps_floats, int threads,
+                       int isa_code) noexcept nogil:
+    cdef int mb = sp_isa_mb(isa_code), nc = sp_isa_nc(isa_code)
+    cdef long p, f0, f1, nr, g0, g1, span, cb, ib, t, c0, c1, cbi, s0, s1
+    cdef int end
+    cdef float *pa
+    cdef float *ps
     for p in range(P):
         f0 = 0
         while f0 < kc:
@@ -492,53 +400,29 @@ cdef int _spmm_core(const float *A, long rows, long kp, const float *V, const ui
             g1 = (f1 - 1) // n + 1
             span = (g1 - g0) * m
             for cb in prange(ncb, num_threads=threads, schedule="static"):
-                _pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr, g0,
-                        cb, bv + cb * nr * nc, bo + cb * nr * nc)
-            for ib in prange(nib, num_threads=threads, schedule="static"):
-                _pack_a(A, rows, kp, mb, ib, g0 * m, span, pa + ib * mb * span)
+                sp_pack_b(V + p * kc * cols, I + p * kc * cols, cols, n, m, mb, nc, f0, nr,
+                          g0, cb, bv + cb * nr * nc, bo + cb * nr * nc)
             for t in prange(nib * nchunk, num_threads=threads, schedule="dynamic"):
                 ib = t // nchunk
                 c0 = (t % nchunk) * chunk
                 c1 = c0 + chunk if ncb - c0 > chunk else ncb
-                for cbi in range(c0, c1):
-                    sp_micro(isa_code, nr, pa + ib * mb * span, bv + cbi * nr * nc,
-                             bo + cbi * nr * nc, ot + cbi * nc * rows_pad + ib * mb, rows_pad)
+                pa = pa_all + threadid() * pa_floats
+                ps = ps_all + threadid() * ps_floats
+                sp_pack_a(isa_code, A, rows, kp, mb, ib, g0 * m, span, pa)
+                s0 = f0
+                while s0 < f1:
+                    s1 = s0 + piece if f1 - s0 > piece else f1
+                    end = SP_SPILL
+                    if s1 == f1:
+                        end = SP_STORE if p == 0 and f0 == 0 else SP_ADD
+                    for cbi in range(c0, c1):
+                        sp_micro(isa_code, s1 - s0, pa,
+                                 bv + cbi * nr * nc + (s0 - f0) * nc,
+                                 bo + cbi * nr * nc + (s0 - f0) * nc,
+                                 ps + (cbi - c0) * nc * mb, ot + cbi * nc * ldt + ib * mb,
+                                 ldt, s0 == f0, end)
+                    s0 = s1
+                if p == P - 1 and f1 == kc:
+                    sp_unpack_out(isa_code, ot, ldt, out, cols, ib * mb,
+                                  min(rows, ib * mb + mb), c0 * nc, min(cols, c1 * nc))
             f0 = f1
-    free(pa)
-    free(bv)
-    free(bo)
-    return 0
-
-
-cdef inline void _pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb,
-                         int nc, long f0, long nr, long g0, long cb, float *bv,
-                         int32_t *bo) noexcept nogil:
-    """bv[r*nc + j], bo[r*nc + j]: value and packed-A offset of compressed row f0 + r,
-    column cb*nc + j (columns past the end: value 0, offset 0)."""
-    cdef long r, j, c, row
-    for r in range(nr):
-        row = f0 + r
-        for j in range(nc):
-            c = cb * nc + j
-            if c < cols:
-                bv[r * nc + j] = V[row * cols + c]
-                bo[r * nc + j] = <int32_t>(((row // n - g0) * m + I[row * cols + c]) * mb)
-            else:
-                bv[r * nc + j] = 0.0
-                bo[r * nc + j] = 0
-
-
-cdef inline void _pack_a(const float *A, long rows, long kp, int mb, long ib, long k0,
-                         long span, float *pa) noexcept nogil:
-    """pa[k*mb + i] = A[ib*mb + i, k0 + k] (rows past the end: 0)."""
-    cdef long i, k, row
-    cdef const float *src
-    for i in range(mb):
-        row = ib * mb + i
-        if row < rows:
-            src = A + row * kp + k0
-            for k in range(span):
-                pa[k * mb + i] = src[k]
-        else:
-            for k in range(span):
-                pa[k * mb + i] = 0.0

@@ -10,94 +10,81 @@
  *       psum = fmaf(A[i, g(r)*M + q[r,c]], v[r,c], psum) for r = f0 .. f1-1 in order;
  *       out[i, c] = out[i, c] + psum.
  * Every output element is its own chain, so the result is bit-identical whatever the
- * vector width or the direction the lanes run in. Two designs:
- *   AVX2 and scalar (sp_micro): lanes along i (rows of A); the selected A vector of a
- *     slot is one load from a packed A block (the index becomes an address); the output
- *     is accumulated transposed and transposed once at the end.
- *   AVX-512 (sp_p5_block): lanes along output columns; the group's M candidates of a row
- *     of A sit in one register and vpermps selects each column's element.
+ * vector width, the direction the lanes run in, or where a psum waits between two pieces
+ * of its fold (a register or memory: storing a float does not round it).
  *
- * Layouts prepared by the caller for one fold of the AVX2/scalar design (span = reduction indices the fold touches):
+ * Design (every ISA): lanes along rows of A. A fold's span of A is packed k-major, so that
+ * the A vector a slot selects (MB rows of A at reduction index g*M + q) is one contiguous
+ * load: the index becomes an address, and no shuffle is needed (on Intel a vpermps per
+ * multiply-add would compete with the FMAs for port 5). The output is accumulated
+ * transposed and transposed once at the end. A fold is run in pieces of at most
+ * sp_piece_rows compressed rows, so that the piece's packed A stays in L1 while every
+ * column block runs against it; between pieces the tile's psums wait in a buffer.
+ *
+ * Layouts, for one fold (span = the reduction indices the fold touches, from k0 = g0*M):
  *   packed A block: pa[k * MB + i] = A[i0 + i, k0 + k]   (MB rows, k-major; padded rows 0)
  *   packed B block of NC columns: bv[r * NC + c] = value, bo[r * NC + c] = offset of the
- *       selected A vector in pa, in floats ((g - g0) * M + q) * MB
- *   output, transposed: ot[c * ldo + i] (so that a column's MB rows are contiguous).
+ *       selected A vector in pa, in floats ((g - g0) * M + q) * MB  (padded columns 0, 0)
+ *   psums between pieces: ps[c * MB + i];  output, transposed: ot[c * ldo + i].
+ * A micro-kernel runs one MB x NC tile over nr compressed rows:
+ *   psum = first ? +0 : ps;  psum = fmaf(A vector, v, psum) over the rows in order;
+ *   then by `end`: SP_SPILL ps = psum (more of the fold follows), SP_ADD ot = ot + psum,
+ *   SP_STORE ot = +0 + psum (the first fold: ot is not read, out = +0 + psum).
  * The AVX-512F and AVX2+FMA kernels are compiled with target attributes and chosen at run
- * time; the scalar kernel uses C fmaf. -ffp-contract=off keeps every other operation unfused.
+ * time (simd.h); the scalar kernel uses C fmaf. -ffp-contract=off keeps every other
+ * operation unfused.
  */
 #ifndef SYSBENCH_SPARSE_MICRO_H
 #define SYSBENCH_SPARSE_MICRO_H
 
 #include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define SP_X86 1
-#include <immintrin.h>
-#else
-#define SP_X86 0
-#endif
-
-#define SP_ISA_SCALAR 0
-#define SP_ISA_AVX2 1
-#define SP_ISA_AVX512 2
+#include "simd.h"
 
 /* tile: MB rows of A (lanes) x NC output columns */
 #define SP_S_MB 4
 #define SP_S_NC 4
 #define SP_A2_MB 16
 #define SP_A2_NC 6
+#define SP_A5_MB 64
+#define SP_A5_NC 6
+#define SP_MAX_MB SP_A5_MB
 
-static int sp_isa_supported(int isa)
-{
-    if (isa == SP_ISA_SCALAR) return 1;
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (isa == SP_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == SP_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f");
-#endif
-    return 0;
-}
+/* what a micro-kernel does with the psums it ends with */
+#define SP_SPILL 0
+#define SP_ADD 1
+#define SP_STORE 2
 
-static int sp_isa_best(void)
-{
-    if (sp_isa_supported(SP_ISA_AVX512)) return SP_ISA_AVX512;
-    if (sp_isa_supported(SP_ISA_AVX2)) return SP_ISA_AVX2;
-    return SP_ISA_SCALAR;
-}
+/* packed A of one piece of a fold: at most this many floats (24 KB, half of a 48 KB L1) */
+#define SP_PIECE_FLOATS 6144
 
-/* tile of the lanes-along-rows kernels (AVX2, scalar; AVX-512 uses sp_p5_block) */
 static int sp_isa_mb(int isa)
 {
-    return isa == SP_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
+    return isa == SIMD_ISA_AVX512 ? SP_A5_MB : isa == SIMD_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
 }
 
 static int sp_isa_nc(int isa)
 {
-    return isa == SP_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
+    return isa == SIMD_ISA_AVX512 ? SP_A5_NC : isa == SIMD_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
 }
 
-static void *sp_alloc(size_t bytes)
+/* Compressed rows per piece of a fold: whole groups whose packed A fits SP_PIECE_FLOATS. */
+static long sp_piece_rows(int isa, int n, int m)
 {
-    void *p = NULL;
-    if (bytes == 0) bytes = 64;
-    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-    return p;
+    long groups = SP_PIECE_FLOATS / ((long)m * sp_isa_mb(isa));
+    return (groups < 1 ? 1 : groups) * n;
 }
 
 /* ---------------------------------------------------------------- scalar, 4 x 4 */
 
 static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_t *bo,
-                         float *ot, long ldo)
+                         float *ps, float *ot, long ldo, int first, int end)
 {
     float acc[SP_S_NC][SP_S_MB];
     long r;
     int c, i;
     for (c = 0; c < SP_S_NC; c++)
-        for (i = 0; i < SP_S_MB; i++) acc[c][i] = 0.0f;
+        for (i = 0; i < SP_S_MB; i++) acc[c][i] = first ? 0.0f : ps[c * SP_S_MB + i];
     for (r = 0; r < nr; r++) {
         for (c = 0; c < SP_S_NC; c++) {
             const float *a = pa + bo[r * SP_S_NC + c];
@@ -106,10 +93,17 @@ static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_
         }
     }
     for (c = 0; c < SP_S_NC; c++)
-        for (i = 0; i < SP_S_MB; i++) ot[c * ldo + i] = ot[c * ldo + i] + acc[c][i];
+        for (i = 0; i < SP_S_MB; i++) {
+            if (end == SP_ADD)
+                ot[c * ldo + i] = ot[c * ldo + i] + acc[c][i];
+            else if (end == SP_STORE)
+                ot[c * ldo + i] = 0.0f + acc[c][i];
+            else
+                ps[c * SP_S_MB + i] = acc[c][i];
+        }
 }
 
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
+#if SIMD_X86
 
 /* ---------------------------------------------------------------- AVX2 + FMA, 16 x 6 */
 
@@ -117,12 +111,22 @@ static void sp_uk_scalar(long nr, const float *pa, const float *bv, const int32_
 
 __attribute__((target("avx2,fma")))
 static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t *bo,
-                       float *ot, long ldo)
+                       float *ps, float *ot, long ldo, int first, int end)
 {
-#define SP_A2_DECL(c) __m256 a##c##_0 = _mm256_setzero_ps(), a##c##_1 = _mm256_setzero_ps();
+#define SP_A2_DECL(c) __m256 a##c##_0, a##c##_1;
     SP_A2_COLS(SP_A2_DECL)
 #undef SP_A2_DECL
     long r;
+    if (first) {
+#define SP_A2_ZERO(c) a##c##_0 = _mm256_setzero_ps(); a##c##_1 = _mm256_setzero_ps();
+        SP_A2_COLS(SP_A2_ZERO)
+#undef SP_A2_ZERO
+    } else {
+#define SP_A2_LOAD(c) a##c##_0 = _mm256_loadu_ps(ps + (c) * SP_A2_MB); \
+                      a##c##_1 = _mm256_loadu_ps(ps + (c) * SP_A2_MB + 8);
+        SP_A2_COLS(SP_A2_LOAD)
+#undef SP_A2_LOAD
+    }
     for (r = 0; r < nr; r++) {
         __m256 v;
         const float *a;
@@ -134,94 +138,178 @@ static void sp_uk_avx2(long nr, const float *pa, const float *bv, const int32_t 
         bv += SP_A2_NC;
         bo += SP_A2_NC;
     }
+    if (end == SP_ADD) {
 #define SP_A2_ADD(c) \
     _mm256_storeu_ps(ot + (c) * ldo, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo), a##c##_0)); \
     _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(_mm256_loadu_ps(ot + (c) * ldo + 8), a##c##_1));
-    SP_A2_COLS(SP_A2_ADD)
+        SP_A2_COLS(SP_A2_ADD)
 #undef SP_A2_ADD
+    } else if (end == SP_STORE) {
+        const __m256 z = _mm256_setzero_ps();
+#define SP_A2_STORE(c) _mm256_storeu_ps(ot + (c) * ldo, _mm256_add_ps(z, a##c##_0)); \
+                       _mm256_storeu_ps(ot + (c) * ldo + 8, _mm256_add_ps(z, a##c##_1));
+        SP_A2_COLS(SP_A2_STORE)
+#undef SP_A2_STORE
+    } else {
+#define SP_A2_SPILL(c) _mm256_storeu_ps(ps + (c) * SP_A2_MB, a##c##_0); \
+                       _mm256_storeu_ps(ps + (c) * SP_A2_MB + 8, a##c##_1);
+        SP_A2_COLS(SP_A2_SPILL)
+#undef SP_A2_SPILL
+    }
 }
 
-/* ------------------------------------------- AVX-512F, lanes along output columns */
+/* ---------------------------------------------------------------- AVX-512F, 64 x 6
+ * Per compressed row and column: one offset, one broadcast value, four 16-row A vectors
+ * (memory operands of the FMAs): 1.5 loads per multiply-add, the limit on this design. */
 
-/* A second layout for the AVX-512 path: lanes run along 32 output columns. For each row i
- * of A and group g, the group's M candidates A[i, g*M + q] sit in one register (masked
- * load); vpermps picks, per column lane, the candidate that column's index selects. So no
- * load per multiply-add, and the output is written row-major directly.
- * Packed B (one 32-column block of one fold): bi[(r - f0) * 32 + j] in-group index,
- * bv[(r - f0) * 32 + j] value (columns past the end: index 0, value 0).
- * Same order as above: per output, psum = +0, fmaf per compressed row in order,
- * out = out + psum. */
-#define SP_P5_MR 6
-#define SP_P5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-#define SP_P5_ONE(X) X(0)
-#define SP_P5_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(), c##i##_1 = _mm512_setzero_ps(), a##i;
-#define SP_P5_CAND(i) a##i = _mm512_maskz_loadu_ps(gm, ag + (i) * kp);
-#define SP_P5_FMA(i) \
-    c##i##_0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(x0, a##i), v0, c##i##_0); \
-    c##i##_1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(x1, a##i), v1, c##i##_1);
-#define SP_P5_ADD(i) \
-    _mm512_mask_storeu_ps(out + (i) * ldo, k0, \
-        _mm512_add_ps(_mm512_maskz_loadu_ps(k0, out + (i) * ldo), c##i##_0)); \
-    _mm512_mask_storeu_ps(out + (i) * ldo + 16, k1, \
-        _mm512_add_ps(_mm512_maskz_loadu_ps(k1, out + (i) * ldo + 16), c##i##_1));
+#define SP_A5_COLS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define SP_A5_PARTS(X, c) X(c, 0) X(c, 1) X(c, 2) X(c, 3)
 
-#define SP_P5_KERNEL(NAME, ROWS)                                                            \
-__attribute__((target("avx512f")))                                                         \
-static void NAME(long f0, long f1, int n, int m, const float *A, long kp, const int32_t *bi,\
-                 const float *bv, float *out, long ldo, __mmask16 k0, __mmask16 k1)        \
-{                                                                                          \
-    const __mmask16 gm = (__mmask16)((1u << m) - 1);                                       \
-    ROWS(SP_P5_DECL)                                                                       \
-    long r = f0;                                                                           \
-    while (r < f1) {                                                                       \
-        long g = r / n, rend = (g + 1) * n < f1 ? (g + 1) * n : f1;                        \
-        const float *ag = A + g * m;                                                       \
-        ROWS(SP_P5_CAND)                                                                   \
-        for (; r < rend; r++) {                                                            \
-            const int32_t *xi = bi + (r - f0) * 32;                                        \
-            const float *xv = bv + (r - f0) * 32;                                          \
-            __m512i x0 = _mm512_loadu_si512((const void *)xi);                             \
-            __m512i x1 = _mm512_loadu_si512((const void *)(xi + 16));                      \
-            __m512 v0 = _mm512_loadu_ps(xv), v1 = _mm512_loadu_ps(xv + 16);                \
-            ROWS(SP_P5_FMA)                                                                \
-        }                                                                                  \
-    }                                                                                      \
-    ROWS(SP_P5_ADD)                                                                        \
-}
-
-SP_P5_KERNEL(sp_p5_rows6, SP_P5_ROWS)
-SP_P5_KERNEL(sp_p5_rows1, SP_P5_ONE)
-
-
-/* Rows [r0, r1) of A against one packed 32-column block of one fold. */
-static void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
-                        long r1, const int32_t *bi, const float *bv, float *out, long ldo,
-                        long c0, int width)
+__attribute__((target("avx512f")))
+static void sp_uk_avx512(long nr, const float *pa, const float *bv, const int32_t *bo,
+                         float *ps, float *ot, long ldo, int first, int end)
 {
-    __mmask16 k0 = (__mmask16)(width >= 16 ? 0xFFFF : (1u << width) - 1);
-    __mmask16 k1 = (__mmask16)(width >= 32 ? 0xFFFF : width <= 16 ? 0 : (1u << (width - 16)) - 1);
-    long i = r0;
-    for (; i + SP_P5_MR <= r1; i += SP_P5_MR)
-        sp_p5_rows6(f0, f1, n, m, A + i * kp, kp, bi, bv, out + i * ldo + c0, ldo, k0, k1);
-    for (; i < r1; i++)
-        sp_p5_rows1(f0, f1, n, m, A + i * kp, kp, bi, bv, out + i * ldo + c0, ldo, k0, k1);
+#define SP_A5_DECL(c) __m512 a##c##_0, a##c##_1, a##c##_2, a##c##_3;
+    SP_A5_COLS(SP_A5_DECL)
+#undef SP_A5_DECL
+    long r;
+    if (first) {
+#define SP_A5_ZERO1(c, q) a##c##_##q = _mm512_setzero_ps();
+#define SP_A5_ZERO(c) SP_A5_PARTS(SP_A5_ZERO1, c)
+        SP_A5_COLS(SP_A5_ZERO)
+#undef SP_A5_ZERO
+#undef SP_A5_ZERO1
+    } else {
+#define SP_A5_LOAD1(c, q) a##c##_##q = _mm512_load_ps(ps + (c) * SP_A5_MB + 16 * (q));
+#define SP_A5_LOAD(c) SP_A5_PARTS(SP_A5_LOAD1, c)
+        SP_A5_COLS(SP_A5_LOAD)
+#undef SP_A5_LOAD
+#undef SP_A5_LOAD1
+    }
+    for (r = 0; r < nr; r++) {
+        __m512 v;
+        const float *a;
+#define SP_A5_FMA1(c, q) a##c##_##q = _mm512_fmadd_ps(_mm512_load_ps(a + 16 * (q)), v, a##c##_##q);
+#define SP_A5_FMA(c) a = pa + bo[c]; v = _mm512_set1_ps(bv[c]); SP_A5_PARTS(SP_A5_FMA1, c)
+        SP_A5_COLS(SP_A5_FMA)
+#undef SP_A5_FMA
+#undef SP_A5_FMA1
+        bv += SP_A5_NC;
+        bo += SP_A5_NC;
+    }
+    if (end == SP_ADD) {
+#define SP_A5_ADD1(c, q) _mm512_storeu_ps(ot + (c) * ldo + 16 * (q), \
+        _mm512_add_ps(_mm512_loadu_ps(ot + (c) * ldo + 16 * (q)), a##c##_##q));
+#define SP_A5_ADD(c) SP_A5_PARTS(SP_A5_ADD1, c)
+        SP_A5_COLS(SP_A5_ADD)
+#undef SP_A5_ADD
+#undef SP_A5_ADD1
+    } else if (end == SP_STORE) {
+        const __m512 z = _mm512_setzero_ps();
+#define SP_A5_STORE1(c, q) _mm512_storeu_ps(ot + (c) * ldo + 16 * (q), _mm512_add_ps(z, a##c##_##q));
+#define SP_A5_STORE(c) SP_A5_PARTS(SP_A5_STORE1, c)
+        SP_A5_COLS(SP_A5_STORE)
+#undef SP_A5_STORE
+#undef SP_A5_STORE1
+    } else {
+#define SP_A5_SPILL1(c, q) _mm512_store_ps(ps + (c) * SP_A5_MB + 16 * (q), a##c##_##q);
+#define SP_A5_SPILL(c) SP_A5_PARTS(SP_A5_SPILL1, c)
+        SP_A5_COLS(SP_A5_SPILL)
+#undef SP_A5_SPILL
+#undef SP_A5_SPILL1
+    }
 }
 
-#else
-static void sp_p5_block(long f0, long f1, int n, int m, const float *A, long kp, long r0,
-                        long r1, const int32_t *bi, const float *bv, float *out, long ldo,
-                        long c0, int width)
-{
-    (void)f0; (void)f1; (void)n; (void)m; (void)A; (void)kp; (void)r0; (void)r1; (void)bi;
-    (void)bv; (void)out; (void)ldo; (void)c0; (void)width;  /* never called off x86 */
-}
 #endif /* x86 */
+
+/* One MB x NC tile over nr compressed rows with the micro-kernel of `isa` (the layouts,
+ * `first` and `end` are in the header comment). */
+static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
+                     float *ps, float *ot, long ldo, int first, int end)
+{
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) { sp_uk_avx512(nr, pa, bv, bo, ps, ot, ldo, first, end); return; }
+    if (isa == SIMD_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ps, ot, ldo, first, end); return; }
+#endif
+    sp_uk_scalar(nr, pa, bv, bo, ps, ot, ldo, first, end);
+}
+
+/* ---------------------------------------------------------------- packing */
+
+/* Packed A block of row block ib: pa[k * mb + i] = A[ib*mb + i, k0 + k] for k < span (rows
+ * past the end: 0). */
+static void sp_pack_a(int isa, const float *A, long rows, long kp, int mb, long ib, long k0,
+                      long span, float *pa)
+{
+    const long row0 = ib * mb, valid = rows - row0 < mb ? rows - row0 : mb;
+    long i, k;
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) {
+        simd_transpose_avx512(A + row0 * kp + k0, kp, valid, span, pa, mb, mb);
+        return;
+    }
+#endif
+    for (i = 0; i < mb; i++) {
+        if (i < valid) {
+            const float *src = A + (row0 + i) * kp + k0;
+            for (k = 0; k < span; k++) pa[k * mb + i] = src[k];
+        } else {
+            for (k = 0; k < span; k++) pa[k * mb + i] = 0.0f;
+        }
+    }
+}
+
+/* Packed B block cb of the fold's compressed rows [f0, f0 + nr) of one pass (V, I: that
+ * pass's values and indices, kc x cols): bv[r*nc + j] and bo[r*nc + j], the value and the
+ * packed-A offset of column cb*nc + j (columns past the end: value 0, offset 0). */
+static void sp_pack_b(const float *V, const uint8_t *I, long cols, int n, int m, int mb,
+                      int nc, long f0, long nr, long g0, long cb, float *bv, int32_t *bo)
+{
+    const long c0 = cb * nc;
+    const int width = cols - c0 < nc ? (int)(cols - c0) : nc;
+    long r;
+    int j;
+    for (r = 0; r < nr; r++) {
+        const long row = f0 + r;
+        const int32_t base = (int32_t)((row / n - g0) * m * mb);
+        const float *vrow = V + row * cols + c0;
+        const uint8_t *irow = I + row * cols + c0;
+        for (j = 0; j < width; j++) {
+            bv[r * nc + j] = vrow[j];
+            bo[r * nc + j] = base + (int32_t)irow[j] * mb;
+        }
+        for (; j < nc; j++) {
+            bv[r * nc + j] = 0.0f;
+            bo[r * nc + j] = 0;
+        }
+    }
+}
+
+/* out[i, c] = ot[c * ldt + i] for rows [i0, i1) and columns [c0, c1) of out (row-major,
+ * cols columns). */
+static void sp_unpack_out(int isa, const float *ot, long ldt, float *out, long cols, long i0,
+                          long i1, long c0, long c1)
+{
+    long i, c, cb, ce;
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) {
+        simd_transpose_avx512(ot + c0 * ldt + i0, ldt, c1 - c0, i1 - i0, out + i0 * cols + c0,
+                              cols, c1 - c0);
+        return;
+    }
+#endif
+    for (cb = c0; cb < c1; cb += 64) {  /* 64-column blocks: a strided copy misses the cache */
+        ce = cb + 64 < c1 ? cb + 64 : c1;
+        for (i = i0; i < i1; i++)
+            for (c = cb; c < ce; c++) out[i * cols + c] = ot[c * ldt + i];
+    }
+}
 
 /* ---------------------------------------------------------------- decompose */
 
 /* Per-column nonzero counts of group g (rows g*m .. g*m+m-1 that exist); returns 1 when
  * a weight is NaN or inf. +0.0 and -0.0 are zeros (the sign bit is masked off). */
-__attribute__((target_clones("avx2", "default")))
+SIMD_CLONES
 static int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g,
                           uint8_t *cnt)
 {
@@ -248,7 +336,7 @@ static int sp_count_group(const uint32_t *bits, long K, long cols, int m, long g
  * running state lives in small arrays that stay in L1. */
 #define SP_FILL_CHUNK 512
 
-__attribute__((target_clones("avx2", "default")))
+SIMD_CLONES
 static void sp_fill_group(const float *w, long K, long cols, int n, int m, long g,
                           int slots, long kc, float *values, uint8_t *indices)
 {
@@ -275,16 +363,6 @@ static void sp_fill_group(const float *w, long K, long cols, int n, int m, long 
             for (c = 0; c < width; c++) { vout[c] = v[c]; iout[c] = (uint8_t)ix[c]; }
         }
     }
-}
-
-/* One MB x NC tile of one fold on the AVX2 or scalar path. */
-static void sp_micro(int isa, long nr, const float *pa, const float *bv, const int32_t *bo,
-                     float *ot, long ldo)
-{
-#if SP_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SP_ISA_AVX2) { sp_uk_avx2(nr, pa, bv, bo, ot, ldo); return; }
-#endif
-    sp_uk_scalar(nr, pa, bv, bo, ot, ldo);
 }
 
 #endif /* SYSBENCH_SPARSE_MICRO_H */

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Bit-exact fast GEMM in the accumulation orders of a systolic array.
 
 Three layers (as scikit-learn does it): Python wrappers that validate and raise a
@@ -16,9 +15,6 @@ The micro-kernel is chosen at run time (AVX-512F, AVX2+FMA or scalar fmaf); ``is
 names it, ``set_isa`` forces one (tests use this to check all paths give the same bits), and
 the environment variable SYSBENCH_ISA picks one at import.
 """
-import os
-import warnings
-
 import numpy as np
 
 from cython.parallel cimport prange
@@ -29,15 +25,10 @@ from libc.stdint cimport int8_t, int32_t
 cdef extern from "systolic_micro.h" nogil:
     int SB_FOLD
     int SB_CHAIN
-    int SB_ISA_SCALAR
-    int SB_ISA_AVX2
-    int SB_ISA_AVX512
-    int sb_isa_supported(int isa)
-    int sb_isa_best()
     int sb_isa_mr(int isa)
     int sb_isa_nr(int isa)
-    float *sb_alloc_floats(size_t n)
-    void sb_free(void *p)
+    void *simd_alloc(size_t count, size_t size)
+    void simd_free(void *p)
     void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
                    int mr, float *dst)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
@@ -62,21 +53,12 @@ cdef extern from *:
     void sb_i8_row(const int8_t *arow, const int8_t *B, long K, long N, int32_t *orow) nogil
 
 
-_ISA_CODES = {"scalar": SB_ISA_SCALAR, "avx2": SB_ISA_AVX2, "avx512": SB_ISA_AVX512}
-
 # chain order: K block of the packed panels (accumulators reload from `out` between blocks)
 CHAIN_KC = 256
 # int8 K limit: 131071 * 128 * 128 < 2**31
 I8_MAX_K = 131071
 
-cdef inline int _isa_best() noexcept nogil:
-    return sb_isa_best()
-
-
-cdef inline int _isa_supported(int code) noexcept nogil:
-    return sb_isa_supported(code)
-
-
+include "checks.pxi"
 include "isa.pxi"
 
 
@@ -91,31 +73,11 @@ def _set_blocking(nc_floats, mc_floats):
     _nc_floats, _mc_floats = int(nc_floats), int(mc_floats)
 
 
-# ------------------------------------------------------------------ validation helpers
-
-def _matrix(x, name, dtype):
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got ndim={x.ndim}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and column, got shape {x.shape}")
-    return np.ascontiguousarray(x)
-
-
-def _positive_int(x, name):
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {x!r}")
-    if x < 1:
-        raise ValueError(f"{name} must be >= 1, got {x}")
-    return int(x)
-
+# ------------------------------------------------------------------ validation
 
 def _operands(a, b, dtype):
-    a = _matrix(a, "a", dtype)
-    b = _matrix(b, "b", dtype)
+    a = check_array(a, "a", (dtype,), 2)
+    b = check_array(b, "b", (dtype,), 2)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"shape mismatch: a is {a.shape[0]}x{a.shape[1]} and b is "
                          f"{b.shape[0]}x{b.shape[1]}; a.shape[1] must equal b.shape[0]")
@@ -128,13 +90,12 @@ def gemm_f32(a, b, fold_depth, chain, threads=1):
     """float32 (M, N) = a (M x K) @ b (K x N) in fold order (chain=False, folds of
     ``fold_depth`` reduction indices) or chain order (chain=True, fold_depth ignored)."""
     a, b = _operands(a, b, np.float32)
-    if not isinstance(chain, (bool, np.bool_)):
-        raise ValueError(f"chain must be a bool, got {chain!r}")
-    threads = _positive_int(threads, "threads")
+    chain = check_bool(chain, "chain")
+    threads = check_threads(threads)
     if chain:
         kc, mode = CHAIN_KC, SB_CHAIN
     else:
-        kc, mode = _positive_int(fold_depth, "fold_depth"), SB_FOLD
+        kc, mode = check_int(fold_depth, "fold_depth", CONS_POSITIVE), SB_FOLD
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)  # first K block stores
     if _gemm_f32_shim(a, b, out, kc, mode, threads, _isa) != 0:
         raise MemoryError("could not allocate the packing buffers")
@@ -181,11 +142,11 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
             ncc = ((nc_blk // nr) * m_tiles + want - 1) // want * nr
             if ncc < nr:
                 ncc = nr
-    cdef float *pa = sb_alloc_floats(<size_t>mb_blk * kc_cap)
-    cdef float *pb = sb_alloc_floats(<size_t>nc_blk * kc_cap)
+    cdef float *pa = <float *>simd_alloc(<size_t>mb_blk * kc_cap, sizeof(float))
+    cdef float *pb = <float *>simd_alloc(<size_t>nc_blk * kc_cap, sizeof(float))
     if pa == NULL or pb == NULL:
-        sb_free(pa)
-        sb_free(pb)
+        simd_free(pa)
+        simd_free(pb)
         return -1
     cdef long pc, kc, ib, mb, jc, nb, p, npan, t, ntiles, tm, tn, i0, rows, j0, cols
     pc = 0
@@ -219,8 +180,8 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
                 jc += nb
             ib += mb
         pc += kc
-    sb_free(pa)
-    sb_free(pb)
+    simd_free(pa)
+    simd_free(pb)
     return 0
 
 
@@ -229,7 +190,7 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
 def gemm_i8(a, b, threads=1):
     """int32 (M, N) = a (M x K, int8) @ b (K x N, int8), exact (K <= 131071)."""
     a, b = _operands(a, b, np.int8)
-    threads = _positive_int(threads, "threads")
+    threads = check_threads(threads)
     if a.shape[1] > I8_MAX_K:
         raise ValueError(f"K = a.shape[1] = {a.shape[1]} exceeds {I8_MAX_K}: "
                          "int32 accumulation could overflow")
@@ -252,10 +213,7 @@ def fmaf_array(a, b, c):
     """Elementwise fmaf(a, b, c) (one rounding) of broadcast-compatible float32 arrays."""
     arrays = []
     for name, x in (("a", a), ("b", b), ("c", c)):
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
-        arrays.append(x)
+        arrays.append(check_dtype(np.asarray(x), name, (np.float32,)))
     try:
         shape = np.broadcast_shapes(*(x.shape for x in arrays))
     except ValueError:

@@ -1,8 +1,9 @@
 /* systolic_micro.h: packing and register-blocked micro-kernels for sysbench._kernels.systolic.
  *
  * One portable build: the AVX-512F and AVX2+FMA micro-kernels live in functions compiled
- * with __attribute__((target(...))) and are chosen at run time with __builtin_cpu_supports;
- * the scalar path uses C fmaf. Every multiply-add is one fused fp32 operation; the setup.py
+ * with __attribute__((target(...))) and are chosen at run time (simd.h: ISA codes, CPU
+ * check, aligned allocation, the 16 x 16 transpose of the A packer); the scalar path uses
+ * C fmaf. Every multiply-add is one fused fp32 operation; the setup.py
  * flag -ffp-contract=off keeps the compiler from fusing anything else.
  *
  * Packed layouts (BLIS):
@@ -19,26 +20,15 @@
 #define SYSBENCH_SYSTOLIC_MICRO_H
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
-#include <stdint.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define SB_X86 1
-#include <immintrin.h>
-#else
-#define SB_X86 0
-#endif
+#include "simd.h"
 
 #define SB_FOLD 0
 #define SB_CHAIN 1
 /* first K block: C is not read (it may be uninitialised); fold stores +0 + acc */
 #define SB_FOLD_FIRST 2
 #define SB_CHAIN_FIRST 3
-
-#define SB_ISA_SCALAR 0
-#define SB_ISA_AVX2 1
-#define SB_ISA_AVX512 2
 
 /* tile geometry per ISA */
 #define SB_S_MR 4
@@ -50,45 +40,15 @@
 #define SB_MAX_MR 16
 #define SB_MAX_NR 32
 
-static int sb_isa_supported(int isa)
-{
-    if (isa == SB_ISA_SCALAR) return 1;
-#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (isa == SB_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == SB_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f");
-#endif
-    return 0;
-}
-
-static int sb_isa_best(void)
-{
-    if (sb_isa_supported(SB_ISA_AVX512)) return SB_ISA_AVX512;
-    if (sb_isa_supported(SB_ISA_AVX2)) return SB_ISA_AVX2;
-    return SB_ISA_SCALAR;
-}
-
 static int sb_isa_mr(int isa)
 {
-    return isa == SB_ISA_AVX512 ? SB_A5_MR : isa == SB_ISA_AVX2 ? SB_A2_MR : SB_S_MR;
+    return isa == SIMD_ISA_AVX512 ? SB_A5_MR : isa == SIMD_ISA_AVX2 ? SB_A2_MR : SB_S_MR;
 }
 
 static int sb_isa_nr(int isa)
 {
-    return isa == SB_ISA_AVX512 ? SB_A5_NR : isa == SB_ISA_AVX2 ? SB_A2_NR : SB_S_NR;
+    return isa == SIMD_ISA_AVX512 ? SB_A5_NR : isa == SIMD_ISA_AVX2 ? SB_A2_NR : SB_S_NR;
 }
-
-static float *sb_alloc_floats(size_t n)
-{
-    void *p = NULL;
-    if (n == 0) n = 1;
-    if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return NULL;
-    return (float *)p;
-}
-
-static void sb_free(void *p) { free(p); }
 
 /* ---------------------------------------------------------------- packing */
 
@@ -155,7 +115,7 @@ static void sb_uk_scalar(long kc, const float *a, const float *b, float *c, long
         }
 }
 
-#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
+#if SIMD_X86
 
 /* ---------------------------------------------------------------- AVX2 + FMA, 6 x 16 */
 
@@ -265,65 +225,16 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
     }
 }
 
-/* ---------------------------------------------------------------- AVX-512 A packing
- * 16 x 16 register transpose: rows of A (contiguous in k) become columns of the panel. */
-__attribute__((target("avx512f")))
-static void sb_transpose16_avx512(__m512 *r)
-{
-    __m512 t[16], u[16];
-    int i;
-    for (i = 0; i < 8; i++) {
-        t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]);
-        t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]);
-    }
-    for (i = 0; i < 4; i++) {
-        u[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44);
-        u[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
-        u[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
-        u[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
-    }
-    for (i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(u[i], u[4+i], 0x88);
-        t[4+i] = _mm512_shuffle_f32x4(u[i], u[4+i], 0xDD);
-        t[8+i] = _mm512_shuffle_f32x4(u[8+i], u[12+i], 0x88);
-        t[12+i] = _mm512_shuffle_f32x4(u[8+i], u[12+i], 0xDD);
-    }
-    for (i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[8+i], 0x88);
-        r[8+i] = _mm512_shuffle_f32x4(t[i], t[8+i], 0xDD);
-    }
-}
-
-/* One A panel with mr <= 16 rows, 16 k at a time through the register transpose; each
- * transposed column (mr valid floats) goes out with a masked store. */
-__attribute__((target("avx512f")))
-static void sb_pack_a_panel_avx512(const float *A, long lda, long i0, long rows, long k0,
-                                   long kc, int mr, float *dst)
-{
-    __m512 r[16];
-    const __mmask16 keep = (__mmask16)((1u << mr) - 1u);
-    long i, k, j;
-    for (k = 0; k + 16 <= kc; k += 16) {
-        for (i = 0; i < 16; i++)
-            r[i] = i < rows ? _mm512_loadu_ps(A + (i0 + i) * lda + k0 + k) : _mm512_setzero_ps();
-        sb_transpose16_avx512(r);
-        for (j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * mr, keep, r[j]);
-    }
-    for (; k < kc; k++) {
-        for (i = 0; i < rows; i++) dst[k * mr + i] = A[(i0 + i) * lda + k0 + k];
-        for (; i < mr; i++) dst[k * mr + i] = 0.0f;
-    }
-}
-
 #endif /* x86 */
 
 /* Pack one A panel with the fastest packer for `isa` (all give the same layout). */
 static void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
                       int mr, float *dst)
 {
-#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SB_ISA_AVX512 && mr <= 16) {
-        sb_pack_a_panel_avx512(A, lda, i0, rows, k0, kc, mr, dst);
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512 && mr <= 16) {
+        /* rows of A (contiguous in k) become columns of the panel */
+        simd_transpose_avx512(A + i0 * lda + k0, lda, rows, kc, dst, mr, mr);
         return;
     }
 #endif
@@ -334,9 +245,9 @@ typedef void (*sb_uk_fn)(long, const float *, const float *, float *, long, int)
 
 static sb_uk_fn sb_isa_kernel(int isa)
 {
-#if SB_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == SB_ISA_AVX512) return sb_uk_avx512;
-    if (isa == SB_ISA_AVX2) return sb_uk_avx2;
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) return sb_uk_avx512;
+    if (isa == SIMD_ISA_AVX2) return sb_uk_avx2;
 #endif
     return sb_uk_scalar;
 }

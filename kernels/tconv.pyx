@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Transposed convolution by strided tiling per kernel element (no zero insertion).
 
 Layout NCHW, weights (in_channels, out_channels/groups, kh, kw) and output sizes as in
@@ -39,6 +38,8 @@ ctypedef fused acc_t:
 
 cnp.import_array()
 
+include "checks.pxi"
+
 # int8: every output sums at most Cin/groups * kh * kw products of magnitude <= 128 * 128
 I8_MAX_TERMS = 131071
 
@@ -47,24 +48,16 @@ I8_MAX_TERMS = 131071
 
 def _pair(value, name, minimum):
     """(h, w) from an int or a 2-sequence of ints, each >= minimum."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    pair = tuple(value) if isinstance(value, (tuple, list)) and len(value) == 2 else (value, value)
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in pair):
+        raise ValueError(f"{name} must be an integer or a pair of integers, got {value!r}")
     if pair[0] < minimum or pair[1] < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair
+    return int(pair[0]), int(pair[1])
 
 
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+X_LAYOUT = "(batch, in_channels, height, width)"
+W_LAYOUT = "(in_channels, out_channels/groups, kh, kw)"
 
 
 def output_size(n_in, kernel, stride, padding, output_padding, dilation):
@@ -80,19 +73,13 @@ def check_args(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation
     stride or dilation, an empty output.
     """
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
-    if len(x_shape) != 4:
-        raise ValueError(f"x must be 4-D (batch, in_channels, height, width), got ndim={len(x_shape)}")
-    if len(w_shape) != 4:
-        raise ValueError("w must be 4-D (in_channels, out_channels/groups, kh, kw), "
-                         f"got ndim={len(w_shape)}")
-    for name, shape in (("x", x_shape), ("w", w_shape)):
-        if any(d < 1 for d in shape):
-            raise ValueError(f"{name} must have positive sizes, got shape {shape}")
+    check_shape(x_shape, "x", 4, X_LAYOUT, (0, 1, 2, 3))
+    check_shape(w_shape, "w", 4, W_LAYOUT, (0, 1, 2, 3))
     stride = _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
     output_padding = _pair(output_padding, "output_padding", 0)
     dilation = _pair(dilation, "dilation", 1)
-    groups = _positive_int(groups, "groups")
+    groups = check_int(groups, "groups", CONS_POSITIVE)
     batch, cin, height, width = x_shape
     if cin % groups:
         raise ValueError(f"in_channels = {cin} is not divisible by groups = {groups}")
@@ -148,16 +135,14 @@ def element_weights(w, c0, channels, taps=None, threads=1):
     """(len(taps), out_channels/groups, channels): out[n] = w[c0:c0+channels, :, r, s].T for
     the kernel element taps[n] = r * kw + s (default: all, row-major), each a contiguous GEMM
     operand and consecutive ones stackable into one."""
-    if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype not in (np.float32, np.int8):
-        raise ValueError("w must be a 4-D float32 or int8 numpy array")
+    w = check_array(w, "w", (np.float32, np.int8), 4, W_LAYOUT, ())
     if not (0 <= c0 and channels >= 1 and c0 + channels <= w.shape[0]):
         raise ValueError(f"channels {c0}:{c0 + channels} out of range for {w.shape[0]} channels")
     ntaps = w.shape[2] * w.shape[3]
     taps = np.arange(ntaps, dtype=np.int64) if taps is None else np.asarray(taps, dtype=np.int64)
     if taps.ndim != 1 or taps.size < 1 or taps.min() < 0 or taps.max() >= ntaps:
         raise ValueError(f"taps must list kernel elements in [0, {ntaps}), got {taps!r}")
-    threads = _positive_int(threads, "threads")
-    w = np.ascontiguousarray(w)
+    threads = check_threads(threads)
     out = np.empty((taps.size, w.shape[1], channels), dtype=w.dtype)
     if w.dtype == np.float32:
         _element_weights[float](w, taps, out, c0, threads)
@@ -195,15 +180,13 @@ def gather_window(x, c0, channels, i_lo, i_hi, j_lo, j_hi, threads=1):
     """(channels, batch * (i_hi - i_lo) * (j_hi - j_lo)) = x[:, c0:c0+channels, i_lo:i_hi,
     j_lo:j_hi] with the channel first and (batch, row, column) flattened: the transposed GEMM
     operand of one kernel element."""
-    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype not in (np.float32, np.int8):
-        raise ValueError("x must be a 4-D float32 or int8 numpy array")
+    x = check_array(x, "x", (np.float32, np.int8), 4, X_LAYOUT, ())
     b, c, h, w = x.shape
     if not (0 <= c0 and channels >= 1 and c0 + channels <= c):
         raise ValueError(f"channels {c0}:{c0 + channels} out of range for {c} channels")
     if not (0 <= i_lo < i_hi <= h and 0 <= j_lo < j_hi <= w):
         raise ValueError(f"window rows {i_lo}:{i_hi}, columns {j_lo}:{j_hi} out of range for {h}x{w}")
-    threads = _positive_int(threads, "threads")
-    x = np.ascontiguousarray(x)
+    threads = check_threads(threads)
     out = np.empty((channels, b * (i_hi - i_lo) * (j_hi - j_lo)), dtype=x.dtype)
     if x.dtype == np.float32:
         _gather[float](x, out, c0, i_lo, i_hi, j_lo, j_hi, threads)
@@ -244,11 +227,9 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
     for plan[e] = (r, s, i_lo, i_hi, j_lo, j_hi, oi, oj), rows = i_hi - i_lo, cols = j_hi -
     j_lo. One pass over the output: each band of a (channel, image) plane is summed while
     it is in cache."""
-    if not isinstance(out, np.ndarray) or out.ndim != 4 or not out.flags.c_contiguous \
-            or out.dtype not in (np.float32, np.int32):
-        raise ValueError("out must be a C-contiguous 4-D float32 or int32 numpy array")
+    out = check_array(out, "out", (np.float32, np.int32), 4, "", (), CONTIG_REQUIRE)
     sh, sw = _pair(stride, "stride", 1)
-    threads = _positive_int(threads, "threads")
+    threads = check_threads(threads)
     nb, nc, ho, wo = out.shape
     if len(plan) != len(products):
         raise ValueError(f"{len(plan)} plan entries but {len(products)} products")
@@ -335,6 +316,14 @@ cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, l
 
 # ------------------------------------------------------------------ the layer
 
+def isa():
+    """The SIMD path tconv2d runs: that of its array GEMM (sysbench._kernels.systolic); the
+    gather and scatter loops are plain C."""
+    from . import systolic
+
+    return systolic.isa()
+
+
 def _default_gemm(dtype, threads):
     """An output-stationary array's order (one fmaf chain over k), or exact int8."""
     from . import systolic
@@ -353,15 +342,12 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     (default: fp32 fmaf chain / exact int8); it receives only the input pixels that reach
     the output. Returns NCHW output of PyTorch's size.
     """
-    for name, arr in (("x", x), ("w", w)):
-        if not isinstance(arr, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
-        if arr.dtype not in (np.float32, np.int8):
-            raise ValueError(f"{name} must have dtype float32 or int8, got {arr.dtype}")
+    x = check_array(x, "x", (np.float32, np.int8), 4, X_LAYOUT, ())
+    w = check_array(w, "w", (np.float32, np.int8), 4, W_LAYOUT, ())
     if x.dtype != w.dtype:
         raise ValueError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
     geo = check_args(x.shape, w.shape, stride, padding, output_padding, dilation, groups)
-    threads = _positive_int(threads, "threads")
+    threads = check_threads(threads)
     groups = geo["groups"]
     kh, kw = geo["kernel"]
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]

@@ -233,6 +233,26 @@ def test_spmm_matches_pass_order_reference_bit_exactly(isa):
         sparse.set_isa(previous)
 
 
+def test_spmm_long_folds_bit_exact_on_every_isa():
+    """Folds longer than a micro-kernel piece (its psums wait in memory between pieces)
+    and several passes, on every path: still the reference's bits."""
+    rng = np.random.default_rng(16)
+    for n, m in [(2, 4), (1, 4), (2, 8)]:
+        w = random_weights(rng, 2048, 9, 0.6)
+        values, indices = sparse.decompose(w, n, m)
+        assert values.shape[0] > 1
+        a = rng.standard_normal((5, 2048)).astype(np.float32)
+        for depth in (1000, values.shape[1]):
+            ref = spmm_reference(a, values, indices, n, m, depth)
+            for isa in sparse.available_isas():
+                previous = sparse.set_isa(isa)
+                try:
+                    got = sparse.spmm(a, values, indices, n, m, depth, threads=2)
+                finally:
+                    sparse.set_isa(previous)
+                assert np.array_equal(bits(got), bits(ref)), (isa, n, m, depth)
+
+
 def test_spmm_special_values_and_zero_passes():
     rng = np.random.default_rng(7)
     w = np.zeros((8, 5), np.float32)

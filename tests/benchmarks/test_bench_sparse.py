@@ -10,8 +10,8 @@ Targets:
   the dense fast kernel (gemm_f32, fold depth 128: a 128x128 ws array) on the same weights,
   one thread each: the target is faster than dense, since it does half the multiply-adds.
   The ratio is reported; the assertion only guards against falling far behind (0.75x),
-  because on a CPU with two 512-bit FMA pipes the per-column selection of A (a permute or a
-  load per multiply-add) costs about as much as the multiply-adds saved (see the README).
+  because on a CPU with two 512-bit FMA pipes the per-column selection of A (a load per
+  multiply-add) costs about as much as the multiply-adds saved (see the README).
 """
 from __future__ import annotations
 
@@ -124,8 +124,8 @@ def test_spmm_against_dense(gemm_case, best_time):
           f"[{systolic.isa()}] {dense_s * 1e3:.2f} ms; speed-up over dense {ratio:.2f}x "
           f"(MACs: {n}/{m} of dense; target > 1)")
     got = sparse.spmm(a, values, indices, n, m, FOLD, 1)
-    # another micro-kernel path (on AVX-512: the lanes-along-rows design) must give the
-    # same bits; a CPU with only the scalar path has nothing to compare with
+    # another micro-kernel path (on AVX-512: the AVX2 kernel) must give the same bits; a
+    # CPU with only the scalar path has nothing to compare with
     other = next((isa for isa in sparse.available_isas() if isa != sparse.isa()), None)
     if other is not None:
         previous = sparse.set_isa(other)
