@@ -1,7 +1,9 @@
 """The sysbench command line: thin parsing and rendering around suite, runner and results."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,8 +13,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, compare as compare_mod, output as output_mod, preflight, report, results
-from . import suite as suite_mod
-from .runner import InputError, resolve_threads, run_suite, total_steps
+from . import sinks, sweep, suite as suite_mod
+from .runner import InputError, SweepError, available_cpus, resolve_threads, run_suite, total_steps
+from .sweep import Block
 from .workloads import registry
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
@@ -21,8 +24,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
 
 def fail(message: str, code: int = 2) -> None:
     """A usage or input error: the message on stderr, no traceback."""
-    # escape: ids ("gemm[k=64]") and hints ("sysbench[plot]") are not rich markup
-    report.stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    fail_all([message], code)
+
+
+def fail_all(messages: list[str], code: int = 2) -> None:
+    """Several problems, each distinct one once, one line each, then exit."""
+    for message in dict.fromkeys(messages):
+        # escape: ids ("gemm[k=64]") and hints ("sysbench[plot]") are not rich markup
+        report.stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -72,6 +81,16 @@ def run(
                                     help="with --baseline: slowdown ratio that counts"),
     gate_timings: Optional[bool] = typer.Option(None, "--gate-timings/--no-gate-timings",
                                                 help="with --baseline: " + GATE_HELP),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=None,
+                             help="processes for the model-only cases (0: every CPU this process may use); "
+                                  "timed cases always run one at a time"),
+    executor: Optional[str] = typer.Option(None, "--executor",
+                                           help="'mpi': spread the model-only cases over an mpi4py.futures pool "
+                                                "(mpiexec -n N python -m mpi4py.futures -m sysbench run ...)"),
+    top: int = typer.Option(10, "--top", help="past a few hundred cases: show the best N array configurations"),
+    by: str = typer.Option("cycles", "--by", help="rank configurations by cycles | utilization | energy | edp"),
+    table: bool = typer.Option(False, "--table", help="the full table of cases, however many there are"),
+    yes: bool = typer.Option(False, "--yes", help=f"run a sweep of more than {10**7:,} cases"),
     mpi: bool = typer.Option(False, "--mpi", hidden=True,
                              help="run inside an mpiexec job: every rank runs the suite's MPI cases whose "
                                   "ranks equal the job's size; rank 0 reports and writes the result"),
@@ -99,56 +118,103 @@ def run(
             problems.extend(exc.problems)
     if problems:
         fail_all(problems)
-    cases = [c for s in loaded for c in s.cases]
+    items = [item for s in loaded for item in s.items]
     rank = 0
     if mpi:
-        cases, rank = _mpi_cases(cases)
+        items, rank = _mpi_cases(items)
     if filter_text:
-        cases = [c for c in cases if filter_text in c.id]
-        if not cases:
+        items = _filtered(items, filter_text)
+        if not items:
             fail(f"--filter {filter_text!r} matches no case")
     n_threads = resolve_threads(threads)
+    n_cases = sum(len(i) if isinstance(i, Block) else 1 for i in items)
+    if n_cases > sweep.MAX_CASES and not yes:
+        fail(f"the run has {n_cases:,} cases, more than {sweep.MAX_CASES:,}: narrow the sweep, or pass --yes "
+             f"to run it anyway")
+    if top < 1:
+        fail(f"--top must be positive, got {top}")
+    if by not in sinks.OBJECTIVES:
+        fail(f"--by must be one of {', '.join(sinks.OBJECTIVES)}, got {by!r}")
+    if jobs < 0:
+        fail(f"--jobs must be 0 (every CPU) or more, got {jobs}")
     try:  # everything that would make the finished run useless, found before it starts
         for warning in preflight.check_run(loaded, output if rank == 0 else None, threshold, n_threads):
             if rank == 0:
                 warn(warning)
     except preflight.PreflightError as exc:
         fail_all(exc.problems)
+    pool = _executor(jobs, executor) if rank == 0 else None
+    signal.signal(signal.SIGTERM, _terminate)  # a CI cancel or `timeout`: clean up as Ctrl-C does
 
     quiet = rank != 0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=report.stderr, transient=False, disable=quiet) as progress:
-        task = progress.add_task("running", total=total_steps(cases, rounds))
-
-        def on_step(case, stage):
-            progress.update(task, description=f"{case.id} {stage}", advance=1)
-
-        try:
-            done = run_suite(cases, n_threads, repeats, rounds, min_time, memory_limit, on_step)
-        except InputError as exc:
-            progress.stop()
-            fail_all(exc.problems)
-        except KeyboardInterrupt:
-            progress.stop()
-            fail("interrupted: nothing written", 130)
-        progress.update(task, description="done")
-    if quiet:
-        raise typer.Exit(0 if all(r.passed for r in done) else 1)
-
     settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time,
-                "filter": filter_text}
-    document = results.build_document([s.name for s in loaded], done, n_threads, settings)
-    report.render_cases(document)
-    report.render_summary(document)
+                "filter": filter_text, "jobs": jobs, "executor": executor}
+    header = results.document_header([s.name for s in loaded], n_threads, settings)
+    kinds = registry()
+    summary = sinks.Summary({i.kind for i in items if kinds[i.kind].network_layer})
+    collected = sinks.Collected(keep_all=base_document is not None or as_json)
+    outcome = {"passed": True}
+    try:
+        with contextlib.ExitStack() as stack:
+            streams = []
+            if output is not None and not quiet:
+                handle = stack.enter_context(output_mod.writing(output))
+                streams.append(sinks.CsvSink(handle) if sinks.is_csv(output) else sinks.JsonSink(handle, header))
+
+            def emit(result):
+                outcome["passed"] &= sinks.passed(result)
+                for sink in (*streams, summary, collected):
+                    sink.add(result)
+
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=report.stderr, transient=False, disable=quiet) as progress:
+                task = progress.add_task("running", total=total_steps(items, rounds))
+
+                def on_step(label, stage, count):
+                    progress.update(task, description=f"{label} {stage}", advance=count)
+
+                try:
+                    run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool)
+                except InputError as exc:
+                    progress.stop()
+                    _abandon(stack, streams)  # nothing is written: the output's temporary file goes
+                    fail_all(exc.problems)
+                except SweepError as exc:
+                    progress.stop()
+                    _abandon(stack, streams)
+                    fail(str(exc))
+                except KeyboardInterrupt:
+                    progress.stop()
+                    _abandon(stack, streams)
+                    fail("interrupted: nothing written", 130)
+                except Terminated:
+                    progress.stop()
+                    _abandon(stack, streams)
+                    fail("terminated (SIGTERM): nothing written", 143)
+                finally:
+                    if pool is not None:
+                        pool.shutdown(cancel_futures=True)
+                progress.update(task, description="done")
+            for sink in streams:
+                sink.close()
+    except OSError as exc:  # the output could not take what was written (a full disk, /dev/full)
+        fail(f"{output}: cannot write the result: {exc.strerror or exc}")
+    if quiet:
+        raise typer.Exit(0 if outcome["passed"] else 1)
+
+    document = dict(header, cases=collected.cases)
+    if collected.overflow and not table:
+        report.render_sweep(summary, top=top, by=by)
+    else:
+        report.render_cases(document)
+        if collected.overflow:
+            report.stderr.print(f"[dim](the first {sinks.TABLE_LIMIT} of {n_cases:,} cases)[/dim]")
+    report.render_summary(document, summary=summary if collected.overflow else None)
     if output:
-        try:
-            results.save(document, output)
-        except OSError as exc:
-            fail(f"{output}: cannot write the result: {exc.strerror or exc}")
         report.stderr.print(f"result written to {'standard output' if str(output) == '-' else output}")
     if as_json:
         sys.stdout.write(results.dumps(document))
-    code = 0 if all(r.passed for r in done) else 1
+    code = 0 if outcome["passed"] else 1
     if base_document is not None:
         try:
             comparison = compare_mod.compare_documents(base_document, document, str(baseline),
@@ -162,19 +228,62 @@ def run(
         raise typer.Exit(code)
 
 
-def fail_all(problems: list[str]) -> None:
-    """Several input errors, each distinct one once, one line each, then exit 2."""
-    for line in dict.fromkeys(problems):
-        report.stderr.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (temporary files removed), then exit 143."""
 
 
-def _mpi_cases(cases):
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _abandon(stack: contextlib.ExitStack, streams: list) -> None:
+    """Close the output without writing it: its temporary file is removed, the target untouched."""
+    try:
+        stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+    except RuntimeError:
+        pass
+    streams.clear()
+
+
+def _filtered(items: list, text: str) -> list:
+    """The items whose case ids contain `text`; a block keeps the rows that match, as cases."""
+    out = []
+    for item in items:
+        if isinstance(item, Block):
+            for start, stop in sweep.chunks(item):
+                ids = item.ids(item.option_indices(start, stop), stop - start)
+                rows = [start + i for i, case_id in enumerate(ids) if text in case_id]
+                out += [case for row in rows for case in item.cases(row, row + 1)]
+        elif text in item.id:
+            out.append(item)
+    return out
+
+
+def _executor(jobs: int, address: str | None):
+    """The executor for the model-only work: None (this process), processes, or mpi4py.futures."""
+    if address is not None:
+        if address != "mpi":
+            fail(f"--executor {address!r}: the executor is 'mpi' (mpi4py.futures under mpiexec)")
+        try:
+            return sweep.mpi_executor()
+        except sweep.SweepSetupError as exc:
+            fail(str(exc))
+    workers = jobs if jobs > 0 else available_cpus()
+    if workers == 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
+def _mpi_cases(items):
     """(the cases this mpiexec job runs, this rank): the MPI cases whose ranks equal its size."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    mine = [c for c in cases if c.params.get("mode", "mpi") == "mpi" and c.params.get("ranks") == comm.size]
+    mine = [c for c in items if not isinstance(c, Block) and c.params.get("mode", "mpi") == "mpi"
+            and c.params.get("ranks") == comm.size]
     if not mine:
         if comm.rank == 0:
             report.stderr.print(f"[red]error:[/red] no MPI case (train_distributed mode mpi, "

@@ -54,62 +54,73 @@ _WORD_STYLE = {"error": "red", "FAIL": "bold red", "model": "dim"}
 
 
 def _array_cell(array: dict, uses_array: bool) -> str:
-    if not uses_array:
-        return "[dim]-[/dim]"
-    return escape(f"{array['name']} {array['dataflow']}")
+    return f"{array.get('name')} {array.get('dataflow')}" if uses_array else "-"
+
+
+def _columns(head: list[str], rows: list[list[str]], styles: list[tuple], right: set[int]) -> str:
+    """Rows as aligned text with rich markup: a bold header, a rule, the check word styled, an
+    unstable spread in yellow."""
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    check, spread = head.index("check"), head.index("±")
+
+    def line(cells, style=None):
+        out = []
+        for i, cell in enumerate(cells):
+            text = escape(str(cell))
+            pad = " " * (widths[i] - len(str(cell)))
+            text = pad + text if i in right or i == spread else text + (pad if i < len(cells) - 1 else "")
+            if style is not None and i == check:
+                text = f"[{style[1]}]{text}[/]"
+            elif style is not None and i == spread and style[0]:
+                text = f"[yellow]{text}[/]"
+            out.append(text)
+        return " " + "  ".join(out)
+
+    lines = [f"[bold]{line(head)}[/bold]", " " + "─" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [line(row, style) for row, style in zip(rows, styles)]
+    return "\n".join(lines)
 
 
 def render_cases(document: dict, console: Console = stderr, verbose: bool = False) -> None:
     """One table per suite: case, array, cycles, utilization, time, spread, check (one word).
-    verbose: also the error and the reference each case was checked against."""
+    verbose: also the error and the reference each case was checked against.
+
+    Laid out here in plain columns (a rich Table measures every cell: ~1 ms a row, the
+    largest cost of a model-only run of a network)."""
     kinds = registry()
     by_suite: dict[str, list[dict]] = {}
     for case in document["cases"]:
         by_suite.setdefault(case.get("suite", document.get("suite", "")), []).append(case)
     for suite, cases in by_suite.items():
-        table = Table(title=f"suite {escape(suite)}", title_justify="left", header_style="bold",
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("case", overflow="fold")
-        table.add_column("array", no_wrap=True)
-        table.add_column("cycles", justify="right", no_wrap=True)
-        table.add_column("util", justify="right", no_wrap=True)
         memory = any("total_cycles" in (c.get("metrics") or {}) for c in cases)
-        if memory:  # the memory system: stalls and energy beside the compute cycles
-            table.add_column("stall", justify="right", no_wrap=True)
-            table.add_column("energy", justify="right", no_wrap=True)
-        table.add_column("time", justify="right", no_wrap=True)
-        table.add_column("±", justify="right", no_wrap=True)
-        table.add_column("check", no_wrap=True)
+        head = ["case", "array", "cycles", "util"] + (["stall", "energy"] if memory else []) + ["time", "±", "check"]
         if verbose:
-            table.add_column("error", justify="right", no_wrap=True)
-            table.add_column("reference", overflow="fold")
+            head += ["error", "reference"]
+        rows, styles = [], []
         for case in cases:
             workload = kinds.get(case["kind"])
-            summary = workload.summary(case["metrics"]) if workload else case["metrics"]
+            metrics = case.get("metrics") or {}
+            summary = workload.summary(metrics) if workload else metrics
             timing = case.get("timing") or {}
             validation = case.get("validation") or {}
-            err = validation.get("error", validation.get("max_abs_err"))
             word = check_word(case)
             spread = timing.get("spread")
-            spread_cell = "-" if spread is None else f"{100 * spread:.0f}%"
-            if timing.get("stable") is False:
-                spread_cell = f"[yellow]{spread_cell}[/yellow]"
-            row = [escape(case["id"].split("/", 1)[-1]),
-                   _array_cell(case["array"], workload is None or workload.needs_array),
+            row = [case["id"].split("/", 1)[-1], _array_cell(case["array"], workload is None or workload.needs_array),
                    fmt_int(summary.get("cycles")), fmt_pct(summary.get("utilization"))]
             if memory:
-                metrics = case.get("metrics") or {}
                 row += [fmt_int(metrics.get("stall_cycles")), fmt_energy(metrics.get("energy_pj"))]
-            row += [fmt_time(timing.get("median_s")), spread_cell,
-                   f"[{_WORD_STYLE.get(word, 'green')}]{escape(word)}[/]"]
+            row += [fmt_time(timing.get("median_s")), "-" if spread is None else f"{100 * spread:.0f}%", word]
             if verbose:
-                row.append("-" if not isinstance(err, (int, float)) else f"{err:.2g}")
+                err = validation.get("error", validation.get("max_abs_err"))
                 detail = case.get("error") or validation.get("reference", "")
                 if validation.get("detail"):
                     detail += f" ({validation['detail']})"
-                row.append(f"[dim]{escape(str(detail))}[/dim]")
-            table.add_row(*row)
-        console.print(table)
+                row += ["-" if not isinstance(err, (int, float)) else f"{err:.2g}", str(detail)]
+            rows.append(row)
+            styles.append((timing.get("stable") is False, _WORD_STYLE.get(word, "green")))
+        console.print(f"[italic]suite {escape(suite)}[/italic]", highlight=False)
+        console.print(_columns(head, rows, styles, right={2, 3, 4, 5, 6, 7} if memory else {2, 3, 4, 5}),
+                      highlight=False, soft_wrap=True)
         for line in network_totals(cases):
             console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
         errors = [c for c in cases if c.get("error")]
@@ -170,16 +181,57 @@ def network_totals(cases: list[dict]) -> list[str]:
     return lines
 
 
-def render_summary(document: dict, console: Console = stderr) -> None:
+def render_summary(document: dict, console: Console = stderr, summary=None) -> None:
+    """One line: how many cases ran, validated, failed (from `summary`, a sinks.Summary, when
+    the document holds only the first cases of a big run); then the unstable ones."""
     cases = document["cases"]
-    failed = [c for c in cases if c.get("error") or (c.get("validation") and not c["validation"]["passed"])]
-    validated = sum(1 for c in cases if c.get("validation"))
-    if failed:
-        console.print(f"[red]{len(failed)} of {len(cases)} case(s) failed validation:[/red] "
-                      + escape(", ".join(c["id"] for c in failed)))
+    if summary is None:
+        failed = [c["id"] for c in cases if c.get("error") or (c.get("validation") and not c["validation"]["passed"])]
+        total, validated = len(cases), sum(1 for c in cases if c.get("validation"))
     else:
-        console.print(f"[green]{len(cases)} case(s) ran; {validated} validated, all passed[/green]")
+        failed, total, validated = summary.failed, summary.cases, summary.validated
+    if failed:
+        shown = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")
+        console.print(f"[red]{len(failed)} of {total:,} case(s) failed:[/red] " + escape(shown))
+    else:
+        console.print(f"[green]{total:,} case(s) ran; {validated:,} validated, all passed[/green]")
     render_stability(document, console)
+
+
+PARETO_SHOWN = 50
+
+
+def render_sweep(summary, console: Console = stderr, top: int = 10, by: str = "cycles") -> None:
+    """A big run's terminal report: what ran, the best `top` array configurations by `by`, and
+    the Pareto front of (cycles, PEs) — its cost does not grow with the number of cases."""
+    from .sinks import best, pareto
+
+    kinds = ", ".join(f"{n:,} {k}" for k, n in summary.kinds.items())
+    console.print(f"[bold]{summary.cases:,} cases[/bold] ({kinds}); totals per array configuration over its "
+                  f"network layers (--table: every case)", highlight=False)
+    rows = summary.configurations()
+    if not rows:
+        return
+    energy = any(r["energy_pj"] is not None for r in rows)
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        mine = [r for r in rows if r["suite"] == suite]
+        for title, chosen in ((f"best {top} of {len(mine):,} configurations by {by}", best(mine, top, by)),
+                              ("Pareto front of (cycles, PEs)", pareto(mine))):
+            table = Table(title=f"suite {escape(suite)}: {title}", title_justify="left", header_style="bold",
+                          box=box.SIMPLE_HEAD, pad_edge=False)
+            for name, justify in (("array", "left"), ("PEs", "right"), ("layers", "right"), ("cycles", "right"),
+                                  ("util", "right"), ("time", "right")):
+                table.add_column(name, justify=justify, overflow="fold" if name == "array" else None)
+            if energy:
+                table.add_column("energy", justify="right")
+                table.add_column("EDP J·s", justify="right")
+            for r in chosen[:PARETO_SHOWN]:  # best() already keeps `top`
+                row = [escape(r["array"]), fmt_int(r["pes"]), fmt_int(r["layers"]), fmt_int(r["cycles"]),
+                       fmt_pct(r["utilization"]), fmt_time(r["time_s"])]
+                if energy:
+                    row += [fmt_energy(r["energy_pj"]), "-" if r["edp"] is None else f"{r['edp']:.3g}"]
+                table.add_row(*row)
+            console.print(table)
 
 
 def render_stability(document: dict, console: Console = stderr) -> None:

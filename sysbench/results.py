@@ -42,37 +42,39 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def _first_lines(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None]:
+    """The stdout of each command (None when it fails), all started at once: three tools that
+    each take ~10 ms to start cost one such wait instead of three."""
+    running = {}
+    for name, command in commands.items():
+        try:
+            running[name] = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            running[name] = None
+    out = {}
+    for name, proc in running.items():
+        try:
+            text, _ = proc.communicate(timeout=5) if proc is not None else (None, None)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text = None
+        out[name] = text if proc is not None and proc.returncode == 0 else None
+    return out
+
+
+def _provenance(cc: str | None) -> dict:
+    """git commit, whether the tree was dirty, and the compiler's version line."""
     here = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _git_dirty() -> bool | None:
-    """True when the working tree has uncommitted changes to tracked files."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def _compiler_version(cc: str | None) -> str | None:
-    """First line of `CC --version` (the compiler that built the extensions, as Python records it)."""
-    if not cc:
-        return None
-    try:
-        out = subprocess.run(cc.split()[:1] + ["--version"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.strip().splitlines()
-    return lines[0] if out.returncode == 0 and lines else None
+    commands = {"commit": ["git", "rev-parse", "HEAD"],
+                "dirty": ["git", "status", "--porcelain", "--untracked-files=no"]}
+    if cc:
+        commands["compiler"] = cc.split()[:1] + ["--version"]
+    out = _first_lines(commands, here)
+    compiler = (out.get("compiler") or "").strip().splitlines()
+    return {"git_commit": (out["commit"] or "").strip() or None,
+            "git_dirty": None if out["dirty"] is None else bool(out["dirty"].strip()),
+            "compiler_version": compiler[0] if compiler else None}
 
 
 def _version_of(module: str) -> str | None:
@@ -127,12 +129,10 @@ def machine_info(threads: int) -> dict:
         "numpy": np.__version__,
         "blas": _blas(),
         "compiler": cc,
-        "compiler_version": _compiler_version(cc),
         "cython": _cython_version(),
         "openmp": openmp_enabled(),
         "sysbench": __version__,
-        "git_commit": _git_commit(),
-        "git_dirty": _git_dirty(),
+        **_provenance(cc),
         "env": {name: os.environ[name] for name in THREAD_ENV if name in os.environ},
         "isa": kernel_isas(),
     }
@@ -145,19 +145,23 @@ def unstable_cases(document: dict) -> list[dict]:
             if isinstance(c.get("timing"), dict) and c["timing"].get("stable") is False]
 
 
-def build_document(suites: list[str], results, threads: int, settings: dict) -> dict:
+def document_header(suites: list[str], threads: int, settings: dict) -> dict:
+    """Everything of a result document but its cases."""
     from .stats import STABLE_SPREAD
 
-    settings = {**settings, "stable_spread": STABLE_SPREAD}
     return {
         "schema": SCHEMA,
         "suite": "+".join(suites),
         "suites": suites,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
-        "settings": settings,
-        "cases": [null_non_finite(r.to_dict()) for r in results],
+        "settings": {**settings, "stable_spread": STABLE_SPREAD},
     }
+
+
+def build_document(suites: list[str], results, threads: int, settings: dict) -> dict:
+    return dict(document_header(suites, threads, settings),
+                cases=[null_non_finite(r.to_dict()) for r in results])
 
 
 def null_non_finite(case: dict) -> dict:

@@ -126,9 +126,12 @@ def load(spec: str) -> Suite:
     arrays, invalid_arrays = _load_arrays(data.get("arrays", {}), label, problems)
     arrays = _with_energy(arrays, data.get("energy"), path, label, problems, invalid_arrays)
     kinds = registry()
+    # [defaults] keys must be keys of a kind this suite's cases use (only those are imported)
     all_kind_keys = set(COMMON_KEYS)
-    for w in kinds.values():
-        all_kind_keys |= set(w.keys)
+    for raw_case in data.get("cases", []) if isinstance(data.get("cases"), list) else []:
+        kind = raw_case.get("kind") if isinstance(raw_case, dict) else None
+        if isinstance(kind, str) and kind in kinds:
+            all_kind_keys |= set(kinds[kind].keys)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(f"{where(None, 'defaults')}: must be a table")
@@ -391,8 +394,17 @@ def duplicate_ids(suites: list[Suite]) -> list[str]:
             distinct.append(s)
     sources: dict[str, list[Suite]] = {}
     for s in distinct:
-        for case in s.cases:
-            sources.setdefault(case.id, []).append(s)
+        for item in s.items:
+            if isinstance(item, Block):  # its ids are unique unless a swept key repeats a value;
+                # it clashes with another suite's block of the same suite and case name
+                for key in item.swept:
+                    tags = [tag for tag, _ in item.options[key]]
+                    if len(set(tags)) < len(tags):
+                        problems.append(f"{s.path}: case {item.name!r} key {key!r}: the sweep lists a value twice "
+                                        f"(case ids would repeat)")
+                sources.setdefault(f"{item.suite}/{item.name}[...]", []).append(s)
+            else:
+                sources.setdefault(item.id, []).append(s)
     clashes: dict[tuple, list[str]] = {}  # the files an id comes from -> the ids
     for case_id, found in sources.items():
         if len(found) > 1:

@@ -18,6 +18,7 @@ from .hardware import Array
 from .models.systolic import DATAFLOW_CODES
 
 CHUNK_ROWS = 1 << 15  # rows evaluated at a time: memory stays flat whatever the sweep's size
+MAX_CASES = 10**7     # a run past this many cases needs --yes (about two minutes a core)
 
 
 @dataclass
@@ -174,3 +175,26 @@ def evaluate(block: Block, start: int, stop: int) -> TableChunk:
 
 def chunks(block: Block, rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
     return [(start, min(start + rows, len(block))) for start in range(0, len(block), rows)]
+
+
+def mpi_executor():
+    """The mpi4py.futures pool of the MPI job this process is the root of: workers are the
+    other ranks of `mpiexec -n N python -m mpi4py.futures -m sysbench run ... --executor mpi`.
+    Outside such a job it would try to spawn ranks; refuse with the command to use instead."""
+    from .distributed.launcher import in_mpi_job
+
+    if not in_mpi_job():
+        raise SweepSetupError("--executor mpi runs inside an MPI job: mpiexec -n N python -m mpi4py.futures "
+                              "-m sysbench run SUITE --executor mpi (N - 1 workers)")
+    from mpi4py.futures import MPIPoolExecutor
+
+    pool = MPIPoolExecutor()
+    if (pool.num_workers or 0) < 1:
+        pool.shutdown()
+        raise SweepSetupError("--executor mpi: the MPI job has no worker ranks (run mpiexec -n 2 or more, "
+                              "under python -m mpi4py.futures)")
+    return pool
+
+
+class SweepSetupError(Exception):
+    """An executor that cannot be used: one line, exit 2."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sysbench import __version__, cli, compare, output, results, suite as suite_mod
+from sysbench import __version__, cli, output, results, suite as suite_mod
 from sysbench.workloads.base import Key, parse_size
 
 ONE_CASE = "gemm[k=64]"   # one small case of the bundled quick suite

@@ -156,9 +156,10 @@ def test_cli_rounds_override_and_steps(write_suite):
         numerics = false
         """)
     steps = []
-    done = runner.run_suite(loaded, repeats=1, rounds=2, on_step=lambda case, stage: steps.append((case.name, stage)))
-    assert steps == [("a", "model"), ("m", "model"), ("a", "round 1"), ("a", "round 2")]
-    assert len(steps) == runner.total_steps(loaded, 2)
+    done = runner.run_suite(loaded, repeats=1, rounds=2,
+                            on_step=lambda label, stage, count: steps.append((label.split("/")[-1], stage, count)))
+    assert steps == [("a", "model", 1), ("m", "model", 1), ("a", "round 1", 1), ("a", "round 2", 1)]
+    assert sum(count for *_, count in steps) == runner.total_steps(loaded, 2)
     assert done[1].timing is None and done[1].metrics == {"cycles": 1}
 
 

@@ -109,7 +109,8 @@ def parse_schedule(text: str) -> Schedule:
             return Schedule(name, fraction=frac)
         size = parse_size(arg)
         if size is None or size <= 0:
-            raise ValueError(f"budget must be a positive size (at most 8 EiB) such as 64MiB or 1000000 (bytes), or a fraction "
+            raise ValueError("budget must be a positive size (at most 8 EiB) such as 64MiB or 1000000 (bytes), "
+                             f"or a fraction "
                              f"such as 1/4, got {arg!r}")
         return Schedule(name, budget=size)
     raise ValueError(f"unknown schedule {raw!r}; one of {SCHEDULE_FORMS}")

@@ -1,10 +1,12 @@
-"""Workload kinds: each module here defines WORKLOAD and is found by name. Kinds from other
-packages join through the `sysbench.workloads` entry-point group (a WORKLOAD instance), or
-register() at run time (tests)."""
+"""Workload kinds: each module here defines WORKLOAD and is found by name (module gemm.py is
+kind "gemm"). Kinds from other packages join through the `sysbench.workloads` entry-point
+group (the entry's name is the kind, its object a Workload), or register() at run time.
+Modules are imported when their kind is first asked for, so a run imports the kinds it uses."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from functools import lru_cache
 
 from .base import Workload
@@ -13,26 +15,61 @@ _REGISTERED: dict[str, Workload] = {}
 
 
 @lru_cache(maxsize=None)
-def _discovered() -> dict[str, Workload]:
-    kinds = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "base":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        workload = getattr(module, "WORKLOAD", None)
-        if workload is not None:
-            kinds[workload.kind] = workload
+def _module_names() -> tuple[str, ...]:
+    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__)
+                        if not info.name.startswith("_") and info.name != "base"))
+
+
+@lru_cache(maxsize=None)
+def _entry_points() -> dict:
     from importlib.metadata import entry_points
 
-    for entry in entry_points(group="sysbench.workloads"):
-        workload = entry.load()
-        kinds.setdefault(workload.kind, workload)
-    return kinds
+    return {entry.name: entry for entry in entry_points(group="sysbench.workloads")}
 
 
-def registry() -> dict[str, Workload]:
-    """Every kind by name, sorted."""
-    return dict(sorted({**_discovered(), **_REGISTERED}.items()))
+@lru_cache(maxsize=None)
+def _load(kind: str) -> Workload | None:
+    if kind in _module_names():
+        workload = getattr(importlib.import_module(f"{__name__}.{kind}"), "WORKLOAD", None)
+        if workload is not None and workload.kind != kind:
+            raise RuntimeError(f"sysbench.workloads.{kind} defines kind {workload.kind!r}: a module's kind is its name")
+        return workload
+    entry = _entry_points().get(kind)
+    return entry.load() if entry is not None else None
+
+
+class Registry(Mapping):
+    """Every kind by name, in name order; a kind's module is imported on first use."""
+
+    def __getitem__(self, kind: str) -> Workload:
+        if kind in _REGISTERED:
+            return _REGISTERED[kind]
+        workload = _load(kind) if isinstance(kind, str) else None
+        if workload is None:
+            raise KeyError(kind)
+        return workload
+
+    def __contains__(self, kind) -> bool:
+        try:
+            self[kind]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self):
+        names = set(_module_names()) | set(_REGISTERED)
+        names |= set(_entry_points())
+        return iter(sorted(k for k in names if k in _REGISTERED or _load(k) is not None))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_REGISTRY = Registry()
+
+
+def registry() -> Registry:
+    return _REGISTRY
 
 
 def register(workload: Workload) -> None:

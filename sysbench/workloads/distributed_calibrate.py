@@ -37,7 +37,8 @@ class DistributedCalibrate(Workload):
     def check(self, params, array):
         sizes = [parse_size(s) for s in params["sizes"]]
         if any(s is None or s < 4 for s in sizes):
-            return [("sizes", f"every size must be a byte count from 4 bytes to 8 EiB ('64KiB' or an integer), got {params['sizes']!r}")]
+            return [("sizes", "every size must be a byte count from 4 bytes to 8 EiB ('64KiB' or an integer), "
+                              f"got {params['sizes']!r}")]
         if len(set(sizes)) < 2:
             return [("sizes", "need at least two distinct sizes to fit alpha and beta")]
         if params["output"] and not Path(params["output"]).parent.is_dir():
@@ -71,7 +72,8 @@ class DistributedCalibrate(Workload):
             try:
                 write_text(p.output, json.dumps(cal, indent=1, allow_nan=False) + "\n")
             except (OSError, ValueError) as exc:
-                raise CaseError("output", f"{p.output}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
+                why = getattr(exc, "strerror", None) or exc
+                raise CaseError("output", f"{p.output}: cannot write: {why}") from None
         return SelfTimed([elapsed], cal, {"calibration": cal})
 
     def validate(self, run: Run, output) -> Validation:

@@ -1,0 +1,259 @@
+"""Where a run's results go as they finish: the JSON document, a CSV of one row per case, the
+summaries a big sweep prints instead of a wall of rows, and the rich table of a normal run.
+
+Each sink takes run_suite's results in suite order (a CaseResult per case, a TableChunk of
+many rows per sweep block) without holding them, so a million-case sweep runs in flat memory.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+
+import numpy as np
+
+from .hardware import ARRAY_KEYS
+from .results import _json_default, null_non_finite
+from .sweep import TableChunk
+
+TABLE_LIMIT = 300  # past this many cases the terminal shows summaries, not one row per case
+ARRAY_COLUMNS = ("name",) + tuple(ARRAY_KEYS)
+
+
+def case_dicts(result):
+    """The result-document cases of one result."""
+    if isinstance(result, TableChunk):
+        yield from result.case_dicts()
+    else:
+        yield null_non_finite(result.to_dict())
+
+
+def passed(result) -> bool:
+    return True if isinstance(result, TableChunk) else result.passed
+
+
+# ----------------------------------------------------------------------------------------
+# JSON: the versioned document, cases streamed between its head and its tail
+
+
+class JsonSink:
+    def __init__(self, handle, header: dict):
+        self.handle, self.first = handle, True
+        head = json.dumps({**header, "cases": []}, indent=2, allow_nan=False, default=_json_default)
+        self.head, self.tail = head.rsplit('"cases": []', 1)
+        handle.write((self.head + '"cases": [').encode())
+
+    def add(self, result) -> None:
+        for case in case_dicts(result):
+            text = json.dumps(case, indent=2, allow_nan=False, default=_json_default)
+            self.handle.write(((",\n" if not self.first else "\n") + _indent(text)).encode())
+            self.first = False
+
+    def close(self) -> None:
+        self.handle.write(("\n  ]" + self.tail + "\n").encode())
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+# ----------------------------------------------------------------------------------------
+# CSV: one row per case (id, params, array keys, metrics, timing, validation), for pandas
+
+
+class CsvSink:
+    """Rows go to a temporary body file as results arrive; the header, which knows every
+    column only at the end, is written before the body when the sink closes. A row written
+    before a column first appeared is shorter: pandas.read_csv reads its missing cells as NaN."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.body = tempfile.TemporaryFile("w+", newline="")
+        self.writer = csv.writer(self.body)
+        self.columns: dict[str, int] = {}
+        for name in ("id", "suite", "name", "kind", "numerics", "error", "validation", "median_s", "spread"):
+            self._column(name)
+
+    def _column(self, name: str) -> int:
+        if name not in self.columns:
+            self.columns[name] = len(self.columns)
+        return self.columns[name]
+
+    def add(self, result) -> None:
+        if isinstance(result, TableChunk):
+            self._add_table(result)
+        else:
+            self._add_case(null_non_finite(result.to_dict()))
+
+    def _add_case(self, case: dict) -> None:
+        row = {"id": case["id"], "suite": case["suite"], "name": case["name"], "kind": case["kind"],
+               "numerics": case["numerics"], "error": case.get("error") or ""}
+        validation, timing = case.get("validation"), case.get("timing")
+        row["validation"] = "" if validation is None else ("passed" if validation["passed"] else "failed")
+        row["median_s"] = "" if timing is None else timing["median_s"]
+        row["spread"] = "" if timing is None or timing.get("spread") is None else timing["spread"]
+        for key, value in case["params"].items():
+            row[f"params.{key}"] = _cell(value)
+        for key in ARRAY_COLUMNS:
+            row[f"array.{key}"] = _cell(case["array"].get(key))
+        for key, value in case["metrics"].items():
+            if not isinstance(value, (dict, list)) or key.endswith("_histogram"):
+                row[key] = _cell(value)
+        cells = [""] * (max(self._column(k) for k in row) + 1)
+        for key, value in row.items():
+            cells[self.columns[key]] = value
+        self.writer.writerow(cells)
+
+    def _add_table(self, chunk: TableChunk) -> None:
+        rows = len(chunk)
+        columns: dict[str, list] = {"id": chunk.ids, "suite": [chunk.block.suite] * rows,
+                                    "name": [chunk.block.name] * rows, "kind": [chunk.block.kind] * rows,
+                                    "numerics": [False] * rows}
+        for key, values in chunk.params.items():
+            columns[f"params.{key}"] = [_cell(v) for v in values.tolist()] if values.ndim > 1 else values.tolist()
+        arrays = [a.to_dict() for a in chunk.block.arrays]
+        for key in ARRAY_COLUMNS:
+            per_array = np.array([_cell(a.get(key)) for a in arrays], dtype=object)
+            columns[f"array.{key}"] = per_array[chunk.array_index].tolist()
+        for key, values in chunk.metrics.items():
+            columns[key] = values.tolist()
+        for name in columns:
+            self._column(name)
+        self.writer.writerows(zip(*(columns.get(name, [""] * rows) for name in self.columns)))
+
+    def close(self) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerow(self.columns)
+        self.handle.write(text.getvalue().encode())
+        self.body.seek(0)
+        while block := self.body.read(1 << 20):
+            self.handle.write(block.encode())
+        self.body.close()
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# Summaries: network totals per array configuration, the best N, the Pareto front
+
+
+class Summary:
+    """Per suite and array configuration, the totals over its network-layer cases (kinds with
+    network_layer): cycles, MACs, and with the memory system total cycles and energy."""
+
+    def __init__(self, layer_kinds: set[str]):
+        self.layer_kinds = layer_kinds
+        self.cases = 0
+        self.validated = 0
+        self.failed: list[str] = []  # ids of cases that failed validation or raised
+        self.kinds: dict[str, int] = {}
+        self.totals: dict[tuple[str, str], dict] = {}   # (suite, array name) -> sums and the array
+
+    def _entry(self, suite: str, array: dict) -> dict:
+        key = (suite, array["name"])
+        if key not in self.totals:
+            self.totals[key] = {"suite": suite, "array": array, "layers": 0, "cycles": 0, "macs": 0,
+                                "total_cycles": 0, "energy_pj": 0.0, "memory": True}
+        return self.totals[key]
+
+    def add(self, result) -> None:
+        if isinstance(result, TableChunk):
+            block = result.block
+            self.cases += len(result)
+            self.kinds[block.kind] = self.kinds.get(block.kind, 0) + len(result)
+            if block.kind not in self.layer_kinds:
+                return
+            counts = np.bincount(result.array_index, minlength=len(block.arrays))
+            cycles = np.bincount(result.array_index, weights=result.metrics["cycles"], minlength=len(block.arrays))
+            macs = np.bincount(result.array_index, weights=result.metrics["macs"], minlength=len(block.arrays))
+            for index in np.flatnonzero(counts):
+                entry = self._entry(block.suite, block.arrays[index].to_dict())
+                entry["layers"] += int(counts[index])
+                entry["cycles"] += int(cycles[index])  # exact: float64 holds these sums below 2^53
+                entry["macs"] += int(macs[index])
+                entry["memory"] = False
+            return
+        self.cases += 1
+        case = result.case
+        self.validated += result.validation is not None
+        if not result.passed:
+            self.failed.append(case.id)
+        self.kinds[case.kind] = self.kinds.get(case.kind, 0) + 1
+        metrics = result.metrics or {}
+        if case.kind not in self.layer_kinds or not isinstance(metrics.get("cycles"), int):
+            return
+        entry = self._entry(case.suite, case.array.to_dict())
+        entry["layers"] += 1
+        entry["cycles"] += metrics["cycles"]
+        entry["macs"] += metrics.get("macs", 0)
+        if "total_cycles" in metrics and "energy_pj" in metrics:
+            entry["total_cycles"] += metrics["total_cycles"]
+            entry["energy_pj"] += metrics["energy_pj"]
+        else:
+            entry["memory"] = False
+
+    def configurations(self) -> list[dict]:
+        """One row per (suite, array configuration): totals, utilization, PEs, time, energy, EDP."""
+        out = []
+        for entry in self.totals.values():
+            array = entry["array"]
+            pes = array["rows"] * array["cols"]
+            cycles = entry["total_cycles"] if entry["memory"] else entry["cycles"]
+            seconds = cycles / (array.get("clock_ghz", 1.0) * 1e9)
+            row = {"suite": entry["suite"], "array": array["name"], "pes": pes, "layers": entry["layers"],
+                   "cycles": cycles, "compute_cycles": entry["cycles"], "macs": entry["macs"],
+                   "utilization": entry["macs"] / (entry["cycles"] * pes) if entry["cycles"] else 0.0,
+                   "time_s": seconds, "energy_pj": entry["energy_pj"] if entry["memory"] else None}
+            row["edp"] = row["energy_pj"] * 1e-12 * seconds if row["energy_pj"] is not None else None
+            out.append(row)
+        return out
+
+
+OBJECTIVES = {"cycles": ("cycles", False), "utilization": ("utilization", True),
+              "energy": ("energy_pj", False), "edp": ("edp", False)}
+
+
+def best(rows: list[dict], n: int, by: str) -> list[dict]:
+    """The n best configurations by an objective (ties: fewer PEs first, then name)."""
+    key, descending = OBJECTIVES[by]
+    usable = [r for r in rows if r[key] is not None]
+    return sorted(usable, key=lambda r: ((-r[key] if descending else r[key]), r["pes"], r["array"]))[:n]
+
+
+def pareto(rows: list[dict], objectives=("cycles", "pes")) -> list[dict]:
+    """The configurations no other beats on every objective (all minimised), by the first."""
+    usable = [r for r in rows if all(r[k] is not None for k in objectives)]
+    ordered = sorted(usable, key=lambda r: tuple(r[k] for k in objectives))
+    front = []
+    for row in ordered:
+        if not any(all(other[k] <= row[k] for k in objectives) and any(other[k] < row[k] for k in objectives)
+                   for other in front):
+            front.append(row)
+    return front
+
+
+class Collected:
+    """The first TABLE_LIMIT + 1 case dicts (enough to know a run is not small), or all of them."""
+
+    def __init__(self, keep_all: bool):
+        self.keep_all, self.cases, self.overflow = keep_all, [], False
+
+    def add(self, result) -> None:
+        if self.overflow and not self.keep_all:
+            return
+        for case in case_dicts(result):
+            self.cases.append(case)
+            if not self.keep_all and len(self.cases) > TABLE_LIMIT:
+                self.overflow = True
+                return
+
+
+def is_csv(path) -> bool:
+    return path is not None and str(path).lower().endswith(".csv")
