@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import compare as compare_mod, report, results, suite as suite_mod
+from . import compare as compare_mod, export, importers, report, results, suite as suite_mod
 from .runner import InputError, resolve_threads, run_case
 from .workloads import registry
 
@@ -38,8 +38,12 @@ def run(
                                             help="compare the run against this result (as `compare`)"),
     threshold: float = typer.Option(compare_mod.DEFAULT_THRESHOLD, "--threshold",
                                     help="with --baseline: slowdown ratio that counts"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="a SCALE-Sim .cfg for the imported files (.csv, .onnx)"),
+    batch: int = typer.Option(1, "--batch", help="batch of the imported files"),
 ) -> None:
-    """Run suites: validate every case, print a report, write a versioned JSON result."""
+    """Run suites (or import and run SCALE-Sim topologies and ONNX models): validate every
+    case, print a report, write a versioned JSON result."""
     base_document = None
     if baseline is not None:
         try:
@@ -50,7 +54,12 @@ def run(
     loaded, problems = [], []
     for spec in specs:
         try:
-            loaded.append(suite_mod.load(spec))
+            if importers.handles(spec):
+                imported, notes = importers.load(spec, config, batch)
+                print_notes(notes)
+                loaded.append(imported)
+            else:
+                loaded.append(suite_mod.load(spec))
         except suite_mod.SuiteError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -101,6 +110,46 @@ def run(
         code = max(code, comparison.exit_code)
     if code:
         raise typer.Exit(code)
+
+
+def print_notes(notes: list[str]) -> None:
+    for line in notes:
+        report.stderr.print(f"[dim]note:[/dim] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="a SCALE-Sim topology (.csv) or an ONNX model (.onnx)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a SCALE-Sim .cfg: the array"),
+    batch: int = typer.Option(1, "--batch", help="batch size (binds an ONNX model's symbolic batch)"),
+    array: Optional[str] = typer.Option(None, "--array",
+                                        help="the array's name with --config; else one of "
+                                             f"{', '.join(importers.DEFAULT_ARRAYS)} (default: all)"),
+    numerics: bool = typer.Option(False, "--numerics", help="compute outputs too (generated inputs); "
+                                                             "default: cycle model only"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="the suite file (default: "
+                                         "FILE's name with .toml, here); - for stdout"),
+) -> None:
+    """Write a suite from a SCALE-Sim topology (+ .cfg) or an ONNX model, one case per layer."""
+    target = Path(output) if output not in (None, "-") else None
+    if output is None:
+        target = Path(file.stem + ".toml")
+    try:
+        text, notes = importers.load_suite_source(file, config, batch, array, numerics)
+        suite = importers.validate(text, file)
+    except suite_mod.SuiteError as exc:
+        for line in exc.problems:
+            report.stderr.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    print_notes(notes)
+    if target is None:
+        sys.stdout.write(text)
+        return
+    try:
+        results.write_atomic(target, text)
+    except OSError as exc:
+        fail(f"{target}: cannot write the suite: {exc.strerror or exc}")
+    report.stderr.print(f"suite written to {target}: {len(suite.cases)} cases", highlight=False)
 
 
 @app.command("list")
@@ -166,14 +215,29 @@ def report_(
     file: Path = typer.Argument(..., help="a result JSON written by `sysbench run`"),
     html: Optional[Path] = typer.Option(None, "--html", help="write an HTML report with the plots here"),
     png: Optional[Path] = typer.Option(None, "--png", help="write each plot as a PNG into this folder"),
+    scalesim: Optional[Path] = typer.Option(None, "--scalesim",
+                                            help="write SCALE-Sim's COMPUTE_REPORT.csv per array into this folder"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="write one CSV row per case (for pandas) here"),
 ) -> None:
-    """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the package)."""
-    if html is None and png is None:
-        fail("say where to write the report: --html OUT.html and/or --png FOLDER")
+    """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the
+    package); SCALE-Sim's COMPUTE_REPORT.csv; a flat CSV."""
+    if html is None and png is None and scalesim is None and csv_out is None:
+        fail("say where to write the report: --html OUT.html, --png FOLDER, --scalesim FOLDER and/or --csv OUT.csv")
     try:
         document = results.load(file)
     except results.ResultError as exc:
         fail(str(exc))
+    try:
+        written = export.write_scalesim(document, scalesim) if scalesim else []
+        written += [export.write_csv(document, csv_out)] if csv_out else []
+    except export.ExportError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or scalesim or csv_out}: cannot write the report: {exc.strerror or exc}")
+    for path in written:
+        report.stderr.print(f"written {path}", highlight=False)
+    if html is None and png is None:
+        return
     try:
         written = report.write_plots(document, html=html, png_dir=png, source=str(file))
     except report.PlotUnavailable as exc:

@@ -174,10 +174,13 @@ def _json_default(value):
 
 
 def save(document: dict, path: str | os.PathLike) -> Path:
+    return write_atomic(path, dumps(document))
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write atomically: a temporary file in the same folder, then rename over the target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(document)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

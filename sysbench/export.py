@@ -1,0 +1,141 @@
+"""A result in other tools' formats: SCALE-Sim's COMPUTE_REPORT.csv, and one flat CSV.
+
+COMPUTE_REPORT.csv (one per array, in FOLDER/<array name>/ as SCALE-Sim writes
+<log dir>/<run_name>/) has SCALE-Sim v3's columns, each with SCALE-Sim's definition and
+SCALE-Sim's count, so that it diffs line by line against SCALE-Sim's own:
+    LayerID                       0, 1, ... in run order, per array; one row per GEMM on the
+                                  array: a conv2d with groups = G gives G rows, as SCALE-Sim
+                                  gives one per channel of a depthwise ("DP") layer
+    Total Cycles (incl. prefetch) only when the cases have the memory model's total_cycles
+                                  (sysbench's count - 1); SCALE-Sim v2 had no such column
+    Total Cycles                  SCALE-Sim's count: sysbench's cycles - 1 (sysbench counts
+                                  the cycle in which the last result leaves the array;
+                                  models/systolic.py), plus the stall cycles
+    Stall Cycles                  the memory model's stall_cycles, else 0
+    Overall Util %                macs * 100 / (Total Cycles * rows * cols)
+    Mapping Efficiency %          the unweighted mean over folds of mapped PEs / (rows * cols);
+                                  within one GEMM it equals sysbench's mapping_efficiency
+    Compute Util %                the unweighted mean over folds of mapped PEs * T /
+                                  (rows * cols * SCALE-Sim's fold length): 2R + 2C + T - 3
+                                  for ws and is, R + C + T - 2 for os
+Floats are printed as SCALE-Sim prints them (Python's str). A grouped case's stall and
+prefetch cycles are split evenly over its rows (the remainder on the first).
+
+The flat CSV (`--csv`) has one row per case in sysbench's own conventions: id, name, kind,
+params.*, array.*, metrics.*, timing.median_s and validation.passed; lists are JSON.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from math import ceil
+from pathlib import Path
+
+from .models.systolic import mapping
+from .results import write_atomic
+
+SYSTOLIC_KINDS = ("gemm", "conv2d")
+
+
+class ExportError(Exception):
+    """The result cannot be written in the asked format; one line."""
+
+
+def _gemms(case: dict) -> tuple[int, int, int, int]:
+    """(M, K, N, groups) of a gemm or conv2d case."""
+    metrics = case.get("metrics") or {}
+    if case["kind"] == "gemm":
+        p = case["params"]
+        return p["m"], p["k"], p["n"], 1
+    return metrics["gemm_m"], metrics["gemm_k"], metrics["gemm_n"], metrics["groups"]
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    return total // parts + (total % parts if index == 0 else 0)
+
+
+def fold_averages(dataflow: str, rows: int, cols: int, m: int, k: int, n: int) -> tuple[float, float]:
+    """SCALE-Sim's (mapping efficiency, compute utilization) of one GEMM: per-fold values
+    averaged without weights, summed in SCALE-Sim's fold order (column folds outer)."""
+    sr, sc, t = mapping(dataflow, m, k, n)
+    cells = rows * cols
+    fold_length = rows + cols + t - 2 if dataflow == "os" else 2 * rows + 2 * cols + t - 3
+    mapping_sum = compute_sum = 0.0
+    row_folds, col_folds = ceil(sr / rows), ceil(sc / cols)
+    for fc in range(col_folds):
+        cols_used = min(cols, sc - fc * cols)
+        for fr in range(row_folds):
+            used = min(rows, sr - fr * rows) * cols_used
+            mapping_sum += used / cells
+            compute_sum += (used * t) / (cells * fold_length)
+    folds = row_folds * col_folds
+    return mapping_sum / folds, compute_sum / folds
+
+
+def compute_report(cases: list[dict]) -> str:
+    """COMPUTE_REPORT.csv text for cases run on one array."""
+    prefetch = any("total_cycles" in (c.get("metrics") or {}) for c in cases)
+    header = "LayerID, " + ("Total Cycles (incl. prefetch), " if prefetch else "") + \
+        "Total Cycles, Stall Cycles, Overall Util %, Mapping Efficiency %, Compute Util %,\n"
+    lines, layer = [header], 0
+    for case in cases:
+        metrics, array = case["metrics"], case["array"]
+        m, k, n, groups = _gemms(case)
+        rows, cols = array["rows"], array["cols"]
+        mapping_eff, compute_util = fold_averages(array["dataflow"], rows, cols, m, k, n)
+        for g in range(groups):
+            cycles = _share(metrics["cycles"], groups, g) - 1
+            stall = _share(metrics.get("stall_cycles", 0), groups, g)
+            total = cycles + stall
+            items = [total, stall, (m * k * n * 100) / (total * rows * cols), mapping_eff * 100, compute_util * 100]
+            if prefetch:
+                items.insert(0, _share(metrics.get("total_cycles", metrics["cycles"]), groups, g) - 1)
+            lines.append(f"{layer}, " + ", ".join(str(x) for x in items) + ",\n")
+            layer += 1
+    return "".join(lines)
+
+
+def write_scalesim(document: dict, folder) -> list[Path]:
+    """FOLDER/<array>/COMPUTE_REPORT.csv for each array the result's gemm/conv2d cases ran on."""
+    by_array: dict[str, list[dict]] = {}
+    for case in document["cases"]:
+        if case.get("kind") in SYSTOLIC_KINDS and case.get("metrics") and case.get("array"):
+            by_array.setdefault(case["array"].get("name", "default"), []).append(case)
+    if not by_array:
+        kinds = sorted({c.get("kind", "?") for c in document["cases"]})
+        raise ExportError(f"no gemm or conv2d case to write as a SCALE-Sim report (kinds here: {', '.join(kinds)})")
+    written = []
+    for name, cases in by_array.items():
+        written.append(write_atomic(Path(folder) / name / "COMPUTE_REPORT.csv", compute_report(cases)))
+    return written
+
+
+def _cell(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def flat_rows(document: dict) -> tuple[list[str], list[dict]]:
+    """(columns, rows): one row per case, every param, array key and metric."""
+    rows, columns = [], {"id": None, "name": None, "kind": None}
+    for case in document["cases"]:
+        row = {"id": case.get("id"), "name": case.get("name"), "kind": case.get("kind")}
+        for part in ("params", "array", "metrics"):
+            for key, value in (case.get(part) or {}).items():
+                row[f"{part}.{key}"] = _cell(value)
+        row["timing.median_s"] = _cell((case.get("timing") or {}).get("median_s"))
+        row["validation.passed"] = _cell((case.get("validation") or {}).get("passed"))
+        columns.update(dict.fromkeys(row))
+        rows.append(row)
+    return list(columns), rows
+
+
+def write_csv(document: dict, path) -> Path:
+    columns, rows = flat_rows(document)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, out.getvalue())
