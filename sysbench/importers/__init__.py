@@ -58,16 +58,18 @@ def build_suite(path, config=None, batch: int = 1, array: str | None = None,
         raise SuiteError([f"--array {array}: not one of {', '.join(DEFAULT_ARRAYS)} "
                           "(give --config FILE.cfg for an array of your own)"])
 
+    skipped = ""
     if suffix == ".csv":
         cases, layer_notes, form = scalesim.read_topology(path, sparsity, batch)
         what = f"SCALE-Sim {form} topology {path.name}"
     else:
-        cases, layer_notes, skipped = onnx_import.read_model(path, batch)
+        cases, layer_notes, counts = onnx_import.read_model(path, batch)
         what = f"ONNX model {path.name} at batch {batch}"
-        if skipped:
-            what += f"; skipped {sum(skipped.values())} op(s): {onnx_import.summary(skipped)}"
+        if counts:
+            skipped = f"; skipped {sum(counts.values())} op(s): {onnx_import.summary(counts)}"
     notes += layer_notes
-    description = f"imported from {what}: {len(cases)} layers" + (f", array from {config.name}" if config else "")
+    description = f"imported from {what}: {len(cases)} layers" + \
+        (f" on the array of {config.name}" if config else "") + skipped
     names = list(arrays)
     data = {"name": path.stem, "description": description,
             "defaults": {"numerics": numerics, "array": names if len(names) > 1 else names[0]},

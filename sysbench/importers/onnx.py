@@ -19,14 +19,13 @@ extra row to the input), which keeps the output size and the GEMMs.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from ..suite import SuiteError
 
-TWO_GB = 2**31 - 1
+SHAPE_TYPES = (7, 6)  # TensorProto.INT64, INT32
 
 
 def _onnx():
@@ -49,7 +48,7 @@ def read_model(path: Path, batch: int) -> tuple[list[dict], list[str], Counter]:
     if not model.HasField("graph") or model.ir_version == 0:
         raise SuiteError([f"{path}: not an ONNX model (no graph)"])
     _bind_batch(model, batch)
-    model = _infer(onnx, model, path)
+    model, complaint = _infer(onnx, model, path)
     shapes = _shapes(model)
     cases, notes, skipped, batched, seen = [], [], Counter(), [], Counter()
     for index, node in enumerate(model.graph.node):
@@ -70,7 +69,8 @@ def read_model(path: Path, batch: int) -> tuple[list[dict], list[str], Counter]:
             dims = shapes.get(node.input[i])
             if dims is None or any(d is None for d in dims):
                 raise SuiteError([f"{node_label}: the shape of input {node.input[i]!r} cannot be inferred"
-                                  + (f" (inferred: {_fmt(dims)})" if dims else "")])
+                                  + (f" (inferred: {_fmt(dims)})" if dims else "")
+                                  + (f"; onnx shape inference: {complaint}" if complaint else "")])
             return dims
 
         out = shapes.get(node.output[0]) if node.output else None
@@ -109,31 +109,37 @@ def _bind_batch(model, batch: int) -> None:
 
 
 def _infer(onnx, model, path: Path):
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    if not external:
+    """The model with inferred shapes; (model, the strict inference's complaint or "")."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    # Data propagation (Reshape targets, Shape arithmetic) needs small integer tensors'
+    # values; weights stay on disk.
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.data_type in SHAPE_TYPES \
+                and math.prod(tensor.dims) <= 1 << 16:
+            try:
+                load_external_data_for_tensor(tensor, str(path.resolve().parent))
+            except OSError as exc:
+                raise SuiteError([f"{path}: cannot read the external data of {tensor.name!r}: "
+                                  f"{exc.strerror or exc}"]) from None
+    complaint = ""
+    for strict in (True, False):
         try:
-            return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+            return _infer_once(onnx, model, strict), complaint
         except onnx.shape_inference.InferenceError as exc:
-            raise SuiteError([f"{path}: onnx shape inference failed: {_first_line(exc)}"]) from None
-        except ValueError:  # the model is too large to pass in memory: the path-based route
-            pass
-    # The bound copy goes beside the model, so that external data (paths relative to the
-    # model's folder) resolves; the inferred model is read back without its data.
+            complaint = _first_line(exc)  # strict failed: infer what can be, name it if needed
+    raise SuiteError([f"{path}: onnx shape inference failed: {complaint}"])
+
+
+def _infer_once(onnx, model, strict: bool):
     try:
-        fd, source = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".sysbench.onnx", dir=path.resolve().parent)
-    except OSError:
-        fd, source = tempfile.mkstemp(suffix=".onnx")
-    os.close(fd)
-    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+    except ValueError:  # too large to pass in memory (2 GB): the path-based route
         with tempfile.TemporaryDirectory() as tmp:
-            target = str(Path(tmp) / "inferred.onnx")
-            onnx.save(model, source)
-            onnx.shape_inference.infer_shapes_path(source, target, strict_mode=True, data_prop=True)
+            source, target = str(Path(tmp) / "bound.onnx"), str(Path(tmp) / "inferred.onnx")
+            onnx.save(model, source, save_as_external_data=True)
+            onnx.shape_inference.infer_shapes_path(source, target, strict_mode=strict, data_prop=True)
             return onnx.load(target, load_external_data=False)
-    except onnx.shape_inference.InferenceError as exc:
-        raise SuiteError([f"{path}: onnx shape inference failed: {_first_line(exc)}"]) from None
-    finally:
-        Path(source).unlink(missing_ok=True)
 
 
 def _first_line(exc) -> str:

@@ -90,7 +90,7 @@ def read_topology(path: Path, sparsity_support: bool = False, batch: int = 1) ->
     fixed = 1 + len(fields)
     ignored = sorted({header[i] for i in range(fixed, len(header)) if names[i] and "sparsity" not in names[i]})
 
-    cases, notes, widened, seen = [], [], [], {}
+    cases, notes, widened, seen, unused_nm = [], [], [], {}, []
     for lineno, line in enumerate(lines[1:], start=2):
         cells = _split(line, delimiter)
         if not cells:
@@ -117,6 +117,8 @@ def read_topology(path: Path, sparsity_support: bool = False, batch: int = 1) ->
         if case_name != name:
             notes.append(f"{where}: layer name {name!r} repeats: its case is {case_name!r}")
         sparse = sparsity_support and nm[0] < nm[1]
+        if nm[0] < nm[1] and not sparsity_support:
+            unused_nm.append(case_name)
         if form == "gemm":
             m, n, k = values
             case = {"name": case_name, "kind": "gemm", "m": m, "k": k, "n": n}
@@ -131,6 +133,9 @@ def read_topology(path: Path, sparsity_support: bool = False, batch: int = 1) ->
     if widened:
         notes.append(f"SCALE-Sim's ofmap ceil((H - F + S) / S) reads past the IFMAP edge on {len(widened)} "
                      f"layer(s) ({', '.join(widened)}): their height/width are widened to (ofmap - 1) * S + F")
+    if unused_nm:
+        notes.append(f"N:M sparsity of {len(unused_nm)} layer(s) ({', '.join(unused_nm)}) not used: SparsitySupport "
+                     "is false (SCALE-Sim's default; give a .cfg with [sparsity] SparsitySupport = true)")
     if ignored:
         notes.append(f"{path}: columns ignored (SCALE-Sim does not read them either): {', '.join(ignored)}")
     if batch != 1 and form == "gemm":
