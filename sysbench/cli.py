@@ -227,23 +227,18 @@ def report_(
         document = results.load(file)
     except results.ResultError as exc:
         fail(str(exc))
+    written = []
     try:
-        written = export.write_scalesim(document, scalesim) if scalesim else []
-        written += [export.write_csv(document, csv_out)] if csv_out else []
-    except export.ExportError as exc:
+        if scalesim:
+            written += export.write_scalesim(document, scalesim)
+        if csv_out:
+            written.append(export.write_csv(document, csv_out))
+        if html or png:
+            written += report.write_plots(document, html=html, png_dir=png, source=str(file))
+    except (export.ExportError, report.PlotUnavailable) as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(f"{exc.filename or scalesim or csv_out}: cannot write the report: {exc.strerror or exc}")
-    for path in written:
-        report.stderr.print(f"written {path}", highlight=False)
-    if html is None and png is None:
-        return
-    try:
-        written = report.write_plots(document, html=html, png_dir=png, source=str(file))
-    except report.PlotUnavailable as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{exc.filename or html or png}: cannot write the report: {exc.strerror or exc}")
+        fail(f"{exc.filename or html or png or scalesim or csv_out}: cannot write the report: {exc.strerror or exc}")
     for path in written:
         report.stderr.print(f"written {path}", highlight=False)
 

@@ -1,12 +1,10 @@
 """sysbench results as SCALE-Sim's COMPUTE_REPORT.csv and as one flat CSV."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clitools import sysbench
 
 from sysbench import export
 
@@ -34,7 +32,8 @@ def conv_case(m, k, n, groups, cycles, name="c", **metrics):
 def parse(text):
     lines = text.splitlines()
     assert all(line.endswith(",") for line in lines)  # SCALE-Sim ends every line in a comma
-    return [h.strip() for h in lines[0].split(",")[:-1]], [[v.strip() for v in line.split(",")[:-1]] for line in lines[1:]]
+    cells = [[v.strip() for v in line.split(",")[:-1]] for line in lines]
+    return cells[0], cells[1:]
 
 
 def test_compute_report_is_scalesims_for_known_layers():
@@ -118,10 +117,6 @@ def test_flat_csv_one_row_per_case_every_param_array_key_and_metric(tmp_path):
     assert columns[:3] == ["id", "name", "kind"]
     assert {"params.m", "array.dataflow", "metrics.cycles", "metrics.gemm_m", "timing.median_s"} <= set(columns)
 
-
-def sysbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sysbench", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=600)
 
 
 def test_cli_report_scalesim_and_csv(tmp_path):

@@ -1,7 +1,5 @@
 """ONNX models (built here with onnx.helper) -> suites, checked against hand-written suites
 of the same layers and against onnx's reference evaluator's output shapes."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
+from clitools import sysbench  # noqa: E402
 from sysbench import importers, suite as suite_mod  # noqa: E402
 from sysbench.suite import SuiteError  # noqa: E402
 from sysbench.workloads import conv2d, tconv2d  # noqa: E402
@@ -290,7 +289,7 @@ def test_too_large_for_memory_takes_the_path_based_inference(tmp_path, monkeypat
 def test_unmappable_conv_forms_are_skipped_and_counted(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])
     path, _ = save(tmp_path, [node("Conv", ["x", "w"], "y", "conv1d")], [x], [weight("w", 4, 2, 3)])
-    with pytest.raises(SuiteError, match=r"no Conv, ConvTranspose, Gemm or MatMul node to import \(ops: Conv \(1-D\) x1\)"):
+    with pytest.raises(SuiteError, match=r"no Conv, ConvTranspose, Gemm or MatMul node .* \(ops: Conv \(1-D\) x1\)"):
         importers.load(path)
 
 
@@ -329,10 +328,6 @@ def test_without_the_onnx_package(tmp_path, monkeypatch):
     with pytest.raises(SuiteError, match=r"needs the onnx package: pip install 'sysbench\[onnx\]'"):
         importers.load(path)
 
-
-def sysbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sysbench", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=600)
 
 
 def test_cli_run_and_import_the_shipped_example(tmp_path):

@@ -1,11 +1,9 @@
 """SCALE-Sim topologies and configs -> suites; agreement with SCALE-Sim 3.0.0's own cycles."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clitools import assert_clean_error, sysbench
 
 from sysbench import export, importers, suite as suite_mod
 from sysbench.importers import scalesim
@@ -16,17 +14,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "scalesim"
 REPORTS = {path.stem: json.loads(path.read_text()) for path in sorted((FIXTURES / "reports").glob("*.json"))}
 
 
-def sysbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sysbench", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=600)
-
-
-def assert_clean_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in proc.stderr, proc.stderr
 
 
 def cases_of(tmp_path, text, name="t.csv", config=None, **kwargs):
@@ -104,7 +91,8 @@ def test_gemm_form_is_m_n_k_with_k_the_reduction(tmp_path):
 
 
 def test_depthwise_dp_rows_split_per_channel(tmp_path):
-    cases, notes = cases_of(tmp_path, CONV_HEADER + "conv_DP1, 16, 16, 3, 3, 8, 2, 1,\nconvdp, 16, 16, 3, 3, 8, 2, 1,\n")
+    rows = "conv_DP1, 16, 16, 3, 3, 8, 2, 1,\nconvdp, 16, 16, 3, 3, 8, 2, 1,\n"
+    cases, notes = cases_of(tmp_path, CONV_HEADER + rows)
     dp, plain = cases
     assert (dp.params["groups"], dp.params["in_channels"], dp.params["out_channels"]) == (8, 8, 16)
     assert (plain.params["groups"], plain.params["out_channels"]) == (1, 2)  # 'DP' is case-sensitive
@@ -118,8 +106,8 @@ def test_lenient_rows_bom_tabs_blank_rows_missing_commas_extra_columns(tmp_path)
     cases, notes = cases_of(tmp_path, text)
     assert [c.name for c in cases] == ["Conv1", "CB2a_1", "last"]
     assert any("columns ignored" in n and "Eh, Ew, e2" in n for n in notes)
-    tabs = "Layer name\t IFMAP Height\t IFMAP Width\t Filter Height\t Filter Width\t Channels\t Num Filter\t Strides\t \n" \
-           "Conv1_1\t572\t572\t3\t3\t1\t64\t1\t\n"
+    tabs = "Layer name\t IFMAP Height\t IFMAP Width\t Filter Height\t Filter Width\t Channels\t Num Filter\t" \
+           " Strides\t \nConv1_1\t572\t572\t3\t3\t1\t64\t1\t\n"
     cases, _ = cases_of(tmp_path, tabs, "tabs.csv")
     assert cases[0].params["height"] == 572 and cases[0].params["out_channels"] == 64
 
@@ -270,9 +258,10 @@ def test_bad_topologies(tmp_path, text, fragment):
 
 
 @pytest.mark.parametrize("text,fragment", [
-    (V3_CFG.replace("Dataflow : ws", "Dataflow : xs"), "x.cfg:14: [architecture_presets] Dataflow: must be ws, os or is"),
-    (V3_CFG.replace("ArrayHeight:    32", "ArrayHeight: -3"), "x.cfg:5: [architecture_presets] ArrayHeight: must be a positive integer"),
-    (V3_CFG.replace("InterfaceBandwidth: CALC", "InterfaceBandwidth: FAST"), "InterfaceBandwidth: must be USER or CALC"),
+    (V3_CFG.replace("Dataflow : ws", "Dataflow : xs"), "x.cfg:14: [architecture_presets] Dataflow: must be ws, os"),
+    (V3_CFG.replace("ArrayHeight:    32", "ArrayHeight: -3"),
+     "x.cfg:5: [architecture_presets] ArrayHeight: must be a positive integer"),
+    (V3_CFG.replace("InterfaceBandwidth: CALC", "InterfaceBandwidth: FAST"), "InterfaceBandwidth: must be USER"),
     (V3_CFG.replace("SparsitySupport : false", "SparsitySupport : maybe"), "SparsitySupport: must be true or false"),
     (V2_CFG.replace("Bandwidth : 10\n", ""), "InterfaceBandwidth = USER needs [architecture_presets] Bandwidth"),
     ("ArrayHeight: 32\n", "x.cfg:1: not a SCALE-Sim .cfg (INI): no [section] header"),
@@ -312,7 +301,8 @@ def test_cli_import_writes_a_suite_that_runs(tmp_path):
     assert stdout.returncode == 0 and stdout.stdout.startswith('name = "gemm"')
     default = sysbench("import", str(FIXTURES / "gemm.csv"), cwd=tmp_path)
     assert default.returncode == 0 and (tmp_path / "gemm.toml").is_file()
-    assert suite_mod.load_text((tmp_path / "gemm.toml").read_text(), tmp_path / "gemm.toml", "x").cases[0].numerics is False
+    written = tmp_path / "gemm.toml"
+    assert suite_mod.load_text(written.read_text(), written, "x").cases[0].numerics is False
     numerics = suite_mod.load_text(stdout.stdout, tmp_path / "n.toml", "n")
     assert all(c.numerics for c in numerics.cases) and {c.array.name for c in numerics.cases} == {"a32", "a128"}
 

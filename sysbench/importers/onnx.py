@@ -44,7 +44,7 @@ def read_model(path: Path, batch: int) -> tuple[list[dict], list[str], Counter]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise SuiteError([f"{path}: not an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})"]) from None
+        raise SuiteError([f"{path}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})"]) from None
     if not model.HasField("graph") or model.ir_version == 0:
         raise SuiteError([f"{path}: not an ONNX model (no graph)"])
     _bind_batch(model, batch)
@@ -159,8 +159,7 @@ def _shapes(model) -> dict[str, list]:
 
 
 def _pair(values, default) -> list[int]:
-    values = list(values) if values is not None else [default, default]
-    return values
+    return list(values) if values is not None else [default, default]
 
 
 def _same_or_pads(attrs, size, kernel, stride, dilation, axis) -> int:
@@ -175,17 +174,26 @@ def _same_or_pads(attrs, size, kernel, stride, dilation, axis) -> int:
     return pads[axis] + pads[axis + 2]
 
 
-def _conv(name, shape, attrs, out, label, notes, batched):
+def _spatial(shape, attrs, label, transposed):
+    """(input shape, weight shape, kernel, group, strides, dilations) of a 2-D convolution
+    (transposed: ConvTranspose's weight layout), or the reason it is not one."""
     x, w = shape(0), shape(1)
     if len(x) != 4:
         return f"{len(x) - 2}-D"
-    n, c, h, wd = x
-    m, cg, kh, kw = w
-    kh, kw = attrs.get("kernel_shape", [kh, kw])
     group = attrs.get("group", 1)
-    if c != cg * group or m % group:
+    c = x[1]
+    agree = c == w[0] and c % group == 0 if transposed else c == w[1] * group and w[0] % group == 0
+    if not agree:
         raise SuiteError([f"{label}: input channels {c}, weight {_fmt(w)} and group {group} do not agree"])
-    stride, dilation = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
+    return (x, w, list(attrs.get("kernel_shape", w[2:])), group,
+            _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1))
+
+
+def _conv(name, shape, attrs, out, label, notes, batched):
+    spatial = _spatial(shape, attrs, label, transposed=False)
+    if isinstance(spatial, str):
+        return spatial
+    (n, c, h, wd), w, (kh, kw), group, stride, dilation = spatial
     sizes, kernels, heights, padding = (h, wd), (kh, kw), [], []
     for axis in (0, 1):
         total = _same_or_pads(attrs, sizes[axis], kernels[axis], stride[axis], dilation[axis], axis)
@@ -200,27 +208,15 @@ def _conv(name, shape, attrs, out, label, notes, batched):
         notes.append(f"{label}: pads {attrs.get('auto_pad') if not pads else pads} run as symmetric padding "
                      f"{padding[0]}x{padding[1]}{extra} (same output {outs[0]}x{outs[1]}, same GEMMs)")
     _check_inferred(out, outs, label, notes)
-    case = {"name": name, "kind": "conv2d", "batch": n, "height": heights[0], "width": heights[1],
-            "in_channels": c, "out_channels": m, "kernel": _one(kh, kw), "stride": _one(*stride),
-            "padding": _one(*padding)}
-    if dilation != [1, 1]:
-        case["dilation"] = _one(*dilation)
-    if group != 1:
-        case["groups"] = group
-    return case
+    return _case(name, "conv2d", batch=n, height=heights[0], width=heights[1], in_channels=c, out_channels=w[0],
+                 kernel=[kh, kw], stride=stride, padding=padding, dilation=dilation, groups=group)
 
 
 def _conv_transpose(name, shape, attrs, out, label, notes, batched):
-    x, w = shape(0), shape(1)
-    if len(x) != 4:
-        return f"{len(x) - 2}-D"
-    n, c, h, wd = x
-    cw, mg, kh, kw = w
-    kh, kw = attrs.get("kernel_shape", [kh, kw])
-    group = attrs.get("group", 1)
-    if c != cw or c % group:
-        raise SuiteError([f"{label}: input channels {c}, weight {_fmt(w)} and group {group} do not agree"])
-    stride, dilation = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
+    spatial = _spatial(shape, attrs, label, transposed=True)
+    if isinstance(spatial, str):
+        return spatial
+    (n, c, h, wd), w, (kh, kw), group, stride, dilation = spatial
     output_padding = _pair(attrs.get("output_padding"), 0)
     auto = attrs.get("auto_pad", "NOTSET")
     output_shape = attrs.get("output_shape")
@@ -246,15 +242,22 @@ def _conv_transpose(name, shape, attrs, out, label, notes, batched):
         extra_padding.append(op)
         outs.append(target)
     _check_inferred(out, outs, label, notes)
-    case = {"name": name, "kind": "tconv2d", "batch": n, "height": h, "width": wd, "in_channels": c,
-            "out_channels": mg * group, "kernel": _one(kh, kw), "stride": _one(*stride),
-            "padding": _one(*padding)}
-    if extra_padding != [0, 0]:
-        case["output_padding"] = _one(*extra_padding)
-    if dilation != [1, 1]:
-        case["dilation"] = _one(*dilation)
-    if group != 1:
-        case["groups"] = group
+    return _case(name, "tconv2d", batch=n, height=h, width=wd, in_channels=c, out_channels=w[1] * group,
+                 kernel=[kh, kw], stride=stride, padding=padding, output_padding=extra_padding,
+                 dilation=dilation, groups=group)
+
+
+OMITTED = {"dilation": 1, "groups": 1, "output_padding": 0}  # left out of a case at these values
+
+
+def _case(name: str, kind: str, **keys) -> dict:
+    """A suite case: a square pair as one int (suite style), default-valued keys left out."""
+    case = {"name": name, "kind": kind}
+    for key, value in keys.items():
+        if isinstance(value, list):
+            value = _one(*value)
+        if OMITTED.get(key) != value:
+            case[key] = value
     return case
 
 
