@@ -224,7 +224,7 @@ def report_(
     """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the
     package); SCALE-Sim's COMPUTE_REPORT.csv; a flat CSV."""
     if html is None and png is None and scalesim is None and csv_out is None:
-        fail("say where to write the report: --html OUT.html, --png FOLDER, --scalesim FOLDER and/or --csv OUT.csv")
+        fail("say where to write the report: --scalesim FOLDER, --csv OUT.csv, --html OUT.html and/or --png FOLDER")
     try:
         document = results.load(file)
     except results.ResultError as exc:
