@@ -51,8 +51,8 @@ def run(
         except compare_mod.CompareError as exc:
             fail(str(exc))
     specs = suites or ["quick"]
-    if config is not None and not any(importers.handles(spec) for spec in specs):
-        fail("--config is for imported files (a SCALE-Sim topology .csv, an ONNX model .onnx)")
+    if (config is not None or batch != 1) and not any(importers.handles(spec) for spec in specs):
+        fail("--config and --batch are for imported files (a SCALE-Sim topology .csv, an ONNX model .onnx)")
     loaded, problems = [], []
     for spec in specs:
         try:

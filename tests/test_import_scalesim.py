@@ -310,7 +310,7 @@ def test_cli_import_writes_a_suite_that_runs(tmp_path):
     assert ran.returncode == 0, ran.stderr
     validated = json.loads((tmp_path / "n.json").read_text())["cases"]
     assert len(validated) == 6 and all(c["validation"]["passed"] for c in validated)
-    assert_clean_error(sysbench("run", "quick", "--config", str(FIXTURES / "a32_ws.cfg")), "--config is for imported")
+    assert_clean_error(sysbench("run", "quick", "--config", str(FIXTURES / "a32_ws.cfg")), "--config and --batch are for imported")
 
 
 @pytest.mark.parametrize("args,fragment", [
