@@ -19,7 +19,9 @@ SCALE-Sim's count, so that it diffs line by line against SCALE-Sim's own:
                                   (rows * cols * SCALE-Sim's fold length): 2R + 2C + T - 3
                                   for ws and is, R + C + T - 2 for os
 Floats are printed as SCALE-Sim prints them (Python's str). A grouped case's stall and
-prefetch cycles are split evenly over its rows (the remainder on the first).
+prefetch cycles are split evenly over its rows (the remainder on the first). An array with
+weight_load = "overlapped" has no SCALE-Sim counterpart; its rows apply the same definitions
+to sysbench's overlapped cycles.
 
 The flat CSV (`--csv`) has one row per case in sysbench's own conventions: id, name, kind,
 params.*, array.*, metrics.*, timing.median_s and validation.passed; lists are JSON.
