@@ -112,6 +112,13 @@ def test_lenient_rows_bom_tabs_blank_rows_missing_commas_extra_columns(tmp_path)
     assert cases[0].params["height"] == 572 and cases[0].params["out_channels"] == 64
 
 
+def test_comments_and_title_rows(tmp_path):
+    text = CONV_HEADER + "\nAlphaGoZero,\nConv, 19, 19, 3, 3, 17, 256, 1,\ndw, 20, 20, 3, 3, 1, 1, 1,#dw\n"
+    cases, notes = cases_of(tmp_path, text)
+    assert [c.name for c in cases] == ["Conv", "dw"]
+    assert any("skipped as titles: 'AlphaGoZero' (line 3)" in n for n in notes)
+
+
 def test_repeated_layer_names_get_a_suffix(tmp_path):
     cases, notes = cases_of(tmp_path, "Layer, M, N, K,\nfc, 1, 2, 3,\nfc, 4, 5, 6,\n")
     assert [c.name for c in cases] == ["fc", "fc_2"]
@@ -245,6 +252,7 @@ def test_array_name_from_cfg_or_option(tmp_path):
     ("", "t.csv:1: no header"),
     (CONV_HEADER + "c, 8, 8, 3, 3, 2, two, 1,\n", "t.csv:2: Num Filter must be a positive integer, got 'two'"),
     (CONV_HEADER + "\nc, 8, 8, 3, 3, 2,\n", "t.csv:3: expected 8 values"),
+    (CONV_HEADER + "c, 8, 8, 3, 3, 2, 2, 1, 1:1, 4,\n", "t.csv:2: unexpected value '4' in column 10"),
     (CONV_HEADER + "c, 4, 4, 5, 5, 2, 2, 1,\n", "t.csv:2: the 5x5 filter is larger than the 4x4 IFMAP"),
     (CONV_HEADER + "c, 8, 8, 3, 3, 2, 2, 1, 3:2,\n", "t.csv:2: sparsity must be N:M"),
     (CONV_HEADER + "c, 8, 8, 3, 3, 2, 2, 1, 7,\n", "t.csv:2: unexpected value '7' in column 9"),

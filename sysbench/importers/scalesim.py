@@ -46,6 +46,10 @@ def _read_text(path: Path, what: str) -> str:
 
 def _split(line: str, delimiter: str) -> list[str]:
     cells = [c.strip() for c in line.split(delimiter)]
+    for index, cell in enumerate(cells):
+        if cell.startswith("#"):  # a comment (SCALE-Sim drops what follows the last comma)
+            del cells[index:]
+            break
     while cells and not cells[-1]:
         cells.pop()
     return cells
@@ -90,12 +94,15 @@ def read_topology(path: Path, sparsity_support: bool = False, batch: int = 1) ->
     fixed = 1 + len(fields)
     ignored = sorted({header[i] for i in range(fixed, len(header)) if names[i] and "sparsity" not in names[i]})
 
-    cases, notes, widened, seen, unused_nm = [], [], [], {}, []
+    cases, notes, widened, seen, unused_nm, titles = [], [], [], {}, [], []
     for lineno, line in enumerate(lines[1:], start=2):
         cells = _split(line, delimiter)
         if not cells:
             continue
         where = f"{path}:{lineno}"
+        if len(cells) == 1:  # a name alone: a title between the networks of one file
+            titles.append(f"{cells[0]!r} (line {lineno})")
+            continue
         if len(cells) < fixed:
             raise SuiteError([f"{where}: expected {fixed} values (Layer, {', '.join(fields)}), got {len(cells)}"])
         name = cells[0]
@@ -133,6 +140,8 @@ def read_topology(path: Path, sparsity_support: bool = False, batch: int = 1) ->
     if widened:
         notes.append(f"SCALE-Sim's ofmap ceil((H - F + S) / S) reads past the IFMAP edge on {len(widened)} "
                      f"layer(s) ({', '.join(widened)}): their height/width are widened to (ofmap - 1) * S + F")
+    if titles:
+        notes.append(f"{path}: rows with a name and no values skipped as titles: {', '.join(titles)}")
     if unused_nm:
         notes.append(f"N:M sparsity of {len(unused_nm)} layer(s) ({', '.join(unused_nm)}) not used: SparsitySupport "
                      "is false (SCALE-Sim's default; give a .cfg with [sparsity] SparsitySupport = true)")
