@@ -252,6 +252,14 @@ def test_symbolic_batch_is_bound(tmp_path):
         assert next(c for c in cases if c.name == "matmul_shared").params["m"] == 5 * batch
 
 
+def test_a_fixed_batch_is_kept_and_said(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    path, _ = save(tmp_path, [node("Conv", ["x", "w"], "y", "conv")], [x], [weight("w", 4, 3, 3, 3)])
+    suite, notes = importers.load(path, batch=4, array="a32")
+    assert suite.cases[0].params["batch"] == 1
+    assert notes == ["--batch 4 not applied to inputs whose first dimension is fixed: 'x' (1)"]
+
+
 def test_models_with_external_data(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
     shape = numpy_helper.from_array(np.array([-1, 256], np.int64), "shape")

@@ -47,10 +47,12 @@ def read_model(path: Path, batch: int) -> tuple[list[dict], list[str], Counter]:
         raise SuiteError([f"{path}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})"]) from None
     if not model.HasField("graph") or model.ir_version == 0:
         raise SuiteError([f"{path}: not an ONNX model (no graph)"])
-    _bind_batch(model, batch)
+    fixed = _bind_batch(model, batch)
     model, complaint = _infer(onnx, model, path)
     shapes = _shapes(model)
     cases, notes, skipped, batched, seen = [], [], Counter(), [], Counter()
+    if fixed and batch != 1:
+        notes.append(f"--batch {batch} not applied to inputs whose first dimension is fixed: {', '.join(fixed)}")
     for index, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx") or node.op_type not in MAPPERS:
             skipped[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
@@ -98,14 +100,20 @@ def _fmt(dims) -> str:
     return "x".join("?" if d is None else str(d) for d in dims)
 
 
-def _bind_batch(model, batch: int) -> None:
+def _bind_batch(model, batch: int) -> list[str]:
+    """Set every graph input's symbolic dim 0 to `batch`; the inputs whose dim 0 is fixed
+    to another size."""
     initializers = {t.name for t in model.graph.initializer}
+    fixed = []
     for value in model.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch  # clears dim_param (a oneof)
+        elif dims and dims[0].dim_value != batch:
+            fixed.append(f"{value.name!r} ({dims[0].dim_value})")
+    return fixed
 
 
 def _infer(onnx, model, path: Path):
