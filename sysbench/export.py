@@ -6,11 +6,15 @@ SCALE-Sim's count, so that it diffs line by line against SCALE-Sim's own:
     LayerID                       0, 1, ... in run order, per array; one row per GEMM on the
                                   array: a conv2d with groups = G gives G rows, as SCALE-Sim
                                   gives one per channel of a depthwise ("DP") layer
-    Total Cycles (incl. prefetch) only when the cases have the memory model's total_cycles
-                                  (sysbench's count - 1); SCALE-Sim v2 had no such column
+    Total Cycles (incl. prefetch) only for arrays with bandwidth_mode = "user" whose cases have
+                                  the memory model's total_cycles (from the first DRAM read to
+                                  the last DRAM write: SCALE-Sim's count, held to it by
+                                  tests/test_memory.py); SCALE-Sim's CALC-mode estimate of it is
+                                  not modelled, and SCALE-Sim v2 had no such column
     Total Cycles                  SCALE-Sim's count: sysbench's cycles - 1 (sysbench counts
                                   the cycle in which the last result leaves the array;
-                                  models/systolic.py), plus the stall cycles
+                                  models/systolic.py), plus the stall cycles (SCALE-Sim's
+                                  USER-mode Total Cycles on every layer checked)
     Stall Cycles                  the memory model's stall_cycles, else 0
     Overall Util %                macs * 100 / (Total Cycles * rows * cols)
     Mapping Efficiency %          the unweighted mean over folds of mapped PEs / (rows * cols);
@@ -77,7 +81,8 @@ def fold_averages(dataflow: str, rows: int, cols: int, m: int, k: int, n: int) -
 
 def compute_report(cases: list[dict]) -> str:
     """COMPUTE_REPORT.csv text for cases run on one array."""
-    prefetch = any("total_cycles" in (c.get("metrics") or {}) for c in cases)
+    prefetch = any("total_cycles" in (c.get("metrics") or {}) and c["array"].get("bandwidth_mode") == "user"
+                   for c in cases)
     header = "LayerID, " + ("Total Cycles (incl. prefetch), " if prefetch else "") + \
         "Total Cycles, Stall Cycles, Overall Util %, Mapping Efficiency %, Compute Util %,\n"
     lines, layer = [header], 0
@@ -92,7 +97,7 @@ def compute_report(cases: list[dict]) -> str:
             total = cycles + stall
             items = [total, stall, (m * k * n * 100) / (total * rows * cols), mapping_eff * 100, compute_util * 100]
             if prefetch:
-                items.insert(0, _share(metrics.get("total_cycles", metrics["cycles"]), groups, g) - 1)
+                items.insert(0, _share(metrics.get("total_cycles", total + 1), groups, g))
             lines.append(f"{layer}, " + ", ".join(str(x) for x in items) + ",\n")
             layer += 1
     return "".join(lines)

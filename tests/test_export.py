@@ -76,14 +76,20 @@ def test_fold_averages_by_hand(dataflow, length):
 
 
 def test_stalls_and_prefetch_columns_when_the_memory_model_gives_them():
-    text = export.compute_report([gemm_case(64, 36, 8, 316, stall_cycles=40, total_cycles=500),
-                                  conv_case(196, 9, 1, 2, 580, stall_cycles=5, total_cycles=801)])
-    header, rows = parse(text)
+    user = {**array(), "bandwidth_mode": "user"}
+    cases = [gemm_case(64, 36, 8, 316, arr=user, stall_cycles=40, total_cycles=500),
+             conv_case(196, 9, 1, 2, 580, stall_cycles=5, total_cycles=801)]
+    cases[1]["array"] = user
+    header, rows = parse(export.compute_report(cases))
     assert header[:4] == ["LayerID", "Total Cycles (incl. prefetch)", "Total Cycles", "Stall Cycles"]
-    assert rows[0][:4] == ["0", "499", "355", "40"]  # 316 - 1 + 40
+    assert rows[0][:4] == ["0", "500", "355", "40"]  # 316 - 1 + 40; the memory model's total as it is
     assert float(rows[0][4]) == 64 * 36 * 8 * 100 / (355 * 1024)
     # a grouped case's stalls and prefetch split over its rows, the remainder on the first
-    assert [r[:4] for r in rows[1:]] == [["1", "400", "292", "3"], ["2", "399", "291", "2"]]
+    assert [r[:4] for r in rows[1:]] == [["1", "401", "292", "3"], ["2", "400", "291", "2"]]
+    # ideal bandwidth: the memory model's total is not SCALE-Sim's CALC estimate, so no column
+    ideal = [gemm_case(64, 36, 8, 316, stall_cycles=0, total_cycles=4000)]
+    header, rows = parse(export.compute_report(ideal))
+    assert header[1] == "Total Cycles" and rows[0][1:3] == ["315", "0"]
 
 
 def result(cases):
@@ -133,3 +139,27 @@ def test_cli_report_scalesim_and_csv(tmp_path):
         assert len(list(csv.DictReader(handle))) == 5
     bad = sysbench("report", str(out))
     assert bad.returncode == 2 and "--scalesim FOLDER" in bad.stderr
+
+
+def test_total_cycles_is_scalesims_in_user_mode_too():
+    """SCALE-Sim USER mode (the memory system's fixture, tests/fixtures/scalesim_memory):
+    its Total Cycles = sysbench's cycles - 1 + its stall cycles, on every layer."""
+    path = Path(__file__).parent / "fixtures" / "scalesim_memory" / "scalesim_memory.json"
+    if not path.exists():
+        pytest.skip("the memory system's SCALE-Sim fixture is not in this tree")
+    from sysbench.hardware import Array
+    from sysbench.models.systolic import gemm_cycles
+
+    for name, case in json.loads(path.read_text())["cases"].items():
+        if case["kind"] == "gemm":
+            m, k, n = case["dims"]
+        else:  # SCALE-Sim's conv: no padding; these layers have (H - F) % S == 0
+            h, w, kh, kw, c, f, s = case["dims"]
+            m, k, n = ((h - kh) // s + 1) * ((w - kw) // s + 1), kh * kw * c, f
+        arr = Array(rows=case["rows"], cols=case["cols"], dataflow=case["dataflow"])
+        report = case["COMPUTE_REPORT"]
+        stall = int(report["Stall Cycles"])
+        row = export.compute_report([gemm_case(m, k, n, gemm_cycles(arr, m, k, n)["cycles"],
+                                               arr=array(case["rows"], case["cols"], case["dataflow"]),
+                                               stall_cycles=stall)]).splitlines()[1]
+        assert int(row.split(",")[1]) == report["Total Cycles"], name
