@@ -314,11 +314,13 @@ def test_cli_import_writes_a_suite_that_runs(tmp_path):
     numerics = suite_mod.load_text(stdout.stdout, tmp_path / "n.toml", "n")
     assert all(c.numerics for c in numerics.cases) and {c.array.name for c in numerics.cases} == {"a32", "a128"}
     (tmp_path / "n.toml").write_text(stdout.stdout)
-    ran = sysbench("run", str(tmp_path / "n.toml"), "--repeats", "1", "--filter", "a32]", "-o", str(tmp_path / "n.json"))
+    ran = sysbench("run", str(tmp_path / "n.toml"), "--repeats", "1", "--filter", "a32]",
+                   "-o", str(tmp_path / "n.json"))
     assert ran.returncode == 0, ran.stderr
     validated = json.loads((tmp_path / "n.json").read_text())["cases"]
     assert len(validated) == 6 and all(c["validation"]["passed"] for c in validated)
-    assert_clean_error(sysbench("run", "quick", "--config", str(FIXTURES / "a32_ws.cfg")), "--config and --batch are for imported")
+    assert_clean_error(sysbench("run", "quick", "--config", str(FIXTURES / "a32_ws.cfg")),
+                       "--config and --batch are for imported")
 
 
 @pytest.mark.parametrize("args,fragment", [
