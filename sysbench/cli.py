@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__, compare as compare_mod, output as output_mod, preflight, report, results
-from . import sinks, sweep, suite as suite_mod
+from . import __version__, compare as compare_mod, export, importers, output as output_mod, preflight, report
+from . import results, sinks, sweep, suite as suite_mod
 from .runner import InputError, SweepError, available_cpus, resolve_threads, run_suite, total_steps
 from .sweep import Block
 from .workloads import registry
@@ -91,11 +91,15 @@ def run(
     by: str = typer.Option("cycles", "--by", help="rank configurations by cycles | utilization | energy | edp"),
     table: bool = typer.Option(False, "--table", help="the full table of cases, however many there are"),
     yes: bool = typer.Option(False, "--yes", help=f"run a sweep of more than {10**7:,} cases"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="a SCALE-Sim .cfg for the imported files (.csv, .onnx)"),
+    batch: int = typer.Option(1, "--batch", help="batch of the imported files"),
     mpi: bool = typer.Option(False, "--mpi", hidden=True,
                              help="run inside an mpiexec job: every rank runs the suite's MPI cases whose "
                                   "ranks equal the job's size; rank 0 reports and writes the result"),
 ) -> None:
-    """Run suites: validate every case, print a report, write a versioned JSON result."""
+    """Run suites (or import and run SCALE-Sim topologies and ONNX models): validate every
+    case, print a report, write a versioned JSON result."""
     from .units import parse_size
 
     base_document = None
@@ -110,10 +114,17 @@ def run(
         if memory_limit is None:
             fail(f"--max-memory: must be a byte count or a size like '8GiB', got {max_memory!r}")
     specs = suites or ["quick"]
+    if (config is not None or batch != 1) and not any(importers.handles(spec) for spec in specs):
+        fail("--config and --batch are for imported files (a SCALE-Sim topology .csv, an ONNX model .onnx)")
     loaded, problems = [], []
     for spec in specs:
         try:
-            loaded.append(suite_mod.load(spec))
+            if importers.handles(spec):
+                imported, notes = importers.load(spec, config, batch)
+                print_notes(notes)
+                loaded.append(imported)
+            else:
+                loaded.append(suite_mod.load(spec))
         except suite_mod.SuiteError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -292,6 +303,46 @@ def _mpi_cases(items):
     return mine, comm.rank
 
 
+def print_notes(notes: list[str]) -> None:
+    for line in notes:
+        report.stderr.print(f"[dim]note:[/dim] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="a SCALE-Sim topology (.csv) or an ONNX model (.onnx)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a SCALE-Sim .cfg: the array"),
+    batch: int = typer.Option(1, "--batch", help="batch size (binds an ONNX model's symbolic batch)"),
+    array: Optional[str] = typer.Option(None, "--array",
+                                        help="the array's name with --config; else one of "
+                                             f"{', '.join(importers.DEFAULT_ARRAYS)} (default: all)"),
+    numerics: bool = typer.Option(False, "--numerics", help="compute outputs too (generated inputs); "
+                                                             "default: cycle model only"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="the suite file (default: "
+                                         "FILE's name with .toml, here); - for stdout"),
+) -> None:
+    """Write a suite from a SCALE-Sim topology (+ .cfg) or an ONNX model, one case per layer."""
+    target = Path(output) if output not in (None, "-") else None
+    if output is None:
+        target = Path(file.stem + ".toml")
+    try:
+        text, notes = importers.load_suite_source(file, config, batch, array, numerics)
+        suite = importers.validate(text, file)
+    except suite_mod.SuiteError as exc:
+        for line in exc.problems:
+            report.stderr.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    print_notes(notes)
+    if target is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output_mod.write_text(target, text)
+    except OSError as exc:
+        fail(f"{target}: cannot write the suite: {exc.strerror or exc}")
+    report.stderr.print(f"suite written to {target}: {len(suite.cases)} cases", highlight=False)
+
+
 @app.command("list")
 def list_() -> None:
     """Bundled suites and workload kinds, with one-line descriptions."""
@@ -366,10 +417,14 @@ def report_(
     file: Path = typer.Argument(..., help="a result JSON written by `sysbench run`"),
     html: Optional[Path] = typer.Option(None, "--html", help="write an HTML report with the plots here"),
     png: Optional[Path] = typer.Option(None, "--png", help="write each plot as a PNG into this folder"),
+    scalesim: Optional[Path] = typer.Option(None, "--scalesim",
+                                            help="write SCALE-Sim's COMPUTE_REPORT.csv per array into this folder"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="write one CSV row per case (for pandas) here"),
 ) -> None:
-    """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the package)."""
-    if html is None and png is None:
-        fail("say where to write the report: --html OUT.html and/or --png FOLDER")
+    """Plots of a saved result as HTML and/or PNG (needs matplotlib: the plot extra of the
+    package); SCALE-Sim's COMPUTE_REPORT.csv; a flat CSV."""
+    if html is None and png is None and scalesim is None and csv_out is None:
+        fail("say where to write the report: --scalesim FOLDER, --csv OUT.csv, --html OUT.html and/or --png FOLDER")
     try:
         document = results.load(file)
         if html is not None:
@@ -378,14 +433,20 @@ def report_(
             output_mod.check_folder(png, "plots")
     except (results.ResultError, output_mod.OutputError) as exc:
         fail(str(exc))
+    written = []
     try:
-        written = report.write_plots(document, html=html, png_dir=png, source=str(file))
-    except report.PlotUnavailable as exc:
+        if scalesim:
+            written += export.write_scalesim(document, scalesim)
+        if csv_out:
+            written.append(export.write_csv(document, csv_out))
+        if html or png:
+            written += report.write_plots(document, html=html, png_dir=png, source=str(file))
+    except (export.ExportError, report.PlotUnavailable) as exc:
         fail(str(exc))
     except report.PlotDataError as exc:
         fail(f"{file}: {exc}")
     except OSError as exc:
-        fail(f"{exc.filename or html or png}: cannot write the report: {exc.strerror or exc}")
+        fail(f"{exc.filename or html or png or scalesim or csv_out}: cannot write the report: {exc.strerror or exc}")
     for path in written:
         report.stderr.print(f"written {path}", highlight=False)
 

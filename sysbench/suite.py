@@ -106,11 +106,19 @@ def load(spec: str) -> Suite:
     label = str(path) if not str(path).startswith(str(resources.files("sysbench.suites"))) \
         else f"{path.stem} (bundled {path.name})"
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError([f"{label}: not valid TOML: {exc}"]) from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError([f"{label}: cannot read: {exc}"]) from None
+    return load_text(text, path, label)
+
+
+def load_text(text: str, path: Path, label: str) -> Suite:
+    """Validate suite TOML `text`; `path` anchors relative paths and names the suite by
+    default, `label` names it in messages (imports pass the source file)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError([f"{label}: not valid TOML: {exc}"]) from None
 
     problems: list[str] = []
     where = lambda case, key: f"{label}: case {case!r} key {key!r}" if case else f"{label}: key {key!r}"
