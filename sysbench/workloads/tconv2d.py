@@ -112,11 +112,15 @@ def tconv2d_zero_insertion(x: np.ndarray, w: np.ndarray, p: dict, array, threads
 # ------------------------------------------------------------------ strided and reference
 
 def tconv2d_strided(x: np.ndarray, w: np.ndarray, p: dict, array, threads: int = 1, gemm=None) -> np.ndarray:
-    """The technique on the array: one GEMM per kernel element, strided scatter-add."""
-    if gemm is None:
+    """The technique on the array: one GEMM per kernel element, strided scatter-add.
+    float32 arrays run the kernel's own call of the array GEMM (fold order on ws / is,
+    chain order on os, as array_gemm); int8 and a given `gemm` go through a callable."""
+    fold_depth = None if array.dataflow == "os" else array.rows
+    if gemm is None and array.dtype == "int8":
         gemm = lambda a, b: array_gemm(a, b, array, threads)  # noqa: E731
     return _kernel().tconv2d_strided(x, w, p["stride"], p["padding"], p["output_padding"],
-                                     p["dilation"], p["groups"], gemm=gemm, threads=threads)
+                                     p["dilation"], p["groups"], gemm=gemm, threads=threads,
+                                     fold_depth=fold_depth)
 
 
 def tconv2d_direct(x: np.ndarray, w: np.ndarray, p: dict) -> np.ndarray:
