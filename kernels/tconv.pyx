@@ -332,12 +332,9 @@ cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, l
                     + ii_lo * geo[e, 7]
                 for ii in range(ii_lo, ii_hi):
                     dst = &out[b, c0 + o, first + ii * sh, geo[e, 3]]
-                    if sw == 1 and step_j == 1:  # unit strides: a loop the compiler vectorises
+                    if step_j == 1 and sw == 1:  # unit strides: a loop the compiler vectorises
                         for jj in range(cols):
                             dst[jj] = dst[jj] + src[jj]
-                    elif step_j == 1:
-                        for jj in range(cols):
-                            dst[jj * sw] = dst[jj * sw] + src[jj]
                     else:
                         for jj in range(cols):
                             dst[jj * sw] = dst[jj * sw] + src[jj * step_j]
@@ -445,7 +442,7 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
         kc, mode = systolic.CHAIN_KC, GEMM_CHAIN
     else:
         kc, mode = fold_depth, GEMM_FOLD
-    normal = cout_g * taps >= batch * pixels
+    normal = _normal_orientation(cin_g, cout_g, elements, taps, batch, pixels)
     row = cout_g * taps if normal else elements * cout_g  # products per pixel
     chunk = max(1, min(batch, CHUNK_BYTES // (4 * row * pixels)))
     band = SCATTER_BAND if 4 * row * pixels * chunk <= SCATTER_CACHE_BYTES else 1
@@ -473,8 +470,16 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
             else:
                 ld = _padded(nb * pixels)
                 products = np.empty((elements * cout_g, ld), dtype=np.float32)
-                b_op = xs  # each image's (cin_g, pixels) block is contiguous
-                for b in range(nb):
+                if nb > 1 and pixels < GATHER_PIXELS:  # small images: one GEMM on gathered pixels
+                    b_op = gather_window(x[b0:b0 + nb], g * cin_g, cin_g, 0, height, 0, width, threads)
+                    rc = _gemm(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
+                               <size_t> cnp.PyArray_DATA(products), elements * cout_g, cin_g,
+                               nb * pixels, cin_g, nb * pixels, ld, kc, mode, threads, isa_code)
+                    nb_loop = 0
+                else:
+                    b_op = xs  # each image's (cin_g, pixels) block is contiguous
+                    nb_loop = nb
+                for b in range(nb_loop):
                     rc = _gemm(<size_t> cnp.PyArray_DATA(a_op),
                                <size_t> cnp.PyArray_DATA(b_op) + 4 * b * (xs.strides[0] // 4),
                                <size_t> cnp.PyArray_DATA(products) + 4 * b * pixels,
@@ -508,6 +513,16 @@ cdef int _gemm(size_t a, size_t b, size_t c, long m, long k, long n, long lda, l
         rc = _gemm_f32_core(<const float *> a, <const float *> b, <float *> c, m, k, n, lda,
                             ldb, ldc, kc, mode, threads, isa_code)
     return rc
+
+
+# transposed orientation: images with fewer pixels are gathered into one GEMM (a GEMM per
+# image of so few columns would pack the stacked weights again for little work)
+GATHER_PIXELS = 1024
+
+
+def _normal_orientation(cin_g, cout_g, elements, taps, batch, pixels):
+    """True: rearrange the pixels (normal orientation), else the weights (transposed)."""
+    return cout_g * taps >= batch * pixels
 
 
 def _padded(n):
