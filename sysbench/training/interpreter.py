@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .chain import chain_of
+from .chain import backward_layers, chain_of, stages_of
 from .memory import MemoryTracker
 from .schedules import Schedule, parse_schedule
 from .solvers import program_for
@@ -38,7 +38,8 @@ def dry_run(net, ops: list, optimizer: bool = True) -> MemoryTracker:
 
 def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: MemoryTracker | None = None,
                 optimizer=None, dry: bool = False) -> StepResult:
-    """One training step following `ops`; every buffer goes through `tracker`. With an
+    """One training step following `ops` (over the chain's stages, chain.stages_of); every
+    buffer goes through `tracker`, in the order chain.stage_trace assumes. With an
     optimizer, the weights are updated and the weight gradients freed at the end.
     dry: sizes only (see dry_run)."""
     if tracker is None:
@@ -46,57 +47,36 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
         tracker.add("params", net.param_bytes(), "param")
     if dry:
         x = _Placeholder(net.activation_bytes(0))
-    n = net.n
+    spans = stages_of(net)
+    n = len(spans)
     N = n + 1
     held = {0: x}
     handles = {0: tracker.hold("a0", x)}
     d = None
     d_handle = None
     loss = None
-    grads: list = [None] * n
+    grads: list = [None] * net.n
     grad_handles = []
     forwards = flops = 0
     for op, k in ops:
         if op == "F":
-            ws = tracker.add(f"ws F{k}", net.workspace(k - 1)[0], "workspace")
-            if dry:
-                y = _Placeholder(net.activation_bytes(k))
-            else:
-                y = net.forward_layer(k - 1, held[k - 1])[0]  # saved is rebuilt at B(k)
-            held[k] = y
-            handles[k] = tracker.hold(f"a{k}", y)
-            del y  # held[k] is its only reference: D(k) frees it
-            tracker.remove(ws)
-            forwards += 1
-            flops += net.forward_flops(k - 1)
+            held[k], handles[k] = _forward_stage(net, spans[k - 1], held[k - 1], k, tracker, dry)
+            forwards += spans[k - 1][1] - spans[k - 1][0]
+            flops += sum(net.forward_flops(i) for i in range(*spans[k - 1]))
         elif op == "D":
             del held[k]
             tracker.remove(handles.pop(k))
         elif k == N:
             ws = tracker.add("ws loss", net.loss_workspace(), "workspace")
             if dry:
-                loss, d = 0.0, _Placeholder(net.activation_bytes(n))
+                loss, d = 0.0, _Placeholder(net.activation_bytes(net.n))
             else:
                 loss, d = net.loss_and_grad(held[n], target)
             d_handle = tracker.hold(f"d{n}", d, "gradient")
             tracker.remove(ws)
+            d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry)
         else:
-            layer = net.layers[k - 1]
-            ws = tracker.add(f"ws B{k}", net.workspace(k - 1)[1], "workspace")
-            if dry:
-                d_in = _Placeholder(net.activation_bytes(k - 1)) if k > 1 else None
-                grads[k - 1] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
-            else:
-                d_in, grads[k - 1] = net.backward_layer(k - 1, d, layer.saved_of(held[k - 1]),
-                                                        need_input_grad=k > 1)
-            new_handle = tracker.hold(f"d{k - 1}", d_in, "gradient") if d_in is not None else None
-            for name, g in grads[k - 1].items():
-                grad_handles.append(tracker.hold(f"g{k}.{name}", g, "weight_grad"))
-            del d  # before the tracker frees it, so the two agree
-            tracker.remove(ws)
-            tracker.remove(d_handle)
-            d, d_handle = d_in, new_handle
-            del d_in
+            d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry)
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
@@ -110,6 +90,66 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
         for h in grad_handles:
             tracker.remove(h)
     return StepResult(loss, grads, tracker, forwards, flops)
+
+
+def _forward_stage(net, span, x, k, tracker, dry):
+    """a_k from a_{k-1} through the stage's layers; the tensors between them are transient
+    (an in-place layer after the first writes over its input). Returns (a_k, its handle)."""
+    first, end = span
+    y, handle = x, None
+    for i in range(first, end):
+        layer = net.layers[i]
+        ws = tracker.add(f"ws F{k}", net.workspace(i)[0], "workspace")
+        if i > first and layer.inplace:
+            if not dry:
+                y = layer.forward_inplace(y)
+            tracker.remove(ws)
+            continue
+        out = _Placeholder(net.activation_bytes(i + 1)) if dry else layer.forward(y)[0]  # saved: rebuilt at B
+        new = tracker.hold(f"a{k}" if i == end - 1 else f"a{k}:{i - first}", out)
+        tracker.remove(ws)
+        if handle is not None:
+            tracker.remove(handle)
+        y, handle = out, new
+        del out
+    return y, handle
+
+
+def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry):
+    """The layers of B(k) (chain.backward_layers) from the gradient d: stage k's first layer
+    reads a_{k-1} (x), as does stage k-1's tail, which rewrites the gradient in place; the
+    layers between read nothing. Returns (d_{k-1} or None, its handle)."""
+    n = len(spans)
+    first = spans[k - 1][0] if k <= n else None
+    for i in backward_layers(net, spans, k):
+        layer = net.layers[i]
+        ws = tracker.add(f"ws B{k}", net.workspace(i)[1], "workspace")
+        if dry:
+            saved = None
+        elif i == first or (k >= 2 and i == spans[k - 2][1] - 1):  # reads a_{k-1}
+            saved = layer.saved_of(x)
+        else:
+            saved = layer.saved_of_shape(net.shapes[i])
+        if i > 0 and layer.inplace:
+            if not dry:
+                d = layer.backward_inplace(d, saved)
+            grads[i] = {}
+        else:
+            if dry:
+                d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
+                grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
+            else:
+                d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0)
+            new_handle = tracker.hold(f"d{i}", d_in, "gradient") if d_in is not None else None
+            for name, g in grads[i].items():
+                grad_handles.append(tracker.hold(f"g{i + 1}.{name}", g, "weight_grad"))
+            del d  # before the tracker frees it, so the two agree
+            tracker.remove(d_handle)
+            d, d_handle = d_in, new_handle
+            del d_in
+        del saved
+        tracker.remove(ws)
+    return d, d_handle
 
 
 def train_step(net, x, target, schedule: Schedule | str, optimizer=None, tracker: MemoryTracker | None = None):

@@ -31,6 +31,12 @@ import numpy as np
 class Layer:
     kind = "layer"
     has_params = False
+    # what backward reads of this layer's tensors: "input" (its saved_of(x)), "either" (its
+    # input or its output give the same saved: ReLU's sign), "nothing" (Flatten: a shape)
+    backward_reads = "input"
+    # forward_inplace / backward_inplace may overwrite their argument (the recompute chain
+    # uses them inside a stage, where the argument is not needed afterwards)
+    inplace = False
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -47,6 +53,10 @@ class Layer:
 
     def saved_of(self, x: np.ndarray):
         return x
+
+    def saved_of_shape(self, in_shape: tuple):
+        """saved for a layer whose backward reads nothing of its tensors (backward_reads = "nothing")."""
+        raise NotImplementedError(f"{self.kind}'s backward reads its input")
 
     def forward(self, x: np.ndarray):
         raise NotImplementedError
@@ -138,15 +148,30 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
+    """max(x, 0). backward needs only where x > 0, which is where its output is > 0: saved
+    may be the input or the output."""
+
     kind = "relu"
+    backward_reads = "either"
+    inplace = True
 
     def forward(self, x):
         return np.maximum(x, x.dtype.type(0)), x
+
+    def forward_inplace(self, x):
+        return np.maximum(x, x.dtype.type(0), out=x)
 
     def backward(self, grad_y, saved, need_input_grad=True):
         if not need_input_grad:
             return None, {}
         return np.where(saved > 0, grad_y, grad_y.dtype.type(0)), {}
+
+    def backward_inplace(self, grad_y, saved):
+        """backward's gradient written over grad_y (the same values: +0 where saved <= 0)."""
+        off = saved > 0
+        np.logical_not(off, out=off)
+        np.copyto(grad_y, grad_y.dtype.type(0), where=off)
+        return grad_y
 
     def workspace(self, in_shape, itemsize, need_input_grad=True):
         return 0, math.prod(in_shape) if need_input_grad else 0  # the boolean mask
@@ -461,12 +486,16 @@ class Flatten(Layer):
     its own, which the memory model counts like every other layer output."""
 
     kind = "flatten"
+    backward_reads = "nothing"
 
     def output_shape(self, in_shape):
         return (in_shape[0], math.prod(in_shape[1:]))
 
     def saved_of(self, x):
         return x.shape
+
+    def saved_of_shape(self, in_shape):
+        return tuple(in_shape)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1).copy(), x.shape

@@ -64,11 +64,11 @@ def full_recompute(c: Chain) -> list:
 def _sweep_peak(c: Chain, s: int, k: int, t: int) -> int:
     """Peak of F(k) in a sweep from checkpoint a_s (held) with d_t live; a_{k-1} is dropped
     right after unless it is a_s."""
-    return c.act[s] + (c.act[k - 1] if k - 1 > s else 0) + c.act[k] + c.grad[t]
+    return c.act[s] + (c.act[k - 1] if k - 1 > s else 0) + c.f_peak(k) + c.grad[t]
 
 
 def _leaf_peak(c: Chain, s: int) -> int:
-    return c.act[s] + c.grad[s + 1] + c.grad[s]
+    return c.act[s] + c.b_peak(s + 1)
 
 
 @functools.lru_cache(maxsize=64)  # check(), model() and the DPs all ask; the Chain is the whole input
@@ -198,7 +198,7 @@ def optimal(c: Chain, budget: int) -> tuple[int, tuple]:
         last: dict = {}
         sweep, base = 0, act[p] + grad[t]
         for j in range(p + 1, t):
-            if base + (act[j - 1] if j - 1 > p else 0) + act[j] > m:
+            if base + (act[j - 1] if j - 1 > p else 0) + c.f_peak(j) > m:
                 break  # every later checkpoint needs this forward too
             sweep += fcost[j]
             for v in range(j, t):
@@ -215,7 +215,7 @@ def optimal(c: Chain, budget: int) -> tuple[int, tuple]:
         if t == u:
             return 0
         if t == p + 1:
-            return 0 if u == p and act[p] + grad[t] + grad[p] <= m else INF
+            return 0 if u == p and act[p] + c.b_peak(t) <= m else INF
         key = (p, t, u, m)
         hit = memo.get(key)
         if hit is not None:

@@ -45,15 +45,18 @@ def _downsample(series: list, points: int = SERIES_POINTS) -> list:
 
 
 def step_gemms(net: nets.Network, ops: list) -> list[tuple[int, int, int]]:
-    """Every GEMM the step runs: each F op's forward GEMMs, each layer's weight-gradient
-    GEMMs, and the input-gradient GEMMs of every layer but the first."""
+    """Every GEMM the step runs: each F op's forward GEMMs (of its stage's layers), each
+    layer's weight-gradient GEMMs, and the input-gradient GEMMs of every layer but the first."""
+    spans = rc.stages_of(net)
     out = []
     for op, k in ops:
         if op == "F":
-            out += net.layers[k - 1].gemms(net.shapes[k - 1])["forward"]
-        elif op == "B" and k <= net.n:
-            g = net.layers[k - 1].gemms(net.shapes[k - 1])
-            out += g["backward"] + (g["backward_input"] if k > 1 else [])
+            for i in range(*spans[k - 1]):
+                out += net.layers[i].gemms(net.shapes[i])["forward"]
+        elif op == "B":
+            for i in rc.backward_layers(net, spans, k):
+                g = net.layers[i].gemms(net.shapes[i])
+                out += g["backward"] + (g["backward_input"] if i > 0 else [])
     return out
 
 
