@@ -62,6 +62,40 @@ def test_all_schedules_give_bit_identical_loss_grads_and_weights(name):
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
+def test_a_buffer_pool_changes_no_bit(name):
+    net = NETWORKS[name]()
+    x, target = net.make_batch(seed=4)
+    initial = net.copy_params()
+    pool = rc.BufferPool()
+    for schedule in ("store_all", "budget=min", "full_recompute"):
+        ref, ref_weights = step(net, x, target, schedule, initial)
+        for _ in range(2):  # the second step reuses the first one's buffers
+            net.set_params(initial)
+            result = rc.train_step(net, x, target, schedule, SGD(lr=0.05), pool=pool)
+            assert result.loss == ref.loss, schedule
+            for i in range(net.n):
+                for k in ref.grads[i]:
+                    assert np.array_equal(result.grads[i][k], ref.grads[i][k]), (schedule, i, k)
+                    assert np.array_equal(net.layers[i].params[k], ref_weights[i][k]), (schedule, i, k)
+    net.set_params(initial)
+
+
+def test_steps_after_the_first_reuse_the_pools_buffers():
+    net = network.mlp(4, 256, 64)  # 256 KiB weight gradients, 64 KiB activations
+    x, target = net.make_batch()
+    pool, allocated = rc.BufferPool(), []
+    for _ in range(3):
+        tracemalloc.start()
+        rc.train_step(net, x, target, "store_all", SGD(lr=1e-4), pool=pool)
+        allocated.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # the first step allocates its buffers (over 1 MiB of weight gradients alone); the
+    # next ones only the loss's gradient, the bias gradients and the tracker's records
+    assert allocated[0] > 1 << 20
+    assert max(allocated[1:]) < allocated[0] / 5, allocated
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
 def test_budget_schedules_stay_under_budget_measured_and_simulated(name):
     net = NETWORKS[name]()
     x, target = net.make_batch(seed=2)

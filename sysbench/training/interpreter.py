@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chain import backward_layers, chain_of, stages_of
+from .buffers import BufferPool
 from .memory import MemoryTracker
+from .optim import SGD
 from .schedules import Schedule, parse_schedule
 from .solvers import program_for
 
@@ -37,11 +39,16 @@ def dry_run(net, ops: list, optimizer: bool = True) -> MemoryTracker:
 
 
 def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: MemoryTracker | None = None,
-                optimizer=None, dry: bool = False) -> StepResult:
+                optimizer=None, dry: bool = False, pool: BufferPool | None = None) -> StepResult:
     """One training step following `ops` (over the chain's stages, chain.stages_of); every
-    buffer goes through `tracker`, in the order chain.stage_trace assumes. With an
-    optimizer, the weights are updated and the weight gradients freed at the end.
-    dry: sizes only (see dry_run)."""
+    buffer goes through `tracker`, in the order chain.forward_trace / backward_trace
+    assume. With an optimizer, the weights are updated and the weight gradients freed at
+    the end. pool: reuse the buffers of earlier steps (the same numbers; the previous
+    step's result, its gradients, is overwritten). dry: sizes only (see dry_run)."""
+    if pool is not None and not dry:
+        pool.new_step()
+    else:
+        pool = None
     if tracker is None:
         tracker = MemoryTracker()
         tracker.add("params", net.param_bytes(), "param")
@@ -60,12 +67,15 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     forwards = flops = 0
     for op, k in ops:
         if op == "F":
-            held[k], handles[k] = _forward_stage(net, spans[k - 1], held[k - 1], k, tracker, dry)
+            held[k], handles[k] = _forward_stage(net, spans[k - 1], held[k - 1], k, tracker, dry, pool)
             forwards += spans[k - 1][1] - spans[k - 1][0]
             flops += sum(net.forward_flops(i) for i in range(*spans[k - 1]))
         elif op == "D":
-            del held[k]
+            array = held.pop(k)
             tracker.remove(handles.pop(k))
+            if pool is not None and k > 0:  # a_0 is the caller's
+                pool.give(array)
+            del array
         elif k == N:
             ws = tracker.add("ws loss", net.loss_workspace(), "workspace")
             if dry:
@@ -74,15 +84,15 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
                 loss, d = net.loss_and_grad(held[n], target)
             d_handle = tracker.hold(f"d{n}", d, "gradient")
             tracker.remove(ws)
-            d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry)
+            d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry, pool)
         else:
-            d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry)
+            d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry,
+                                    pool)
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
         if dry:
-            largest = max((p.nbytes for layer in net.layers for p in layer.params.values()), default=0)
-            ws = tracker.add("ws sgd", largest, "workspace")
+            ws = tracker.add("ws sgd", SGD().workspace(net.layers), "workspace")  # plain SGD's
         else:
             ws = tracker.add("ws sgd", optimizer.workspace(net.layers), "workspace")
             optimizer.step(net.layers, grads)
@@ -92,7 +102,7 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     return StepResult(loss, grads, tracker, forwards, flops)
 
 
-def _forward_stage(net, span, x, k, tracker, dry):
+def _forward_stage(net, span, x, k, tracker, dry, pool):
     """a_k from a_{k-1} through the stage's layers; the tensors between them are transient
     (an in-place layer after the first writes over its input). Returns (a_k, its handle)."""
     first, end = span
@@ -105,17 +115,24 @@ def _forward_stage(net, span, x, k, tracker, dry):
                 y = layer.forward_inplace(y)
             tracker.remove(ws)
             continue
-        out = _Placeholder(net.activation_bytes(i + 1)) if dry else layer.forward(y)[0]  # saved: rebuilt at B
+        if dry:
+            out = _Placeholder(net.activation_bytes(i + 1))
+        elif pool is not None and layer.accepts_out:
+            out = layer.forward(y, out=pool.take_transposed(net.shapes[i + 1], net.dtype))[0]
+        else:
+            out = layer.forward(y)[0]  # saved: rebuilt at B
         new = tracker.hold(f"a{k}" if i == end - 1 else f"a{k}:{i - first}", out)
         tracker.remove(ws)
         if handle is not None:
             tracker.remove(handle)
+            if pool is not None:
+                pool.give(y)  # a transient between the stage's layers
         y, handle = out, new
         del out
     return y, handle
 
 
-def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry):
+def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool):
     """The layers of B(k) (chain.backward_layers) from the gradient d: stage k's first layer
     reads a_{k-1} (x), as does stage k-1's tail, which rewrites the gradient in place; the
     layers between read nothing. Returns (d_{k-1} or None, its handle)."""
@@ -138,11 +155,18 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry):
             if dry:
                 d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
                 grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
+            elif pool is not None and layer.accepts_out:
+                out = pool.take_transposed(net.shapes[i], net.dtype) if i > 0 else None
+                weight_out = pool.lend(pool.take(layer.params["weight"].shape, net.dtype))
+                d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0, out=out, weight_out=weight_out)
+                del out
             else:
                 d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0)
             new_handle = tracker.hold(f"d{i}", d_in, "gradient") if d_in is not None else None
             for name, g in grads[i].items():
                 grad_handles.append(tracker.hold(f"g{i + 1}.{name}", g, "weight_grad"))
+            if pool is not None:
+                pool.give(d)
             del d  # before the tracker frees it, so the two agree
             tracker.remove(d_handle)
             d, d_handle = d_in, new_handle
@@ -152,12 +176,13 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry):
     return d, d_handle
 
 
-def train_step(net, x, target, schedule: Schedule | str, optimizer=None, tracker: MemoryTracker | None = None):
+def train_step(net, x, target, schedule: Schedule | str, optimizer=None, tracker: MemoryTracker | None = None,
+               pool: BufferPool | None = None):
     """One step of `schedule` (a Schedule or its text)."""
     if isinstance(schedule, str):
         schedule = parse_schedule(schedule)
     ops = program_for(chain_of(net), schedule)
     start = time.perf_counter()
-    result = run_program(net, x, target, ops, tracker, optimizer)
+    result = run_program(net, x, target, ops, tracker, optimizer, pool=pool)
     result.seconds = time.perf_counter() - start
     return result

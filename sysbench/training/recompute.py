@@ -45,6 +45,7 @@ from __future__ import annotations
 from fractions import Fraction  # noqa: F401  (budget fractions; re-exported for callers)
 
 from ..sizes import format_bytes  # noqa: F401
+from .buffers import BufferPool  # noqa: F401
 from .chain import Chain, backward_layers, chain_of, simulate, stages_of  # noqa: F401
 from .interpreter import StepResult, dry_run, run_program, train_step  # noqa: F401
 from .memory import MemoryTracker  # noqa: F401

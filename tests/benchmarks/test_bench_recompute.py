@@ -54,12 +54,15 @@ class Setup:
         self.x, self.target = self.net.make_batch(0)
         self.initial = self.net.copy_params()
         self.chain = rc.chain_of(self.net)
+        self.pool = rc.BufferPool()
 
     def ops(self, schedule):
         return rc.program_for(self.chain, rc.parse_schedule(schedule))
 
     def step(self, ops):
-        return rc.run_program(self.net, self.x, self.target, ops, optimizer=SGD(0.01))
+        # one pool per network: every step after the first reuses its buffers, as a
+        # workload's repeats do
+        return rc.run_program(self.net, self.x, self.target, ops, optimizer=SGD(0.01), pool=self.pool)
 
     def restore(self):
         self.net.set_params(self.initial)
