@@ -42,8 +42,9 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
                 optimizer=None, dry: bool = False, pool: BufferPool | None = None) -> StepResult:
     """One training step following `ops` (over the chain's stages, chain.stages_of); every
     buffer goes through `tracker`, in the order chain.forward_trace / backward_trace
-    assume. With an optimizer, the weights are updated and the weight gradients freed at
-    the end. pool: reuse the buffers of earlier steps (the same numbers; the previous
+    assume. With an optimizer, each layer's weights are updated right after its backward
+    (while they and its gradients are in cache; no later operation of a program reads
+    them), and the weight gradients freed at the end. pool: reuse the buffers of earlier steps (the same numbers; the previous
     step's result, its gradients, is overwritten). dry: sizes only (see dry_run)."""
     if pool is not None and not dry:
         pool.new_step()
@@ -65,6 +66,7 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     grads: list = [None] * net.n
     grad_handles = []
     forwards = flops = 0
+    eager = optimizer is not None and _forwards_end_before_backward(ops)
     for op, k in ops:
         if op == "F":
             held[k], handles[k] = _forward_stage(net, spans[k - 1], held[k - 1], k, tracker, dry, pool)
@@ -88,18 +90,41 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
         else:
             d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry,
                                     pool)
+            if eager:
+                for i in backward_layers(net, spans, k):
+                    if net.layers[i].params:
+                        _update(net, i, grads, optimizer, tracker, dry)
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
-        if dry:
-            ws = tracker.add("ws sgd", SGD().workspace(net.layers), "workspace")  # plain SGD's
-        else:
-            ws = tracker.add("ws sgd", optimizer.workspace(net.layers), "workspace")
-            optimizer.step(net.layers, grads)
-        tracker.remove(ws)
+        if not eager:
+            for i in range(net.n):
+                _update(net, i, grads, optimizer, tracker, dry)
         for h in grad_handles:
             tracker.remove(h)
     return StepResult(loss, grads, tracker, forwards, flops)
+
+
+def _forwards_end_before_backward(ops) -> bool:
+    """True when no F(k) follows B(k): a stage's weights are not read after its backward."""
+    done = set()
+    for op, k in ops:
+        if op == "B":
+            done.add(k)
+        elif op == "F" and k in done:
+            return False
+    return True
+
+
+def _update(net, i, grads, optimizer, tracker, dry):
+    """The optimizer's step for layer i (its workspace counted while it runs)."""
+    layer = net.layers[i]
+    if dry:  # the plain SGD of a workload's step
+        ws = tracker.add("ws sgd", SGD().workspace([layer]), "workspace")
+    else:
+        ws = tracker.add("ws sgd", optimizer.workspace([layer]), "workspace")
+        optimizer.step_layer(i, layer, grads[i])
+    tracker.remove(ws)
 
 
 def _forward_stage(net, span, x, k, tracker, dry, pool):
