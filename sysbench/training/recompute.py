@@ -7,14 +7,17 @@ This module is the front door; the work is split by job:
                  programs under a memory budget (minimum_budget, optimal, optimal_persistent)
     interpreter  run_program / dry_run / train_step: one real step following a program
 
-The chain. Activations a_0 (the step's input) .. a_n; layer k (1-based here) computes a_k
-from a_{k-1}. The loss is step N = n + 1: it reads a_n and produces the gradient d_n.
-Backward step B(k) reads a_{k-1} (a layer's `saved` is built from its input) and d_k and
-produces d_{k-1}. A schedule is a program of four operations:
+The chain. Positions are stages (chain.stages_of: a layer whose backward reads its input,
+the layers after it that read nothing, and a ReLU tail, whose backward reads its output's
+sign): a Linear + ReLU block is one position. Activations a_0 (the step's input) .. a_n;
+stage k (1-based here) computes a_k from a_{k-1}. The loss is step N = n + 1: it reads a_n
+and produces the gradient d_n. Backward step B(k) reads a_{k-1} and d_k and produces d_{k-1}
+(and runs stage k-1's ReLU tail, which reads a_{k-1} too, in place on it). A schedule is a
+program of three operations:
 
-    F(k)  forward layer k from a_{k-1}; hold a_k
+    F(k)  forward stage k from a_{k-1}; hold a_k
     D(k)  discard a_k
-    B(k)  backward of layer k (B(N) is the loss); d_k is freed, d_{k-1} is held
+    B(k)  backward of stage k (B(N) is the loss); d_k is freed, d_{k-1} is held
           (d_0, the input's gradient, is never computed)
 
 Every schedule runs B(N), B(n), ..., B(1) once each, in that order, on the same values: the
@@ -22,23 +25,24 @@ loss, the weight gradients and the updated weights are bit-identical across sche
 the F operations (how often a layer's forward runs) and what is held differ.
 
 Memory (the MemoryTracker's "activation memory"): held activations + live gradients.
-F(k) needs held + |a_k| + |d_live|; B(k) needs held + |d_k| + |d_{k-1}|. A layer's
+F(k) needs held + its stage's forward peak (|a_k| for a Linear + ReLU) + |d_live|; B(k)
+needs held + its backward peak (|d_k| + |d_{k-1}|). A layer's
 workspace (im2col columns, masks) is CPU scratch that an accelerator streams: simulate()
 reports the peak with it too, but budgets limit activation memory.
 
 Schedules:
-    store_all            keep everything (one forward per layer)
+    store_all            keep every stage output (one forward per layer)
     full_recompute       keep only a_0 (and a_n until the loss); before each B(k) recompute
-                         a_{k-1} from a_0: n(n-1)/2 extra layer forwards
+                         a_{k-1} from a_0: n(n-1)/2 extra stage forwards
     checkpoint_every=k   keep a_0, a_k, a_2k, ...; each segment is recomputed once, holding
                          its activations, then run backward
     budget=SIZE          the least recompute (in FLOPs) under a peak activation memory of SIZE
                          bytes ("64MiB"; "1/4" = a fraction of store_all's peak; "min" =
                          the least memory any schedule needs): dynamic programming over
                          (checkpoint, gradient position, memory) as Griewank's revolve and
-                         Beaumont et al.'s rotor (2019), with each layer's own sizes and
+                         Beaumont et al.'s rotor (2019), with each stage's own sizes and
                          costs, extended past persistent checkpoints (see optimal(); chains
-                         longer than EXACT_MAX_LAYERS use the persistent DP).
+                         longer than EXACT_MAX_LAYERS stages use the persistent DP).
 """
 from __future__ import annotations
 
