@@ -44,8 +44,9 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     buffer goes through `tracker`, in the order chain.forward_trace / backward_trace
     assume. With an optimizer, each layer's weights are updated right after its backward
     (while they and its gradients are in cache; no later operation of a program reads
-    them), and the weight gradients freed at the end. pool: reuse the buffers of earlier steps (the same numbers; the previous
-    step's result, its gradients, is overwritten). dry: sizes only (see dry_run)."""
+    them), and the weight gradients freed at the end. pool: reuse the buffers of earlier
+    steps (the same numbers; the previous step's result, its gradients, is overwritten).
+    dry: sizes only (see dry_run)."""
     if pool is not None and not dry:
         pool.new_step()
     else:
