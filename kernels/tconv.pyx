@@ -10,14 +10,15 @@ form one rectangle, computed analytically (`element_plan`); that rectangle times
 element's Cin/groups x Cout/groups weight slice is one GEMM, whose rows are added into the
 output at the stride. No zero ever enters a GEMM.
 
-On the CPU the GEMM is computed transposed, Y^T = W_rs^T @ X_window^T, so that the gathered
-operand and the product keep NCHW rows contiguous, and the elements that share a rectangle
-(interior kernel elements usually do) share one gathered operand and one GEMM with their
-weight slices stacked. Every output element of a GEMM is its own sum over the reduction
-index k in the array's order whatever the GEMM's shape or orientation, so the bits equal the
-array's per-element Y = X W. Per output element, the kernel elements' contributions are added
-in plan order (row-major over (r, s)), starting from +0, in the accumulator dtype (float32,
-int32 for int8), in one pass over the output.
+Every output element of a GEMM is its own sum over the reduction index k in the array's
+order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
+Y = X W however the CPU arranges it. float32: the array GEMM is called from C
+(systolic.pxd), once per group and chunk of images, for every reaching kernel element on the
+whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
+X_window^T on the gathered window, the elements that share a rectangle stacked into one GEMM.
+Per output element, the kernel elements' contributions are added in plan order (row-major
+over (r, s)), starting from +0, in the accumulator dtype (float32, int32 for int8), in one
+pass over the output.
 
 Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
 memoryview shims, nogil cores with prange over independent output planes.

@@ -50,7 +50,7 @@ def geometry(p: dict) -> dict:
 def element_gemms(p: dict) -> list[tuple[int, int, int]]:
     """(M, K, N) of the array's GEMMs in the strided path: per group, per kernel element that
     reaches the output, M = batch * valid input rows * valid input columns. (On the CPU the
-    kernel stacks elements that share a rectangle into one GEMM; the products are the same.)"""
+    kernel stacks all elements into one GEMM on the whole input; the products are the same.)"""
     cin_g, cout_g = p["in_channels"] // p["groups"], p["out_channels"] // p["groups"]
     shapes = [(p["batch"] * (ihi - ilo) * (jhi - jlo), cin_g, cout_g)
               for _, _, ilo, ihi, jlo, jhi, _, _ in _kernel().element_plan(geometry(p))]
