@@ -467,7 +467,8 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
                 products = np.empty((nb * pixels, ld), dtype=np.float32)
                 rc = _gemm(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
                            <size_t> cnp.PyArray_DATA(products), nb * pixels, cin_g,
-                           cout_g * taps, cin_g, cout_g * taps, ld, kc, mode, threads, isa_code)
+                           cout_g * taps, cin_g, cout_g * taps, ld, kc, mode, threads, isa_code,
+                           False)  # columns: each thread packs its share of the weights
             else:
                 ld = _padded(nb * pixels)
                 products = np.empty((elements * cout_g, ld), dtype=np.float32)
@@ -475,19 +476,17 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
                     b_op = gather_window(x[b0:b0 + nb], g * cin_g, cin_g, 0, height, 0, width, threads)
                     rc = _gemm(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
                                <size_t> cnp.PyArray_DATA(products), elements * cout_g, cin_g,
-                               nb * pixels, cin_g, nb * pixels, ld, kc, mode, threads, isa_code)
+                               nb * pixels, cin_g, nb * pixels, ld, kc, mode, threads, isa_code,
+                               True)  # rows: each thread packs its share of the weights
                     nb_loop = 0
                 else:
                     b_op = xs  # each image's (cin_g, pixels) block is contiguous
                     nb_loop = nb
-                for b in range(nb_loop):
-                    rc = _gemm(<size_t> cnp.PyArray_DATA(a_op),
-                               <size_t> cnp.PyArray_DATA(b_op) + 4 * b * (xs.strides[0] // 4),
-                               <size_t> cnp.PyArray_DATA(products) + 4 * b * pixels,
-                               elements * cout_g, cin_g, pixels, cin_g, pixels, ld, kc, mode,
-                               threads, isa_code)
-                    if rc != 0:
-                        break
+                if nb_loop:
+                    rc = _gemm_per_image(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
+                                         <size_t> cnp.PyArray_DATA(products), nb_loop,
+                                         xs.strides[0] // 4, pixels, elements * cout_g, cin_g, pixels,
+                                         ld, kc, mode, threads, isa_code)
             if rc != 0:
                 raise MemoryError("could not allocate the GEMM packing buffers")
             geometry = np.empty((elements, GEO_FIELDS), dtype=np.int64)
@@ -507,13 +506,56 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
 
 
 cdef int _gemm(size_t a, size_t b, size_t c, long m, long k, long n, long lda, long ldb,
-               long ldc, long kc, int mode, int threads, int isa_code):
-    """_gemm_f32_core on raw addresses (of arrays the caller keeps alive), without the GIL."""
-    cdef int rc
+               long ldc, long kc, int mode, int threads, int isa_code, bint split_rows):
+    """_gemm_f32_core on raw addresses (of arrays the caller keeps alive), without the GIL.
+    With several threads the GEMM is cut into one block of rows (split_rows: each packs all
+    of B) or of columns (each packs all of A) per thread, each computed on one thread: one
+    parallel region instead of a few per K block, which on a loaded machine cost more than
+    the GEMM. The bits do not depend on the cut."""
+    cdef long t, lo, hi, size = m if split_rows else n
+    cdef int failed = 0
+    cdef const float *pa = <const float *> a
+    cdef const float *pb = <const float *> b
+    cdef float *pc = <float *> c
     with nogil:
-        rc = _gemm_f32_core(<const float *> a, <const float *> b, <float *> c, m, k, n, lda,
-                            ldb, ldc, kc, mode, threads, isa_code)
-    return rc
+        if threads == 1 or size < 64 * threads:
+            failed = _gemm_f32_core(pa, pb, pc, m, k, n, lda, ldb, ldc, kc, mode, threads,
+                                    isa_code) != 0
+        else:
+            for t in prange(threads, num_threads=threads, schedule="static"):
+                lo = size * t // threads // 32 * 32  # whole micro-tiles (12 rows / 32 columns)
+                hi = size if t == threads - 1 else size * (t + 1) // threads // 32 * 32
+                if hi > lo and split_rows:
+                    failed += _gemm_f32_core(pa + lo * lda, pb, pc + lo * ldc, hi - lo, k, n, lda,
+                                             ldb, ldc, kc, mode, 1, isa_code) != 0
+                elif hi > lo:
+                    failed += _gemm_f32_core(pa, pb + lo, pc + lo, m, k, hi - lo, lda, ldb, ldc,
+                                             kc, mode, 1, isa_code) != 0
+    return -1 if failed else 0
+
+
+cdef int _gemm_per_image(size_t a, size_t b, size_t c, long images, long b_step, long c_step,
+                         long m, long k, long n, long ldc, long kc, int mode, int threads,
+                         int isa_code):
+    """One GEMM per image, C[:, i*c_step:] = A @ B[i] (B images b_step floats apart). With
+    several threads and images each thread runs whole GEMMs (one parallel region instead of a
+    few per GEMM); the bits do not depend on who computes them."""
+    cdef long i
+    cdef int failed = 0
+    cdef const float *pa = <const float *> a
+    cdef const float *pb = <const float *> b
+    cdef float *pc = <float *> c
+    with nogil:
+        if threads > 1 and images >= threads:
+            for i in prange(images, num_threads=threads, schedule="dynamic"):
+                failed += _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc,
+                                         kc, mode, 1, isa_code) != 0  # a reduction
+        else:
+            for i in range(images):
+                if _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc, kc,
+                                  mode, threads, isa_code) != 0:
+                    failed = 1
+    return -1 if failed else 0
 
 
 # float32 path: bytes of GEMM products per chunk of images, about a core's L2, so that the
