@@ -545,16 +545,16 @@ cdef int _gemm_per_image(size_t a, size_t b, size_t c, long images, long b_step,
     cdef const float *pa = <const float *> a
     cdef const float *pb = <const float *> b
     cdef float *pc = <float *> c
+    if threads > 1 and images < threads:  # fewer images than threads: cut each GEMM's rows
+        for i in range(images):
+            if _gemm(a, b + 4 * i * b_step, c + 4 * i * c_step, m, k, n, k, n, ldc, kc, mode,
+                     threads, isa_code, True) != 0:
+                return -1
+        return 0
     with nogil:
-        if threads > 1 and images >= threads:
-            for i in prange(images, num_threads=threads, schedule="dynamic"):
-                failed += _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc,
-                                         kc, mode, 1, isa_code) != 0  # a reduction
-        else:
-            for i in range(images):
-                if _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc, kc,
-                                  mode, threads, isa_code) != 0:
-                    failed = 1
+        for i in prange(images, num_threads=threads, schedule="dynamic"):
+            failed += _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc,
+                                     kc, mode, 1, isa_code) != 0  # a reduction
     return -1 if failed else 0
 
 
