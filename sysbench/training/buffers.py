@@ -16,7 +16,9 @@ class BufferPool:
     """Free buffers by (shape, dtype).
 
     take(shape, dtype)  an uninitialised array: a free one of that shape, else a new one
-    give(array)         back to the pool: the caller holds no other reference to it
+    take_transposed     the same laid out transposed (a (batch, n) view of an (n, batch)
+                        buffer, as Linear writes its outputs)
+    give(array)         back to the pool (either layout): the caller holds no other reference
     lend(array)         handed out with a step's result (weight gradients): valid until
                         the next new_step(), which takes them back
     """
@@ -29,9 +31,16 @@ class BufferPool:
         free = self._free.get((tuple(shape), np.dtype(dtype)))
         return free.pop() if free else np.empty(shape, dtype=dtype)
 
+    def take_transposed(self, shape, dtype=np.float32) -> np.ndarray:
+        return self.take(tuple(reversed(shape)), dtype).T
+
     def give(self, array) -> None:
-        if isinstance(array, np.ndarray) and array.base is None and array.flags.c_contiguous:
-            self._free.setdefault((array.shape, array.dtype), []).append(array)
+        if not isinstance(array, np.ndarray):
+            return
+        owner = array if array.base is None else array.base
+        if isinstance(owner, np.ndarray) and owner.base is None and owner.flags.c_contiguous \
+                and owner.nbytes == array.nbytes:
+            self._free.setdefault((owner.shape, owner.dtype), []).append(owner)
 
     def lend(self, array) -> np.ndarray:
         self._lent.append(array)

@@ -144,7 +144,7 @@ def _forward_stage(net, span, x, k, tracker, dry, pool):
         if dry:
             out = _Placeholder(net.activation_bytes(i + 1))
         elif pool is not None and layer.accepts_out:
-            out = layer.forward(y, out=pool.take(net.shapes[i + 1], net.dtype))[0]
+            out = layer.forward(y, out=pool.take_transposed(net.shapes[i + 1], net.dtype))[0]
         else:
             out = layer.forward(y)[0]  # saved: rebuilt at B
         new = tracker.hold(f"a{k}" if i == end - 1 else f"a{k}:{i - first}", out)
@@ -182,7 +182,7 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, 
                 d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
                 grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
             elif pool is not None and layer.accepts_out:
-                out = pool.take(net.shapes[i], net.dtype) if i > 0 else None
+                out = pool.take_transposed(net.shapes[i], net.dtype) if i > 0 else None
                 weight_out = pool.lend(pool.take(layer.params["weight"].shape, net.dtype))
                 d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0, out=out, weight_out=weight_out)
                 del out

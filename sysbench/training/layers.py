@@ -99,7 +99,11 @@ def _uniform(rng: np.random.Generator | None, bound: float, shape: tuple) -> np.
 
 
 class Linear(Layer):
-    """y = x W^T + b, W stored (out, in) as in PyTorch."""
+    """y = x W^T + b, W stored (out, in) as in PyTorch.
+
+    y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
+    W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
+    next Linear; the element-wise layers between keep the layout."""
 
     kind = "linear"
     has_params = True
@@ -125,7 +129,8 @@ class Linear(Layer):
         return out
 
     def forward(self, x, out=None):
-        y = np.matmul(x, self.params["weight"].T, out=out)
+        """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed."""
+        y = np.matmul(self.params["weight"], x.T, out=None if out is None else out.T).T
         if self.bias:
             y += self.params["bias"]
         return y, x
@@ -135,7 +140,9 @@ class Linear(Layer):
         grads = {"weight": np.matmul(grad_y.T, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
-        grad_x = np.matmul(grad_y, self.params["weight"], out=out) if need_input_grad else None
+        grad_x = None
+        if need_input_grad:
+            grad_x = np.matmul(self.params["weight"].T, grad_y.T, out=None if out is None else out.T).T
         return grad_x, grads
 
     def flops(self, in_shape):
