@@ -48,12 +48,11 @@ from __future__ import annotations
 
 from fractions import Fraction  # noqa: F401  (budget fractions; re-exported for callers)
 
-from ..sizes import format_bytes  # noqa: F401
 from .buffers import BufferPool  # noqa: F401
 from .chain import Chain, backward_layers, chain_of, simulate, stages_of  # noqa: F401
 from .interpreter import StepResult, dry_run, run_program, train_step  # noqa: F401
 from .memory import MemoryTracker  # noqa: F401
 from .schedules import SCHEDULE_FORMS, Schedule, parse_schedule  # noqa: F401
 from .solvers import (EXACT_MAX_LAYERS, InfeasibleBudget, best_under_budget, budget_bytes,  # noqa: F401
-                      budget_solver, checkpoint_every, full_recompute, minimum_budget, optimal,
+                      budget_solver, checkpoint_every, format_bytes, full_recompute, minimum_budget, optimal,
                       optimal_persistent, program_for, store_all, store_all_peak)

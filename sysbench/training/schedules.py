@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..sizes import parse_size
+from ..units import parse_size
 
 SCHEDULE_FORMS = ("store_all | full_recompute | checkpoint_every=K | "
                   "budget=SIZE (bytes, '64MiB', '1/4' of store_all's peak, or 'min')")

@@ -6,9 +6,15 @@ from __future__ import annotations
 import functools
 import sys
 
-from ..sizes import format_bytes
 from .chain import Chain, simulate
 from .schedules import Schedule
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
 
 class InfeasibleBudget(ValueError):
     def __init__(self, budget: int, minimum: int, store_all_peak: int | None = None):

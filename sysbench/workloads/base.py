@@ -17,7 +17,6 @@ from typing import Any, Callable
 import numpy as np
 
 from ..hardware import Array
-from ..sizes import parse_size  # noqa: F401 (re-exported: workloads import it from here)
 
 REQUIRED = object()
 
@@ -102,6 +101,30 @@ class Key:
                 what = "positive" if self.minimum == 1 and k in ("int", "pair") else f">= {self.minimum}"
                 return None, f"must be {what}, got {value!r}"
         return value, None
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from an int or a string such as '512MiB', '1.5 GB', '4096'."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        return None
+    if unit not in _UNITS or amount < 0:
+        return None
+    return int(amount * _UNITS[unit])
 
 
 # Keys every case accepts, whatever its kind.
