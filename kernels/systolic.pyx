@@ -107,14 +107,21 @@ cdef int _gemm_f32_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, :
     cdef int rc
     with nogil:
         rc = _gemm_f32_core(&a[0, 0], &b[0, 0], &out[0, 0], a.shape[0], a.shape[1],
-                            b.shape[1], kc, mode, threads, isa_code)
+                            b.shape[1], a.shape[1], b.shape[1], out.shape[1], kc, mode, threads,
+                            isa_code)
     return rc
 
 
+cdef int _current_isa() noexcept nogil:
+    return _isa
+
+
 cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K, long N,
-                        long kc_max, int mode, int threads, int isa_code) noexcept nogil:
+                        long lda, long ldb, long ldc, long kc_max, int mode, int threads,
+                        int isa_code) noexcept nogil:
     """BLIS loops: K blocks (pc; each a fold in fold order) > M chunks (pack A) >
-    N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro)."""
+    N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro). Row strides lda,
+    ldb, ldc (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
     cdef long kc_cap = kc_max if kc_max < K else K
@@ -157,14 +164,14 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
             mb = mb_blk if M - ib > mb_blk else M - ib
             npan = (mb + mr - 1) // mr
             for p in prange(npan, num_threads=threads, schedule="static"):
-                sb_pack_a(isa_code, A, K, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
+                sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
                                 pc, kc, mr, pa + p * mr * kc)
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
                 npan = (nb + nr - 1) // nr
                 for p in prange(threads, num_threads=threads, schedule="static"):
-                    sb_pack_b_panels(B, N, pc, kc, jc, nb, nr, npan * p // threads,
+                    sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, npan * p // threads,
                                      npan * (p + 1) // threads, pb)
                 tm = (mb + mc - 1) // mc
                 tn = (nb + ncc - 1) // ncc
@@ -176,7 +183,7 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
                     cols = ncc if nb - j0 > ncc else nb - j0
                     sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, cols,
                              pa + (i0 // mr) * mr * kc, pb + (j0 // nr) * nr * kc,
-                             C + (ib + i0) * N + jc + j0, N)
+                             C + (ib + i0) * ldc + jc + j0, ldc)
                 jc += nb
             ib += mb
         pc += kc

@@ -9,14 +9,15 @@ form one rectangle, computed analytically (`element_plan`); that rectangle times
 element's Cin/groups x Cout/groups weight slice is one GEMM, whose rows are added into the
 output at the stride. No zero ever enters a GEMM.
 
-On the CPU the GEMM is computed transposed, Y^T = W_rs^T @ X_window^T, so that the gathered
-operand and the product keep NCHW rows contiguous, and the elements that share a rectangle
-(interior kernel elements usually do) share one gathered operand and one GEMM with their
-weight slices stacked. Every output element of a GEMM is its own sum over the reduction
-index k in the array's order whatever the GEMM's shape or orientation, so the bits equal the
-array's per-element Y = X W. Per output element, the kernel elements' contributions are added
-in plan order (row-major over (r, s)), starting from +0, in the accumulator dtype (float32,
-int32 for int8), in one pass over the output.
+Every output element of a GEMM is its own sum over the reduction index k in the array's
+order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
+Y = X W however the CPU arranges it. float32: the array GEMM is called from C
+(systolic.pxd), once per group and chunk of images, for every reaching kernel element on the
+whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
+X_window^T on the gathered window, the elements that share a rectangle stacked into one GEMM.
+Per output element, the kernel elements' contributions are added in plan order (row-major
+over (r, s)), starting from +0, in the accumulator dtype (float32, int32 for int8), in one
+pass over the output.
 
 Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
 memoryview shims, nogil cores with prange over independent output planes.
@@ -27,6 +28,8 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.string cimport memcpy
+
+from sysbench._kernels.systolic cimport GEMM_CHAIN, GEMM_FOLD, _current_isa, _gemm_f32_core
 
 ctypedef fused operand_t:
     float
@@ -238,8 +241,7 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
     if not (0 <= c0 and cout >= 1 and c0 + cout <= nc):
         raise ValueError(f"channels {c0}:{c0 + cout} out of range for {nc} channels")
     n = len(plan)
-    geometry = np.zeros((max(n, 1), 6), dtype=np.int64)  # rows, cols, oi, oj, ld, address
-    cdef int64_t[:, ::1] geo = geometry
+    geometry = np.zeros((max(n, 1), GEO_FIELDS), dtype=np.int64)
     cdef cnp.ndarray product
     cdef Py_ssize_t e
     for e, (entry, y) in enumerate(zip(plan, products)):
@@ -253,14 +255,20 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
                 or oj + (cols - 1) * sw >= wo:
             raise ValueError(f"plan[{e}]: the strided window does not fit the {ho}x{wo} output")
         product = y
-        geo[e, 0], geo[e, 1], geo[e, 2], geo[e, 3] = rows, cols, oi, oj
-        geo[e, 4] = y.shape[1]
-        geo[e, 5] = <int64_t> <size_t> cnp.PyArray_DATA(product)  # kept alive by `products`
+        # kept alive by `products`; (channel, image, row, column) strides of a window's product
+        geometry[e] = (rows, cols, oi, oj, <size_t> cnp.PyArray_DATA(product),
+                       y.shape[1], rows * cols, cols, 1)
     band = SCATTER_BAND if sum(y.nbytes for y in products) <= SCATTER_CACHE_BYTES else 1
     if out.dtype == np.float32:
         _scatter[float](out, geometry, n, c0, cout, sh, sw, band, threads)
     else:
         _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, band, threads)
+
+
+# scatter geometry per kernel element: rows, cols, out row, out column of its first input
+# pixel, address of that pixel's product for channel 0 and image 0, and the element strides
+# of its product between channels, images, input rows and input columns
+GEO_FIELDS = 9
 
 
 # output elements per band of a plane: a band (16 KB of float32) stays in L1 while every
@@ -279,7 +287,7 @@ cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, l
     # band and element instead of one per row and element.
     cdef long nb = out.shape[0], ho = out.shape[2], wo = out.shape[3]
     cdef long band = max(1, band_elements // wo)  # rows per band
-    cdef long t, o, b, r0, r1, k, e, ii, ii_lo, ii_hi, jj, rows, cols, first
+    cdef long t, o, b, r0, r1, k, e, ii, ii_lo, ii_hi, jj, rows, cols, first, step_j
     cdef const acc_t *src
     cdef acc_t *dst
     for t in prange(cout * nb, num_threads=threads, schedule="static"):
@@ -301,16 +309,18 @@ cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, l
                 if r0 > first:
                     ii_lo = (r0 - first + sh - 1) // sh
                 ii_hi = min(rows, (r1 - first + sh - 1) // sh)
-                src = (<const acc_t *> <size_t> geo[e, 5]) + o * geo[e, 4] + (b * rows + ii_lo) * cols
+                step_j = geo[e, 8]
+                src = (<const acc_t *> <size_t> geo[e, 4]) + o * geo[e, 5] + b * geo[e, 6] \
+                    + ii_lo * geo[e, 7]
                 for ii in range(ii_lo, ii_hi):
                     dst = &out[b, c0 + o, first + ii * sh, geo[e, 3]]
-                    if sw == 1:  # unit stride: a loop the compiler vectorises
+                    if step_j == 1 and sw == 1:  # unit strides: a loop the compiler vectorises
                         for jj in range(cols):
                             dst[jj] = dst[jj] + src[jj]
                     else:
                         for jj in range(cols):
-                            dst[jj * sw] = dst[jj * sw] + src[jj]
-                    src = src + cols
+                            dst[jj * sw] = dst[jj * sw] + src[jj * step_j]
+                    src = src + geo[e, 7]
             r0 = r1
 
 
@@ -334,12 +344,14 @@ def _default_gemm(dtype, threads):
 
 
 def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
-                    gemm=None, threads=1):
+                    gemm=None, threads=1, fold_depth=None):
     """conv_transpose2d(x, w) by one GEMM per kernel element and a strided scatter-add.
 
     x: (batch, in_channels, H, W); w: (in_channels, out_channels/groups, kh, kw); both
-    float32 or both int8 (the output is then int32). gemm(a, b) -> a @ b is the array
-    (default: fp32 fmaf chain / exact int8); it receives only the input pixels that reach
+    float32 or both int8 (the output is then int32). The GEMMs are the array's: float32
+    in fold order with `fold_depth` reduction indices per fold, or chain order (one fmaf
+    chain over k) when fold_depth is None; exact int8. A `gemm(a, b) -> a @ b` callable
+    replaces them (the emulator, in tests); it receives only the input pixels that reach
     the output. Returns NCHW output of PyTorch's size.
     """
     x = check_array(x, "x", (np.float32, np.int8), 4, X_LAYOUT, ())
@@ -348,19 +360,24 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
         raise ValueError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
     geo = check_args(x.shape, w.shape, stride, padding, output_padding, dilation, groups)
     threads = check_threads(threads)
+    if fold_depth is not None:
+        fold_depth = check_int(fold_depth, "fold_depth", CONS_POSITIVE)
     groups = geo["groups"]
     kh, kw = geo["kernel"]
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
     if x.dtype == np.int8 and cin_g * kh * kw > I8_MAX_TERMS:
         raise ValueError(f"int8: in_channels/groups * kh * kw = {cin_g * kh * kw} exceeds "
                          f"{I8_MAX_TERMS}; int32 accumulation could overflow")
-    if gemm is None:
-        gemm = _default_gemm(x.dtype, threads)
     x = np.ascontiguousarray(x)
     batch, (height, width), (ho, wo) = geo["batch"], (geo["height"], geo["width"]), geo["output"]
     out = np.empty((batch, geo["out_channels"], ho, wo),
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
+    if gemm is None and x.dtype == np.float32:
+        _strided_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
+        return out
+    if gemm is None:
+        gemm = _default_gemm(x.dtype, threads)
     sharing = {}  # valid rectangle -> the kernel elements (plan indices) that share it
     for e, (r, s, ilo, ihi, jlo, jhi, _, _) in enumerate(plan):
         sharing.setdefault((ilo, ihi, jlo, jhi), []).append(e)
@@ -380,6 +397,171 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
             _chunk(x[b0:b0 + chunk], out[b0:b0 + chunk], g, cin_g, cout_g, plan, sharing,
                    stacked, gemm, geo["stride"], threads)
     return out
+
+
+# ------------------------------------------------------------------ float32: one GEMM per group
+
+def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
+    """The float32 layer with the array GEMM called from C: per group and chunk of images,
+    ONE GEMM computes every reaching kernel element's products on the whole input (no
+    gathered windows), and the scatter reads each element's valid rectangle out of them.
+
+    Every product element is still its own element's sum over k in the array's order, so
+    the bits are those of the per-element GEMMs on the valid windows (the pixels outside a
+    window are computed and never read). Two orientations; the one that rearranges the
+    smaller operand is used:
+      transposed  P[(e, o), pixel] = W_e^T (stacked) @ x_image: the weights are rearranged
+                  (element_weights), each image's (channels, pixels) block is read in place;
+      normal      P[pixel, (o, r, s)] = x^T @ w viewed as (in_channels, out/groups * kh*kw):
+                  the weights are read in place, the chunk's pixels are transposed."""
+    from . import systolic
+
+    groups = geo["groups"]
+    batch, height, width = geo["batch"], geo["height"], geo["width"]
+    (kh, kw), (sh, sw) = geo["kernel"], geo["stride"]
+    cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
+    taps, pixels = kh * kw, height * width
+    if not plan:  # nothing reaches the output
+        out[...] = 0
+        return
+    elements = len(plan)
+    if fold_depth is None:
+        kc, mode = systolic.CHAIN_KC, GEMM_CHAIN
+    else:
+        kc, mode = fold_depth, GEMM_FOLD
+    normal = _normal_orientation(cin_g, cout_g, elements, taps, batch, pixels)
+    row = cout_g * taps if normal else elements * cout_g  # products per pixel
+    chunk = max(1, min(batch, PRODUCT_CHUNK_BYTES // (4 * row * pixels)))
+    band = SCATTER_BAND if 4 * row * pixels * chunk <= SCATTER_CACHE_BYTES else 1
+    element_taps = [r * kw + s for r, s, *_ in plan]
+    cdef cnp.ndarray products, a_op, b_op
+    cdef long ld, e, b
+    cdef int rc = 0
+    cdef int isa_code = _current_isa()
+    for g in range(groups):
+        if normal:
+            # B: w[g*cin_g:(g+1)*cin_g] as (cin_g, cout_g * taps), columns (o, r, s)
+            b_op = w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, cout_g * taps)
+        else:
+            a_op = element_weights(w, g * cin_g, cin_g, element_taps, threads).reshape(-1, cin_g)
+        for b0 in range(0, batch, chunk):
+            nb = min(chunk, batch - b0)
+            xs = x[b0:b0 + nb, g * cin_g:(g + 1) * cin_g]
+            if normal:
+                a_op = np.ascontiguousarray(xs.transpose(0, 2, 3, 1)).reshape(nb * pixels, cin_g)
+                ld = _padded(cout_g * taps)
+                products = np.empty((nb * pixels, ld), dtype=np.float32)
+                rc = _gemm(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
+                           <size_t> cnp.PyArray_DATA(products), nb * pixels, cin_g,
+                           cout_g * taps, cin_g, cout_g * taps, ld, kc, mode, threads, isa_code,
+                           False)  # columns: each thread packs its share of the weights
+            else:
+                ld = _padded(nb * pixels)
+                products = np.empty((elements * cout_g, ld), dtype=np.float32)
+                if nb > 1 and pixels < GATHER_PIXELS:  # small images: one GEMM on gathered pixels
+                    b_op = gather_window(x[b0:b0 + nb], g * cin_g, cin_g, 0, height, 0, width, threads)
+                    rc = _gemm(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
+                               <size_t> cnp.PyArray_DATA(products), elements * cout_g, cin_g,
+                               nb * pixels, cin_g, nb * pixels, ld, kc, mode, threads, isa_code,
+                               True)  # rows: each thread packs its share of the weights
+                    nb_loop = 0
+                else:
+                    b_op = xs  # each image's (cin_g, pixels) block is contiguous
+                    nb_loop = nb
+                if nb_loop:
+                    rc = _gemm_per_image(<size_t> cnp.PyArray_DATA(a_op), <size_t> cnp.PyArray_DATA(b_op),
+                                         <size_t> cnp.PyArray_DATA(products), nb_loop,
+                                         xs.strides[0] // 4, pixels, elements * cout_g, cin_g, pixels,
+                                         ld, kc, mode, threads, isa_code)
+            if rc != 0:
+                raise MemoryError("could not allocate the GEMM packing buffers")
+            geometry = np.empty((elements, GEO_FIELDS), dtype=np.int64)
+            base = <size_t> cnp.PyArray_DATA(products)
+            for e in range(elements):
+                r, s, ilo, ihi, jlo, jhi, oi, oj = plan[e]
+                first_pixel = ilo * width + jlo
+                if normal:  # P[(b, i, j), o * taps + r * kw + s]
+                    address = base + 4 * (first_pixel * ld + element_taps[e])
+                    strides = (taps, pixels * ld, width * ld, ld)
+                else:       # P[e * cout_g + o, b * pixels + i * width + j]
+                    address = base + 4 * (e * cout_g * ld + first_pixel)
+                    strides = (ld, pixels, width, 1)
+                geometry[e] = (ihi - ilo, jhi - jlo, oi, oj, address, *strides)
+            _scatter[float](out[b0:b0 + nb], geometry, elements, g * cout_g, cout_g, sh, sw,
+                            band, threads)
+
+
+cdef int _gemm(size_t a, size_t b, size_t c, long m, long k, long n, long lda, long ldb,
+               long ldc, long kc, int mode, int threads, int isa_code, bint split_rows):
+    """_gemm_f32_core on raw addresses (of arrays the caller keeps alive), without the GIL.
+    With several threads the GEMM is cut into one block of rows (split_rows: each packs all
+    of B) or of columns (each packs all of A) per thread, each computed on one thread: one
+    parallel region instead of a few per K block, which on a loaded machine cost more than
+    the GEMM. The bits do not depend on the cut."""
+    cdef long t, lo, hi, size = m if split_rows else n
+    cdef int failed = 0
+    cdef const float *pa = <const float *> a
+    cdef const float *pb = <const float *> b
+    cdef float *pc = <float *> c
+    with nogil:
+        if threads == 1 or size < 64 * threads:
+            failed = _gemm_f32_core(pa, pb, pc, m, k, n, lda, ldb, ldc, kc, mode, threads,
+                                    isa_code) != 0
+        else:
+            for t in prange(threads, num_threads=threads, schedule="static"):
+                lo = size * t // threads // 32 * 32  # whole micro-tiles (12 rows / 32 columns)
+                hi = size if t == threads - 1 else size * (t + 1) // threads // 32 * 32
+                if hi > lo and split_rows:
+                    failed += _gemm_f32_core(pa + lo * lda, pb, pc + lo * ldc, hi - lo, k, n, lda,
+                                             ldb, ldc, kc, mode, 1, isa_code) != 0
+                elif hi > lo:
+                    failed += _gemm_f32_core(pa, pb + lo, pc + lo, m, k, hi - lo, lda, ldb, ldc,
+                                             kc, mode, 1, isa_code) != 0
+    return -1 if failed else 0
+
+
+cdef int _gemm_per_image(size_t a, size_t b, size_t c, long images, long b_step, long c_step,
+                         long m, long k, long n, long ldc, long kc, int mode, int threads,
+                         int isa_code):
+    """One GEMM per image, C[:, i*c_step:] = A @ B[i] (B images b_step floats apart). With
+    several threads and images each thread runs whole GEMMs (one parallel region instead of a
+    few per GEMM); the bits do not depend on who computes them."""
+    cdef long i
+    cdef int failed = 0
+    cdef const float *pa = <const float *> a
+    cdef const float *pb = <const float *> b
+    cdef float *pc = <float *> c
+    if threads > 1 and images < threads:  # fewer images than threads: cut each GEMM's rows
+        for i in range(images):
+            if _gemm(a, b + 4 * i * b_step, c + 4 * i * c_step, m, k, n, k, n, ldc, kc, mode,
+                     threads, isa_code, True) != 0:
+                return -1
+        return 0
+    with nogil:
+        for i in prange(images, num_threads=threads, schedule="dynamic"):
+            failed += _gemm_f32_core(pa, pb + i * b_step, pc + i * c_step, m, k, n, k, n, ldc,
+                                     kc, mode, 1, isa_code) != 0  # a reduction
+    return -1 if failed else 0
+
+
+# float32 path: bytes of GEMM products per chunk of images, about a core's L2, so that the
+# scatter reads them from cache (measured best of 1-8 MB on the suite's layers)
+PRODUCT_CHUNK_BYTES = 3 << 20
+
+# transposed orientation: images with fewer pixels are gathered into one GEMM (a GEMM per
+# image of so few columns would pack the stacked weights again for little work)
+GATHER_PIXELS = 1024
+
+
+def _normal_orientation(cin_g, cout_g, elements, taps, batch, pixels):
+    """True: rearrange the pixels (normal orientation), else the weights (transposed)."""
+    return cout_g * taps >= batch * pixels
+
+
+def _padded(n):
+    """A row length of n floats, padded off multiples of 1 KiB floats: rows 4 KiB apart map
+    to the same L1 sets, which the GEMM's micro-tiles (12 rows) and the scatter then thrash."""
+    return n + 16 if n % 1024 == 0 else n
 
 
 # bytes of gathered pixels and GEMM products held at once (a few MB: they stay in cache)

@@ -62,6 +62,40 @@ def test_all_schedules_give_bit_identical_loss_grads_and_weights(name):
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
+def test_a_buffer_pool_changes_no_bit(name):
+    net = NETWORKS[name]()
+    x, target = net.make_batch(seed=4)
+    initial = net.copy_params()
+    pool = rc.BufferPool()
+    for schedule in ("store_all", "budget=min", "full_recompute"):
+        ref, ref_weights = step(net, x, target, schedule, initial)
+        for _ in range(2):  # the second step reuses the first one's buffers
+            net.set_params(initial)
+            result = rc.train_step(net, x, target, schedule, SGD(lr=0.05), pool=pool)
+            assert result.loss == ref.loss, schedule
+            for i in range(net.n):
+                for k in ref.grads[i]:
+                    assert np.array_equal(result.grads[i][k], ref.grads[i][k]), (schedule, i, k)
+                    assert np.array_equal(net.layers[i].params[k], ref_weights[i][k]), (schedule, i, k)
+    net.set_params(initial)
+
+
+def test_steps_after_the_first_reuse_the_pools_buffers():
+    net = network.mlp(4, 256, 64)  # 256 KiB weight gradients, 64 KiB activations
+    x, target = net.make_batch()
+    pool, allocated = rc.BufferPool(), []
+    for _ in range(3):
+        tracemalloc.start()
+        rc.train_step(net, x, target, "store_all", SGD(lr=1e-4), pool=pool)
+        allocated.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # the first step allocates its buffers (over 1 MiB of weight gradients alone); the
+    # next ones only the loss's gradient, the bias gradients and the tracker's records
+    assert allocated[0] > 1 << 20
+    assert max(allocated[1:]) < allocated[0] / 5, allocated
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
 def test_budget_schedules_stay_under_budget_measured_and_simulated(name):
     net = NETWORKS[name]()
     x, target = net.make_batch(seed=2)
@@ -84,20 +118,48 @@ def test_budget_schedules_stay_under_budget_measured_and_simulated(name):
 
 
 def test_fixed_schedules_recompute_what_they_should():
-    net = network.mlp(4, 16, 2)  # 8 layers
+    net = network.mlp(4, 16, 2)  # 8 layers: 4 stages of Linear + ReLU
     chain = rc.chain_of(net)
-    n = net.n
-    assert rc.simulate(chain, rc.store_all(chain))["layer_forwards"] == n
-    assert rc.simulate(chain, rc.full_recompute(chain))["layer_forwards"] == n + n * (n - 1) // 2
-    # every=3: checkpoints a_0, a_3, a_6; segments (6,8], (3,6], (0,3] recompute 1, 2, 2 layers
-    assert rc.simulate(chain, rc.checkpoint_every(chain, 3))["layer_forwards"] == n + 1 + 2 + 2
+    m = chain.n
+    assert (net.n, m) == (8, 4)
+    assert rc.simulate(chain, rc.store_all(chain))["layer_forwards"] == net.n
+    # every stage forward runs its two layers
+    assert rc.simulate(chain, rc.full_recompute(chain))["layer_forwards"] == 2 * (m + m * (m - 1) // 2)
+    # every=3: checkpoints a_0, a_3; segments (3,4], (0,3] recompute 0 and 2 stages
+    assert rc.simulate(chain, rc.checkpoint_every(chain, 3))["layer_forwards"] == 2 * (m + 0 + 2)
     assert rc.checkpoint_every(chain, 1) == rc.store_all(chain)
-    # full_recompute holds the input, at most one activation and the gradients: 4 equal buffers
+    # full_recompute holds the input, at most two activations of a sweep (one kept, one
+    # made) and the gradient: 4 equal buffers; store_all the input, the 4 stage outputs
+    # (the Linear outputs are transient) and a gradient
     size = chain.act[1]
     assert rc.simulate(chain, rc.full_recompute(chain))["peak_activation_bytes"] == chain.act[0] + 3 * size
+    assert rc.store_all_peak(chain) == chain.act[0] + (m + 1) * size
+
+
+def test_stages_keep_one_tensor_per_linear_relu_block():
+    """A ReLU's backward reads its output's sign, so the Linear output it came from is never
+    kept: the chain's positions are the blocks' outputs; GELU reads its input and keeps both."""
+    relu = network.mlp(3, 8, 2)
+    assert rc.stages_of(relu) == [(0, 2), (2, 4), (4, 6)]
+    gelu = network.mlp(3, 8, 2, activation="gelu")
+    assert rc.stages_of(gelu) == [(i, i + 1) for i in range(6)]
+    cnn = network.cnn(channels=[2, 3], image=4, batch=1)  # conv relu conv relu pool flatten linear
+    assert rc.stages_of(cnn) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # pool + flatten: one stage
+    assert rc.chain_of(cnn).act[1:] == tuple(cnn.activation_bytes(e) for e in (2, 4, 6, 7)) + (0,)
 
 
 # ---- optimality against an exhaustive search -----------------------------------------------------
+
+def _used(c: rc.Chain, held, d_at) -> int:
+    """Activation memory of a state: held activations and the gradient at d_at."""
+    return sum(c.act[k] for k in held) + c.grad[d_at]
+
+
+def _backward_fits(c: rc.Chain, held, d_at, now, budget) -> bool:
+    """B(d_at) may run: its input is held and its peak (chain.b_peak: from d_k to d_{k-1})
+    fits."""
+    return d_at - 1 in held and now - c.grad[d_at] + c.b_peak(d_at) <= budget
+
 
 def brute_force(c: rc.Chain, budget: int):
     """Least forward cost over every program of F / D / B operations whose peak activation
@@ -105,11 +167,7 @@ def brute_force(c: rc.Chain, budget: int):
     none exists. Independent of the DP: any set of activations may be held at any time."""
     n, N = c.n, c.n + 1
     start = (frozenset([0]), N)
-
-    def used(held, d_at):
-        return sum(c.act[k] for k in held) + c.grad[d_at]
-
-    if used(*start) > budget:
+    if _used(c, *start) > budget:
         return None
     best = {start: 0}
     queue = [(0, 0, start)]
@@ -120,14 +178,14 @@ def brute_force(c: rc.Chain, budget: int):
             continue
         if d_at == 0:
             return cost
-        now = used(held, d_at)
+        now = _used(c, held, d_at)
         moves = []
-        for k in range(1, n + 1):
-            if k - 1 in held and k not in held and now + c.act[k] <= budget:
+        for k in range(1, min(n, d_at - 1) + 1):  # a forward at or past the gradient is no use
+            if k - 1 in held and k not in held and now + c.f_peak(k) <= budget:
                 moves.append((cost + c.fcost[k], (held | {k}, d_at)))
         for k in held:
             moves.append((cost, (held - {k}, d_at)))
-        if d_at - 1 in held and now + c.grad[d_at - 1] <= budget:
+        if _backward_fits(c, held, d_at, now, budget):
             moves.append((cost, (held, d_at - 1)))
         for new_cost, state in moves:
             if new_cost < best.get(state, float("inf")):
@@ -142,11 +200,7 @@ def brute_force_persistent(c: rc.Chain, budget: int):
     may be dropped). State: (kept, made since the last B, gradient position)."""
     n, N = c.n, c.n + 1
     start = (frozenset([0]), frozenset(), N)
-
-    def used(kept, fresh, d_at):
-        return sum(c.act[k] for k in kept | fresh) + c.grad[d_at]
-
-    if used(*start) > budget:
+    if _used(c, start[0], N) > budget:
         return None
     best = {start: 0}
     queue = [(0, 0, start)]
@@ -157,14 +211,15 @@ def brute_force_persistent(c: rc.Chain, budget: int):
             continue
         if d_at == 0:
             return cost
-        now, held = used(kept, fresh, d_at), kept | fresh
+        held = kept | fresh
+        now = _used(c, held, d_at)
         moves = []
-        for k in range(1, n + 1):
-            if k - 1 in held and k not in held and now + c.act[k] <= budget:
+        for k in range(1, min(n, d_at - 1) + 1):
+            if k - 1 in held and k not in held and now + c.f_peak(k) <= budget:
                 moves.append((cost + c.fcost[k], (kept, fresh | {k}, d_at)))
         moves += [(cost, (kept, fresh - {k}, d_at)) for k in fresh]
         moves += [(cost, (kept - {k}, fresh, d_at)) for k in kept if k >= d_at]  # passed by the backward
-        if d_at - 1 in held and now + c.grad[d_at - 1] <= budget:
+        if _backward_fits(c, held, d_at, now, budget):
             moves.append((cost, (held, frozenset(), d_at - 1)))
         for new_cost, state in moves:
             if new_cost < best.get(state, float("inf")):
@@ -175,14 +230,19 @@ def brute_force_persistent(c: rc.Chain, budget: int):
 
 def random_chain(rng, n):
     act = [int(v) for v in rng.integers(1, 9, n + 1)] + [0]
-    grad = [0] + act[1:n + 1] + [0]
+    plain = [0] + act[1:n + 1] + [0]
     if rng.random() < 0.5:  # gradients sized unlike their activations
-        grad = [0] + [int(v) for v in rng.integers(1, 9, n)] + [0]
+        plain = [0] + [int(v) for v in rng.integers(1, 9, n)] + [0]
     fcost = [0] + [int(v) for v in rng.integers(1, 20, n)] + [0]
     if rng.random() < 0.3:  # unit costs: the optimum is the fewest recomputed layer forwards
         fcost = [0] + [1] * n + [0]
     zeros = (0,) * (n + 2)
-    return rc.Chain(tuple(act), tuple(grad), tuple(fcost), zeros, zeros)
+    if rng.random() < 0.5:
+        return rc.Chain(tuple(act), tuple(plain), tuple(fcost), zeros, zeros)
+    # stages: transient peaks inside F (above |a_k|) and B (above its start and its end)
+    fpeak = [0] + [act[k] + int(rng.integers(0, 4)) for k in range(1, n + 1)] + [0]
+    bpeak = [0] + [max(plain[k], plain[k - 1]) + int(rng.integers(0, 4)) for k in range(1, n + 2)]
+    return rc.Chain(tuple(act), tuple(plain), tuple(fcost), zeros, zeros, tuple(fpeak), tuple(bpeak))
 
 
 def test_budget_schedule_matches_exhaustive_optimum_on_small_chains():

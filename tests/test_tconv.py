@@ -293,3 +293,37 @@ def test_scatter_bands_do_not_change_bits(monkeypatch):
             fast = T.tconv2d_strided(x, w, p, array)
             assert fast.tobytes() == slow.tobytes(), (layer, band, cache)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("normal", [True, False])
+def test_float32_path_in_both_orientations_and_chunkings_has_the_per_element_bits(monkeypatch, normal):
+    """The float32 path (one GEMM per group and chunk on the whole input, the array GEMM
+    called from C) against per-element GEMMs on the valid windows, scattered by numpy:
+    either orientation, one image or several per chunk, gathered or per-image GEMMs, a GEMM
+    cut between threads, rows padded off 4 KiB multiples (a 32 x 32 image: 1024 pixels)."""
+    from sysbench._kernels import systolic
+
+    layers = [(3, 5, 4, 6, 5, 4, 2, 1, 0, 1, 1), (2, 6, 4, 3, 5, (2, 3), (4, 1), (2, 1), (3, 0), (2, 1), 3),
+              (2, 9, 3, 32, 32, 3, 2, 1, 1, 1, 1), (3, 40, 3, 3, 3, 2, 2, 0, 0, 1, 1),
+              (2, 8, 24, 4, 4, 4, 2, 1, 0, 1, 1)]  # 384 GEMM rows / columns: cut over 2 threads
+    monkeypatch.setattr(tconv, "_normal_orientation", lambda *args: normal)
+    for name in ("ws8-fp32", "os4-bf16"):
+        array = ARRAYS[name]
+        for layer in layers:
+            x, w, p = make(layer, array.dtype, seed=5)
+            slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+            for chunk_bytes, gather_pixels in ((3 << 20, 1024), (1, 1024), (3 << 20, 0), (1, 1 << 30)):
+                monkeypatch.setattr(tconv, "PRODUCT_CHUNK_BYTES", chunk_bytes)
+                monkeypatch.setattr(tconv, "GATHER_PIXELS", gather_pixels)
+                fast = T.tconv2d_strided(x, w, p, array, threads=2)
+                assert fast.tobytes() == slow.tobytes(), (name, layer, chunk_bytes, gather_pixels)
+    # every SIMD path of the array GEMM gives the same bits here too
+    x, w, p = make(layers[0], "fp32", seed=6)
+    expected = T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"])
+    previous = systolic.isa()
+    try:
+        for isa in systolic.available_isas():
+            systolic.set_isa(isa)
+            assert T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"]).tobytes() == expected.tobytes(), isa
+    finally:
+        systolic.set_isa(previous)

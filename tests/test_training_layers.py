@@ -215,3 +215,20 @@ def test_global_maxpool_wider_than_int16_positions():
     grad_x, _ = layer.backward(np.array([2.0, 3.0], dtype=np.float32).reshape(1, 2, 1, 1), x)
     assert np.argwhere(grad_x).tolist() == [[0, 0, 181, 180], [0, 1, 0, 3]]
     assert grad_x[0, 0, 181, 180] == 2.0 and grad_x[0, 1, 0, 3] == 3.0
+
+
+def test_relu_backward_reads_input_or_output_and_in_place_gives_the_same_bits():
+    relu = L.ReLU()
+    relu.build((4, 50), None)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    x[0, :5] = 0.0  # the kink: no gradient through 0
+    g = rng.standard_normal((4, 50)).astype(np.float32)
+    y, _ = relu.forward(x)
+    expected = np.where(x > 0, g, np.float32(0))  # +0 where the input is <= 0
+    for saved in (x, y):
+        out, _ = relu.backward(g, saved)
+        assert out.tobytes() == expected.tobytes()
+        assert relu.backward_inplace(g.copy(), saved).tobytes() == expected.tobytes()
+    assert relu.forward_inplace(x.copy()).tobytes() == y.tobytes()
+    assert relu.backward_reads == "either" and L.Flatten.backward_reads == "nothing"

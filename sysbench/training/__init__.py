@@ -2,8 +2,9 @@
 
 Modules: layers (Linear, ReLU, GELU, Conv2d by im2col, MaxPool2d, Flatten), losses
 (softmax cross-entropy, MSE), optim (SGD, blas_threads), network (Sequential chain and the
-mlp / cnn / from_specs / build builders), memory (the one MemoryTracker), recompute
-(schedules: store_all, full_recompute, checkpoint_every, budget).
+mlp / cnn / from_specs / build builders), memory (the one MemoryTracker), buffers
+(BufferPool: buffers reused between steps), recompute (schedules: store_all, full_recompute,
+checkpoint_every, budget; split into schedules, chain, solvers and interpreter).
 
 One training step by hand, layer by layer (float32, deterministic by seed):
 
@@ -26,7 +27,8 @@ Each layer's params live in `net.layers[i].params` (dict name -> float32 array, 
 layouts). Gradient byte sizes: `p.nbytes`. With a schedule and memory accounting instead:
 
     from sysbench.training import recompute
-    result = recompute.train_step(net, x, target, "budget=1/2", optim.SGD(lr=0.01))
+    result = recompute.train_step(net, x, target, "budget=1/2", optim.SGD(lr=0.01),
+                                  pool=recompute.BufferPool())  # pass the same pool to every step
     result.loss, result.grads, result.tracker.peak_activation
 
 numpy's BLAS threads: `with optim.blas_threads(n): ...`.

@@ -8,10 +8,14 @@ checks; `layer.astype(np.float64)` converts its parameters) and has:
     forward(x) -> (y, saved)                saved is what backward needs
     backward(grad_y, saved, need_input_grad=True) -> (grad_x or None, {param: grad})
     saved_of(x)                             the `saved` forward(x) returns, computed at no cost
+A layer with accepts_out (Linear) also takes forward(x, out=) and backward(..., out=,
+weight_out=): buffers to write y, grad_x and the weight gradient into (a BufferPool's).
 
 `saved` is always built from the layer's input alone (a reference to x, or x's shape), never
 a new buffer: a schedule that holds a layer's input can run that layer's backward without
-running its forward again. That is the memory model the recompute schedules optimise.
+running its forward again. A layer's `backward_reads` says what else may stand in for it:
+ReLU's saved may be its output too (the same sign), Flatten's is only a shape. That is the
+memory model the recompute schedules optimise (training/chain.py).
 
 Per-layer figures for the schedules and the model (shapes include the batch):
     flops(in_shape) -> (forward, backward with input grad, backward without)
@@ -31,6 +35,13 @@ import numpy as np
 class Layer:
     kind = "layer"
     has_params = False
+    accepts_out = False
+    # what backward reads of this layer's tensors: "input" (its saved_of(x)), "either" (its
+    # input or its output give the same saved: ReLU's sign), "nothing" (Flatten: a shape)
+    backward_reads = "input"
+    # forward_inplace / backward_inplace may overwrite their argument (the recompute chain
+    # uses them inside a stage, where the argument is not needed afterwards)
+    inplace = False
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -47,6 +58,10 @@ class Layer:
 
     def saved_of(self, x: np.ndarray):
         return x
+
+    def saved_of_shape(self, in_shape: tuple):
+        """saved for a layer whose backward reads nothing of its tensors (backward_reads = "nothing")."""
+        raise NotImplementedError(f"{self.kind}'s backward reads its input")
 
     def forward(self, x: np.ndarray):
         raise NotImplementedError
@@ -84,10 +99,15 @@ def _uniform(rng: np.random.Generator | None, bound: float, shape: tuple) -> np.
 
 
 class Linear(Layer):
-    """y = x W^T + b, W stored (out, in) as in PyTorch."""
+    """y = x W^T + b, W stored (out, in) as in PyTorch.
+
+    y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
+    W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
+    next Linear; the element-wise layers between keep the layout."""
 
     kind = "linear"
     has_params = True
+    accepts_out = True
 
     def __init__(self, out_features: int, bias: bool = True):
         super().__init__()
@@ -108,18 +128,21 @@ class Linear(Layer):
             self.params["bias"] = _uniform(rng, bound, (self.out_features,))
         return out
 
-    def forward(self, x):
-        y = x @ self.params["weight"].T
+    def forward(self, x, out=None):
+        """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed."""
+        y = np.matmul(self.params["weight"], x.T, out=None if out is None else out.T).T
         if self.bias:
             y += self.params["bias"]
         return y, x
 
-    def backward(self, grad_y, saved, need_input_grad=True):
+    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None):
         x = saved
-        grads = {"weight": grad_y.T @ x}
+        grads = {"weight": np.matmul(grad_y.T, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
-        grad_x = grad_y @ self.params["weight"] if need_input_grad else None
+        grad_x = None
+        if need_input_grad:
+            grad_x = np.matmul(self.params["weight"].T, grad_y.T, out=None if out is None else out.T).T
         return grad_x, grads
 
     def flops(self, in_shape):
@@ -138,15 +161,30 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
+    """max(x, 0). backward needs only where x > 0, which is where its output is > 0: saved
+    may be the input or the output."""
+
     kind = "relu"
+    backward_reads = "either"
+    inplace = True
 
     def forward(self, x):
         return np.maximum(x, x.dtype.type(0)), x
 
+    def forward_inplace(self, x):
+        return np.maximum(x, x.dtype.type(0), out=x)
+
     def backward(self, grad_y, saved, need_input_grad=True):
         if not need_input_grad:
             return None, {}
-        return np.where(saved > 0, grad_y, grad_y.dtype.type(0)), {}
+        return self.backward_inplace(grad_y.copy(order="K"), saved), {}  # the layout of grad_y
+
+    def backward_inplace(self, grad_y, saved):
+        """The gradient written over grad_y: grad_y where saved > 0, else +0 (grad_y * 0
+        may be -0, and -0 + +0 is +0; two passes, four times faster than np.where)."""
+        np.multiply(grad_y, saved > 0, out=grad_y)
+        grad_y += grad_y.dtype.type(0)
+        return grad_y
 
     def workspace(self, in_shape, itemsize, need_input_grad=True):
         return 0, math.prod(in_shape) if need_input_grad else 0  # the boolean mask
@@ -461,12 +499,16 @@ class Flatten(Layer):
     its own, which the memory model counts like every other layer output."""
 
     kind = "flatten"
+    backward_reads = "nothing"
 
     def output_shape(self, in_shape):
         return (in_shape[0], math.prod(in_shape[1:]))
 
     def saved_of(self, x):
         return x.shape
+
+    def saved_of_shape(self, in_shape):
+        return tuple(in_shape)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1).copy(), x.shape

@@ -1,6 +1,8 @@
 """Stochastic gradient descent, in place, in a fixed order (layer by layer, then by name)."""
 from __future__ import annotations
 
+import numpy as np
+
 
 class SGD:
     """p -= lr * (g + weight_decay * p), with optional momentum (PyTorch's formulation:
@@ -13,27 +15,50 @@ class SGD:
         self.velocity: dict = {}
 
     def workspace(self, layers) -> int:
-        """Bytes of the temporaries step() allocates at once (lr * g of the largest tensor,
-        and g + weight_decay * p with weight decay)."""
+        """Bytes of the temporaries step() allocates at once: one block of lr * g (and, with
+        weight decay, g + weight_decay * p of the largest tensor)."""
         largest = max((p.nbytes for layer in layers for p in layer.params.values()), default=0)
-        return largest * (2 if self.weight_decay else 1)
+        block = min(largest, SGD_BLOCK * 4)
+        return block + (largest if self.weight_decay else 0)
 
     def step(self, layers, grads: list[dict]) -> None:
         """Update every layer's params from grads[i] (the dict layer i's backward returned)."""
         for i, layer in enumerate(layers):
-            for name, p in layer.params.items():
-                g = grads[i][name]
-                if self.weight_decay:
-                    g = g + p.dtype.type(self.weight_decay) * p
-                if self.momentum:
-                    v = self.velocity.get((i, name))
-                    if v is None:
-                        v = self.velocity[(i, name)] = g.copy()
-                    else:
-                        v *= p.dtype.type(self.momentum)
-                        v += g
-                    g = v
+            self.step_layer(i, layer, grads[i])
+
+    def step_layer(self, i: int, layer, grads: dict) -> None:
+        """Update layer i's params from its gradients (each parameter on its own: the
+        order of the layers does not change the bits)."""
+        buffer = None
+        for name, p in layer.params.items():
+            g = grads[name]
+            if self.weight_decay:
+                g = g + p.dtype.type(self.weight_decay) * p
+            if self.momentum:
+                v = self.velocity.get((i, name))
+                if v is None:
+                    v = self.velocity[(i, name)] = g.copy()
+                else:
+                    v *= p.dtype.type(self.momentum)
+                    v += g
+                g = v
+            if not p.flags.c_contiguous:  # (never for a layer's own params)
                 p -= p.dtype.type(self.lr) * g
+                continue
+            # p -= lr * g, a block at a time: the same two roundings per element, without
+            # a temporary as large as the weights (and while the block is in cache)
+            if buffer is None or buffer.dtype != p.dtype:
+                buffer = np.empty(SGD_BLOCK, dtype=p.dtype)
+            flat_p, flat_g = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
+            lr = p.dtype.type(self.lr)
+            for start in range(0, flat_p.size, SGD_BLOCK):
+                end = min(start + SGD_BLOCK, flat_p.size)
+                scaled = buffer[:end - start]
+                np.multiply(flat_g[start:end], lr, out=scaled)
+                np.subtract(flat_p[start:end], scaled, out=flat_p[start:end])
+
+
+SGD_BLOCK = 16384  # elements of lr * g at a time (64 KiB of float32: stays in L2)
 
 
 def blas_threads(threads: int):

@@ -51,7 +51,7 @@ def geometry(p: dict) -> dict:
 def element_gemms(p: dict) -> list[tuple[int, int, int]]:
     """(M, K, N) of the array's GEMMs in the strided path: per group, per kernel element that
     reaches the output, M = batch * valid input rows * valid input columns. (On the CPU the
-    kernel stacks elements that share a rectangle into one GEMM; the products are the same.)"""
+    kernel stacks all elements into one GEMM on the whole input; the products are the same.)"""
     cin_g, cout_g = p["in_channels"] // p["groups"], p["out_channels"] // p["groups"]
     shapes = [(p["batch"] * (ihi - ilo) * (jhi - jlo), cin_g, cout_g)
               for _, _, ilo, ihi, jlo, jhi, _, _ in _kernel().element_plan(geometry(p))]
@@ -113,11 +113,15 @@ def tconv2d_zero_insertion(x: np.ndarray, w: np.ndarray, p: dict, array, threads
 # ------------------------------------------------------------------ strided and reference
 
 def tconv2d_strided(x: np.ndarray, w: np.ndarray, p: dict, array, threads: int = 1, gemm=None) -> np.ndarray:
-    """The technique on the array: one GEMM per kernel element, strided scatter-add."""
-    if gemm is None:
+    """The technique on the array: one GEMM per kernel element, strided scatter-add.
+    float32 arrays run the kernel's own call of the array GEMM (fold order on ws / is,
+    chain order on os, as array_gemm); int8 and a given `gemm` go through a callable."""
+    fold_depth = None if array.dataflow == "os" else array.rows
+    if gemm is None and array.dtype == "int8":
         gemm = lambda a, b: array_gemm(a, b, array, threads)  # noqa: E731
     return _kernel().tconv2d_strided(x, w, p["stride"], p["padding"], p["output_padding"],
-                                     p["dilation"], p["groups"], gemm=gemm, threads=threads)
+                                     p["dilation"], p["groups"], gemm=gemm, threads=threads,
+                                     fold_depth=fold_depth)
 
 
 def tconv2d_direct(x: np.ndarray, w: np.ndarray, p: dict) -> np.ndarray:

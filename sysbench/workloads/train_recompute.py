@@ -46,15 +46,18 @@ def _downsample(series: list, points: int = SERIES_POINTS) -> list:
 
 
 def step_gemms(net: nets.Network, ops: list) -> list[tuple[int, int, int]]:
-    """Every GEMM the step runs: each F op's forward GEMMs, each layer's weight-gradient
-    GEMMs, and the input-gradient GEMMs of every layer but the first."""
+    """Every GEMM the step runs: each F op's forward GEMMs (of its stage's layers), each
+    layer's weight-gradient GEMMs, and the input-gradient GEMMs of every layer but the first."""
+    spans = rc.stages_of(net)
     out = []
     for op, k in ops:
         if op == "F":
-            out += net.layers[k - 1].gemms(net.shapes[k - 1])["forward"]
-        elif op == "B" and k <= net.n:
-            g = net.layers[k - 1].gemms(net.shapes[k - 1])
-            out += g["backward"] + (g["backward_input"] if k > 1 else [])
+            for i in range(*spans[k - 1]):
+                out += net.layers[i].gemms(net.shapes[i])["forward"]
+        elif op == "B":
+            for i in rc.backward_layers(net, spans, k):
+                g = net.layers[i].gemms(net.shapes[i])
+                out += g["backward"] + (g["backward_input"] if i > 0 else [])
     return out
 
 
@@ -242,11 +245,12 @@ class TrainRecompute(Workload):
         """One step from the initial weights per call (the reset restores them, untimed)."""
         inputs, ops, lr = run.inputs, list(run.plan.ops), run.params.lr
         net = inputs.net
+        pool = rc.BufferPool()  # the steps of a visit reuse the first one's buffers (no page faults)
 
         def step():
             tracker = rc.MemoryTracker()
             tracker.add("params", net.param_bytes(), "param")
-            return rc.run_program(net, inputs.x, inputs.target, ops, tracker, SGD(lr))
+            return rc.run_program(net, inputs.x, inputs.target, ops, tracker, SGD(lr), pool=pool)
 
         return Timed(step, reset=lambda: net.set_params(inputs.initial))
 

@@ -4,8 +4,10 @@ measured in the same run with the same number of threads:
 
 * zero insertion on the same array (dilate, pad, im2col conv): target >= 2x faster for every
   stride-2 layer, batch 1 and 8;
-* torch CPU conv_transpose2d (oneDNN, plain fp32, no array order), batch 8: target within 2x
-  of torch's time. Skipped when torch is not installed.
+* torch CPU conv_transpose2d (oneDNN, plain fp32, no array order): target at most torch's
+  time at batch 8 and 1.5x at batch 1 (TORCH_TARGET), except the layers in SHORT_OF_TARGET,
+  which are held to the ratio measured on a 2-core Intel Xeon (AVX-512) instead, so that a
+  regression still fails. Skipped when torch is not installed.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest tests/benchmarks/test_bench_tconv.py -s
 
@@ -30,12 +32,19 @@ from sysbench.workloads import tconv2d as T
 
 THREADS = int(os.environ.get("SYSBENCH_BENCH_THREADS", "1"))
 ZERO_INSERTION_TARGET = 2.0  # strided at least this many times faster, stride-2 layers
-TORCH_TARGET = 2.0  # strided at most this many times torch's time, batch 8
+TORCH_TARGET = {8: 1.0, 1: 1.5}  # strided at most this many times torch's time, by batch
+# (layer, batch, threads) that miss TORCH_TARGET on the 2-core Intel Xeon (AVX-512, oneDNN's
+# best path): the bound is the ratio measured there (best of interleaved rounds) with some
+# room. Each does at least Cin kh kw MACs per output in the array's order plus a pass over
+# its products, where oneDNN sums in registers; the U-Net k2 layer is memory-bound (16 MB of
+# products and 16 MB of fresh output per call), and two threads only add contention.
+SHORT_OF_TARGET = {(name, 8, threads): bound for threads in (1, 2) for name, bound in (
+    ("dcgan-256-128-h8", 1.4), ("dcgan-128-64-h16", 1.4), ("s3-64-64-h16-k5", 1.4),
+    ("s1-64-64-h32-k3", 1.6))}
+SHORT_OF_TARGET[("unet-256-128-h32-k2", 8, 2)] = 1.3
 
 CASES = suite.load("tconv").cases
 IDS = [f"{c.name}-b{c.params['batch']}" for c in CASES]
-BATCH8 = [c for c in CASES if c.params["batch"] == 8]
-BATCH8_IDS = [f"{c.name}-b8" for c in BATCH8]
 
 
 def operands(case):
@@ -81,7 +90,7 @@ def test_strided_vs_zero_insertion(benchmark, case):
         assert ratio >= ZERO_INSERTION_TARGET
 
 
-@pytest.mark.parametrize("case", BATCH8, ids=BATCH8_IDS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_strided_vs_torch(benchmark, case):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(THREADS)
@@ -94,12 +103,14 @@ def test_strided_vs_torch(benchmark, case):
                 tx, tw, stride=p["stride"], padding=p["padding"], output_padding=p["output_padding"],
                 dilation=p["dilation"], groups=p["groups"])
 
-    benchmark.group = f"tconv {case.name} b8 vs torch"
+    batch = p["batch"]
+    benchmark.group = f"tconv {case.name} b{batch} vs torch"
     out = benchmark(T.tconv2d_strided, x, w, p, array, THREADS)
     ours, theirs = best_times(lambda: T.tconv2d_strided(x, w, p, array, THREADS), torch_layer)
     ratio = ours / theirs
     benchmark.extra_info.update(strided_s=ours, torch_s=theirs, time_ratio=ratio, threads=THREADS)
-    print(f"\n{case.name} b8 [{THREADS} thread(s)]: strided {ours * 1e3:.2f} ms, torch "
-          f"{theirs * 1e3:.2f} ms, strided/torch time {ratio:.2f}")
+    target = SHORT_OF_TARGET.get((case.name, batch, THREADS), TORCH_TARGET[batch])
+    print(f"\n{case.name} b{batch} [{THREADS} thread(s)]: strided {ours * 1e3:.2f} ms, torch "
+          f"{theirs * 1e3:.2f} ms, strided/torch time {ratio:.2f} (target <= {target})")
     assert np.all(np.abs(out - torch_layer().numpy()) <= 2 * T.error_bound(x, w, p, True))
-    assert ratio <= TORCH_TARGET
+    assert ratio <= target
