@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import results
-from .stats import STABLE_SPREAD, mann_whitney_u, robust_spread, timing_verdict  # noqa: F401 (re-exported)
+from .stats import STABLE_SPREAD, mann_whitney_u, timing_verdict, within_round_spread  # noqa: F401 (re-exported)
 
 SCHEMA = "sysbench.compare/1"
 DEFAULT_THRESHOLD = 1.10
@@ -196,9 +196,9 @@ def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: st
                    threshold: float, alpha: float) -> None:
     base_samples, base_rounds = _samples(base, base_label)
     new_samples, new_rounds = _samples(new, new_label)
-    for side, samples in (("base", base_samples), ("new", new_samples)):
+    for side, samples, rounds in (("base", base_samples, base_rounds), ("new", new_samples, new_rounds)):
         if samples:
-            spread = robust_spread(samples)
+            spread = within_round_spread(samples, rounds or [0] * len(samples))
             result.spread[side] = spread
             if spread is not None and spread > STABLE_SPREAD:
                 result.unstable.append(side)

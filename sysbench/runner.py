@@ -208,7 +208,7 @@ def _size(item) -> int:
 def total_steps(items: list, rounds: int | None = None) -> int:
     """The progress total of run_suite: one per case modelled (a block's rows included) and
     one per timed visit."""
-    return sum(_size(item) for item in items) + sum(rounds or item.rounds for item in items
+    return sum(_size(item) for item in items) + sum(1 + (rounds or item.rounds) for item in items
                                                       if isinstance(item, Case) and item.numerics)
 
 
@@ -331,10 +331,10 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
 
     timed = [r for r in slots if isinstance(r, _CaseRun)]
     n_rounds = {r.case.id: rounds or r.case.rounds for r in timed}
-    for index in range(max(n_rounds.values(), default=0)):
+    for index in [None] + list(range(max(n_rounds.values(), default=0))) if timed else []:
         kept_bytes = 0
         for run in timed:
-            if index >= n_rounds[run.case.id] or run.result.error:
+            if (index is not None and index >= n_rounds[run.case.id]) or run.result.error:
                 continue
             try:
                 _visit(run, threads, repeats or run.case.repeats, min_time or run.case.min_time, index)
@@ -350,7 +350,7 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
                     kept_bytes -= _nbytes(run.inputs) + _nbytes(run.plan)
                     run.plan = run.inputs = None
             if on_step:
-                on_step(run.case.id, f"round {index + 1}", 1)
+                on_step(run.case.id, "warm-up" if index is None else f"round {index + 1}", 1)
     for run in timed:
         if run.timing.samples and run.result.error is None:
             run.result.timing = _timing_record(run, min_time or run.case.min_time)
@@ -397,7 +397,10 @@ def _model(run: _CaseRun, memory_limit: int | None, problems: list[str]) -> None
         run.plan = None
 
 
-def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_index: int) -> None:
+def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_index: int | None) -> None:
+    """One visit of a timed case. round_index None: the warm-up round (calibration, warm-up
+    calls and validation, nothing recorded): the first moments of a run (the clock ramping
+    up, caches and pages cold) otherwise make every case's first round the slow one."""
     case, workload, timing = run.case, run.workload, run.timing
     if run.plan is None:
         run.plan = workload.plan(case.params, case.array)
@@ -405,6 +408,8 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
         run.inputs = workload.inputs(case.params, case.array, run.plan, np.random.default_rng(case.seed))
     ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats)
     spec = workload.timed(ctx)
+    if round_index is None and spec.self_timed:
+        return  # a job times its own warm-up: its first round validates
     first = run.visits == 0
     run.visits += 1
     one_call = workload.single_call or spec.reset is not None
@@ -416,26 +421,34 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
             output = spec.call()
         if first and not one_call and not spec.self_timed:
             timing.number, timing.calibration = calibrate(spec.call, min_time)
-        for _ in range(repeats):
-            wall, cpu, output = _time_calls(spec.call, timing.number, spec.reset)
-            if isinstance(output, SelfTimed):
-                timing.samples += output.samples
-                timing.rounds += [round_index] * len(output.samples)
-                if first:
-                    run.result.measured.update(output.measured)
-                output = output.output
-                break  # the job ran all its repeats inside
-            timing.samples.append(wall)
-            timing.cpu_samples.append(cpu)
-            timing.rounds.append(round_index)
-        for name, peer in spec.peers.items():
-            peer_timing = timing.peers.setdefault(name, _Timing())
-            if first:
+        if first:
+            for name, peer in spec.peers.items():
+                peer_timing = timing.peers.setdefault(name, _Timing())
                 peer_timing.number, peer_timing.calibration = calibrate(peer, min_time)
+        if round_index is None:
+            if output is None or spec.reset is not None:
+                if spec.reset is not None:
+                    spec.reset()
+                output = spec.call()
+        else:
             for _ in range(repeats):
-                wall, _, _ = _time_calls(peer, peer_timing.number)
-                peer_timing.samples.append(wall)
-                peer_timing.rounds.append(round_index)
+                wall, cpu, output = _time_calls(spec.call, timing.number, spec.reset)
+                if isinstance(output, SelfTimed):
+                    timing.samples += output.samples
+                    timing.rounds += [round_index] * len(output.samples)
+                    if first:
+                        run.result.measured.update(output.measured)
+                    output = output.output
+                    break  # the job ran all its repeats inside
+                timing.samples.append(wall)
+                timing.cpu_samples.append(cpu)
+                timing.rounds.append(round_index)
+            for name, peer in spec.peers.items():
+                peer_timing = timing.peers[name]
+                for _ in range(repeats):
+                    wall, _, _ = _time_calls(peer, peer_timing.number)
+                    peer_timing.samples.append(wall)
+                    peer_timing.rounds.append(round_index)
     if first:
         with _blas_limit(threads if workload.reference_uses_case_threads else 1):
             run.result.validation = workload.validate(ctx, output).to_dict()

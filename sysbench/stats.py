@@ -1,8 +1,8 @@
 """The statistics of timing samples, in one place: runner, results and compare use these.
 
-- `summarize(samples, rounds)`: median, min, max, mean, stdev, the robust spread
-  (1.4826 * MAD / median, a standard deviation estimate that one descheduled sample cannot
-  move) and the per-round medians;
+- `summarize(samples, rounds)`: median, min, max, mean, stdev, the robust spread within
+  rounds (1.4826 * MAD / median per round, a standard deviation estimate that one descheduled
+  sample cannot move; the median over rounds), the per-round medians and their spread;
 - `stable`: spread <= STABLE_SPREAD (pyperf warns at 10% too);
 - `mann_whitney_u`: the one-sided rank test (exact without ties, else normal approximation);
 - `timing_verdict`: the rule compare gates on (see its docstring).
@@ -49,11 +49,23 @@ def round_spread(medians: list[float]) -> float | None:
     return max(medians) / min(medians)
 
 
+def within_round_spread(samples, rounds) -> float | None:
+    """The median over rounds of each round's robust spread: how much the samples of one
+    moment scatter (sample noise), apart from how far rounds moved (round_spread)."""
+    by_round: dict[int, list[float]] = {}
+    for value, r in zip(samples, rounds):
+        by_round.setdefault(int(r), []).append(float(value))
+    spreads = [robust_spread(v) for v in by_round.values() if len(v) >= 2]
+    return statistics.median(spreads) if spreads else robust_spread(samples)
+
+
 def summarize(samples: list[float], rounds: list[int] | None = None) -> dict:
-    """The figures a result records of a case's per-call samples (seconds)."""
+    """The figures a result records of a case's per-call samples (seconds). `spread` (and so
+    `stable`) is the within-round spread; drift between rounds is `round_spread`, the noise
+    floor compare holds a slowdown against."""
     rounds = rounds if rounds is not None else [0] * len(samples)
     medians = round_medians(samples, rounds)
-    spread = robust_spread(samples)
+    spread = within_round_spread(samples, rounds)
     return {
         "median_s": statistics.median(samples),
         "min_s": min(samples),

@@ -65,7 +65,8 @@ scalars = st.one_of(
     st.booleans(),
     st.sampled_from(WORDS),
 )
-values = st.one_of(scalars, st.lists(scalars, max_size=3), st.lists(st.lists(st.integers(0, 4), max_size=3), max_size=2))
+values = st.one_of(scalars, st.lists(scalars, max_size=3),
+                   st.lists(st.lists(st.integers(0, 4), max_size=3), max_size=2))
 small_ints = st.one_of(st.integers(-1, 16), st.just(2**70))
 odd_floats = st.one_of(st.floats(-2, 64), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1e-9, 1e308]))
 TYPED = {
@@ -245,7 +246,8 @@ def _paths(value, prefix=()):
     return out
 
 
-json_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=False, allow_infinity=False),
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40),
+                        st.floats(allow_nan=False, allow_infinity=False),
                         st.text(max_size=5), st.just([]), st.just({}), st.just([None]), st.just({"id": 1}))
 
 

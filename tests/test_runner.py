@@ -76,8 +76,10 @@ class Jobbed(Sleeper):
     keys = dict(Sleeper.keys)
 
     def timed(self, run):
-        LOG.append(("job", run.repeats, run.warmup))
-        return Timed(lambda: SelfTimed([1e-3] * run.repeats, run.inputs.token, {"ranks": 2}), self_timed=True)
+        def job():
+            LOG.append(("job", run.repeats, run.warmup))
+            return SelfTimed([1e-3] * run.repeats, run.inputs.token, {"ranks": 2})
+        return Timed(job, self_timed=True)
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +140,7 @@ def test_rounds_interleave_cases_in_suite_order(write_suite):
         call_us = 20
         """)
     done = runner.run_suite(loaded)
-    assert [v for _, v in LOG] == [10, 20, 10, 20, 10, 20]   # a, b, a, b, a, b
+    assert [v for _, v in LOG] == [10, 20] * 4   # the warm-up round, then a, b, a, b, a, b
     for result in done:
         assert result.timing["sample_rounds"] == [0, 0, 1, 1, 2, 2] and result.timing["rounds"] == 3
         assert len(result.timing["round_medians_s"]) == 3
@@ -158,7 +160,8 @@ def test_cli_rounds_override_and_steps(write_suite):
     steps = []
     done = runner.run_suite(loaded, repeats=1, rounds=2,
                             on_step=lambda label, stage, count: steps.append((label.split("/")[-1], stage, count)))
-    assert steps == [("a", "model", 1), ("m", "model", 1), ("a", "round 1", 1), ("a", "round 2", 1)]
+    assert steps == [("a", "model", 1), ("m", "model", 1), ("a", "warm-up", 1), ("a", "round 1", 1),
+                     ("a", "round 2", 1)]
     assert sum(count for *_, count in steps) == runner.total_steps(loaded, 2)
     assert done[1].timing is None and done[1].metrics == {"cycles": 1}
 
@@ -189,7 +192,7 @@ def test_self_timed_calls_run_once_a_round_with_their_own_samples(write_suite):
         warmup = 2
         """)
     [result] = runner.run_suite([case])
-    assert LOG == [("job", 3, 2), ("job", 3, 2)]    # no runner warm-up, no calibration: one job a round
+    assert LOG == [("job", 3, 2), ("job", 3, 2)]    # no warm-up round or calls, no calibration: one job a round
     assert result.timing["samples_s"] == [1e-3] * 6 and result.timing["sample_rounds"] == [0, 0, 0, 1, 1, 1]
     assert result.measured == {"ranks": 2}
 
@@ -259,7 +262,7 @@ def test_blas_is_held_to_the_case_threads_while_timing_and_one_while_validating(
         repeats = 1
         """)
     runner.run_suite([case], threads=2)
-    assert seen == [2, 1, 2]   # round 1 timed, its validation, round 2 timed
+    assert seen == [2, 1, 2, 2]   # the warm-up round, its validation, rounds 1 and 2 timed
 
 
 class _nothing:

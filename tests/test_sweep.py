@@ -150,7 +150,8 @@ def test_two_mpi4py_futures_workers_give_the_serial_result(write_suite, tmp_path
     assert invoke("run", suite, "-o", serial).exit_code == 0
     proc = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "sysbench",
                            "run", str(suite), "--executor", "mpi", "-o", str(mpi)],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "MPIR_CVAR_ASYNC_PROGRESS": "0"})
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "MPIR_CVAR_ASYNC_PROGRESS": "0"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _model_half(results.load(serial)) == _model_half(results.load(mpi))
 
