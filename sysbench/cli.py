@@ -160,6 +160,8 @@ def run(
     quiet = rank != 0
     settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time,
                 "filter": filter_text, "jobs": jobs, "executor": executor}
+    controls: list = []  # the machine's canary, every round (compare's between-run control)
+    settings["controls"] = controls
     header = results.document_header([s.name for s in loaded], n_threads, settings)
     kinds = registry()
     summary = sinks.Summary({i.kind for i in items if kinds[i.kind].network_layer})
@@ -185,7 +187,7 @@ def run(
                     progress.update(task, description=f"{label} {stage}", advance=count)
 
                 try:
-                    run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool)
+                    run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool, controls)
                 except InputError as exc:
                     progress.stop()
                     _abandon(stack, streams)  # nothing is written: the output's temporary file goes

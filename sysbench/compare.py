@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import results
-from .stats import STABLE_SPREAD, mann_whitney_u, timing_verdict, within_round_spread  # noqa: F401 (re-exported)
+from .stats import (STABLE_SPREAD, machine_drift, mann_whitney_u, timing_verdict,  # noqa: F401 (re-exported)
+                    within_round_spread)
 
 SCHEMA = "sysbench.compare/1"
 DEFAULT_THRESHOLD = 1.10
@@ -193,7 +194,7 @@ def _samples(case: dict, label: str) -> tuple[list[float] | None, list[int] | No
 
 
 def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: str, new_label: str,
-                   threshold: float, alpha: float) -> None:
+                   threshold: float, alpha: float, drift: float | None = None) -> None:
     base_samples, base_rounds = _samples(base, base_label)
     new_samples, new_rounds = _samples(new, new_label)
     for side, samples, rounds in (("base", base_samples, base_rounds), ("new", new_samples, new_rounds)):
@@ -213,7 +214,7 @@ def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: st
         result.timing = "same" if not (slower or faster) else \
             f"{'slower' if slower else 'faster'} (no samples to test)"
         return
-    verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha)
+    verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha, drift)
     result.timing, result.ratio, result.noise = verdict.word, verdict.ratio, verdict.noise
     result.p_value, result.reason = verdict.p, verdict.reason
 
@@ -280,6 +281,8 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
                            f"have no case id in common: nothing to compare (is this the right baseline?)")
     mismatch = machine_mismatch(base, new)
     gated = gate_timings if gate_timings is not None else not mismatch
+    controls = lambda doc: ((doc.get("settings") or {}).get("controls") or None)  # noqa: E731
+    drift = machine_drift(controls(base), controls(new))
     compared = []
     for case_id, old in base_cases.items():
         if case_id not in new_cases:
@@ -289,7 +292,7 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
         for part in ("params", "array", "metrics"):
             result.model_changes += diff_values(old.get(part), cur.get(part), part)
         result.validation_failed = _validation_failed(cur)
-        compare_timing(result, old, cur, base_label, new_label, threshold, alpha)
+        compare_timing(result, old, cur, base_label, new_label, threshold, alpha, drift)
         result.gated = gated
         compared.append(result)
     warnings = machine_warnings(base, new)

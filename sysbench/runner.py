@@ -268,7 +268,7 @@ def _task_ids(task: tuple) -> str:
 def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds: int | None = None,
               min_time: float | None = None, max_memory: int | None = None,
               on_step: Callable[[str, str, int], None] | None = None,
-              emit: Callable[[Any], None] | None = None, executor=None) -> list:
+              emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
     items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
@@ -278,7 +278,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     work (--jobs, mpi4py.futures); timed cases always run here, one at a time.
     repeats, rounds, min_time: override every case's. on_step(label, stage, count) as work
     completes. Raises InputError before any timing when a case cannot run as written, and
-    SweepError when a worker dies."""
+    SweepError when a worker dies. controls: a list that receives the canary() figures of
+    every recorded round (when there are timed cases)."""
     kinds = registry()
     limit = max_memory if max_memory is not None else available_memory()
     problems: list[str] = []
@@ -333,6 +334,9 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     n_rounds = {r.case.id: rounds or r.case.rounds for r in timed}
     for index in [None] + list(range(max(n_rounds.values(), default=0))) if timed else []:
         kept_bytes = 0
+        if index is not None and controls is not None:
+            with _blas_limit(1):
+                controls.append(canary())
         for run in timed:
             if (index is not None and index >= n_rounds[run.case.id]) or run.result.error:
                 continue
@@ -374,6 +378,37 @@ def case_results(results: list) -> list[CaseResult]:
                                                                        result.metric_rows())]
         else:
             out.append(result)
+    return out
+
+
+def canary() -> dict[str, float]:
+    """A control measurement of the machine itself, taken every round: fixed work of three
+    kinds (memory traffic, the array's GEMM kernel, the interpreter), best of three each. The
+    same code on a machine that got slower between two runs (a neighbour's load on the host, a
+    clock step) shows it here too; compare holds case slowdowns against it."""
+    from ._kernels import systolic
+
+    rng = np.random.default_rng(0)
+    source = rng.random(1 << 21)  # 16 MiB
+    target = np.empty_like(source)
+    a, b = rng.random((96, 96), dtype=np.float32), rng.random((96, 96), dtype=np.float32)
+
+    def interpreter():
+        total = 0
+        for i in range(20000):
+            total += i * i
+        return total
+
+    probes = {"memory": lambda: np.copyto(target, source), "gemm": lambda: systolic.gemm_f32(a, b, 32, False, 1),
+              "python": interpreter}
+    out = {}
+    for name, probe in probes.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            probe()
+            best = min(best, time.perf_counter() - start)
+        out[name] = best
     return out
 
 

@@ -38,11 +38,14 @@ def passed(result) -> bool:
 
 
 class JsonSink:
+    """The document's head, then its cases as they come, then (at close) its settings, which
+    the run fills in as it goes (the canary of every round)."""
+
     def __init__(self, handle, header: dict):
-        self.handle, self.first = handle, True
-        head = json.dumps({**header, "cases": []}, indent=2, allow_nan=False, default=_json_default)
-        self.head, self.tail = head.rsplit('"cases": []', 1)
-        handle.write((self.head + '"cases": [').encode())
+        self.handle, self.first, self.header = handle, True, header
+        head = json.dumps({k: v for k, v in header.items() if k != "settings"}, indent=2, allow_nan=False,
+                          default=_json_default)
+        handle.write((head[:-2] + ',\n  "cases": [').encode())
 
     def add(self, result) -> None:
         for case in case_dicts(result):
@@ -51,7 +54,8 @@ class JsonSink:
             self.first = False
 
     def close(self) -> None:
-        self.handle.write(("\n  ]" + self.tail + "\n").encode())
+        settings = json.dumps(self.header.get("settings", {}), indent=2, allow_nan=False, default=_json_default)
+        self.handle.write(("\n  ],\n  \"settings\": " + settings.replace("\n", "\n  ") + "\n}\n").encode())
 
 
 def _indent(text: str) -> str:

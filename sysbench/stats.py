@@ -180,12 +180,27 @@ class Verdict:
     reason: str = ""
 
 
+def machine_drift(base_controls: list[dict] | None, new_controls: list[dict] | None) -> float | None:
+    """How far the machine itself moved between two runs: the largest ratio (either way) of the
+    median canary time of any probe. None when either run has no controls."""
+    if not base_controls or not new_controls:
+        return None
+    ratios = []
+    for probe in set(base_controls[0]) & set(new_controls[0]):
+        old = statistics.median(c[probe] for c in base_controls if probe in c)
+        new = statistics.median(c[probe] for c in new_controls if probe in c)
+        if old > 0 and new > 0:
+            ratios.append(max(new / old, old / new))
+    return max(ratios) if ratios else None
+
+
 def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], new_rounds: list[int],
-                   threshold: float, alpha: float) -> Verdict:
+                   threshold: float, alpha: float, drift: float | None = None) -> Verdict:
     """A case is a regression only when all three hold:
     1. ratio = median(new) / median(base) exceeds `threshold`;
     2. the ratio exceeds the noise floor: the largest between-round spread (largest round
-       median / smallest) seen in either file, i.e. what the same code did between rounds;
+       median / smallest) seen in either file, i.e. what the same code did between rounds, and
+       the machine's own drift between the two runs (`drift`: its canary, see machine_drift);
     3. a one-sided Mann-Whitney U test on the *per-round medians* says new is slower, p <= alpha
        (rounds, not samples, are the independent draws: samples of one round share the
        machine's state of that moment). With 3 rounds a side the smallest p is 1/20, so every
@@ -198,7 +213,7 @@ def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], 
         return Verdict("same", None, None, None, "base median is zero")
     ratio = new_median / base_median
     base_meds, new_meds = round_medians(base, base_rounds), round_medians(new, new_rounds)
-    spreads = [s for s in (round_spread(base_meds), round_spread(new_meds)) if s is not None]
+    spreads = [s for s in (round_spread(base_meds), round_spread(new_meds), drift) if s is not None]
     noise = max(spreads) if spreads else None
     slower, faster = ratio > threshold, ratio < 1 / threshold
     if not (slower or faster):
