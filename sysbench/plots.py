@@ -145,6 +145,47 @@ def network_plots(document: dict, layer_kinds: set[str] | None = None) -> list[P
     return plots
 
 
+DESIGN_SPACE_MIN = 4  # array configurations of one suite before its design-space plot is drawn
+
+
+def design_space_plots(document: dict) -> list[Plot]:
+    """Per suite swept over arrays: each configuration's network cycles against its PEs,
+    coloured by utilization, the Pareto front of (cycles, PEs) drawn through it."""
+    from .sinks import Summary, pareto
+    from .workloads import registry
+
+    kinds = registry()
+    summary = Summary({k for k in {c.get("kind") for c in document.get("cases", [])}
+                       if k in kinds and kinds[k].network_layer})
+    for case in document.get("cases", []):
+        summary.add_case_dict(case)
+    plots = []
+    rows = summary.configurations()
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        mine = [r for r in rows if r["suite"] == suite]
+        if len(mine) < DESIGN_SPACE_MIN:
+            continue
+        fig, axes = new_figure(8.0, 5.5)
+        ax = axes[0][0]
+        points = ax.scatter([r["pes"] for r in mine], [r["cycles"] for r in mine],
+                            c=[100 * r["utilization"] for r in mine], cmap="viridis", s=18)
+        front = sorted(pareto(mine), key=lambda r: r["pes"])
+        ax.plot([r["pes"] for r in front], [r["cycles"] for r in front], color="tab:red", marker="o",
+                linewidth=1, markersize=4, label=f"Pareto front ({len(front)})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("PEs (rows x cols)")
+        ax.set_ylabel("network cycles")
+        fig.colorbar(points, ax=ax, label="utilization (%)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.suptitle(f"{suite}: design space ({len(mine)} array configurations)")
+        plots.append(Plot(f"design-space-{suite}", f"{suite}: cycles vs PEs",
+                          "Network cycles of every array configuration against its PEs, coloured by "
+                          "utilization; red: the configurations no other beats on both.", fig))
+    return plots
+
+
 def build_plots(document: dict) -> list[Plot]:
     """The network plots, then each kind's own plots of its cases, kinds in registry order."""
     from .workloads import registry

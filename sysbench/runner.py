@@ -383,15 +383,14 @@ def case_results(results: list) -> list[CaseResult]:
 
 def canary() -> dict[str, float]:
     """A control measurement of the machine itself, taken every round: fixed work of three
-    kinds (memory traffic, the array's GEMM kernel, the interpreter), best of three each. The
-    same code on a machine that got slower between two runs (a neighbour's load on the host, a
-    clock step) shows it here too; compare holds case slowdowns against it."""
-    from ._kernels import systolic
-
+    kinds (memory traffic, numpy's BLAS, the interpreter), best of three each, none of it
+    sysbench's own code (a change to a kernel must not move its own yardstick). A machine that
+    got slower between two runs (a neighbour's load on the host, a clock step) shows it here
+    too; compare holds case slowdowns against it."""
     rng = np.random.default_rng(0)
     source = rng.random(1 << 21)  # 16 MiB
     target = np.empty_like(source)
-    a, b = rng.random((96, 96), dtype=np.float32), rng.random((96, 96), dtype=np.float32)
+    a, b = rng.random((128, 128)), rng.random((128, 128))
 
     def interpreter():
         total = 0
@@ -399,8 +398,7 @@ def canary() -> dict[str, float]:
             total += i * i
         return total
 
-    probes = {"memory": lambda: np.copyto(target, source), "gemm": lambda: systolic.gemm_f32(a, b, 32, False, 1),
-              "python": interpreter}
+    probes = {"memory": lambda: np.copyto(target, source), "blas": lambda: a @ b, "python": interpreter}
     out = {}
     for name, probe in probes.items():
         best = float("inf")

@@ -229,6 +229,23 @@ class Summary:
         else:
             entry["memory"] = False
 
+    def add_case_dict(self, case: dict) -> None:
+        """A saved result's case (report --html)."""
+        metrics = case.get("metrics") if isinstance(case.get("metrics"), dict) else {}
+        array = case.get("array") if isinstance(case.get("array"), dict) else None
+        if (case.get("kind") not in self.layer_kinds or array is None or not isinstance(metrics.get("cycles"), int)
+                or not all(isinstance(array.get(k), int) for k in ("rows", "cols"))):
+            return
+        entry = self._entry(str(case.get("suite", "")), array)
+        entry["layers"] += 1
+        entry["cycles"] += metrics["cycles"]
+        entry["macs"] += metrics.get("macs", 0) if isinstance(metrics.get("macs"), int) else 0
+        if isinstance(metrics.get("total_cycles"), int) and isinstance(metrics.get("energy_pj"), (int, float)):
+            entry["total_cycles"] += metrics["total_cycles"]
+            entry["energy_pj"] += metrics["energy_pj"]
+        else:
+            entry["memory"] = False
+
     def configurations(self) -> list[dict]:
         """One row per (suite, array configuration): totals, utilization, PEs, time, energy, EDP."""
         out = []
@@ -236,7 +253,9 @@ class Summary:
             array = entry["array"]
             pes = array["rows"] * array["cols"]
             cycles = entry["total_cycles"] if entry["memory"] else entry["cycles"]
-            seconds = cycles / (array.get("clock_ghz", 1.0) * 1e9)
+            clock = array.get("clock_ghz")
+            clock = clock if isinstance(clock, (int, float)) and not isinstance(clock, bool) and clock > 0 else 1.0
+            seconds = cycles / (clock * 1e9)
             row = {"suite": entry["suite"], "array": array["name"], "pes": pes, "layers": entry["layers"],
                    "cycles": cycles, "compute_cycles": entry["cycles"], "macs": entry["macs"],
                    "utilization": entry["macs"] / (entry["cycles"] * pes) if entry["cycles"] else 0.0,
