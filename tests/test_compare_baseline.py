@@ -26,7 +26,9 @@ def test_baseline_is_a_complete_quick_run(baseline):
     for case in baseline["cases"]:
         if case["timing"] is not None:   # numerics cases: validated, with raw samples
             assert case["validation"]["passed"], case["id"]
-            assert len(case["timing"]["samples_s"]) == case["timing"]["repeats"] >= 5, case["id"]
+            timing = case["timing"]
+            assert len(timing["samples_s"]) == timing["repeats"] * timing["rounds"], case["id"]
+            assert timing["rounds"] >= 3 and len(timing["sample_rounds"]) == len(timing["samples_s"]), case["id"]
     assert compare.compare_documents(baseline, baseline).exit_code == 0
 
 
