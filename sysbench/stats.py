@@ -183,14 +183,18 @@ class Verdict:
 def machine_drift(base_controls: list[dict] | None, new_controls: list[dict] | None) -> float | None:
     """How far the machine itself moved between two runs: the largest ratio (either way) of the
     median canary time of any probe. None when either run has no controls."""
-    if not base_controls or not new_controls:
-        return None
-    ratios = []
-    for probe in set(base_controls[0]) & set(new_controls[0]):
-        old = statistics.median(c[probe] for c in base_controls if probe in c)
-        new = statistics.median(c[probe] for c in new_controls if probe in c)
-        if old > 0 and new > 0:
-            ratios.append(max(new / old, old / new))
+    def times(controls) -> dict[str, list[float]]:  # what a (perhaps damaged) file says, probe by probe
+        out: dict[str, list[float]] = {}
+        for entry in controls if isinstance(controls, list) else []:
+            for probe, value in (entry.items() if isinstance(entry, dict) else ()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                        and value > 0:
+                    out.setdefault(str(probe), []).append(float(value))
+        return out
+
+    base, new = times(base_controls), times(new_controls)
+    ratios = [max(b / n, n / b) for probe in set(base) & set(new)
+              for b, n in [(statistics.median(base[probe]), statistics.median(new[probe]))]]
     return max(ratios) if ratios else None
 
 
