@@ -382,8 +382,9 @@ def case_results(results: list) -> list[CaseResult]:
 
 
 def canary() -> dict[str, float]:
-    """A control measurement of the machine itself, taken every round: fixed work of three
-    kinds (memory traffic, numpy's BLAS, the interpreter), best of three each, none of it
+    """A control measurement of the machine itself, taken every round: fixed work of four
+    kinds (streaming memory traffic, cache-missing reads, numpy's BLAS, the interpreter), best
+    of three each, none of it
     sysbench's own code (a change to a kernel must not move its own yardstick). A machine that
     got slower between two runs (a neighbour's load on the host, a clock step) shows it here
     too; compare holds case slowdowns against it."""
@@ -391,6 +392,7 @@ def canary() -> dict[str, float]:
     source = rng.random(1 << 21)  # 16 MiB
     target = np.empty_like(source)
     a, b = rng.random((128, 128)), rng.random((128, 128))
+    scattered = rng.integers(0, source.size, 1 << 18)  # cache-missing reads, as a scatter-add does
 
     def interpreter():
         total = 0
@@ -398,7 +400,8 @@ def canary() -> dict[str, float]:
             total += i * i
         return total
 
-    probes = {"memory": lambda: np.copyto(target, source), "blas": lambda: a @ b, "python": interpreter}
+    probes = {"memory": lambda: np.copyto(target, source), "gather": lambda: source.take(scattered),
+              "blas": lambda: a @ b, "python": interpreter}
     out = {}
     for name, probe in probes.items():
         best = float("inf")
