@@ -211,14 +211,19 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
             pids[text[0]] = r
     lines = [headline] if headline else []
     lines += errors
-    bad_pid = re.search(r"PID (\d+) RUNNING AT (\S+)\s*=\s*EXIT CODE: (\d+)", output)
-    if bad_pid and not errors:
-        pid, host, status = bad_pid.groups()
+    # mpiexec reports every process that ended badly (the one that died, and those it then
+    # ended itself), in no fixed order: name each of them
+    reported = []
+    for pid, host, status in re.findall(r"PID (\d+) RUNNING AT (\S+)\s*=\s*EXIT CODE: (\d+)", output):
         who = f"rank {pids[pid]}" if pid in pids else f"process {pid}"
         status = int(status)
         how = (f"was killed by signal {status} ({signal.Signals(status).name})"
                if 0 < status < 32 and status in signal.Signals._value2member_map_ else f"exited with code {status}")
-        lines.append(f"{who} on {host} {how}; mpiexec ended the job")
+        entry = f"{who} on {host} {how}"
+        if entry not in reported:
+            reported.append(entry)
+    if reported and not errors:
+        lines.append(", ".join(sorted(reported)) + "; mpiexec ended the job")
     if not lines:
         tail = " | ".join(l.strip() for l in output.strip().splitlines()[-5:] if l.strip())
         lines.append(f"mpiexec exited with code {code}" + (f": {tail}" if tail else ""))
