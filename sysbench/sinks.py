@@ -216,21 +216,13 @@ class Summary:
         if not result.passed:
             self.failed.append(case.id)
         self.kinds[case.kind] = self.kinds.get(case.kind, 0) + 1
-        metrics = result.metrics or {}
-        if case.kind not in self.layer_kinds or not isinstance(metrics.get("cycles"), int):
-            return
-        entry = self._entry(case.suite, case.array.to_dict())
-        entry["layers"] += 1
-        entry["cycles"] += metrics["cycles"]
-        entry["macs"] += metrics.get("macs", 0)
-        if "total_cycles" in metrics and "energy_pj" in metrics:
-            entry["total_cycles"] += metrics["total_cycles"]
-            entry["energy_pj"] += metrics["energy_pj"]
-        else:
-            entry["memory"] = False
+        if case.kind in self.layer_kinds:
+            self.add_case_dict({"kind": case.kind, "suite": case.suite, "array": case.array.to_dict(),
+                                "metrics": result.metrics or {}})
 
     def add_case_dict(self, case: dict) -> None:
-        """A saved result's case (report --html)."""
+        """One case's figures into the totals: a result-document case (report --html reads a
+        saved one), whatever a damaged file holds in it."""
         metrics = case.get("metrics") if isinstance(case.get("metrics"), dict) else {}
         array = case.get("array") if isinstance(case.get("array"), dict) else None
         if (case.get("kind") not in self.layer_kinds or array is None or not isinstance(metrics.get("cycles"), int)
