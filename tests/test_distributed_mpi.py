@@ -96,6 +96,30 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error():
     assert "rank 1" in str(exc.value) and "signal 9" in str(exc.value)
 
 
+def test_the_supervisor_records_how_its_rank_ended_and_ends_the_same_way(tmp_path):
+    import os
+    import subprocess
+    import sys
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    for rank, body, code, record in [(3, suicide, -9, "signal 9"), (0, "raise SystemExit(4)", 4, "code 4")]:
+        proc = subprocess.run([sys.executable, "-m", "sysbench.distributed.supervise", str(tmp_path), "--",
+                               sys.executable, "-c", body], env={**os.environ, "PMI_RANK": str(rank)})
+        assert proc.returncode == code
+        assert (tmp_path / f"rank{rank}.exit").read_text().startswith(record + " ")
+
+
+def test_the_rank_killed_first_is_named_whatever_mpiexec_lists(tmp_path):
+    from sysbench.distributed.launcher import _explain
+    for r in range(3):
+        (tmp_path / f"rank{r}.pid").write_text(f"{100 + r} vm\n")
+    (tmp_path / "rank2.exit").write_text("signal 9 1000.5\n")    # died first
+    (tmp_path / "rank0.exit").write_text("signal 15 1000.9\n")   # ended by mpiexec after it
+    hydra = "PID 100 RUNNING AT vm\n=   EXIT CODE: 9\n"      # mpiexec named only rank 0
+    message = _explain(tmp_path, 3, hydra, 137, None)
+    assert message.startswith("rank 2 on vm was killed by signal 9 (SIGKILL)"), message
+    assert "rank 0" not in message
+
+
 def test_a_hung_rank_ends_the_job_within_the_timeout():
     spec = net_spec("split_priority", fault={"rank": 1, "step": 1, "mode": "hang"})
     start = time.monotonic()

@@ -1,5 +1,6 @@
-"""Launch a distributed job on this machine: `mpiexec -n R python -m sysbench.distributed.worker`,
-wait for it with a timeout, turn every way it can fail into one clear error.
+"""Launch a distributed job on this machine: `mpiexec -n R python -m sysbench.distributed.worker`
+(each rank under a small supervisor that records how it ended), wait for it with a timeout, turn
+every way it can fail into one clear error.
 
 The job ends, never hangs: each rank's watchdog exits when it sees no progress for timeout_s
 (mpiexec then ends the others); as a backstop the launcher kills the whole process group when
@@ -83,8 +84,8 @@ def _run_job(spec: dict, ranks: int, timeout_s: float, threads: int, async_progr
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     env["MPIR_CVAR_ASYNC_PROGRESS"] = "1" if async_progress else "0"
-    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sysbench.distributed.worker",
-           str(spec_path), str(outdir)]
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sysbench.distributed.supervise",
+           str(outdir), "--", sys.executable, "-m", "sysbench.distributed.worker", str(spec_path), str(outdir)]
     with open(outdir / "mpiexec.log", "w+b") as log:
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -211,6 +212,11 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
             pids[text[0]] = r
     lines = [headline] if headline else []
     lines += errors
+    # each rank's supervisor recorded how it ended; the first one killed by a signal is the one
+    # that died (mpiexec then ends the others, with the same signal)
+    killed = _killed_first(outdir, ranks)
+    if killed and not errors:
+        lines.append(killed + "; mpiexec ended the job")
     # mpiexec reports every process that ended badly (the one that died, and those it then
     # ended itself), in no fixed order: name each of them
     reported = []
@@ -222,7 +228,7 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
         entry = f"{who} on {host} {how}"
         if entry not in reported:
             reported.append(entry)
-    if reported and not errors:
+    if reported and not errors and not killed:
         lines.append(", ".join(sorted(reported)) + "; mpiexec ended the job")
     if not lines:
         tail = " | ".join(l.strip() for l in output.strip().splitlines()[-5:] if l.strip())
@@ -231,6 +237,30 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
     if missing and len(missing) < ranks:
         lines.append(f"ranks {missing} never started")
     return "; ".join(lines)
+
+
+def _killed_first(outdir: Path, ranks: int) -> str | None:
+    ends = []
+    for r in range(ranks):
+        fields = _read(outdir / f"rank{r}.exit").split()
+        if len(fields) == 3 and fields[0] == "signal" and fields[1].isdigit():
+            ends.append((float(fields[2]), r, int(fields[1])))
+    if not ends:
+        return None
+    _, r, signum = min(ends)
+    return f"rank {r} on {_host(outdir, r)} was killed by signal {signum} ({_signal_name(signum)})"
+
+
+def _host(outdir: Path, rank: int) -> str:
+    fields = _read(outdir / f"rank{rank}.pid").split()
+    return fields[1] if len(fields) == 2 else "its host"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _behind(outdir: Path, ranks: int) -> str | None:
