@@ -83,7 +83,10 @@ def run(
                                                 help="with --baseline: " + GATE_HELP),
     jobs: int = typer.Option(1, "--jobs", "-j", min=None,
                              help="processes for the model-only cases (0: every CPU this process may use); "
-                                  "timed cases always run one at a time"),
+                                  "timed cases run one at a time unless --parallel-timed"),
+    parallel_timed: bool = typer.Option(False, "--parallel-timed",
+                                        help="with --jobs N: also time N cases at a time (faster, but their "
+                                             "timings share the machine; compare does not gate them)"),
     executor: Optional[str] = typer.Option(None, "--executor",
                                            help="'mpi': spread the model-only cases over an mpi4py.futures pool "
                                                 "(mpiexec -n N python -m mpi4py.futures -m sysbench run ...)"),
@@ -155,11 +158,19 @@ def run(
     except preflight.PreflightError as exc:
         fail_all(exc.problems)
     pool = _executor(jobs, executor) if rank == 0 else None
+    timed_workers = 1
+    if parallel_timed:
+        if executor is not None or pool is None:
+            fail("--parallel-timed goes with --jobs N (N > 1, or 0 on a machine with several CPUs)")
+        timed_workers = jobs if jobs > 0 else available_cpus()
+        warn(f"--parallel-timed: {timed_workers} cases are timed at a time; they share this machine's cores, "
+             f"caches and memory bandwidth, so their timings are not comparable with a serial run's "
+             f"(compare shows them but does not gate on them)")
     signal.signal(signal.SIGTERM, _terminate)  # a CI cancel or `timeout`: clean up as Ctrl-C does
 
     quiet = rank != 0
     settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time,
-                "filter": filter_text, "jobs": jobs, "executor": executor}
+                "filter": filter_text, "jobs": jobs, "executor": executor, "parallel_timed": timed_workers}
     controls: list = []  # the machine's canary, every round (compare's between-run control)
     settings["controls"] = controls
     header = results.document_header([s.name for s in loaded], n_threads, settings)
@@ -187,7 +198,8 @@ def run(
                     progress.update(task, description=f"{label} {stage}", advance=count)
 
                 try:
-                    run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool, controls)
+                    run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool, controls,
+                              timed_workers)
                 except InputError as exc:
                     progress.stop()
                     _abandon(stack, streams)  # nothing is written: the output's temporary file goes

@@ -280,7 +280,9 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
         raise CompareError(f"{base_label} ({len(base_cases)} cases) and {new_label} ({len(new_cases)} cases) "
                            f"have no case id in common: nothing to compare (is this the right baseline?)")
     mismatch = machine_mismatch(base, new)
-    gated = gate_timings if gate_timings is not None else not mismatch
+    parallel = [label for label, doc in ((base_label, base), (new_label, new))
+                if ((doc.get("settings") or {}).get("parallel_timed") or 1) > 1]
+    gated = gate_timings if gate_timings is not None else not (mismatch or parallel)
     controls = lambda doc: ((doc.get("settings") or {}).get("controls") or None)  # noqa: E731
     drift = machine_drift(controls(base), controls(new))
     compared = []
@@ -298,7 +300,8 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
     warnings = machine_warnings(base, new)
     if not gated:
         why = (f"the machines differ ({', '.join(mismatch)})" if mismatch and gate_timings is None
-               else "--no-gate-timings")
+               else f"{' and '.join(parallel)} timed cases in parallel (--parallel-timed)"
+               if parallel and gate_timings is None else "--no-gate-timings")
         warnings.append(f"timings are shown but not gated: {why}; model changes and validation still "
                         f"gate" + (" (--gate-timings gates timings anyway)" if gate_timings is None else ""))
     for result in compared:

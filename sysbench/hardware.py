@@ -52,7 +52,15 @@ class Array:
 
     def to_dict(self) -> dict:
         """Every setting; the memory keys only where they differ from their defaults, so a
-        compute-only array reads as it did before the memory system existed."""
+        compute-only array reads as it did before the memory system existed. Made once per
+        array (a sweep's chunks and sinks ask for it per chunk) and copied per call."""
+        cached = self.__dict__.get("_as_dict")
+        if cached is None:
+            cached = self._make_dict()
+            object.__setattr__(self, "_as_dict", cached)   # frozen: not a field, so not compared
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in cached.items()}
+
+    def _make_dict(self) -> dict:
         out = asdict(self)
         for key in MEMORY_KEYS:
             if out[key] == MEMORY_DEFAULTS[key]:

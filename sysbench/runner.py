@@ -268,14 +268,17 @@ def _task_ids(task: tuple) -> str:
 def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds: int | None = None,
               min_time: float | None = None, max_memory: int | None = None,
               on_step: Callable[[str, str, int], None] | None = None,
-              emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None) -> list:
+              emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None,
+              timed_workers: int = 1) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
     items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
     order, are CaseResult per case and TableChunk per block chunk; with `emit` each goes there
     as soon as it and every one before it is final (nothing is kept: memory stays flat),
     otherwise they are returned. executor: a concurrent.futures executor for the model-only
-    work (--jobs, mpi4py.futures); timed cases always run here, one at a time.
+    work (--jobs, mpi4py.futures); timed cases run here, one at a time, unless timed_workers > 1
+    (--parallel-timed): then the executor times that many groups of them at once, each group
+    in rounds as here (their timings share the machine: the result says so).
     repeats, rounds, min_time: override every case's. on_step(label, stage, count) as work
     completes. Raises InputError before any timing when a case cannot run as written, and
     SweepError when a worker dies. controls: a list that receives the canary() figures of
@@ -332,6 +335,10 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
 
     timed = [r for r in slots if isinstance(r, _CaseRun)]
     n_rounds = {r.case.id: rounds or r.case.rounds for r in timed}
+    if timed and executor is not None and timed_workers > 1:
+        _time_in_parallel(timed, executor, timed_workers, (threads, repeats, rounds, min_time, limit),
+                          on_step, n_rounds, controls)
+        timed = []
     for index in [None] + list(range(max(n_rounds.values(), default=0))) if timed else []:
         kept_bytes = 0
         if index is not None and controls is not None:
@@ -362,6 +369,37 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     slots = [r.result if isinstance(r, _CaseRun) else r for r in slots]
     flush()
     return [] if emit is not None else slots
+
+
+def _time_in_parallel(timed: list, executor, workers: int, settings: tuple, on_step, n_rounds: dict,
+                      controls: list | None) -> None:
+    """--parallel-timed: the timed cases dealt round-robin into `workers` groups, each timed by
+    time_group in a worker; every run's result is replaced by the worker's."""
+    groups = [g for g in (timed[i::workers] for i in range(workers)) if g]
+    futures = [executor.submit(time_group, [run.case for run in group], *settings) for group in groups]
+    for group, future in zip(groups, futures):
+        try:
+            results, group_controls = future.result()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a worker died or the executor failed
+            lost = [run.case.id for g in groups[groups.index(group):] for run in g]
+            raise SweepError(f"a timing worker was lost ({type(exc).__name__}: {exc}); lost "
+                             f"{', '.join(lost[:3])}{f' and {len(lost) - 3} more' if len(lost) > 3 else ''}"
+                             ) from None
+        for run, result in zip(group, results):
+            run.result, run.plan, run.inputs = result, None, None
+            if on_step:
+                on_step(run.case.id, "timed", 1 + n_rounds[run.case.id])
+        if controls is not None:
+            controls += group_controls
+
+
+def time_group(cases: list, threads, repeats, rounds, min_time, memory_limit) -> tuple[list, list]:
+    """One --parallel-timed group, in a worker process: its results and its canary figures."""
+    controls: list = []
+    results = run_suite(cases, threads, repeats, rounds, min_time, memory_limit, controls=controls)
+    return results, controls
 
 
 def run_case(case: Case, threads: int = 1, repeats: int | None = None, rounds: int | None = 1) -> CaseResult:

@@ -226,3 +226,43 @@ def test_a_worker_that_dies_loses_its_cases_and_writes_nothing(write_suite, tmp_
     assert result.exit_code == 2
     assert "the model phase lost its worker" in result.stderr and "dse/fc" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".r.json.*"))
+
+
+TIMED = """
+name = "timed"
+[arrays.a]
+rows = 8
+cols = 8
+[[cases]]
+name = "g"
+kind = "gemm"
+array = "a"
+m = [8, 16, 24]
+k = 32
+n = 16
+repeats = 2
+rounds = 2
+min_time = 0.0001
+"""
+
+
+def test_parallel_timed_cases_are_opt_in_and_not_gated(write_suite, tmp_path):
+    suite = write_suite(TIMED)
+    serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
+    assert invoke("run", suite, "-o", serial, "--jobs", "2").exit_code == 0
+    result = invoke("run", suite, "-o", parallel, "--jobs", "2", "--parallel-timed")
+    assert result.exit_code == 0 and "--parallel-timed: 2 cases are timed at a time" in result.stderr
+    a, b = results.load(serial), results.load(parallel)
+    assert a["settings"]["parallel_timed"] == 1 and b["settings"]["parallel_timed"] == 2
+    assert _model_half(a) == _model_half(b)                    # same cases, same order
+    for case in b["cases"]:
+        assert case["validation"]["passed"] and len(case["timing"]["samples_s"]) == 2 * 2
+        assert case["timing"]["sample_rounds"] == [0, 0, 1, 1]
+    assert len(b["settings"]["controls"]) == 2 * 2              # each worker's canary, every round
+    compared = invoke("compare", serial, parallel)
+    assert "timed cases in parallel (--parallel-timed)" in compared.stderr + compared.stdout
+
+
+def test_parallel_timed_needs_jobs(write_suite):
+    result = invoke("run", write_suite(TIMED), "--parallel-timed")
+    assert result.exit_code == 2 and "--parallel-timed goes with --jobs N" in result.stderr
