@@ -65,6 +65,8 @@ include "isa.pxi"
 # blocking (in floats): packed B block per N block, packed A block per output tile
 cdef long _nc_floats = 262144
 cdef long _mc_floats = 24576
+# threads > 1 pack all of A once when it takes at most this many floats (256 MiB)
+cdef size_t _packed_a_max = 1 << 26
 
 
 def _set_blocking(nc_floats, mc_floats):
@@ -119,11 +121,69 @@ cdef int _current_isa() noexcept nogil:
 cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K, long N,
                         long lda, long ldb, long ldc, long kc_max, int mode, int threads,
                         int isa_code) noexcept nogil:
-    """BLIS loops: K blocks (pc; each a fold in fold order) > M chunks (pack A) >
-    N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro). Row strides lda,
-    ldb, ldc (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
+    """threads > 1: A is packed once, every fold of it, by all threads; then the output is cut
+    into blocks of whole columns and each block goes through every fold on one thread, taken
+    dynamically. Two parallel regions and no barrier per fold: a fold of a 32-row array is
+    microseconds of work, and a barrier waits for a thread the OS has descheduled (on a loaded
+    2-core machine a fold-level split ran 2-10x slower on 2 threads than on 1). An output with
+    too few columns is cut into blocks of rows instead (each repacks the small B). Every
+    output element gets the same operations in the same order whatever the cut."""
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
+    cdef long col_panels = (N + nr - 1) // nr
+    cdef long row_panels = (M + mr - 1) // mr
+    cdef long folds = (K + kc_max - 1) // kc_max
+    cdef long blocks, per, b, lo, hi, t, pc, p
+    cdef int failed = 0
+    cdef float *packed_a
+    if threads > 1 and col_panels >= 2 * threads and <size_t>row_panels * mr * K <= _packed_a_max:
+        # blocks of at least 8 column panels when there are enough (a block's B stays in cache
+        # while it streams all of A), at least one block per thread
+        per = (col_panels + 4 * threads - 1) // (4 * threads)
+        if per < 8:
+            per = 8
+        if per * threads > col_panels:
+            per = (col_panels + threads - 1) // threads
+        blocks = (col_panels + per - 1) // per
+        packed_a = <float *>simd_alloc(<size_t>row_panels * mr * K, sizeof(float))
+        if packed_a == NULL:
+            return -1
+        for t in prange(folds * row_panels, num_threads=threads, schedule="static"):
+            pc = (t // row_panels) * kc_max
+            p = t % row_panels
+            sb_pack_a(isa_code, A, lda, p * mr, mr if M - p * mr > mr else M - p * mr, pc,
+                      kc_max if K - pc > kc_max else K - pc, mr,
+                      packed_a + row_panels * mr * pc + p * mr * (kc_max if K - pc > kc_max else K - pc))
+        for b in prange(blocks, num_threads=threads, schedule="dynamic"):
+            lo = b * per * nr
+            hi = lo + per * nr if lo + per * nr < N else N
+            failed += _gemm_f32_serial(A, packed_a, B + lo, C + lo, M, K, hi - lo, lda, ldb, ldc,
+                                       kc_max, mode, isa_code) != 0
+        simd_free(packed_a)
+    elif threads > 1 and row_panels >= 2 * threads:
+        per = (row_panels + 4 * threads - 1) // (4 * threads)
+        blocks = (row_panels + per - 1) // per
+        for b in prange(blocks, num_threads=threads, schedule="dynamic"):
+            lo = b * per * mr
+            hi = lo + per * mr if lo + per * mr < M else M
+            failed += _gemm_f32_serial(A + lo * lda, NULL, B, C + lo * ldc, hi - lo, K, N, lda, ldb,
+                                       ldc, kc_max, mode, isa_code) != 0
+    else:                            # one thread, or too small to share
+        return _gemm_f32_serial(A, NULL, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, isa_code)
+    return -1 if failed else 0
+
+
+cdef int _gemm_f32_serial(const float *A, const float *packed_a, const float *B, float *C,
+                          long M, long K, long N, long lda, long ldb, long ldc, long kc_max,
+                          int mode, int isa_code) noexcept nogil:
+    """BLIS loops on one thread: K blocks (pc; each a fold in fold order) > M chunks (pack
+    A, unless packed_a holds every fold of it already: fold pc's panels at
+    row_panels * mr * pc) > N blocks (pack B) > output tiles > micro-tiles (sb_macro). Row
+    strides lda, ldb, ldc (elements) let a caller (tconv, a thread's block) pass sub-blocks
+    of larger arrays."""
+    cdef int mr = sb_isa_mr(isa_code)
+    cdef int nr = sb_isa_nr(isa_code)
+    cdef long row_panels = (M + mr - 1) // mr
     cdef long kc_cap = kc_max if kc_max < K else K
     # N block: about 1 MB of packed B; M chunk: up to 4096 rows of packed A
     cdef long nc_blk = (_nc_floats // kc_cap) // nr * nr
@@ -134,56 +194,46 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     cdef long mb_blk = 4096 // mr * mr
     if mb_blk > (M + mr - 1) // mr * mr:
         mb_blk = (M + mr - 1) // mr * mr
-    # output tile: about 96 KB of packed A (mc rows) by a column chunk of the N block
+    # output tile: about 96 KB of packed A (mc rows) by the N block
     cdef long mc = (_mc_floats // kc_cap) // mr * mr
     if mc < mr:
         mc = mr
     if mc > mb_blk:
         mc = mb_blk
-    cdef long ncc = nc_blk
-    cdef long m_tiles = (mb_blk + mc - 1) // mc
-    cdef long want
-    if threads > 1:
-        want = 4 * threads
-        if m_tiles < want:
-            ncc = ((nc_blk // nr) * m_tiles + want - 1) // want * nr
-            if ncc < nr:
-                ncc = nr
-    cdef float *pa = <float *>simd_alloc(<size_t>mb_blk * kc_cap, sizeof(float))
+    cdef float *pa = NULL
+    if packed_a == NULL:
+        pa = <float *>simd_alloc(<size_t>mb_blk * kc_cap, sizeof(float))
     cdef float *pb = <float *>simd_alloc(<size_t>nc_blk * kc_cap, sizeof(float))
-    if pa == NULL or pb == NULL:
+    if (packed_a == NULL and pa == NULL) or pb == NULL:
         simd_free(pa)
         simd_free(pb)
         return -1
-    cdef long pc, kc, ib, mb, jc, nb, p, npan, t, ntiles, tm, tn, i0, rows, j0, cols
+    cdef const float *chunk
+    cdef long pc, kc, ib, mb, jc, nb, p, npan, i0, rows
     pc = 0
     while pc < K:
         kc = kc_max if K - pc > kc_max else K - pc
         ib = 0
         while ib < M:
             mb = mb_blk if M - ib > mb_blk else M - ib
-            npan = (mb + mr - 1) // mr
-            for p in prange(npan, num_threads=threads, schedule="static"):
-                sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
-                                pc, kc, mr, pa + p * mr * kc)
+            if packed_a != NULL:
+                chunk = packed_a + row_panels * mr * pc + ib * kc
+            else:
+                npan = (mb + mr - 1) // mr
+                for p in range(npan):
+                    sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
+                              pc, kc, mr, pa + p * mr * kc)
+                chunk = pa
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
-                npan = (nb + nr - 1) // nr
-                for p in prange(threads, num_threads=threads, schedule="static"):
-                    sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, npan * p // threads,
-                                     npan * (p + 1) // threads, pb)
-                tm = (mb + mc - 1) // mc
-                tn = (nb + ncc - 1) // ncc
-                ntiles = tm * tn
-                for t in prange(ntiles, num_threads=threads, schedule="dynamic"):
-                    i0 = (t // tn) * mc
-                    j0 = (t % tn) * ncc
+                sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, 0, (nb + nr - 1) // nr, pb)
+                i0 = 0
+                while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0
-                    cols = ncc if nb - j0 > ncc else nb - j0
-                    sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, cols,
-                             pa + (i0 // mr) * mr * kc, pb + (j0 // nr) * nr * kc,
-                             C + (ib + i0) * ldc + jc + j0, ldc)
+                    sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, nb,
+                             chunk + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc)
+                    i0 += mc
                 jc += nb
             ib += mb
         pc += kc
