@@ -351,7 +351,7 @@ def test_a_network_key_the_model_does_not_read_is_a_suite_error(tmp_path, model,
             batch = 8
             {key} = {value}
             """)
-    assert f"case 'bad' key '{key}': does not apply to model = '{model}'" in str(exc.value)
+    assert f"case 'bad' key '{key}': not used by this case: model = '{model}' reads only" in str(exc.value)
 
 
 def test_keys_of_the_other_mode_are_suite_errors(tmp_path):

@@ -129,6 +129,13 @@ class Key:
         return value, None
 
 
+def keys_not_applying(keys: Mapping[str, Key], values: Mapping, set_keys) -> list[tuple[str, str]]:
+    """(key, reason) for each of `set_keys` (the keys a case sets itself) that its `applies`
+    says `values` (all the case's keys) do not read: the one "this key does not apply" check."""
+    reasons = ((key, keys[key].applies(values)) for key in set_keys if keys[key].applies)
+    return [(key, reason) for key, reason in reasons if reason]
+
+
 # Keys every case accepts, whatever its kind.
 COMMON_KEYS = {
     "name": Key("str", help="case name, unique in the suite"),
