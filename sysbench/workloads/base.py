@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import KeyedError
 from ..hardware import Array
 from ..units import MAX_SIZE, parse_size
 
@@ -38,12 +39,8 @@ REQUIRED = object()
 MAX_INT = MAX_SIZE
 
 
-class CaseError(ValueError):
+class CaseError(KeyedError):
     """Bad input found while preparing a case (a file, its contents); names the key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
