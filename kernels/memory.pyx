@@ -573,20 +573,25 @@ cdef void _run(Operand *ifm, Operand *flt, Writer *w, int dataflow_os, int overl
     out[13] = fill_f
 
 
+cdef void set_blocks(Operand *op, int64_t rows, int64_t cols, int64_t W) noexcept nogil:
+    """A rows x cols operand in column blocks of W (the last one wl wide), no aliasing."""
+    op.W = W
+    op.nb = cdiv(cols, W)
+    op.wl = cols - (op.nb - 1) * W
+    op.n_real = rows * cols
+    op.stream_len = op.nb * rows * W
+    op.alias = 0
+
+
 cdef void streamed(Operand *op, int64_t T, int64_t S, int64_t W, int64_t pre, int64_t post,
                    int block_outer) noexcept nogil:
     op.preloaded = 0
     op.T = T
     op.S = S
-    op.W = W
     op.pre = pre
     op.post = post
     op.block_outer = block_outer
-    op.nb = cdiv(S, W)
-    op.wl = S - (op.nb - 1) * W
-    op.n_real = T * S
-    op.stream_len = op.nb * T * W
-    op.alias = 0
+    set_blocks(op, T, S, W)
 
 
 cdef void preloaded(Operand *op, int64_t S, int64_t SC, int64_t TR, int64_t W) noexcept nogil:
@@ -594,12 +599,7 @@ cdef void preloaded(Operand *op, int64_t S, int64_t SC, int64_t TR, int64_t W) n
     op.S = S
     op.SC = SC
     op.TR = TR
-    op.W = W
-    op.nb = cdiv(SC, W)
-    op.wl = SC - (op.nb - 1) * W
-    op.n_real = S * SC
-    op.stream_len = op.nb * S * W
-    op.alias = 0
+    set_blocks(op, S, SC, W)
 
 
 def _simulate(str dataflow, int64_t R, int64_t C, int64_t m, int64_t k, int64_t n,

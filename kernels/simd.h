@@ -9,6 +9,7 @@
  *   ISA codes      SIMD_ISA_SCALAR < SIMD_ISA_AVX2 < SIMD_ISA_AVX512 (the run-time paths)
  *   feature masks  SIMD_F_*: what the CPU has (simd_cpu_features) and what a path needs
  *                  (simd_isa_needs); the AVX2 path needs AVX2 and FMA, AVX-512 needs AVX-512F
+ *   per-path sizes simd_per_isa: a tile size (or any constant) chosen by the ISA code
  *   allocation     simd_alloc / simd_free: 64-byte aligned, NULL on failure or overflow
  *   transposes     simd_transpose16_avx512: a 16 x 16 float block in registers;
  *                  simd_transpose_avx512: a matrix by such blocks (packing panels, outputs)
@@ -82,6 +83,12 @@ static inline int simd_isa_best(void)
     if (simd_isa_supported(SIMD_ISA_AVX512)) return SIMD_ISA_AVX512;
     if (simd_isa_supported(SIMD_ISA_AVX2)) return SIMD_ISA_AVX2;
     return SIMD_ISA_SCALAR;
+}
+
+/* A per-path constant (a micro-kernel's tile size): the one given for `isa`. */
+static inline int simd_per_isa(int isa, int avx512, int avx2, int scalar)
+{
+    return isa == SIMD_ISA_AVX512 ? avx512 : isa == SIMD_ISA_AVX2 ? avx2 : scalar;
 }
 
 /* count * size bytes (at least one cache line), 64-byte aligned; NULL when the size

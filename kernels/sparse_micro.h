@@ -58,15 +58,9 @@
 /* packed A of one piece of a fold: at most this many floats (24 KB, half of a 48 KB L1) */
 #define SP_PIECE_FLOATS 6144
 
-static int sp_isa_mb(int isa)
-{
-    return isa == SIMD_ISA_AVX512 ? SP_A5_MB : isa == SIMD_ISA_AVX2 ? SP_A2_MB : SP_S_MB;
-}
+static int sp_isa_mb(int isa) { return simd_per_isa(isa, SP_A5_MB, SP_A2_MB, SP_S_MB); }
 
-static int sp_isa_nc(int isa)
-{
-    return isa == SIMD_ISA_AVX512 ? SP_A5_NC : isa == SIMD_ISA_AVX2 ? SP_A2_NC : SP_S_NC;
-}
+static int sp_isa_nc(int isa) { return simd_per_isa(isa, SP_A5_NC, SP_A2_NC, SP_S_NC); }
 
 /* Compressed rows per piece of a fold: whole groups whose packed A fits SP_PIECE_FLOATS. */
 static long sp_piece_rows(int isa, int n, int m)

@@ -40,15 +40,9 @@
 #define SB_MAX_MR 16
 #define SB_MAX_NR 32
 
-static int sb_isa_mr(int isa)
-{
-    return isa == SIMD_ISA_AVX512 ? SB_A5_MR : isa == SIMD_ISA_AVX2 ? SB_A2_MR : SB_S_MR;
-}
+static int sb_isa_mr(int isa) { return simd_per_isa(isa, SB_A5_MR, SB_A2_MR, SB_S_MR); }
 
-static int sb_isa_nr(int isa)
-{
-    return isa == SIMD_ISA_AVX512 ? SB_A5_NR : isa == SIMD_ISA_AVX2 ? SB_A2_NR : SB_S_NR;
-}
+static int sb_isa_nr(int isa) { return simd_per_isa(isa, SB_A5_NR, SB_A2_NR, SB_S_NR); }
 
 /* ---------------------------------------------------------------- packing */
 

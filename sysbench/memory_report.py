@@ -57,23 +57,30 @@ def detailed_access_rows(cases: list[dict]) -> list[tuple]:
     return rows
 
 
+def _stacked_bars(rows: list[dict], parts: dict, ylabel: str, title: str):
+    """A figure of one stacked bar per case: parts maps each legend label to its metric."""
+    fig, axes = new_figure(max(7.0, 0.35 * len(rows) + 3), 5.0)
+    ax = axes[0][0]
+    x = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for label, metric in parts.items():
+        values = [c["metrics"][metric] for c in rows]
+        ax.bar(x, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(x, [short_label(c, drop_array=False) for c in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
 def cycles_plot(cases: list[dict]) -> list[Plot]:
     """Per-layer cycles split into compute and stall (stacked bars)."""
     rows = memory_cases(cases)
     if not rows:
         return []
-    labels = [short_label(c, drop_array=False) for c in rows]
-    compute = [c["metrics"]["compute_cycles"] for c in rows]
-    stall = [c["metrics"]["stall_cycles"] for c in rows]
-    fig, axes = new_figure(max(7.0, 0.35 * len(rows) + 3), 5.0)
-    ax = axes[0][0]
-    x = range(len(rows))
-    ax.bar(x, compute, label="compute")
-    ax.bar(x, stall, bottom=compute, label="DRAM stall")
-    ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("cycles")
-    ax.legend()
-    fig.suptitle("memory system: compute and stall cycles per case")
+    fig = _stacked_bars(rows, {"compute": "compute_cycles", "DRAM stall": "stall_cycles"}, "cycles",
+                        "memory system: compute and stall cycles per case")
     return [Plot("memory-cycles", "memory system: compute and stall cycles",
                  "Per case, the compute cycles of the array and the cycles it waits for DRAM "
                  "(bandwidth_mode = user; ideal mode has no stall).", fig)]
@@ -84,18 +91,8 @@ def energy_plot(cases: list[dict]) -> list[Plot]:
     rows = [c for c in memory_cases(cases) if "energy_pj" in c["metrics"]]
     if not rows:
         return []
-    fig, axes = new_figure(max(7.0, 0.35 * len(rows) + 3), 5.0)
-    ax = axes[0][0]
-    x = list(range(len(rows)))
-    bottom = [0.0] * len(rows)
-    for part in ENERGY_PARTS:
-        values = [c["metrics"][f"energy_{part}_pj"] for c in rows]
-        ax.bar(x, values, bottom=bottom, label=part.replace("_", " "))
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(x, [short_label(c, drop_array=False) for c in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("energy (pJ)")
-    ax.legend()
-    fig.suptitle("memory system: energy per component")
+    fig = _stacked_bars(rows, {part.replace("_", " "): f"energy_{part}_pj" for part in ENERGY_PARTS},
+                        "energy (pJ)", "memory system: energy per component")
     return [Plot("memory-energy", "memory system: energy per component",
                  "Per case, the energy of the MACs, each operand SRAM's reads and writes and the "
                  "DRAM traffic (pJ; the [energy] table or the documented defaults).", fig)]

@@ -21,7 +21,7 @@ from .models.energy import from_table as energy_table
 from .models.memory import check_array as memory_problems
 from .models.memory import word_bytes as memory_word_bytes
 from .workloads import registry
-from .workloads.base import COMMON_KEYS, Key, Params
+from .workloads.base import COMMON_KEYS, Key, Params, keys_not_applying
 
 TOP_KEYS = ("name", "description", "defaults", "arrays", "cases", "energy")
 
@@ -342,24 +342,12 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
         array = values.pop("array")
         # A key the case sets itself (not via [defaults]) that its other keys make moot is a
         # mistake worth naming: nothing would read it.
-        case_ok = True
-        for key in raw:
-            reason = spec[key].applies(values) if spec[key].applies else None
-            if reason:
-                message = f"{where(key)}: not used by this case: {reason}"
-                if message not in problems:
-                    problems.append(message)
-                case_ok = False
-        if not case_ok:
+        moot = keys_not_applying(spec, values, raw)
+        if _add_new(problems, [f"{where(key)}: not used by this case: {reason}" for key, reason in moot]):
             continue
         common = {k: values.pop(k) for k in ("numerics", "repeats", "warmup", "seed", "rounds", "min_time")}
         params = workload.normalize(workload.make_params(values), array)
-        for key, message in workload.check(params, array):
-            message = f"{where(key)}: {message}"
-            if message not in problems:
-                problems.append(message)
-            case_ok = False
-        if not case_ok:
+        if _add_new(problems, [f"{where(key)}: {message}" for key, message in workload.check(params, array)]):
             continue
         swept = {k: tag for k, (tag, _) in zip(swept_keys, combo)}
         tag = ",".join(f"{k}={v}" for k, v in swept.items())
@@ -367,6 +355,12 @@ def _expand_case(raw, defaults, arrays, invalid_arrays, kinds, suite_name, cname
         cases.append(Case(case_id, suite_name, cname, kind, params, array, source=label,
                           swept=swept, **common))
     return cases
+
+
+def _add_new(problems: list, messages: list) -> bool:
+    """Adds the messages not listed yet (a sweep repeats a case's problem); True if any."""
+    problems.extend(m for m in dict.fromkeys(messages) if m not in problems)
+    return bool(messages)
 
 
 def _table_path(workload, options: dict, raw: dict, spec: dict) -> bool:

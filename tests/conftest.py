@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tomli_w
 
 from sysbench.hardware import Array
 from sysbench.workloads.base import Params, Run
@@ -41,6 +42,11 @@ def drive(workload, params, array: Array = Array(), seed: int = 0, threads: int 
         timed.reset()
     output = timed.call()
     return run, getattr(output, "output", output)
+
+
+def suite_toml(*cases: dict, **tables) -> str:
+    """A suite file's text from its [[cases]] tables and top-level values ("arrays", "defaults"...)."""
+    return tomli_w.dumps({**tables, "cases": list(cases)})
 
 
 @pytest.fixture

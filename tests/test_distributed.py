@@ -2,9 +2,7 @@
 timelines, the ResNet-50 sizes, and the checks that run before anything launches."""
 from __future__ import annotations
 
-from conftest import check_of, drive, model_of  # noqa: F401
-
-import textwrap
+from conftest import check_of, drive, model_of, suite_toml  # noqa: F401
 
 import pytest
 
@@ -170,63 +168,35 @@ def test_simulator_sweeps_to_4096_workers_quickly():
     assert time.perf_counter() - start < 5
 
 
-def load_text(tmp_path, body):
+def load_case(tmp_path, name, kind, **keys):
+    """The suite of one [[cases]] table with these keys (written as TOML)."""
     path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(body))
+    path.write_text(suite_toml({"name": name, "kind": kind, **keys}))
     return suite_mod.load(str(path))
 
 
+def suite_error(tmp_path, name="bad", kind="train_distributed", **keys) -> str:
+    """What loading a suite of that one case says is wrong."""
+    with pytest.raises(suite_mod.SuiteError) as exc:
+        load_case(tmp_path, name, kind, **keys)
+    return str(exc.value)
+
+
 def test_an_unusable_rank_count_is_an_error_before_launch(tmp_path):
-    with pytest.raises(suite_mod.SuiteError) as exc:
-        load_text(tmp_path, """
-            [[cases]]
-            name = "bad"
-            kind = "train_distributed"
-            model = "mlp"
-            layers = 2
-            width = 8
-            batch = 10
-            ranks = 3
-            """)
-    assert "case 'bad' key 'ranks'" in str(exc.value) and "cannot split batch = 10" in str(exc.value)
-    with pytest.raises(suite_mod.SuiteError) as exc:
-        load_text(tmp_path, """
-            [[cases]]
-            name = "bad"
-            kind = "train_distributed"
-            model = "resnet50"
-            ranks = 2
-            """)
-    assert "simulator-only" in str(exc.value)
+    message = suite_error(tmp_path, model="mlp", layers=2, width=8, batch=10, ranks=3)
+    assert "case 'bad' key 'ranks'" in message and "cannot split batch = 10" in message
+    assert "simulator-only" in suite_error(tmp_path, model="resnet50", ranks=2)
 
 
 @pytest.mark.parametrize("lr", [0, -0.5])
 def test_a_non_positive_learning_rate_is_a_suite_error(tmp_path, lr):
-    with pytest.raises(suite_mod.SuiteError) as exc:
-        load_text(tmp_path, f"""
-            [[cases]]
-            name = "bad"
-            kind = "train_distributed"
-            model = "mlp"
-            layers = 2
-            width = 8
-            batch = 8
-            lr = {lr}
-            """)
-    assert "case 'bad' key 'lr': must be positive" in str(exc.value)
+    message = suite_error(tmp_path, model="mlp", layers=2, width=8, batch=8, lr=lr)
+    assert "case 'bad' key 'lr': must be positive" in message
 
 
 def test_sim_suite_loads_and_models(tmp_path):
-    suite = load_text(tmp_path, """
-        [[cases]]
-        name = "s"
-        kind = "train_distributed"
-        mode = "sim"
-        model = "resnet50"
-        local_batch = 32
-        workers = [8, 4096]
-        schedule = ["sequential", "split_priority"]
-        """)
+    suite = load_case(tmp_path, "s", "train_distributed", mode="sim", model="resnet50", local_batch=32,
+                      workers=[8, 4096], schedule=["sequential", "split_priority"])
     from sysbench.workloads import registry
     w = registry()["train_distributed"]
     for case in suite.cases:
@@ -240,16 +210,8 @@ def test_calibration_file_drives_the_simulator(tmp_path):
     from sysbench.workloads.train_distributed import load_calibration
     good = tmp_path / "cal.json"
     good.write_text('{"alpha_s": 1e-5, "beta_s_per_byte": 8e-10}')
-    suite = load_text(tmp_path, f"""
-        [[cases]]
-        name = "s"
-        kind = "train_distributed"
-        mode = "sim"
-        model = "resnet50"
-        local_batch = 32
-        workers = 64
-        calibration = "{good}"
-        """)
+    suite = load_case(tmp_path, "s", "train_distributed", mode="sim", model="resnet50", local_batch=32, workers=64,
+                      calibration=str(good))
     from sysbench.workloads import registry
     case = suite.cases[0]
     with_file = model_of(registry()["train_distributed"], case.params, case.array)
@@ -318,40 +280,18 @@ def test_calibration_output_and_input_resolve_alike_from_any_directory(tmp_path,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    suite = load_text(tmp_path, """
-        [[cases]]
-        name = "cal"
-        kind = "distributed_calibrate"
-        sizes = [4096, 65536]
-        output = "cal.json"
-        """)
+    suite = load_case(tmp_path, "cal", "distributed_calibrate", sizes=[4096, 65536], output="cal.json")
     assert suite.cases[0].params["output"] == str(tmp_path / "cal.json")
-    with pytest.raises(suite_mod.SuiteError) as exc:
-        load_text(tmp_path, """
-            [[cases]]
-            name = "cal"
-            kind = "distributed_calibrate"
-            sizes = [4096, 65536]
-            output = "no/such/dir/cal.json"
-            """)
-    assert "case 'cal' key 'output'" in str(exc.value) and "directory does not exist" in str(exc.value)
+    message = suite_error(tmp_path, "cal", "distributed_calibrate", sizes=[4096, 65536], output="no/such/dir/cal.json")
+    assert "case 'cal' key 'output'" in message and "directory does not exist" in message
 
 
-@pytest.mark.parametrize("model, key, value", [("mlp", "channels", "[8, 16]"), ("mlp", "image", "16"),
-                                               ("cnn", "width", "64"), ("resnet50", "layers", "3")])
+@pytest.mark.parametrize("model, key, value", [("mlp", "channels", [8, 16]), ("mlp", "image", 16),
+                                               ("cnn", "width", 64), ("resnet50", "layers", 3)])
 def test_a_network_key_the_model_does_not_read_is_a_suite_error(tmp_path, model, key, value):
     mode = "sim" if model == "resnet50" else "mpi"
-    with pytest.raises(suite_mod.SuiteError) as exc:
-        load_text(tmp_path, f"""
-            [[cases]]
-            name = "bad"
-            kind = "train_distributed"
-            mode = "{mode}"
-            model = "{model}"
-            batch = 8
-            {key} = {value}
-            """)
-    assert f"case 'bad' key '{key}': does not apply to model = '{model}'" in str(exc.value)
+    message = suite_error(tmp_path, mode=mode, model=model, batch=8, **{key: value})
+    assert f"case 'bad' key '{key}': not used by this case: model = '{model}' reads only" in message
 
 
 def test_keys_of_the_other_mode_are_suite_errors(tmp_path):

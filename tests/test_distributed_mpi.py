@@ -12,6 +12,7 @@ pytest.importorskip("mpi4py")
 from sysbench.distributed.launcher import DistributedError, launch  # noqa: E402
 from sysbench.distributed.programs import buffer_gradient  # noqa: E402
 from sysbench.distributed.schedules import SCHEDULES  # noqa: E402
+from conftest import suite_toml  # noqa: E402
 
 MLP = {"model": "mlp", "layers": 3, "width": 64}
 FAST = {"warmup": 1, "repeats": 2, "probe_steps": 1, "calibrate_repeats": 2}
@@ -140,20 +141,9 @@ def test_workload_through_the_runner(tmp_path):
     from sysbench import suite as suite_mod
     from sysbench.runner import run_case
     path = tmp_path / "d.toml"
-    path.write_text("""
-[[cases]]
-name = "mlp"
-kind = "train_distributed"
-model = "mlp"
-layers = 2
-width = 32
-batch = 16
-ranks = 2
-schedule = "split_priority"
-portion_kib = 1
-repeats = 2
-warmup = 1
-""")
+    path.write_text(suite_toml({"name": "mlp", "kind": "train_distributed", "model": "mlp", "layers": 2, "width": 32,
+                                "batch": 16, "ranks": 2, "schedule": "split_priority", "portion_kib": 1,
+                                "repeats": 2, "warmup": 1}))
     case = suite_mod.load(str(path)).cases[0]
     result = run_case(case, 1)
     assert result.passed, result.validation
@@ -185,25 +175,10 @@ def test_under_your_own_mpiexec(tmp_path):
     import sys
     from sysbench.distributed.launcher import find_mpiexec
     suite = tmp_path / "mine.toml"
-    suite.write_text("""
-[[cases]]
-name = "mlp"
-kind = "train_distributed"
-model = "mlp"
-layers = 2
-width = 16
-batch = 8
-ranks = [2, 4]
-schedule = "bucketed"
-repeats = 2
-
-[[cases]]
-name = "cal"
-kind = "distributed_calibrate"
-ranks = 2
-sizes = [4096, 65536]
-repeats = 3
-""")
+    suite.write_text(suite_toml(
+        {"name": "mlp", "kind": "train_distributed", "model": "mlp", "layers": 2, "width": 16, "batch": 8,
+         "ranks": [2, 4], "schedule": "bucketed", "repeats": 2},
+        {"name": "cal", "kind": "distributed_calibrate", "ranks": 2, "sizes": [4096, 65536], "repeats": 3}))
     out = tmp_path / "result.json"
     proc = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-m", "sysbench", "run", "--mpi",
                            str(suite), "-o", str(out), "--rounds", "2"], capture_output=True, text=True, timeout=180)

@@ -27,11 +27,9 @@ SHAPES = [(1, 1, 1), (1, 1, 128), (3, 5, 4), (2, 5, 128), (4, 16, 16), (5, 100, 
 
 
 @pytest.fixture(autouse=True)
-def restore_isa(monkeypatch):
+def small_teams(monkeypatch, restore_isa):
     # every stage takes all the threads it is given, so that small shapes exercise the teams
     monkeypatch.setattr(kernel, "MIN_ELEMENTS_PER_THREAD", 1)
-    yield
-    kernel.set_isa(None)
 
 
 def test_small_stages_run_on_one_thread(monkeypatch):

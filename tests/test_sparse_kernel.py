@@ -211,29 +211,26 @@ SPMM_SHAPES = [  # rows of A, K, cols, fold depth
 
 
 @pytest.mark.parametrize("isa", sparse.available_isas())
-def test_spmm_matches_pass_order_reference_bit_exactly(isa):
+def test_spmm_matches_pass_order_reference_bit_exactly(isa, restore_isa):
     rng = np.random.default_rng(6)
-    previous = sparse.set_isa(isa)
-    try:
-        for n, m in NMS:
-            for rows, k, cols, depth in SPMM_SHAPES:
-                for density in (0.3, 0.8):
-                    w = random_weights(rng, k, cols, density)
-                    values, indices = sparse.decompose(w, n, m)
-                    kp = sparse.groups(k, m) * m
-                    a = pad_permute_columns(rng.standard_normal((rows, k)).astype(np.float32), kp,
-                                            np.arange(kp))
-                    out = sparse.spmm(a, values, indices, n, m, depth, threads=1 + (rows % 2))
-                    ref = spmm_reference(a, values, indices, n, m, depth)
-                    assert np.array_equal(bits(out), bits(ref)), (isa, n, m, rows, k, cols, depth)
-                    exact = a[:, :k].astype(np.float64) @ w.astype(np.float64)
-                    chain = max(k, values.shape[0] * values.shape[1])
-                    assert np.all(np.abs(out - exact) <= gemm_error_bound(a[:, :k], w, chain))
-    finally:
-        sparse.set_isa(previous)
+    sparse.set_isa(isa)
+    for n, m in NMS:
+        for rows, k, cols, depth in SPMM_SHAPES:
+            for density in (0.3, 0.8):
+                w = random_weights(rng, k, cols, density)
+                values, indices = sparse.decompose(w, n, m)
+                kp = sparse.groups(k, m) * m
+                a = pad_permute_columns(rng.standard_normal((rows, k)).astype(np.float32), kp,
+                                        np.arange(kp))
+                out = sparse.spmm(a, values, indices, n, m, depth, threads=1 + (rows % 2))
+                ref = spmm_reference(a, values, indices, n, m, depth)
+                assert np.array_equal(bits(out), bits(ref)), (isa, n, m, rows, k, cols, depth)
+                exact = a[:, :k].astype(np.float64) @ w.astype(np.float64)
+                chain = max(k, values.shape[0] * values.shape[1])
+                assert np.all(np.abs(out - exact) <= gemm_error_bound(a[:, :k], w, chain))
 
 
-def test_spmm_long_folds_bit_exact_on_every_isa():
+def test_spmm_long_folds_bit_exact_on_every_isa(restore_isa):
     """Folds longer than a micro-kernel piece (its psums wait in memory between pieces)
     and several passes, on every path: still the reference's bits."""
     rng = np.random.default_rng(16)
@@ -245,15 +242,12 @@ def test_spmm_long_folds_bit_exact_on_every_isa():
         for depth in (1000, values.shape[1]):
             ref = spmm_reference(a, values, indices, n, m, depth)
             for isa in sparse.available_isas():
-                previous = sparse.set_isa(isa)
-                try:
-                    got = sparse.spmm(a, values, indices, n, m, depth, threads=2)
-                finally:
-                    sparse.set_isa(previous)
+                sparse.set_isa(isa)
+                got = sparse.spmm(a, values, indices, n, m, depth, threads=2)
                 assert np.array_equal(bits(got), bits(ref)), (isa, n, m, depth)
 
 
-def test_spmm_special_values_and_zero_passes():
+def test_spmm_special_values_and_zero_passes(restore_isa):
     rng = np.random.default_rng(7)
     w = np.zeros((8, 5), np.float32)
     values, indices = sparse.decompose(w, 2, 4)
@@ -268,11 +262,8 @@ def test_spmm_special_values_and_zero_passes():
     values, indices = sparse.decompose(w, 2, 4)
     ref = spmm_reference(a, values, indices, 2, 4, 3)
     for isa in sparse.available_isas():
-        previous = sparse.set_isa(isa)
-        try:
-            assert np.array_equal(bits(sparse.spmm(a, values, indices, 2, 4, 3)), bits(ref)), isa
-        finally:
-            sparse.set_isa(previous)
+        sparse.set_isa(isa)
+        assert np.array_equal(bits(sparse.spmm(a, values, indices, 2, 4, 3)), bits(ref)), isa
 
 
 def test_spmm_equals_emulator_on_gathered_operands():

@@ -2,39 +2,17 @@
 from pathlib import Path
 
 import pytest
+from conftest import suite_toml
 
 from sysbench import suite
 from sysbench.workloads.base import Key, parse_size
 
-GOOD = """
-name = "t"
-[defaults]
-repeats = 2
-array = "a"
-[arrays.a]
-rows = 8
-cols = 4
-dataflow = "os"
-[arrays.b]
-rows = 4
-cols = 4
-[[cases]]
-name = "g"
-kind = "gemm"
-array = ["a", "b"]
-m = [1, 2]
-k = 3
-n = 4
-[[cases]]
-name = "c"
-kind = "conv2d"
-height = 5
-width = 7
-in_channels = 4
-out_channels = 6
-kernel = [[1, 1], [3, 2]]
-groups = 2
-"""
+GOOD = suite_toml(
+    {"name": "g", "kind": "gemm", "array": ["a", "b"], "m": [1, 2], "k": 3, "n": 4},
+    {"name": "c", "kind": "conv2d", "height": 5, "width": 7, "in_channels": 4, "out_channels": 6,
+     "kernel": [[1, 1], [3, 2]], "groups": 2},
+    name="t", defaults={"repeats": 2, "array": "a"},
+    arrays={"a": {"rows": 8, "cols": 4, "dataflow": "os"}, "b": {"rows": 4, "cols": 4}})
 
 
 def write(tmp_path: Path, text: str) -> str:

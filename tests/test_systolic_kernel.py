@@ -59,13 +59,6 @@ def fast(a, b, rows, dataflow, dtype, threads):
     return systolic.gemm_f32(a, b, rows, dataflow == "os", threads=threads)
 
 
-@pytest.fixture
-def restore_isa():
-    previous = systolic.isa()
-    yield
-    systolic.set_isa(previous)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)

@@ -296,6 +296,7 @@ def test_scatter_bands_do_not_change_bits(monkeypatch):
 
 
 @pytest.mark.parametrize("normal", [True, False])
+@pytest.mark.usefixtures("restore_isa")
 def test_float32_path_in_both_orientations_and_chunkings_has_the_per_element_bits(monkeypatch, normal):
     """The float32 path (one GEMM per group and chunk on the whole input, the array GEMM
     called from C) against per-element GEMMs on the valid windows, scattered by numpy:
@@ -320,10 +321,6 @@ def test_float32_path_in_both_orientations_and_chunkings_has_the_per_element_bit
     # every SIMD path of the array GEMM gives the same bits here too
     x, w, p = make(layers[0], "fp32", seed=6)
     expected = T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"])
-    previous = systolic.isa()
-    try:
-        for isa in systolic.available_isas():
-            systolic.set_isa(isa)
-            assert T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"]).tobytes() == expected.tobytes(), isa
-    finally:
-        systolic.set_isa(previous)
+    for isa in systolic.available_isas():
+        systolic.set_isa(isa)
+        assert T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"]).tobytes() == expected.tobytes(), isa

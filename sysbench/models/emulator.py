@@ -62,6 +62,21 @@ class _WeightRegisters:
         self.valid[0] = ok
 
 
+def _shift_right(reg, tag, feed, cycle):
+    """One cycle of operands moving one PE right: every column takes its left neighbour's,
+    column 0 the skewed feed, row r the element feed[cycle - r, r] (before and after the
+    feed a bubble: tag -1). reg, tag: the values and stream indices held; returns the new."""
+    length = feed.shape[0]
+    values, tags = np.empty_like(reg), np.empty_like(tag)
+    values[:, 1:], tags[:, 1:] = reg[:, :-1], tag[:, :-1]
+    rows = np.arange(reg.shape[0])
+    t = cycle - rows
+    live = (t >= 0) & (t < length)
+    tags[:, 0] = np.where(live, t, -1)
+    values[:, 0] = np.where(live, feed[np.clip(t, 0, length - 1), rows], 0)
+    return values, tags
+
+
 def _stationary_gemm(stat, stream, rows, cols, weight_load, int8):
     """ws/is machine. stat is Sr x Sc (held in the PEs), stream is T x Sr (row t enters
     at stream step t). Returns (T x Sc output, cycles)."""
@@ -109,18 +124,10 @@ def _stationary_gemm(stat, stream, rows, cols, weight_load, int8):
         a_tag = np.full((rows, cols), -1)                 # its stream index (-1: bubble)
         p_reg = np.zeros((rows, cols), dtype=acc_dtype)   # partial sum moving down
         p_tag = np.full((rows, cols), -1)
-        r_idx = np.arange(rows)
         emitted = 0
         cycle = 0
         while True:
-            # operands arrive from the left neighbour / the skewed feed at column 0
-            a_in = np.empty_like(a_reg)
-            tag_in = np.empty_like(a_tag)
-            a_in[:, 1:], tag_in[:, 1:] = a_reg[:, :-1], a_tag[:, :-1]
-            t_feed = cycle - r_idx
-            live = (t_feed >= 0) & (t_feed < t_len)
-            tag_in[:, 0] = np.where(live, t_feed, -1)
-            a_in[:, 0] = np.where(live, x[np.clip(t_feed, 0, t_len - 1), r_idx], 0)
+            a_in, tag_in = _shift_right(a_reg, a_tag, x, cycle)
             # partial sums arrive from above; the top row starts at +0
             p_in = np.zeros_like(p_reg)
             ptag_in = np.full_like(p_tag, -1)
@@ -176,23 +183,9 @@ def _os_gemm(a, b, rows, cols, int8):
             b_tag = np.full((rows, cols), -1)
             done = 0
             cycle = 0
-            rr = np.arange(rows)
-            cc = np.arange(cols)
             while True:
-                a_in = np.empty_like(a_reg)
-                at_in = np.empty_like(a_tag)
-                a_in[:, 1:], at_in[:, 1:] = a_reg[:, :-1], a_tag[:, :-1]
-                ka = cycle - rr
-                live = (ka >= 0) & (ka < k_len)
-                at_in[:, 0] = np.where(live, ka, -1)
-                a_in[:, 0] = np.where(live, lhs[rr, np.clip(ka, 0, k_len - 1)], 0)
-                b_in = np.empty_like(b_reg)
-                bt_in = np.empty_like(b_tag)
-                b_in[1:], bt_in[1:] = b_reg[:-1], b_tag[:-1]
-                kb = cycle - cc
-                live = (kb >= 0) & (kb < k_len)
-                bt_in[0] = np.where(live, kb, -1)
-                b_in[0] = np.where(live, top[np.clip(kb, 0, k_len - 1), cc], 0)
+                a_in, at_in = _shift_right(a_reg, a_tag, lhs.T, cycle)
+                b_in, bt_in = (v.T for v in _shift_right(b_reg.T, b_tag.T, top, cycle))  # down: right, transposed
                 busy = at_in >= 0
                 if not np.array_equal(busy, bt_in >= 0) or \
                         not np.array_equal(at_in[busy], bt_in[busy]):

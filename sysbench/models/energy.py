@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import KeyedError
+
 SRAM_PJ_PER_BYTE = 5.0 / 4
 DRAM_PJ_PER_BYTE = 640.0 / 4
 MAC_PJ = {"fp32": 3.7 + 0.9, "fp16": 1.1 + 0.4, "bf16": 1.1 + 0.4, "int8": 0.2 + 0.1}
@@ -35,12 +37,8 @@ ENERGY_KEYS = {
 }
 
 
-class EnergyError(ValueError):
+class EnergyError(KeyedError):
     """A bad [energy] table or ERT/ART file: (key, message)."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)

@@ -310,11 +310,8 @@ class ReadBuffer:
                     raise RuntimeError("word never resident")
                 self._advance()
                 late = self.last - (cycle + offset)
-                if "issue130" in self.defects:
-                    offset += late
-                    if late > 0:
-                        offset += late
-                elif late > 0:
+                offset += max(late, 0)  # the array waits for the window
+                if "issue130" in self.defects:  # SCALE-Sim adds the lateness once more, even when early
                     offset += late
                 self.entered = cycle + offset
             if "dram_lines" not in self.defects:

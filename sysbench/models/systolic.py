@@ -52,8 +52,6 @@ def gemm_cycles(array: Array, m: int, k: int, n: int) -> dict:
         cycles = folds * (preload + stream)
     else:
         cycles = preload + folds * stream
-    macs = m * k * n
-    ob, ab = array.operand_bytes, array.accumulator_bytes
     # Each fold reads its stationary tile once and streams its T vectors of the streamed
     # operand; ws/is write a partial sum per output per row fold, os writes each output once.
     if array.dataflow == "ws":
@@ -65,15 +63,26 @@ def gemm_cycles(array: Array, m: int, k: int, n: int) -> dict:
     else:
         ifmap_reads, filter_reads = m * k * col_folds, k * n * row_folds
         ofmap_writes = m * n
+    return _figures(m * k * n, cycles, row_folds, col_folds, R * C, sr * sc, array.clock_ghz,
+                    (ifmap_reads, filter_reads, ofmap_writes), (array.operand_bytes, array.accumulator_bytes))
+
+
+def _figures(macs, cycles, row_folds, col_folds, cells, mapped, clock_ghz, accesses, word_bytes) -> dict:
+    """The figures of gemm_cycles from its counts: Python ints for one GEMM or numpy columns
+    for a table (the same expressions, so the same bits). accesses: (ifmap reads, filter
+    reads, ofmap writes) in words; word_bytes: (operand bytes, accumulator bytes)."""
+    ifmap_reads, filter_reads, ofmap_writes = accesses
+    ob, ab = word_bytes
+    folds = row_folds * col_folds
     return {
         "cycles": cycles,
         "macs": macs,
         "folds": folds,
         "row_folds": row_folds,
         "col_folds": col_folds,
-        "utilization": macs / (cycles * R * C),
-        "mapping_efficiency": (sr * sc) / (folds * R * C),
-        "time_us": cycles / (array.clock_ghz * 1e3),
+        "utilization": macs / (cycles * cells),
+        "mapping_efficiency": mapped / (folds * cells),
+        "time_us": cycles / (clock_ghz * 1e3),
         "ifmap_sram_read_bytes": ifmap_reads * ob,
         "filter_sram_read_bytes": filter_reads * ob,
         "ofmap_sram_write_bytes": ofmap_writes * ab,
@@ -115,25 +124,11 @@ def gemm_cycles_table(arrays: dict, m, k, n) -> dict:
     stream = R + C + t - 2
     preload = np.where(os_, 0, R)
     cycles = np.where(arrays["serial"], folds * (preload + stream), preload + folds * stream)
-    macs = m * k * n
-    ob, ab = arrays["operand_bytes"], 4
     ifmap_reads = np.where(is_, m * k, m * k * col_folds)
     filter_reads = np.where(ws, k * n, np.where(is_, k * n * col_folds, k * n * row_folds))
     ofmap_writes = np.where(os_, m * n, m * n * row_folds)
-    cells = R * C
-    return {
-        "cycles": cycles,
-        "macs": macs,
-        "folds": folds,
-        "row_folds": row_folds,
-        "col_folds": col_folds,
-        "utilization": macs / (cycles * cells),
-        "mapping_efficiency": (sr * sc) / (folds * cells),
-        "time_us": cycles / (arrays["clock_ghz"] * 1e3),
-        "ifmap_sram_read_bytes": ifmap_reads * ob,
-        "filter_sram_read_bytes": filter_reads * ob,
-        "ofmap_sram_write_bytes": ofmap_writes * ab,
-    }
+    return _figures(m * k * n, cycles, row_folds, col_folds, R * C, sr * sc, arrays["clock_ghz"],
+                    (ifmap_reads, filter_reads, ofmap_writes), (arrays["operand_bytes"], 4))
 
 
 def repeat_table(part: dict, times, arrays: dict) -> dict:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import KeyedError
 from ..hardware import Array
 from ..units import MAX_SIZE, parse_size
 
@@ -38,12 +39,8 @@ REQUIRED = object()
 MAX_INT = MAX_SIZE
 
 
-class CaseError(ValueError):
+class CaseError(KeyedError):
     """Bad input found while preparing a case (a file, its contents); names the key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -127,6 +124,13 @@ class Key:
                 what = "positive" if self.minimum == 1 and k in ("int", "pair") else f">= {self.minimum}"
                 return None, f"must be {what}, got {value!r}"
         return value, None
+
+
+def keys_not_applying(keys: Mapping[str, Key], values: Mapping, set_keys) -> list[tuple[str, str]]:
+    """(key, reason) for each of `set_keys` (the keys a case sets itself) that its `applies`
+    says `values` (all the case's keys) do not read: the one "this key does not apply" check."""
+    reasons = ((key, keys[key].applies(values)) for key in set_keys if keys[key].applies)
+    return [(key, reason) for key, reason in reasons if reason]
 
 
 # Keys every case accepts, whatever its kind.

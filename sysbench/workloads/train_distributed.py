@@ -53,6 +53,16 @@ def _sim_only(p: dict) -> str | None:
     return None if p["mode"] == "sim" else "only the simulator reads it (mode = \"sim\")"
 
 
+def _read_by_model(key: str):
+    """Key.applies for a network key: only some models read it."""
+    def applies(p: dict) -> str | None:
+        model = p["model"]
+        if key in MODEL_KEYS[model]:
+            return None
+        return f"model = {model!r} reads only {', '.join(MODEL_KEYS[model])}"
+    return applies
+
+
 def _link_keys(p: dict) -> str | None:
     if p["mode"] == "sim" or p["emulate_link"]:
         return None
@@ -67,12 +77,13 @@ class TrainDistributed(Workload):
     keys = {
         "mode": Key("str", default="mpi", choices=("mpi", "sim"), help="mpi: real ranks; sim: the simulator"),
         "model": Key("str", default="mlp", choices=MODELS, help="mlp | cnn (training engine) | resnet50 (sim only)"),
-        "layers": Key("int", default=None, minimum=1, help="mlp/cnn depth"),
-        "width": Key("int", default=None, minimum=1, help="mlp width"),
-        "image": Key("int", default=None, minimum=1, help="cnn image size"),
-        "in_channels": Key("int", default=None, minimum=1, help="cnn input channels"),
-        "channels": Key("list", default=None, help="cnn channels per convolution"),
-        "classes": Key("int", default=None, minimum=2, help="cnn classes"),
+        "layers": Key("int", default=None, minimum=1, help="mlp/cnn depth", applies=_read_by_model("layers")),
+        "width": Key("int", default=None, minimum=1, help="mlp width", applies=_read_by_model("width")),
+        "image": Key("int", default=None, minimum=1, help="cnn image size", applies=_read_by_model("image")),
+        "in_channels": Key("int", default=None, minimum=1, help="cnn input channels",
+                           applies=_read_by_model("in_channels")),
+        "channels": Key("list", default=None, help="cnn channels per convolution", applies=_read_by_model("channels")),
+        "classes": Key("int", default=None, minimum=2, help="cnn classes", applies=_read_by_model("classes")),
         "batch": Key("int", default=64, minimum=1, help="global batch per step (split over ranks/workers)"),
         "local_batch": Key("int", default=None, minimum=1,
                            help="batch per rank/worker; when set, the global batch is local_batch x ranks/workers"),
@@ -111,10 +122,6 @@ class TrainDistributed(Workload):
         mode, model = params["mode"], params["model"]
         if not params["lr"] > 0:
             problems.append(("lr", f"must be positive, got {params['lr']!r}"))
-        for key in ("layers", "width", "image", "in_channels", "channels", "classes"):
-            if params[key] is not None and key not in MODEL_KEYS[model]:
-                problems.append((key, f"does not apply to model = {model!r} "
-                                      f"(its keys: {', '.join(MODEL_KEYS[model])})"))
         if mode == "mpi":
             if model == "resnet50":
                 problems.append(("model", "resnet50 is simulator-only (mode = \"sim\"); use mlp or cnn"))

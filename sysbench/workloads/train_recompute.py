@@ -74,21 +74,12 @@ def array_time(net, ops, array) -> dict:
     return {k: total[k] for k in ("cycles", "macs", "utilization", "time_us")}
 
 
-# keys without a default that only some network forms read: key -> (who reads it, forms)
-_KEYS_OF_FORM = {
-    "input": ("specs", ("specs",)),
-    "channels": ("model = 'cnn'", ("model = 'cnn'",)),
-    "in_features": ("model = 'mlp'", ("model = 'mlp'",)),
-}
-
-
 def _network_form(p: dict) -> str:
     return "specs" if p["specs"] is not None else f"model = {p['model']!r}"
 
 
 def _only(*forms: str):
-    """Key.applies for a key with a default that only some network forms read (the keys
-    without one are checked in check(), where a None tells they were not set)."""
+    """Key.applies for a key only some network forms read: set on another, nothing reads it."""
     def applies(p: dict) -> str | None:
         form = _network_form(p)
         if form in forms:
@@ -127,14 +118,17 @@ class TrainRecompute(Workload):
                       help="mlp: Linear+activation blocks (16); cnn: conv layers (len(channels))"),
         "specs": Key("list", default=None, help="layer specs instead of model: 'relu', 'linear:512', "
                      "{type = 'conv2d', out_channels = 16, kernel = 3, padding = 1}, ..."),
-        "input": Key("list", default=None, help="per-sample input shape for specs, e.g. [3, 32, 32]"),
+        "input": Key("list", default=None, help="per-sample input shape for specs, e.g. [3, 32, 32]",
+                     applies=_only("specs")),
         "width": Key("int", default=2048, minimum=1, help="mlp: features of every Linear",
                      applies=_only("model = 'mlp'")),
-        "in_features": Key("int", default=None, minimum=1, help="mlp: input features (default width)"),
+        "in_features": Key("int", default=None, minimum=1, help="mlp: input features (default width)",
+                           applies=_only("model = 'mlp'")),
         "batch": Key("int", default=32, minimum=1),
         "image": Key("int", default=32, minimum=1, help="cnn: input height = width", applies=_only("model = 'cnn'")),
         "in_channels": Key("int", default=3, minimum=1, help="cnn: input channels", applies=_only("model = 'cnn'")),
-        "channels": Key("list", default=None, help="cnn: output channels per conv (default 32,32,64,64,128,128)"),
+        "channels": Key("list", default=None, help="cnn: output channels per conv (default 32,32,64,64,128,128)",
+                        applies=_only("model = 'cnn'")),
         "classes": Key("int", default=10, minimum=1, help="cnn: outputs of the last Linear",
                        applies=_only("model = 'cnn'")),
         "activation": Key("str", default="relu", choices=("relu", "gelu")),
@@ -155,11 +149,6 @@ class TrainRecompute(Workload):
         if p["channels"] is not None and not (p["channels"] and all(isinstance(v, int) and v > 0
                                                                      for v in p["channels"])):
             return [("channels", f"must be a non-empty list of positive integers, got {p['channels']!r}")]
-        # a key the chosen network ignores is a mistake, not a default to drop silently
-        form = _network_form(p)
-        for key, (used_by, forms) in _KEYS_OF_FORM.items():
-            if p[key] is not None and form not in forms:
-                return [(key, f"applies only to {used_by}; this case builds its network from {form}")]
         if p["lr"] <= 0:
             return [("lr", f"must be positive, got {p['lr']}")]
         try:
