@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from conftest import suite_toml
+
 from sysbench import runner, stats, suite as suite_mod
 from sysbench.workloads import register, unregister
 from sysbench.workloads.base import CaseError, Key, Run, SelfTimed, Timed, Validation, Workload
@@ -92,20 +94,14 @@ def kinds():
         unregister(kind)
 
 
-def cases(write_suite, body):
-    return suite_mod.load(str(write_suite(body))).cases
+def cases(write_suite, *tables: dict, **top):
+    """The cases of a suite made of these [[cases]] tables (and top-level tables such as defaults)."""
+    return suite_mod.load(str(write_suite(suite_toml(*tables, **top)))).cases
 
 
 def test_calibration_reaches_min_time(write_suite):
-    [case] = cases(write_suite, """
-        [[cases]]
-        name = "s"
-        kind = "test_sleeper"
-        call_us = 40
-        min_time = 0.004
-        repeats = 3
-        rounds = 1
-        """)
+    [case] = cases(write_suite, dict(name="s", kind="test_sleeper", call_us=40, min_time=0.004, repeats=3,
+                                           rounds=1))
     [result] = runner.run_suite([case])
     t = result.timing
     # 4 ms of 40 us calls: about 100 calls, on the 1-2-5 sequence, the last trial >= min_time
@@ -125,20 +121,9 @@ def test_calibrate_follows_the_1_2_5_sequence(monkeypatch):
 
 
 def test_rounds_interleave_cases_in_suite_order(write_suite):
-    loaded = cases(write_suite, """
-        [defaults]
-        rounds = 3
-        repeats = 2
-        min_time = 0.0005
-        [[cases]]
-        name = "a"
-        kind = "test_sleeper"
-        call_us = 10
-        [[cases]]
-        name = "b"
-        kind = "test_sleeper"
-        call_us = 20
-        """)
+    loaded = cases(write_suite, dict(name="a", kind="test_sleeper", call_us=10),
+                   dict(name="b", kind="test_sleeper", call_us=20),
+                   defaults=dict(rounds=3, repeats=2, min_time=0.0005))
     done = runner.run_suite(loaded)
     assert [v for _, v in LOG] == [10, 20] * 4   # the warm-up round, then a, b, a, b, a, b
     for result in done:
@@ -147,16 +132,8 @@ def test_rounds_interleave_cases_in_suite_order(write_suite):
 
 
 def test_cli_rounds_override_and_steps(write_suite):
-    loaded = cases(write_suite, """
-        [[cases]]
-        name = "a"
-        kind = "test_sleeper"
-        min_time = 0.0005
-        [[cases]]
-        name = "m"
-        kind = "test_sleeper"
-        numerics = false
-        """)
+    loaded = cases(write_suite, dict(name="a", kind="test_sleeper", min_time=0.0005),
+                   dict(name="m", kind="test_sleeper", numerics=False))
     steps = []
     done = runner.run_suite(loaded, repeats=1, rounds=2,
                             on_step=lambda label, stage, count: steps.append((label.split("/")[-1], stage, count)))
@@ -167,14 +144,7 @@ def test_cli_rounds_override_and_steps(write_suite):
 
 
 def test_reset_runs_before_every_call_outside_the_timer(write_suite):
-    [case] = cases(write_suite, """
-        [[cases]]
-        name = "r"
-        kind = "test_resetting"
-        repeats = 4
-        rounds = 2
-        warmup = 1
-        """)
+    [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=4, rounds=2, warmup=1))
     [result] = runner.run_suite([case])
     assert result.error is None and result.validation["passed"]
     t = result.timing
@@ -183,14 +153,7 @@ def test_reset_runs_before_every_call_outside_the_timer(write_suite):
 
 
 def test_self_timed_calls_run_once_a_round_with_their_own_samples(write_suite):
-    [case] = cases(write_suite, """
-        [[cases]]
-        name = "j"
-        kind = "test_jobbed"
-        repeats = 3
-        rounds = 2
-        warmup = 2
-        """)
+    [case] = cases(write_suite, dict(name="j", kind="test_jobbed", repeats=3, rounds=2, warmup=2))
     [result] = runner.run_suite([case])
     assert LOG == [("job", 3, 2), ("job", 3, 2)]    # no warm-up round or calls, no calibration: one job a round
     assert result.timing["samples_s"] == [1e-3] * 6 and result.timing["sample_rounds"] == [0, 0, 0, 1, 1, 1]
@@ -198,18 +161,8 @@ def test_self_timed_calls_run_once_a_round_with_their_own_samples(write_suite):
 
 
 def test_a_failing_case_is_recorded_and_the_run_goes_on(write_suite):
-    loaded = cases(write_suite, """
-        [defaults]
-        min_time = 0.0005
-        repeats = 1
-        [[cases]]
-        name = "boom"
-        kind = "test_sleeper"
-        fail = ["model", "run"]
-        [[cases]]
-        name = "fine"
-        kind = "test_sleeper"
-        """)
+    loaded = cases(write_suite, dict(name="boom", kind="test_sleeper", fail=["model", "run"]),
+                   dict(name="fine", kind="test_sleeper"), defaults=dict(min_time=0.0005, repeats=1))
     done = {r.case.id: r for r in runner.run_suite(loaded)}
     assert "model exploded" in done[loaded[0].id].error and done[loaded[0].id].timing is None
     assert "kernel exploded" in done[loaded[1].id].error and not done[loaded[1].id].passed
@@ -217,15 +170,8 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(write_suite):
 
 
 def test_input_errors_stop_before_anything_is_timed(write_suite):
-    loaded = cases(write_suite, """
-        [[cases]]
-        name = "fine"
-        kind = "test_sleeper"
-        [[cases]]
-        name = "bad"
-        kind = "test_sleeper"
-        fail = "input"
-        """)
+    loaded = cases(write_suite, dict(name="fine", kind="test_sleeper"),
+                   dict(name="bad", kind="test_sleeper", fail="input"))
     with pytest.raises(runner.InputError) as info:
         runner.run_suite(loaded)
     assert info.value.problems == [f"{loaded[1].source}: case 'bad' key 'call_us': a bad file"]
@@ -233,17 +179,8 @@ def test_input_errors_stop_before_anything_is_timed(write_suite):
 
 
 def test_working_set_past_the_limit_is_refused_with_a_hint(write_suite):
-    loaded = cases(write_suite, """
-        [arrays.a]
-        rows = 4
-        [[cases]]
-        name = "huge"
-        kind = "gemm"
-        array = "a"
-        m = 100000
-        k = 100000
-        n = 100000
-        """)
+    loaded = cases(write_suite, dict(name="huge", kind="gemm", array="a", m=100000, k=100000, n=100000),
+                   arrays={"a": {"rows": 4}})
     with pytest.raises(runner.InputError) as info:
         runner.run_suite(loaded, max_memory=2**30)
     [line] = info.value.problems
@@ -253,14 +190,7 @@ def test_working_set_past_the_limit_is_refused_with_a_hint(write_suite):
 def test_blas_is_held_to_the_case_threads_while_timing_and_one_while_validating(write_suite, monkeypatch):
     seen = []
     monkeypatch.setattr(runner, "_blas_limit", lambda threads: seen.append(threads) or _nothing())
-    [case] = cases(write_suite, """
-        [[cases]]
-        name = "s"
-        kind = "test_sleeper"
-        min_time = 0.0005
-        rounds = 2
-        repeats = 1
-        """)
+    [case] = cases(write_suite, dict(name="s", kind="test_sleeper", min_time=0.0005, rounds=2, repeats=1))
     runner.run_suite([case], threads=2)
     assert seen == [2, 1, 2, 2]   # the warm-up round, its validation, rounds 1 and 2 timed
 

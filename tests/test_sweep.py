@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import model_of
+from conftest import model_of, suite_toml
 from typer.testing import CliRunner
 
 from sysbench import cli, results, runner, sinks, suite as suite_mod, sweep
@@ -228,23 +228,8 @@ def test_a_worker_that_dies_loses_its_cases_and_writes_nothing(write_suite, tmp_
     assert not out.exists() and not list(tmp_path.glob(".r.json.*"))
 
 
-TIMED = """
-name = "timed"
-[arrays.a]
-rows = 8
-cols = 8
-[[cases]]
-name = "g"
-kind = "gemm"
-array = "a"
-m = [8, 16, 24]
-k = 32
-n = 16
-repeats = 2
-rounds = 2
-min_time = 0.0001
-"""
-
+TIMED = suite_toml(dict(name="g", kind="gemm", array="a", m=[8, 16, 24], k=32, n=16, repeats=2, rounds=2,
+                        min_time=0.0001), name="timed", arrays={"a": {"rows": 8, "cols": 8}})
 
 def test_parallel_timed_cases_are_opt_in_and_not_gated(write_suite, tmp_path):
     suite = write_suite(TIMED)
