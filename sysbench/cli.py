@@ -199,7 +199,8 @@ def run(
 
                 try:
                     run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool, controls,
-                              timed_workers)
+                              timed_workers, prepare=sinks.render_csv if pool and output and sinks.is_csv(output)
+                              else None)
                 except InputError as exc:
                     progress.stop()
                     _abandon(stack, streams)  # nothing is written: the output's temporary file goes

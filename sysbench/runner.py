@@ -244,10 +244,14 @@ def _model_tasks(items: list) -> list[tuple]:
     return tasks
 
 
-def model_task(task: tuple, memory_limit: int | None = None):
-    """One model-only task: a TableChunk, or [(CaseResult, problems)]. Runs in a worker process."""
+def model_task(task: tuple, memory_limit: int | None = None, prepare: Callable | None = None):
+    """One model-only task: a TableChunk, or [(CaseResult, problems)]. Runs in a worker
+    process; prepare(chunk) there too (the output a sink would otherwise make in the parent)."""
     if task[0] == "block":
-        return evaluate(*task[1:])
+        chunk = evaluate(*task[1:])
+        if prepare is not None and not chunk.problems:
+            prepare(chunk)
+        return chunk
     kinds = registry()
     out = []
     for case in task[1]:
@@ -269,7 +273,7 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
               min_time: float | None = None, max_memory: int | None = None,
               on_step: Callable[[str, str, int], None] | None = None,
               emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None,
-              timed_workers: int = 1) -> list:
+              timed_workers: int = 1, prepare: Callable | None = None) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
     items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
@@ -282,7 +286,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     repeats, rounds, min_time: override every case's. on_step(label, stage, count) as work
     completes. Raises InputError before any timing when a case cannot run as written, and
     SweepError when a worker dies. controls: a list that receives the canary() figures of
-    every recorded round (when there are timed cases)."""
+    every recorded round (when there are timed cases). prepare: with an executor, called on
+    each table chunk in its worker (sinks.render_csv formats a CSV's rows there)."""
     kinds = registry()
     limit = max_memory if max_memory is not None else available_memory()
     problems: list[str] = []
@@ -298,8 +303,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
 
     tasks = _model_tasks(items)
     remote = [t for t in tasks if t[0] != "timed"]
-    mapped = iter(executor.map(model_task, remote, [limit] * len(remote)) if executor is not None
-                  else (model_task(t, limit) for t in remote))
+    mapped = iter(executor.map(model_task, remote, [limit] * len(remote), [prepare] * len(remote))
+                  if executor is not None else (model_task(t, limit) for t in remote))
     for task in tasks:
         if task[0] == "timed":
             run = _CaseRun(task[1], kinds[task[1].kind])

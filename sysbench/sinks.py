@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -20,6 +21,7 @@ from .sweep import TableChunk
 
 TABLE_LIMIT = 300  # past this many cases the terminal shows summaries, not one row per case
 ARRAY_COLUMNS = ("name",) + tuple(ARRAY_KEYS)
+FIRST_COLUMNS = ("id", "suite", "name", "kind", "numerics", "error", "validation", "median_s", "spread")
 
 
 def case_dicts(result):
@@ -74,11 +76,10 @@ class CsvSink:
 
     def __init__(self, handle):
         self.handle = handle
-        self.body = tempfile.TemporaryFile("w+", newline="")
-        self.writer = csv.writer(self.body)
-        self.columns: dict[str, int] = {}
-        for name in ("id", "suite", "name", "kind", "numerics", "error", "validation", "median_s", "spread"):
-            self._column(name)
+        self.body = tempfile.TemporaryFile("w+b")   # bytes: a worker's rows are copied, not re-encoded
+        self.line = io.StringIO()
+        self.writer = csv.writer(self.line)
+        self.columns: dict[str, int] = {name: index for index, name in enumerate(FIRST_COLUMNS)}
 
     def _column(self, name: str) -> int:
         if name not in self.columns:
@@ -108,59 +109,84 @@ class CsvSink:
         cells = [""] * (max(self._column(k) for k in row) + 1)
         for key, value in row.items():
             cells[self.columns[key]] = value
+        self.line.seek(0)
+        self.line.truncate()
         self.writer.writerow(cells)
+        self.body.write(self.line.getvalue().encode())
 
     def _add_table(self, chunk: TableChunk) -> None:
-        """A chunk's rows through %-formats: a column that is the same on every row is written
-        into the format, one format per array holds that array's settings, the others are
-        %d / %r / %s fields (about 3 us a row; the csv module takes about 13)."""
-        block = chunk.block
-        constant = {"suite": block.suite, "name": block.name, "kind": block.kind, "numerics": False}
-        varying: dict[str, tuple[str, list]] = {"id": ("%s", _quoted(chunk.ids))}
-        for key, values in chunk.params.items():
-            if values.ndim > 1 or values.dtype == object:
-                varying[f"params.{key}"] = ("%s", _quoted([_cell(v) for v in values.tolist()]))
-            else:
-                varying[f"params.{key}"] = (_field(values), values.tolist())
-        arrays = [a.to_dict() for a in block.arrays]
-        per_array: dict[str, list[str]] = {}   # array.* columns that differ between arrays
-        for key in dict.fromkeys(k for a in arrays for k in a):
-            cells = _quoted([_cell(a.get(key)) for a in arrays])
-            if len(set(cells)) == 1:
-                constant[f"array.{key}"] = cells[0]
-            else:
-                per_array[f"array.{key}"] = cells
-        params = list(varying)
-        for key, values in chunk.metrics.items():
-            varying[key] = (_field(values), values.tolist())
-        for name in (*constant, *params, *per_array, *varying):
-            self._column(name)
-        fields, columns = [], []
-        for name in self.columns:
-            if name in varying:
-                fields.append(varying[name][0])
-                columns.append(varying[name][1])
-            elif name in per_array:
-                fields.append(None)
-            else:
-                fields.append(str(constant.get(name, "")).replace("%", "%%"))
-        array_cells = iter(zip(*per_array.values())) if per_array else iter([()] * len(arrays))
-        templates = []
-        for cells in array_cells:
-            values = iter(cells)
-            templates.append(",".join(f if f is not None else str(next(values)).replace("%", "%%")
-                                      for f in fields))
-        rows = zip(chunk.array_index.tolist(), zip(*columns))
-        self.body.write("\n".join([templates[a] % row for a, row in rows]) + "\n")
+        rendered = chunk.rendered.get("csv")
+        if rendered is not None:   # formatted by a worker (render_csv) for the columns it saw
+            names, text = rendered
+            if names[:len(self.columns)] == tuple(self.columns):
+                for name in names[len(self.columns):]:
+                    self._column(name)
+                self.body.write(text)   # bytes
+                return
+        self.body.write(table_rows(chunk, self.columns).encode())
 
     def close(self) -> None:
         text = io.StringIO()
         csv.writer(text).writerow(self.columns)
         self.handle.write(text.getvalue().encode())
         self.body.seek(0)
-        while block := self.body.read(1 << 20):
-            self.handle.write(block.encode())
+        shutil.copyfileobj(self.body, self.handle, 1 << 20)
         self.body.close()
+
+
+def table_rows(chunk: TableChunk, column_index: dict[str, int]) -> str:
+    """The CSV rows of a chunk, in the order of `column_index` (name -> position), which gets
+    the chunk's new columns. Rows go through %-formats: a column that is the same on every row
+    is written into the format, one format per array holds that array's settings, the others
+    are %d / %r / %s fields (about 3 us a row; the csv module takes about 13)."""
+    block = chunk.block
+    constant = {"suite": block.suite, "name": block.name, "kind": block.kind, "numerics": False}
+    varying: dict[str, tuple[str, list]] = {"id": ("%s", _quoted(chunk.ids))}
+    for key, values in chunk.params.items():
+        if values.ndim > 1 or values.dtype == object:
+            varying[f"params.{key}"] = ("%s", _quoted([_cell(v) for v in values.tolist()]))
+        else:
+            varying[f"params.{key}"] = (_field(values), values.tolist())
+    arrays = [a.to_dict() for a in block.arrays]
+    per_array: dict[str, list[str]] = {}   # array.* columns that differ between arrays
+    for key in dict.fromkeys(k for a in arrays for k in a):
+        cells = _quoted([_cell(a.get(key)) for a in arrays])
+        if len(set(cells)) == 1:
+            constant[f"array.{key}"] = cells[0]
+        else:
+            per_array[f"array.{key}"] = cells
+    params = list(varying)
+    for key, values in chunk.metrics.items():
+        varying[key] = (_field(values), values.tolist())
+    for name in (*constant, *params, *per_array, *varying):
+        column_index.setdefault(name, len(column_index))
+    fields, columns = [], []
+    for name in column_index:
+        if name in varying:
+            fields.append(varying[name][0])
+            columns.append(varying[name][1])
+        elif name in per_array:
+            fields.append(None)
+        else:
+            fields.append(str(constant.get(name, "")).replace("%", "%%"))
+    array_cells = iter(zip(*per_array.values())) if per_array else iter([()] * len(arrays))
+    templates = []
+    for cells in array_cells:
+        values = iter(cells)
+        templates.append(",".join(f if f is not None else str(next(values)).replace("%", "%%")
+                                  for f in fields))
+    rows = zip(chunk.array_index.tolist(), zip(*columns))
+    return "\n".join([templates[a] % row for a, row in rows]) + "\n"
+
+
+
+def render_csv(chunk: TableChunk) -> None:
+    """In a worker of the model phase (run_suite's `prepare`): the chunk's CSV rows, formatted
+    for the columns a sink has after this block alone, so that the parent only writes them
+    (with --jobs N the formatting, most of a big sweep's time, runs on N cores)."""
+    columns = {name: index for index, name in enumerate(FIRST_COLUMNS)}
+    text = table_rows(chunk, columns)
+    chunk.rendered["csv"] = (tuple(columns), text.encode())
 
 
 def _field(values: np.ndarray) -> str:

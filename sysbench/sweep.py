@@ -128,6 +128,7 @@ class TableChunk:
     params: dict[str, np.ndarray]      # the kind keys' values per row
     metrics: dict[str, np.ndarray]     # the model's figures per row
     problems: list[str] = field(default_factory=list)
+    rendered: dict = field(default_factory=dict)  # output made in the worker (sinks.render_csv)
 
     def __len__(self) -> int:
         return self.stop - self.start

@@ -214,7 +214,7 @@ def test_an_absurd_sweep_needs_yes(write_suite, monkeypatch):
     assert invoke("run", write_suite(SWEEP), "--yes").exit_code == 0
 
 
-def _die(task, limit=None):
+def _die(task, limit=None, prepare=None):
     os._exit(9)  # a worker killed mid-task
 
 
@@ -251,3 +251,25 @@ def test_parallel_timed_cases_are_opt_in_and_not_gated(write_suite, tmp_path):
 def test_parallel_timed_needs_jobs(write_suite):
     result = invoke("run", write_suite(TIMED), "--parallel-timed")
     assert result.exit_code == 2 and "--parallel-timed goes with --jobs N" in result.stderr
+
+
+def test_csv_rows_formatted_in_workers_are_the_parents(write_suite, tmp_path, monkeypatch):
+    suite = write_suite(SWEEP)   # two blocks of two kinds: the second one's columns are new
+    serial, jobs = tmp_path / "s.csv", tmp_path / "j.csv"
+    assert invoke("run", suite, "-o", serial).exit_code == 0
+    assert invoke("run", suite, "-o", jobs, "--jobs", "2").exit_code == 0
+    assert serial.read_bytes() == jobs.read_bytes()
+    # a worker's rows are taken as they are when they extend the sink's columns, else remade
+    blocks = suite_mod.load(str(suite)).items
+    chunks = [sweep.evaluate(block, 0, len(block)) for block in blocks]
+    for chunk in chunks:
+        sinks.render_csv(chunk)
+    remade = []
+    table_rows = sinks.table_rows
+    monkeypatch.setattr(sinks, "table_rows", lambda chunk, columns: remade.append(chunk) or table_rows(chunk, columns))
+    with open(tmp_path / "w.csv", "wb") as handle:
+        sink = sinks.CsvSink(handle)
+        for chunk in chunks:
+            sink.add(chunk)
+        sink.close()
+    assert remade == chunks[1:] and (tmp_path / "w.csv").read_bytes() == serial.read_bytes()
