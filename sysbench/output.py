@@ -5,7 +5,9 @@
   fsync, rename over the target, so a reader sees the old document or the new one, never half
   of one. The new file keeps the mode of the file it replaces (a new one gets 0666 less the
   umask, as `open` would give it).
-- Through a symlink the target is replaced and the link is kept.
+- Through a symlink the target is replaced and the link is kept. A file with other hard links
+  is replaced under this name only: its other names keep the old document (as with any atomic
+  save; writing it in place would give up atomicity).
 - Anything else (a FIFO, a character device, /dev/stdout, /dev/fd/N from `>(cmd)`) is not ours
   to replace: the document is streamed into it.
 
