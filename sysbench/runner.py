@@ -5,8 +5,9 @@ worker mode of `sysbench run`. It owns everything about timing:
 
 - calibration: per case, a loop count `number` such that one sample (`number` calls) lasts
   at least `min_time` (timeit's autorange: 1, 2, 5, 10, 20, 50, ...); a sample's per-call
-  time is its duration / number. Kinds with a per-call reset, or whose call is long by
-  nature (`single_call`: a training step, an MPI job), take one call per sample;
+  time is its duration / number. With a per-call reset (a training step that restores its
+  weights) only the calls are timed, the resets between them are not. Kinds that cannot
+  repeat a call within a sample (`single_call`) take one call per sample;
 - rounds: every case is timed once per round, in the same case order each round (as asv
   does), so that slow drift of the machine lands inside each case's spread; each round
   starts with `warmup` untimed calls; every sample is kept with its round;
@@ -155,35 +156,55 @@ class _Timing:
 
 
 def _time_calls(call: Callable[[], Any], number: int, reset=None) -> tuple[float, float, Any]:
-    """(wall seconds per call, cpu seconds per call, last output) of one sample."""
-    if reset is not None:
-        reset()
+    """(wall seconds per call, cpu seconds per call, last output) of one sample: `number`
+    calls back to back, or with a reset before each call, outside the timer."""
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for _ in range(number):
-            output = call()
-        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        if reset is None:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(number):
+                output = call()
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        else:
+            wall = cpu = 0.0
+            for _ in range(number):
+                reset()
+                start, start_cpu = time.perf_counter(), time.process_time()
+                output = call()
+                wall, cpu = wall + time.perf_counter() - start, cpu + time.process_time() - start_cpu
     finally:
         if gc_was_on:
             gc.enable()
     return wall / number, cpu / number, output
 
 
-def calibrate(call: Callable[[], Any], min_time: float) -> tuple[int, list]:
-    """timeit's autorange: the smallest of 1, 2, 5, 10, 20, 50, ... calls lasting min_time."""
+RESET_BUDGET = 20  # a calibration trial with resets stops growing past min_time x this, resets included
+
+
+def calibrate(call: Callable[[], Any], min_time: float, reset=None) -> tuple[int, list]:
+    """timeit's autorange: the smallest of 1, 2, 5, 10, 20, 50, ... calls lasting min_time.
+    With a per-call reset only the calls count toward min_time, and the count stops growing
+    where a trial (resets included) takes RESET_BUDGET x min_time: a slow reset must not
+    make a sample take seconds."""
     trials = []
     number = 1
     while True:
-        per_call, _, _ = _time_calls(call, number)
+        started = time.perf_counter()
+        per_call, _, _ = _time_calls(call, number, reset)
         trials.append([number, per_call * number])
         if per_call * number >= min_time or number >= 10**9:
             return number, trials
         # jump close to the target, then round up to the 1-2-5 sequence
         wanted = max(number * 2, int(min_time / max(per_call, 1e-9) * 1.1))
         decade = 10 ** (len(str(wanted)) - 1)
-        number = next(m * decade for m in (1, 2, 5, 10) if m * decade >= wanted)
+        upcoming = next(m * decade for m in (1, 2, 5, 10) if m * decade >= wanted)
+        if reset is not None:
+            most = int(RESET_BUDGET * min_time / ((time.perf_counter() - started) / number))
+            if most <= number:
+                return number, trials
+            upcoming = min(upcoming, most)
+        number = upcoming
 
 
 class _CaseRun:
@@ -491,15 +512,20 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
         return  # a job times its own warm-up: its first round validates
     first = run.visits == 0
     run.visits += 1
-    one_call = workload.single_call or spec.reset is not None
     output = None
     with _blas_limit(threads):
+        warm_call = 0.0
         for _ in range(0 if spec.self_timed else case.warmup):
             if spec.reset is not None:
                 spec.reset()
+            started = time.perf_counter()
             output = spec.call()
-        if first and not one_call and not spec.self_timed:
-            timing.number, timing.calibration = calibrate(spec.call, min_time)
+            warm_call = time.perf_counter() - started
+        if first and not workload.single_call and not spec.self_timed:
+            if spec.reset is not None and warm_call >= min_time:   # long by itself: one call a sample
+                timing.number, timing.calibration = 1, [[1, warm_call]]
+            else:
+                timing.number, timing.calibration = calibrate(spec.call, min_time, spec.reset)
         if first:
             for name, peer in spec.peers.items():
                 peer_timing = timing.peers.setdefault(name, _Timing())

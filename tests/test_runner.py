@@ -65,6 +65,9 @@ class Resetting(Sleeper):
         def call():
             assert not state["dirty"], "the reset did not run before this call"
             state["dirty"] = True
+            end = time.perf_counter() + run.params.call_us * 1e-6
+            while time.perf_counter() < end:
+                pass
             return run.inputs.token
 
         def reset():
@@ -144,12 +147,21 @@ def test_cli_rounds_override_and_steps(write_suite):
 
 
 def test_reset_runs_before_every_call_outside_the_timer(write_suite):
-    [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=4, rounds=2, warmup=1))
+    [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=4, rounds=2, warmup=1, call_us=0))
     [result] = runner.run_suite([case])
     assert result.error is None and result.validation["passed"]
     t = result.timing
-    assert t["number"] == 1 and len(t["samples_s"]) == 8
+    # calibrated on the calls alone; the 2 ms resets stop the count growing (RESET_BUDGET)
+    assert t["number"] > 1 and len(t["samples_s"]) == 8
+    assert t["number"] * 0.002 <= runner.RESET_BUDGET * 0.005 * 2.5
     assert max(t["samples_s"]) < 0.002   # the 2 ms reset is not in any sample
+
+
+def test_a_reset_call_that_lasts_min_time_is_one_call_a_sample(write_suite):
+    [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=2, rounds=1, warmup=1,
+                                     call_us=500, min_time=1e-4))
+    [result] = runner.run_suite([case])
+    assert result.timing["number"] == 1 and result.timing["calibration"][0][0] == 1
 
 
 def test_self_timed_calls_run_once_a_round_with_their_own_samples(write_suite):

@@ -107,7 +107,6 @@ class RecomputeInputs:
 
 class TrainRecompute(Workload):
     kind = "train_recompute"
-    single_call = True
     reference_uses_case_threads = True
     description = ("one SGD step under a recompute schedule (store_all, full_recompute, checkpoint_every, "
                    "optimal under a memory budget): identical results, memory, recompute cost, array time")
