@@ -26,10 +26,18 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.string cimport memcpy
 
 from sysbench._kernels.systolic cimport GEMM_CHAIN, GEMM_FOLD, _current_isa, _gemm_f32_core
+
+cdef extern from "tconv_micro.h" nogil:
+    int tc_isa_mr(int isa)
+    int tc_isa_nr(int isa)
+    void tc_panel(int isa, const float *xb, long plane, long taps, const int64_t *offsets,
+                  const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
+                  long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
+                  long out_plane)
 
 ctypedef fused operand_t:
     float
@@ -373,6 +381,9 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     out = np.empty((batch, geo["out_channels"], ho, wo),
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
+    if gemm is None and x.dtype == np.float32 and _phases_pay(geo, plan, w):
+        _phases_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
+        return out
     if gemm is None and x.dtype == np.float32:
         _strided_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
         return out
@@ -397,6 +408,180 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
             _chunk(x[b0:b0 + chunk], out[b0:b0 + chunk], g, cin_g, cout_g, plan, sharing,
                    stacked, gemm, geo["stride"], threads)
     return out
+
+
+# ------------------------------------------------------------------ float32: output phases
+
+def _phases_pay(geo, plan, w):
+    """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
+    finite weights (a masked lane multiplies a weight by 0: inf or nan would make a nan where
+    the element does not reach) and every phase no wider than the input (its pixels then lie
+    on the input's row grid); it pays when the tiles are mostly full: output channels/groups
+    and the phase pixels per image fill the micro-tiles, and the phases sum several elements."""
+    isa_code = _current_isa()
+    mr, nr = tc_isa_mr(isa_code), tc_isa_nr(isa_code)
+    (sh, sw), (ho, wo) = geo["stride"], geo["output"]
+    cout_g = w.shape[1]
+    if not plan or -(-wo // sw) > geo["width"]:
+        return False
+    lanes = -(-ho // sh) * geo["width"]
+    rows_used = cout_g / (-(-cout_g // mr) * mr)
+    lanes_used = lanes / (-(-lanes // nr) * nr)
+    return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
+            and len(plan) >= 2 * sh * sw and bool(np.isfinite(w).all()))
+
+
+# the phase path wants its micro-tiles at least this full (output channels x pixels)
+PHASE_MIN_USE = 0.9
+
+
+def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
+    """The float32 layer by output phases: for phase (ah, aw) (output rows ah + qi*sh,
+    columns aw + qj*sw) the kernel elements (r, s) with ah + ph - r*dh = di*sh and
+    aw + pw - s*dw = dj*sw read input pixel (qi + di, qj + dj): each element is a constant
+    shift of the input, and tc_panel (tconv_micro.h) sums the phase's elements in plan order
+    into tiles of output channels x phase pixels, reading the input in place, and writes each
+    output once. Per output element the additions are those of the per-element GEMMs and
+    the scatter (each element's sum over the input channels in the array's fold or chain
+    order, then the elements from +0 in plan order), so the bits are the same.
+
+    Work items: (block of output channel tiles, image, panel), each doing every phase, so
+    that the output rows of a panel are complete while in cache; blocks keep their weights
+    within about half an L2 (PHASE_WEIGHT_BYTES)."""
+    cdef int isa_code = _current_isa()
+    mr, nr = tc_isa_mr(isa_code), tc_isa_nr(isa_code)
+    groups = geo["groups"]
+    height, width = geo["height"], geo["width"]
+    (sh, sw), (ph, pw), (dh, dw) = geo["stride"], geo["padding"], geo["dilation"]
+    ho, wo = geo["output"]
+    cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
+    fold = cin_g if fold_depth is None else min(fold_depth, cin_g)
+    tiles = -(-cout_g // mr)
+    bit = np.left_shift(np.uint64(1), np.arange(nr, dtype=np.uint64))
+    phases, masks, offsets, lanes, taps_rs = [], [], [], [], []
+    for ah in range(sh):
+        qh = len(range(ah, ho, sh))
+        for aw in range(sw):
+            qw = len(range(aw, wo, sw))
+            if qh == 0 or qw == 0:
+                continue
+            taps = [(r, s, (ah + ph - r * dh) // sh, (aw + pw - s * dw) // sw) for r, s, *_ in plan
+                    if (ah + ph - r * dh) % sh == 0 and (aw + pw - s * dw) % sw == 0]
+            pixels = qh * width  # phase pixels on the input's row grid
+            panels = -(-pixels // nr)
+            m = np.arange(panels * nr, dtype=np.int64).reshape(panels, nr)
+            qi, qj = m // width, m % width
+            inside = m < pixels
+            phase_masks = np.zeros((panels, max(len(taps), 1)), dtype=np.uint32)
+            for t, (r, s, di, dj) in enumerate(taps):
+                reads = inside & (qi + di >= 0) & (qi + di < height) & (qj + dj >= 0) & (qj + dj < width)
+                phase_masks[:, t] = (reads * bit).sum(axis=1)
+            # (taps, tap start, panels, mask start, lane start, tap-list start)
+            phases.append((len(taps), sum(len(o) for o in offsets), panels,
+                           sum(q.size for q in masks), sum(q.size for q in lanes), len(taps_rs)))
+            masks.append(phase_masks.reshape(-1))
+            offsets.append(np.array([di * width + dj for _, _, di, dj in taps] or [0], dtype=np.int64))
+            lanes.append(np.where(inside & (qj < qw), (qi * sh + ah) * wo + qj * sw + aw, -1).reshape(-1))
+            taps_rs += [(r, s) for r, s, _, _ in taps]
+    info = np.array(phases, dtype=np.int64)
+    masks, offsets, lanes = np.concatenate(masks), np.concatenate(offsets), np.concatenate(lanes)
+    per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
+    block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
+    planes = _spread_planes(x)
+    rs = np.array(taps_rs or [(0, 0)], dtype=np.int64)
+    sizes = [tiles * max(q[0], 1) * cin_g * mr for q in phases]
+    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    packed = np.empty(sum(sizes), dtype=np.float32)
+    for g in range(groups):
+        _pack_phase_weights(w, rs, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
+        _phase_shim(planes, packed, starts, info, offsets, masks, lanes, out, g * cin_g,
+                    g * cout_g, cin_g, cout_g, fold, block, threads, isa_code)
+
+
+cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[:, ::1] rs,
+                              const int64_t[:, ::1] info, const int64_t[::1] starts,
+                              float[::1] packed, long c0, long cin, long cout, long mr,
+                              int threads) noexcept nogil:
+    # per phase q, (tiles, taps, cin, mr): packed[starts[q] + ((tile*taps + t)*cin + c)*mr + i]
+    # = w[c0 + c, tile*mr + i, r_t, s_t], 0 past the last output channel (a phase without
+    # taps has one tap of zeros). One tile per iteration reads w[c, tile's channels] (mr
+    # contiguous kernels) once per input channel for every tap.
+    cdef long tiles = (cout + mr - 1) // mr, nphases = info.shape[0]
+    cdef long tile, q, taps, first, t, c, i, o
+    cdef float *dst
+    for tile in prange(tiles, num_threads=threads, schedule="static"):
+        for q in range(nphases):
+            taps = info[q, 0]
+            first = info[q, 5]
+            for t in range(max(taps, 1)):
+                for c in range(cin):
+                    dst = &packed[starts[q] + ((tile * max(taps, 1) + t) * cin + c) * mr]
+                    for i in range(mr):
+                        o = tile * mr + i
+                        if taps and o < cout:
+                            dst[i] = w[c0 + c, o, rs[first + t, 0], rs[first + t, 1]]
+                        else:
+                            dst[i] = 0
+
+
+# weight bytes per block of output channel tiles in the phase path: about half a core's L2,
+# so a block's weights stay there while the panels of every image stream through
+PHASE_WEIGHT_BYTES = 1 << 20
+
+
+def _spread_planes(x):
+    """x as (batch, channels, stride): each channel plane in a row of `stride` floats, an odd
+    number of cache lines. The phase path reads one cache line or two of every channel
+    plane per step; planes a multiple of 1 KiB apart (16 x 16, 32 x 32 images) would all map
+    to a few L1 sets and evict each other."""
+    b, c, h, w = x.shape
+    stride = -(-h * w // 16) * 16
+    if stride // 16 % 2 == 0:
+        stride += 16
+    planes = np.empty((b, c, stride), dtype=np.float32)
+    planes[:, :, :h * w] = x.reshape(b, c, h * w)
+    return planes
+
+
+cdef void _phase_shim(const float[:, :, ::1] x, const float[::1] packed,
+                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                      const int64_t[::1] offsets, const uint32_t[::1] masks,
+                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
+                      long cin, long cout, long fold, long block, int threads, int isa_code):
+    with nogil:
+        _phase_core(x, packed, packed_start, info, offsets, masks, lanes, out, c0, o0, cin,
+                    cout, fold, block, threads, isa_code)
+
+
+cdef void _phase_core(const float[:, :, ::1] x, const float[::1] packed,
+                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                      const int64_t[::1] offsets, const uint32_t[::1] masks,
+                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
+                      long cin, long cout, long fold, long block, int threads,
+                      int isa_code) noexcept nogil:
+    # one (tile block, image, panel) per iteration, every phase: the outputs an iteration
+    # writes are its own (channels of its block, pixels of its panel), so no races. Static
+    # schedule in block-major order: a thread's iterations share a block's weights.
+    cdef long nr = tc_isa_nr(isa_code), mr = tc_isa_mr(isa_code)
+    cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
+    cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
+    cdef long panels = 0, blocks = (tiles + block - 1) // block
+    cdef long item, rest, blk, b, p, q, taps
+    for q in range(nphases):
+        panels = max(panels, info[q, 2])
+    for item in prange(blocks * batch * panels, num_threads=threads, schedule="static"):
+        blk = item // (batch * panels)
+        rest = item % (batch * panels)
+        b = rest // panels
+        p = rest % panels
+        for q in range(nphases):
+            taps = info[q, 0]
+            if p < info[q, 2]:
+                tc_panel(isa_code, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                         &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                         &packed[packed_start[q]], cin, fold, cout, blk * block,
+                         min(tiles, (blk + 1) * block), &lanes[info[q, 4] + p * nr],
+                         &out[b, o0, 0, 0], out_plane)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

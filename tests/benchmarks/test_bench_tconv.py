@@ -49,8 +49,8 @@ IDS = [f"{c.name}-b{c.params['batch']}" for c in CASES]
 
 def operands(case):
     rng = np.random.default_rng(case.seed)
-    state = T.WORKLOAD.prepare(case.params, case.array, rng)
-    return state["x"], state["w"], case.params, case.array
+    inputs = T.WORKLOAD.inputs(case.params, case.array, T.WORKLOAD.plan(case.params, case.array), rng)
+    return inputs.x, inputs.w, case.params, case.array
 
 
 def best_times(*fns, budget_s=2.0, min_rounds=3, max_rounds=15):
@@ -77,7 +77,7 @@ def test_strided_vs_zero_insertion(benchmark, case):
     ours, theirs = best_times(lambda: T.tconv2d_strided(x, w, p, array, THREADS),
                              lambda: T.tconv2d_zero_insertion(x, w, p, array, THREADS))
     ratio = theirs / ours
-    model = T.WORKLOAD.model(p, array)
+    model = T.WORKLOAD.model(p, array, T.WORKLOAD.plan(p, array))
     benchmark.extra_info.update(strided_s=ours, zero_insertion_s=theirs, ratio=ratio,
                                 mac_saving=model["mac_saving"], threads=THREADS)
     print(f"\n{case.name} b{p['batch']} [{THREADS} thread(s)]: strided {ours * 1e3:.2f} ms, "
