@@ -18,7 +18,7 @@
  * weights times 0), and adding +0 leaves an output, which is never -0, as it was: the bits
  * are those of the kernel elements that reach it, and only those.
  *
- * Tiles: AVX-512F 8 x 32 (16 accumulators; output channels come in multiples of 8),
+ * Tiles: AVX-512F 8 x 32 (16 accumulators; output channels come in multiples of 8) or 12 x 32,
  * AVX2+FMA 6 x 16, scalar 4 x 8. D and P are MR x NR buffers with row stride NR.
  */
 #ifndef SYSBENCH_TCONV_MICRO_H
@@ -35,18 +35,24 @@
 #define TC_A2_MR 6
 #define TC_A2_NR 16
 #define TC_A5_MR 8
+#define TC_A5W_MR 12
 #define TC_A5_NR 32
-#define TC_MAX_MR 8
+#define TC_MAX_MR 12
 #define TC_MAX_NR 32
+/* tile kinds: the SIMD_ISA_* codes, and AVX-512 with 12-row tiles (24 accumulators: fewer
+ * loads per multiply-add, for output channels that 12 divides with little waste) */
+#define TC_TILE_AVX512W 3
 
-static int tc_isa_mr(int isa)
+static int tc_tile_mr(int tile)
 {
-    return isa == SIMD_ISA_AVX512 ? TC_A5_MR : isa == SIMD_ISA_AVX2 ? TC_A2_MR : TC_S_MR;
+    return tile == TC_TILE_AVX512W ? TC_A5W_MR : tile == SIMD_ISA_AVX512 ? TC_A5_MR
+         : tile == SIMD_ISA_AVX2 ? TC_A2_MR : TC_S_MR;
 }
 
-static int tc_isa_nr(int isa)
+static int tc_tile_nr(int tile)
 {
-    return isa == SIMD_ISA_AVX512 ? TC_A5_NR : isa == SIMD_ISA_AVX2 ? TC_A2_NR : TC_S_NR;
+    return tile == TC_TILE_AVX512W || tile == SIMD_ISA_AVX512 ? TC_A5_NR
+         : tile == SIMD_ISA_AVX2 ? TC_A2_NR : TC_S_NR;
 }
 
 /* ---------------------------------------------------------------- scalar, 4 x 8 */
@@ -128,41 +134,12 @@ static void tc_uk_avx2(long kc, const float *a, const float *b, long ldb, unsign
 #undef TC_A2_OUT
 }
 
-/* ---------------------------------------------------------------- AVX-512F, 8 x 32 */
+/* ---------------------------------------------------------------- AVX-512F, 8 or 12 x 32 */
 
-#define TC_A5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-
-__attribute__((target("avx512f")))
-static void tc_uk_avx512(long kc, const float *a, const float *b, long ldb, unsigned mask,
-                         const float *P, float *D, int first)
-{
-    const __mmask16 m0 = (__mmask16)(mask & 0xffffu), m1 = (__mmask16)(mask >> 16);
-#define TC_A5_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(), c##i##_1 = _mm512_setzero_ps();
-    TC_A5_ROWS(TC_A5_DECL)
-#undef TC_A5_DECL
-    long k;
 #define TC_A5_FMA(i) av = _mm512_set1_ps(a[i]); \
                      c##i##_0 = _mm512_fmadd_ps(av, b0, c##i##_0); \
                      c##i##_1 = _mm512_fmadd_ps(av, b1, c##i##_1);
-    if (mask == 0xffffffffu) {  /* every lane reads: plain loads (mask moves cost FMA slots) */
-#pragma GCC unroll 4
-        for (k = 0; k < kc; k++) {
-            __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av;
-            TC_A5_ROWS(TC_A5_FMA)
-            a += TC_A5_MR;
-            b += ldb;
-        }
-    } else {
-#pragma GCC unroll 4
-        for (k = 0; k < kc; k++) {
-            __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16), av;
-            TC_A5_ROWS(TC_A5_FMA)
-            a += TC_A5_MR;
-            b += ldb;
-        }
-    }
-#undef TC_A5_FMA
-    const __m512 z = _mm512_setzero_ps();
+#define TC_A5_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(), c##i##_1 = _mm512_setzero_ps();
 #define TC_A5_OUT(i) \
     { \
         __m512 x0 = c##i##_0, x1 = c##i##_1; \
@@ -175,20 +152,52 @@ static void tc_uk_avx512(long kc, const float *a, const float *b, long ldb, unsi
         _mm512_storeu_ps(D + (i) * TC_A5_NR, _mm512_add_ps(d0, x0)); \
         _mm512_storeu_ps(D + (i) * TC_A5_NR + 16, _mm512_add_ps(d1, x1)); \
     }
-    TC_A5_ROWS(TC_A5_OUT)
-#undef TC_A5_OUT
+/* every lane reads: plain loads (a masked loop moves the masks into k registers) */
+#define TC_A5_KERNEL(NAME, MR, ROWS) \
+__attribute__((target("avx512f"))) \
+static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mask, \
+                 const float *P, float *D, int first) \
+{ \
+    const __mmask16 m0 = (__mmask16)(mask & 0xffffu), m1 = (__mmask16)(mask >> 16); \
+    const __m512 z = _mm512_setzero_ps(); \
+    long k; \
+    ROWS(TC_A5_DECL) \
+    if (mask == 0xffffffffu) { \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av; \
+            ROWS(TC_A5_FMA) \
+            a += MR; \
+            b += ldb; \
+        } \
+    } else { \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16), av; \
+            ROWS(TC_A5_FMA) \
+            a += MR; \
+            b += ldb; \
+        } \
+    } \
+    ROWS(TC_A5_OUT) \
 }
+
+#define TC_A5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define TC_A5W_ROWS(X) TC_A5_ROWS(X) X(8) X(9) X(10) X(11)
+TC_A5_KERNEL(tc_uk_avx512, TC_A5_MR, TC_A5_ROWS)
+TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
 
 #endif /* x86 */
 
 typedef void (*tc_uk_fn)(long, const float *, const float *, long, unsigned, const float *,
                          float *, int);
 
-static tc_uk_fn tc_isa_kernel(int isa)
+static tc_uk_fn tc_tile_kernel(int tile)
 {
 #if SIMD_X86
-    if (isa == SIMD_ISA_AVX512) return tc_uk_avx512;
-    if (isa == SIMD_ISA_AVX2) return tc_uk_avx2;
+    if (tile == TC_TILE_AVX512W) return tc_uk_avx512w;
+    if (tile == SIMD_ISA_AVX512) return tc_uk_avx512;
+    if (tile == SIMD_ISA_AVX2) return tc_uk_avx2;
 #endif
     return tc_uk_scalar;
 }
@@ -202,23 +211,23 @@ static tc_uk_fn tc_isa_kernel(int isa)
  * lanes[j]: where lane j's output goes in an output plane (-1: nowhere); outb: the image's
  * first output channel of the group, planes out_plane floats apart.
  * Tiles go in blocks, the taps and folds outermost within a block, so that a fold's input
- * (fold x NR floats) stays in L1 while every tile of the block reads it: blocks of 16 tiles
- * with one fold per tap, of 8 when the tiles' partial sums P take L1 room too.
+ * (fold x NR floats) stays in L1 while every tile of the block reads it: blocks of 16 KiB of
+ * output tiles with one fold per tap, of 8 KiB when the tiles' partial sums P take room too.
  */
-#define TC_TILE_BLOCK 16
+#define TC_BLOCK_FLOATS 4096
 
-static void tc_panel(int isa, const float *xb, long plane, long taps, const int64_t *offsets,
+static void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
                      const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                      long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                      long out_plane)
 {
-    const int mr = tc_isa_mr(isa), nr = tc_isa_nr(isa);
+    const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
-    const tc_uk_fn uk = tc_isa_kernel(isa);
-    float C[TC_TILE_BLOCK * TC_MAX_MR * TC_MAX_NR] __attribute__((aligned(64)));
-    float P[TC_TILE_BLOCK / 2 * TC_MAX_MR * TC_MAX_NR] __attribute__((aligned(64)));
+    const tc_uk_fn uk = tc_tile_kernel(tile_kind);
+    float C[TC_BLOCK_FLOATS] __attribute__((aligned(64)));
+    float P[TC_BLOCK_FLOATS / 2] __attribute__((aligned(64)));
     const long folds = (cin + fold - 1) / fold;
-    const long block = folds == 1 ? TC_TILE_BLOCK : TC_TILE_BLOCK / 2;
+    const long block = (folds == 1 ? TC_BLOCK_FLOATS : TC_BLOCK_FLOATS / 2) / tile_floats;
     long t0, t1, tile, t, f, i, j;
     for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
         int first = 1;
