@@ -229,6 +229,11 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
     const long folds = (cin + fold - 1) / fold;
     const long block = (folds == 1 ? TC_BLOCK_FLOATS : TC_BLOCK_FLOATS / 2) / tile_floats;
     long t0, t1, tile, t, f, i, j;
+    /* lanes that land `step` apart in one output row (no lane dropped): a copy loop without
+     * the table (a memcpy for step 1) */
+    long step = lanes[0] >= 0 && nr > 1 ? lanes[1] - lanes[0] : 0;
+    for (j = 1; j < nr && step > 0; j++)
+        if (lanes[j] != lanes[0] + j * step) step = 0;
     for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
         int first = 1;
         t1 = t0 + block < tile_hi ? t0 + block : tile_hi;
@@ -257,8 +262,15 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
             for (i = 0; i < mr && tile * mr + i < cout; i++) {
                 const float *crow = C + (tile - t0) * tile_floats + i * nr;
                 float *orow = outb + (tile * mr + i) * out_plane;
-                for (j = 0; j < nr; j++)
-                    if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
+                if (step == 1) {
+                    memcpy(orow + lanes[0], crow, (size_t)nr * sizeof(float));
+                } else if (step > 1) {
+                    float *o = orow + lanes[0];
+                    for (j = 0; j < nr; j++) o[j * step] = crow[j];
+                } else {
+                    for (j = 0; j < nr; j++)
+                        if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
+                }
             }
     }
 }
