@@ -11,9 +11,11 @@ output at the stride. No zero ever enters a GEMM.
 
 Every output element of a GEMM is its own sum over the reduction index k in the array's
 order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
-Y = X W however the CPU arranges it. float32: the array GEMM is called from C
-(systolic.pxd), once per group and chunk of images, for every reaching kernel element on the
-whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
+Y = X W however the CPU arranges it. float32, from two images on with full micro-tiles:
+by output phases (_phases_f32, tconv_micro.h): each phase's kernel elements are constant
+shifts of the input, summed per output tile in registers in the same order, each output
+written once. Otherwise the array GEMM is called from C (systolic.pxd), once per group and
+chunk of images, for every reaching kernel element on the whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
 X_window^T on the gathered window, the elements that share a rectangle stacked into one GEMM.
 Per output element, the kernel elements' contributions are added in plan order (row-major
 over (r, s)), starting from +0, in the accumulator dtype (float32, int32 for int8), in one
