@@ -11,9 +11,11 @@ output at the stride. No zero ever enters a GEMM.
 
 Every output element of a GEMM is its own sum over the reduction index k in the array's
 order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
-Y = X W however the CPU arranges it. float32: the array GEMM is called from C
-(systolic.pxd), once per group and chunk of images, for every reaching kernel element on the
-whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
+Y = X W however the CPU arranges it. float32, from two images on with full micro-tiles:
+by output phases (_phases_f32, tconv_micro.h): each phase's kernel elements are constant
+shifts of the input, summed per output tile in registers in the same order, each output
+written once. Otherwise the array GEMM is called from C (systolic.pxd), once per group and
+chunk of images, for every reaching kernel element on the whole input (_strided_f32). int8 or a given gemm callable: per shared window, Y^T = W_rs^T @
 X_window^T on the gathered window, the elements that share a rectangle stacked into one GEMM.
 Per output element, the kernel elements' contributions are added in plan order (row-major
 over (r, s)), starting from +0, in the accumulator dtype (float32, int32 for int8), in one
@@ -26,10 +28,20 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.string cimport memcpy
 
 from sysbench._kernels.systolic cimport GEMM_CHAIN, GEMM_FOLD, _current_isa, _gemm_f32_core
+
+cdef extern from "tconv_micro.h" nogil:
+    int TC_TILE_AVX512W
+    int SIMD_AVX512 "SIMD_ISA_AVX512"
+    int tc_tile_mr(int tile)
+    int tc_tile_nr(int tile)
+    void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
+                  const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
+                  long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
+                  long out_plane)
 
 ctypedef fused operand_t:
     float
@@ -373,6 +385,9 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
     out = np.empty((batch, geo["out_channels"], ho, wo),
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
+    if gemm is None and x.dtype == np.float32 and _phases_pay(geo, plan, w):
+        _phases_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
+        return out
     if gemm is None and x.dtype == np.float32:
         _strided_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
         return out
@@ -397,6 +412,222 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
             _chunk(x[b0:b0 + chunk], out[b0:b0 + chunk], g, cin_g, cout_g, plan, sharing,
                    stacked, gemm, geo["stride"], threads)
     return out
+
+
+# ------------------------------------------------------------------ float32: output phases
+
+def _phases_pay(geo, plan, w):
+    """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
+    finite weights (a masked lane multiplies a weight by 0: inf or nan would make a nan where
+    the element does not reach) and every phase no wider than the input (its pixels then lie
+    on the input's row grid). It pays (measured on the suite's layers) from two images on,
+    when the tiles are mostly full (output channels/groups and the phase pixels per image
+    fill them) and the phases sum several elements each; for one image, packing the weights
+    per phase costs more than the scatter it saves."""
+    (sh, sw), (ho, wo) = geo["stride"], geo["output"]
+    cout_g = w.shape[1]
+    kind = _tile_kind(cout_g)
+    mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
+    if not plan or geo["batch"] < 2 or -(-wo // sw) > geo["width"]:
+        return False
+    lanes = -(-ho // sh) * geo["width"]
+    rows_used = cout_g / (-(-cout_g // mr) * mr)
+    lanes_used = lanes / (-(-lanes // nr) * nr)
+    return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
+            and len(plan) >= 2 * sh * sw and bool(np.isfinite(w).all()))
+
+
+# the phase path wants its micro-tiles at least this full (output channels x pixels)
+PHASE_MIN_USE = 0.9
+
+
+def _tile_kind(cout_g):
+    """The phase path's micro-tile: the SIMD path's, on AVX-512 12 rows instead of 8 when
+    12 divides the output channels with at most 4% of the rows wasted."""
+    isa_code = _current_isa()
+    if isa_code == SIMD_AVX512 and -(-cout_g // 12) * 12 <= 1.04 * cout_g:
+        return TC_TILE_AVX512W
+    return isa_code
+
+
+def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
+    """The float32 layer by output phases: for phase (ah, aw) (output rows ah + qi*sh,
+    columns aw + qj*sw) the kernel elements (r, s) with ah + ph - r*dh = di*sh and
+    aw + pw - s*dw = dj*sw read input pixel (qi + di, qj + dj): each element is a constant
+    shift of the input, and tc_panel (tconv_micro.h) sums the phase's elements in plan order
+    into tiles of output channels x phase pixels, reading the input in place, and writes each
+    output once. Per output element the additions are those of the per-element GEMMs and
+    the scatter (each element's sum over the input channels in the array's fold or chain
+    order, then the elements from +0 in plan order), so the bits are the same.
+
+    Work items: (block of output channel tiles, image, panel), each doing every phase, so
+    that the output rows of a panel are complete while in cache; blocks keep their weights
+    within about half an L2 (PHASE_WEIGHT_BYTES)."""
+    cdef int kind = _tile_kind(w.shape[1])
+    mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
+    groups = geo["groups"]
+    height, width = geo["height"], geo["width"]
+    (sh, sw), (ph, pw), (dh, dw) = geo["stride"], geo["padding"], geo["dilation"]
+    ho, wo = geo["output"]
+    cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
+    fold = cin_g if fold_depth is None else min(fold_depth, cin_g)
+    tiles = -(-cout_g // mr)
+    phases, shifts, taps_rs = [], [], []
+    n_offsets = n_masks = n_lanes = 0
+    for ah in range(sh):
+        qh = len(range(ah, ho, sh))
+        for aw in range(sw):
+            qw = len(range(aw, wo, sw))
+            if qh == 0 or qw == 0:
+                continue
+            taps = [(r, s, (ah + ph - r * dh) // sh, (aw + pw - s * dw) // sw) for r, s, *_ in plan
+                    if (ah + ph - r * dh) % sh == 0 and (aw + pw - s * dw) % sw == 0]
+            panels = -(-qh * width // nr)  # phase pixels on the input's row grid
+            phases.append((len(taps), n_offsets, panels, n_masks, n_lanes, len(taps_rs), ah, aw, qh, qw))
+            shifts += [(di, dj) for _, _, di, dj in taps] or [(0, 0)]
+            taps_rs += [(r, s) for r, s, _, _ in taps]
+            n_offsets += max(len(taps), 1)
+            n_masks += panels * max(len(taps), 1)
+            n_lanes += panels * nr
+    info = np.array(phases, dtype=np.int64)
+    offsets = np.empty(n_offsets, dtype=np.int64)
+    masks = np.empty(n_masks, dtype=np.uint32)
+    lanes = np.empty(n_lanes, dtype=np.int64)
+    _phase_tables(info, np.array(shifts, dtype=np.int64), offsets, masks, lanes, height, width,
+                  sh, sw, wo, nr)
+    per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
+    block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
+    planes = _spread_planes(x)
+    rs = np.array(taps_rs or [(0, 0)], dtype=np.int64)
+    sizes = [tiles * max(q[0], 1) * cin_g * mr for q in phases]
+    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    packed = np.empty(sum(sizes), dtype=np.float32)
+    for g in range(groups):
+        _pack_phase_weights(w, rs, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
+        _phase_shim(planes, packed, starts, info, offsets, masks, lanes, out, g * cin_g,
+                    g * cout_g, cin_g, cout_g, fold, block, threads, kind)
+
+
+cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[:, ::1] rs,
+                              const int64_t[:, ::1] info, const int64_t[::1] starts,
+                              float[::1] packed, long c0, long cin, long cout, long mr,
+                              int threads) noexcept nogil:
+    # per phase q, (tiles, taps, cin, mr): packed[starts[q] + ((tile*taps + t)*cin + c)*mr + i]
+    # = w[c0 + c, tile*mr + i, r_t, s_t], 0 past the last output channel (a phase without
+    # taps has one tap of zeros). Per tile and input channel, the tile's kernels (mr runs of
+    # kh*kw floats) stay in L1 while every tap of every phase is copied out of them.
+    cdef long tiles = (cout + mr - 1) // mr, nphases = info.shape[0]
+    cdef long tile, q, taps, first, t, c, i, o
+    cdef float *dst
+    for tile in prange(tiles, num_threads=threads, schedule="static"):
+        for c in range(cin):
+            for q in range(nphases):
+                taps = info[q, 0]
+                first = info[q, 5]
+                for t in range(max(taps, 1)):
+                    dst = &packed[starts[q] + ((tile * max(taps, 1) + t) * cin + c) * mr]
+                    for i in range(mr):
+                        o = tile * mr + i
+                        if taps and o < cout:
+                            dst[i] = w[c0 + c, o, rs[first + t, 0], rs[first + t, 1]]
+                        else:
+                            dst[i] = 0
+
+
+cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
+                        int64_t[::1] offsets, uint32_t[::1] masks, int64_t[::1] lanes,
+                        long height, long width, long sh, long sw, long wo, long nr) noexcept nogil:
+    # per phase (info row: taps, offset start, panels, mask start, lane start, -, ah, aw, qh,
+    # qw) and grid pixel m = p*nr + j = qi*width + qj: the tap's input element offset
+    # di*width + dj, the lanes whose input pixel (qi + di, qj + dj) exists (bit j of
+    # masks[p*taps + t]) and where each lane's output goes (-1: past the phase)
+    cdef long q, t, p, j, m, qi, qj, taps, ntap, di, dj
+    cdef uint32_t bits
+    for q in range(info.shape[0]):
+        taps = info[q, 0]
+        ntap = max(taps, 1)
+        for t in range(ntap):
+            offsets[info[q, 1] + t] = shifts[info[q, 1] + t, 0] * width + shifts[info[q, 1] + t, 1]
+        for p in range(info[q, 2]):
+            for j in range(nr):
+                m = p * nr + j
+                qi = m // width
+                qj = m % width
+                if qi < info[q, 8] and qj < info[q, 9]:
+                    lanes[info[q, 4] + m] = (qi * sh + info[q, 6]) * wo + qj * sw + info[q, 7]
+                else:
+                    lanes[info[q, 4] + m] = -1
+            for t in range(ntap):
+                di = shifts[info[q, 1] + t, 0]
+                dj = shifts[info[q, 1] + t, 1]
+                bits = 0
+                for j in range(nr):
+                    m = p * nr + j
+                    qi = m // width
+                    qj = m % width
+                    if taps and qi < info[q, 8] and 0 <= qi + di < height and 0 <= qj + dj < width:
+                        bits = bits | (<uint32_t> 1 << j)
+                masks[info[q, 3] + p * ntap + t] = bits
+
+
+# weight bytes per block of output channel tiles in the phase path: about half a core's L2,
+# so a block's weights stay there while the panels of every image stream through
+PHASE_WEIGHT_BYTES = 1 << 20
+
+
+def _spread_planes(x):
+    """x as (batch, channels, stride): each channel plane in a row of `stride` floats, an odd
+    number of cache lines. The phase path reads one cache line or two of every channel
+    plane per step; planes a multiple of 1 KiB apart (16 x 16, 32 x 32 images) would all map
+    to a few L1 sets and evict each other."""
+    b, c, h, w = x.shape
+    stride = -(-h * w // 16) * 16
+    if stride // 16 % 2 == 0:
+        stride += 16
+    planes = np.empty((b, c, stride), dtype=np.float32)
+    planes[:, :, :h * w] = x.reshape(b, c, h * w)
+    return planes
+
+
+cdef void _phase_shim(const float[:, :, ::1] x, const float[::1] packed,
+                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                      const int64_t[::1] offsets, const uint32_t[::1] masks,
+                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
+                      long cin, long cout, long fold, long block, int threads, int kind):
+    with nogil:
+        _phase_core(x, packed, packed_start, info, offsets, masks, lanes, out, c0, o0, cin,
+                    cout, fold, block, threads, kind)
+
+
+cdef void _phase_core(const float[:, :, ::1] x, const float[::1] packed,
+                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                      const int64_t[::1] offsets, const uint32_t[::1] masks,
+                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
+                      long cin, long cout, long fold, long block, int threads,
+                      int kind) noexcept nogil:
+    # one (tile block, image, panel) per iteration, every phase: the outputs an iteration
+    # writes are its own (channels of its block, pixels of its panel), so no races. Static
+    # schedule in block-major order: a thread's iterations share a block's weights.
+    cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind)
+    cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
+    cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
+    cdef long panels = 0, blocks = (tiles + block - 1) // block
+    cdef long item, rest, blk, b, p, q, taps
+    for q in range(nphases):
+        panels = max(panels, info[q, 2])
+    for item in prange(blocks * batch * panels, num_threads=threads, schedule="static"):
+        blk = item // (batch * panels)
+        rest = item % (batch * panels)
+        b = rest // panels
+        p = rest % panels
+        for q in range(nphases):
+            taps = info[q, 0]
+            if p < info[q, 2]:
+                tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                         &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                         &packed[packed_start[q]], cin, fold, cout, blk * block,
+                         min(tiles, (blk + 1) * block), &lanes[info[q, 4] + p * nr],
+                         &out[b, o0, 0, 0], out_plane)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

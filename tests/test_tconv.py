@@ -324,3 +324,59 @@ def test_float32_path_in_both_orientations_and_chunkings_has_the_per_element_bit
     for isa in systolic.available_isas():
         systolic.set_isa(isa)
         assert T.tconv2d_strided(x, w, p, ARRAYS["ws8-fp32"]).tobytes() == expected.tobytes(), isa
+
+
+def _phases_allowed(geo, plan, w):
+    """The output-phase path wherever its geometry allows it (not only where it pays)."""
+    return bool(plan) and -(-geo["output"][1] // geo["stride"][1]) <= geo["width"]
+
+
+# the grid, plus layers that fill the micro-tiles: 8/12/24 output channels (8- and 12-row
+# AVX-512 tiles), images wider than a panel, several folds of 8 channels, groups, dilation
+PHASE_LAYERS = valid_grid() + [
+    (3, 20, 24, 7, 9, 4, 2, 1, 0, 1, 1), (2, 16, 8, 12, 40, 3, 1, 1, 0, 1, 1),
+    (2, 9, 12, 5, 33, 5, 3, 1, 2, 1, 1), (2, 24, 48, 6, 6, 3, 2, 1, 1, (2, 1), 2),
+    (1, 12, 16, 4, 5, (2, 3), (2, 1), (1, 0), 0, (1, 2), 1)]
+
+
+@pytest.mark.usefixtures("restore_isa")
+@pytest.mark.parametrize("name", ["ws8-fp32", "os4-bf16"])
+def test_phase_path_has_the_per_element_bits(monkeypatch, name):
+    """The output-phase path (every phase's elements summed in registers, the input read in
+    place through masks) against per-element GEMMs scattered by numpy, byte for byte, on
+    every SIMD path and with two threads; it ran on most of the layers (not where a phase is
+    wider than the input)."""
+    from sysbench._kernels import systolic
+
+    array = ARRAYS[name]
+    runs = []
+    phases = tconv._phases_f32
+    monkeypatch.setattr(tconv, "_phases_pay", _phases_allowed)
+    monkeypatch.setattr(tconv, "_phases_f32", lambda *args: runs.append(1) or phases(*args))
+    for isa in systolic.available_isas():
+        systolic.set_isa(isa)
+        runs.clear()
+        for layer in PHASE_LAYERS:
+            x, w, p = make(layer, array.dtype, seed=7)
+            slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+            fast = T.tconv2d_strided(x, w, p, array, threads=2)
+            assert fast.tobytes() == slow.tobytes(), (isa, layer)
+        assert len(runs) >= 0.7 * len(PHASE_LAYERS), isa
+
+
+def test_phase_path_pays_on_full_tiles_from_two_images_and_needs_finite_weights():
+    """It is chosen for a layer that fills its tiles at batch 8, not at batch 1, not for 3
+    output channels, and never with a non-finite weight: a masked lane multiplies its
+    weight by 0, which would put a nan where that element does not reach (bits checked)."""
+    array = ARRAYS["ws8-fp32"]
+    layer = (8, 16, 24, 8, 8, 4, 2, 1, 0, 1, 1)
+    x, w, p = make(layer, "fp32", seed=8)
+    geo, pays = T.geometry(p), tconv._phases_pay
+    plan = tconv.element_plan(geo)
+    assert pays({**geo, "batch": 8}, plan, w) and not pays({**geo, "batch": 1}, plan, w)
+    assert not pays(geo, plan, w[:, :3])
+    w[2, 3, 0, 0] = np.inf  # element (0, 0) misses the first output row and column
+    assert not pays(geo, plan, w)
+    slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+    fast = T.tconv2d_strided(x, w, p, array)
+    assert np.isfinite(slow[:, 3, 0, :]).all() and fast.tobytes() == slow.tobytes()

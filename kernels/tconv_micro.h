@@ -1,0 +1,278 @@
+/* tconv_micro.h: the output-phase path of sysbench._kernels.tconv (float32).
+ *
+ * The outputs of one phase (rows ah + qi*sh, columns aw + qj*sw) are a regular convolution
+ * of the input: every kernel element (tap) that reaches the phase reads input pixel
+ * (qi + di, qj + dj), a constant shift. Laid on a grid of the input's row length W, phase
+ * pixel m = qi*W + qj reads input element m + di*W + dj of each channel plane: a tile of
+ * NR consecutive phase pixels (lanes) is NR consecutive input floats, read straight from
+ * the NCHW input (nothing packed); a lane whose input pixel lies outside the image loads 0
+ * through a mask. The weights are packed MR output channels wide, k-major: a[k*MR + i].
+ *
+ * One call of the micro-kernel: one tap, one fold of input channels, MR x NR outputs, in the
+ * order of the per-element GEMM and scatter (the README's contract):
+ *     acc = +0;  acc = fmaf(a, b, acc) over the fold's channels in increasing order;
+ *     X = P ? P + acc : acc;   D = (first ? +0 : D) + X
+ * With D the output tile, a tap of one fold adds its contribution (out = out + P_e, the
+ * first onto +0). With D = P, the folds of a tap build P_e = +0 + fold 1, P_e = P_e + fold 2,
+ * ...; the last fold adds P_e + acc to the output tile. A masked lane's acc stays +0 (finite
+ * weights times 0), and adding +0 leaves an output, which is never -0, as it was: the bits
+ * are those of the kernel elements that reach it, and only those.
+ *
+ * Tiles: AVX-512F 8 x 32 (16 accumulators; output channels come in multiples of 8) or 12 x 32,
+ * AVX2+FMA 6 x 16, scalar 4 x 8. D and P are MR x NR buffers with row stride NR.
+ */
+#ifndef SYSBENCH_TCONV_MICRO_H
+#define SYSBENCH_TCONV_MICRO_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "simd.h"
+
+#define TC_S_MR 4
+#define TC_S_NR 8
+#define TC_A2_MR 6
+#define TC_A2_NR 16
+#define TC_A5_MR 8
+#define TC_A5W_MR 12
+#define TC_A5_NR 32
+#define TC_MAX_MR 12
+#define TC_MAX_NR 32
+/* tile kinds: the SIMD_ISA_* codes, and AVX-512 with 12-row tiles (24 accumulators: fewer
+ * loads per multiply-add, for output channels that 12 divides with little waste) */
+#define TC_TILE_AVX512W 3
+
+static int tc_tile_mr(int tile)
+{
+    return tile == TC_TILE_AVX512W ? TC_A5W_MR : tile == SIMD_ISA_AVX512 ? TC_A5_MR
+         : tile == SIMD_ISA_AVX2 ? TC_A2_MR : TC_S_MR;
+}
+
+static int tc_tile_nr(int tile)
+{
+    return tile == TC_TILE_AVX512W || tile == SIMD_ISA_AVX512 ? TC_A5_NR
+         : tile == SIMD_ISA_AVX2 ? TC_A2_NR : TC_S_NR;
+}
+
+/* ---------------------------------------------------------------- scalar, 4 x 8 */
+
+static void tc_uk_scalar(long kc, const float *a, const float *b, long ldb, unsigned mask,
+                         const float *P, float *D, int first)
+{
+    float acc[TC_S_MR * TC_S_NR], bk[TC_S_NR];
+    long i, j, k;
+    for (i = 0; i < TC_S_MR * TC_S_NR; i++) acc[i] = 0.0f;
+    for (k = 0; k < kc; k++) {
+        for (j = 0; j < TC_S_NR; j++) bk[j] = (mask >> j) & 1u ? b[j] : 0.0f;
+        for (i = 0; i < TC_S_MR; i++)
+            for (j = 0; j < TC_S_NR; j++)
+                acc[i * TC_S_NR + j] = fmaf(a[i], bk[j], acc[i * TC_S_NR + j]);
+        a += TC_S_MR;
+        b += ldb;
+    }
+    for (i = 0; i < TC_S_MR * TC_S_NR; i++) {
+        float x = P ? P[i] + acc[i] : acc[i];
+        D[i] = (first ? 0.0f : D[i]) + x;
+    }
+}
+
+#if SIMD_X86
+
+/* ---------------------------------------------------------------- AVX2 + FMA, 6 x 16 */
+
+#define TC_A2_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+__attribute__((target("avx2,fma")))
+static void tc_uk_avx2(long kc, const float *a, const float *b, long ldb, unsigned mask,
+                       const float *P, float *D, int first)
+{
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i m0 = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits);
+    const __m256i m1 = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits);
+#define TC_A2_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
+    TC_A2_ROWS(TC_A2_DECL)
+#undef TC_A2_DECL
+    long k;
+#define TC_A2_FMA(i) av = _mm256_broadcast_ss(a + (i)); \
+                     c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
+                     c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
+    if ((mask & 0xffffu) == 0xffffu) {  /* every lane reads: plain loads */
+#pragma GCC unroll 4
+        for (k = 0; k < kc; k++) {
+            __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
+            TC_A2_ROWS(TC_A2_FMA)
+            a += TC_A2_MR;
+            b += ldb;
+        }
+    } else {
+#pragma GCC unroll 4
+        for (k = 0; k < kc; k++) {
+            __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1), av;
+            TC_A2_ROWS(TC_A2_FMA)
+            a += TC_A2_MR;
+            b += ldb;
+        }
+    }
+#undef TC_A2_FMA
+    const __m256 z = _mm256_setzero_ps();
+#define TC_A2_OUT(i) \
+    { \
+        __m256 x0 = c##i##0, x1 = c##i##1; \
+        if (P) { \
+            x0 = _mm256_add_ps(_mm256_loadu_ps(P + (i) * TC_A2_NR), x0); \
+            x1 = _mm256_add_ps(_mm256_loadu_ps(P + (i) * TC_A2_NR + 8), x1); \
+        } \
+        __m256 d0 = first ? z : _mm256_loadu_ps(D + (i) * TC_A2_NR); \
+        __m256 d1 = first ? z : _mm256_loadu_ps(D + (i) * TC_A2_NR + 8); \
+        _mm256_storeu_ps(D + (i) * TC_A2_NR, _mm256_add_ps(d0, x0)); \
+        _mm256_storeu_ps(D + (i) * TC_A2_NR + 8, _mm256_add_ps(d1, x1)); \
+    }
+    TC_A2_ROWS(TC_A2_OUT)
+#undef TC_A2_OUT
+}
+
+/* ---------------------------------------------------------------- AVX-512F, 8 or 12 x 32 */
+
+#define TC_A5_FMA(i) av = _mm512_set1_ps(a[i]); \
+                     c##i##_0 = _mm512_fmadd_ps(av, b0, c##i##_0); \
+                     c##i##_1 = _mm512_fmadd_ps(av, b1, c##i##_1);
+#define TC_A5_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(), c##i##_1 = _mm512_setzero_ps();
+#define TC_A5_OUT(i) \
+    { \
+        __m512 x0 = c##i##_0, x1 = c##i##_1; \
+        if (P) { \
+            x0 = _mm512_add_ps(_mm512_loadu_ps(P + (i) * TC_A5_NR), x0); \
+            x1 = _mm512_add_ps(_mm512_loadu_ps(P + (i) * TC_A5_NR + 16), x1); \
+        } \
+        __m512 d0 = first ? z : _mm512_loadu_ps(D + (i) * TC_A5_NR); \
+        __m512 d1 = first ? z : _mm512_loadu_ps(D + (i) * TC_A5_NR + 16); \
+        _mm512_storeu_ps(D + (i) * TC_A5_NR, _mm512_add_ps(d0, x0)); \
+        _mm512_storeu_ps(D + (i) * TC_A5_NR + 16, _mm512_add_ps(d1, x1)); \
+    }
+/* every lane reads: plain loads (a masked loop moves the masks into k registers) */
+#define TC_A5_KERNEL(NAME, MR, ROWS) \
+__attribute__((target("avx512f"))) \
+static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mask, \
+                 const float *P, float *D, int first) \
+{ \
+    const __mmask16 m0 = (__mmask16)(mask & 0xffffu), m1 = (__mmask16)(mask >> 16); \
+    const __m512 z = _mm512_setzero_ps(); \
+    long k; \
+    ROWS(TC_A5_DECL) \
+    if (mask == 0xffffffffu) { \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av; \
+            ROWS(TC_A5_FMA) \
+            a += MR; \
+            b += ldb; \
+        } \
+    } else { \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16), av; \
+            ROWS(TC_A5_FMA) \
+            a += MR; \
+            b += ldb; \
+        } \
+    } \
+    ROWS(TC_A5_OUT) \
+}
+
+#define TC_A5_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define TC_A5W_ROWS(X) TC_A5_ROWS(X) X(8) X(9) X(10) X(11)
+TC_A5_KERNEL(tc_uk_avx512, TC_A5_MR, TC_A5_ROWS)
+TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
+
+#endif /* x86 */
+
+typedef void (*tc_uk_fn)(long, const float *, const float *, long, unsigned, const float *,
+                         float *, int);
+
+static tc_uk_fn tc_tile_kernel(int tile)
+{
+#if SIMD_X86
+    if (tile == TC_TILE_AVX512W) return tc_uk_avx512w;
+    if (tile == SIMD_ISA_AVX512) return tc_uk_avx512;
+    if (tile == SIMD_ISA_AVX2) return tc_uk_avx2;
+#endif
+    return tc_uk_scalar;
+}
+
+/* ---------------------------------------------------------------- one panel
+ * Output channel tiles [tile_lo, tile_hi) (MR channels each) of one image, one phase and one
+ * panel of NR phase pixels starting at grid pixel m0. xb: the image's first input channel of the group (channel planes `plane`
+ * floats apart); offsets[t]: input element of lane 0's pixel for tap t, relative to m0;
+ * masks[t]: the lanes whose input pixel exists for tap t; wpack: the phase's packed weights,
+ * (ceil(cout / MR), taps, cin, MR); fold: input channels per fold (cin: one fold).
+ * lanes[j]: where lane j's output goes in an output plane (-1: nowhere); outb: the image's
+ * first output channel of the group, planes out_plane floats apart.
+ * Tiles go in blocks, the taps and folds outermost within a block, so that a fold's input
+ * (fold x NR floats) stays in L1 while every tile of the block reads it: blocks of 16 KiB of
+ * output tiles with one fold per tap, of 8 KiB when the tiles' partial sums P take room too.
+ */
+#define TC_BLOCK_FLOATS 4096
+
+static void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
+                     const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
+                     long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
+                     long out_plane)
+{
+    const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
+    const long tile_floats = (long)mr * nr;
+    const tc_uk_fn uk = tc_tile_kernel(tile_kind);
+    float C[TC_BLOCK_FLOATS] __attribute__((aligned(64)));
+    float P[TC_BLOCK_FLOATS / 2] __attribute__((aligned(64)));
+    const long folds = (cin + fold - 1) / fold;
+    const long block = (folds == 1 ? TC_BLOCK_FLOATS : TC_BLOCK_FLOATS / 2) / tile_floats;
+    long t0, t1, tile, t, f, i, j;
+    /* lanes that land `step` apart in one output row (no lane dropped): a copy loop without
+     * the table (a memcpy for step 1) */
+    long step = lanes[0] >= 0 && nr > 1 ? lanes[1] - lanes[0] : 0;
+    for (j = 1; j < nr && step > 0; j++)
+        if (lanes[j] != lanes[0] + j * step) step = 0;
+    for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
+        int first = 1;
+        t1 = t0 + block < tile_hi ? t0 + block : tile_hi;
+        for (t = 0; t < taps; t++) {
+            const float *bt = xb + m0 + offsets[t];
+            if (masks[t] == 0u) continue;  /* +0 on every lane: the tap changes nothing */
+            for (f = 0; f < folds; f++) {
+                long kc = cin - f * fold < fold ? cin - f * fold : fold;
+                const float *bf = bt + f * fold * plane;
+                for (tile = t0; tile < t1; tile++) {
+                    const float *af = wpack + (tile * taps + t) * cin * mr + f * fold * mr;
+                    float *Ct = C + (tile - t0) * tile_floats, *Pt = P + (tile - t0) * tile_floats;
+                    if (folds == 1)
+                        uk(kc, af, bf, plane, masks[t], NULL, Ct, first);
+                    else if (f < folds - 1)
+                        uk(kc, af, bf, plane, masks[t], NULL, Pt, f == 0);
+                    else
+                        uk(kc, af, bf, plane, masks[t], Pt, Ct, first);
+                }
+            }
+            first = 0;
+        }
+        if (first)  /* no tap reaches these outputs: +0 */
+            memset(C, 0, sizeof(float) * (size_t)((t1 - t0) * tile_floats));
+        for (tile = t0; tile < t1; tile++)
+            for (i = 0; i < mr && tile * mr + i < cout; i++) {
+                const float *crow = C + (tile - t0) * tile_floats + i * nr;
+                float *orow = outb + (tile * mr + i) * out_plane;
+                if (step == 1) {
+                    memcpy(orow + lanes[0], crow, (size_t)nr * sizeof(float));
+                } else if (step > 1) {
+                    float *o = orow + lanes[0];
+                    for (j = 0; j < nr; j++) o[j * step] = crow[j];
+                } else {
+                    for (j = 0; j < nr; j++)
+                        if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
+                }
+            }
+    }
+}
+
+#endif /* SYSBENCH_TCONV_MICRO_H */
