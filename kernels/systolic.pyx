@@ -33,6 +33,10 @@ cdef extern from "systolic_micro.h" nogil:
                    int mr, float *dst)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                           int nr, long p0, long p1, float *dst)
+    void sb_pack_a_trans_panels(const float *AT, long ldat, long k0, long kc, long i0,
+                                long rows, int mr, long p0, long p1, float *dst)
+    void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
+                                long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
                   const float *pa, const float *pb, float *C, long ldc)
 
@@ -102,6 +106,67 @@ def gemm_f32(a, b, fold_depth, chain, threads=1):
     return out
 
 
+def _layout(x, name):
+    """(C-contiguous array to read, stored transposed?) of a 2-D float32 operand: a C array
+    as it is, an F array (such as the .T of a C array) through its C-contiguous transpose."""
+    x = check_dtype(x, name, (np.float32,)) if isinstance(x, np.ndarray) else x
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got ndim={x.ndim}")
+    if x.flags.c_contiguous:
+        return x, False
+    if x.flags.f_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x), False
+
+
+def matmul_f32(a, b, out=None, threads=1):
+    """float32 a (M x K) @ b (K x N) in chain order (the bits of gemm_f32(a, b, 0, True)),
+    reading C- or F-contiguous operands in place (an F one, such as x.T, is packed from its
+    transpose; other layouts are copied). out: None (a new C array) or a float32 (M, N)
+    array, C- or F-contiguous, written in place and returned. Empty K gives zeros."""
+    a, trans_a = _layout(a, "a")
+    b, trans_b = _layout(b, "b")
+    threads = check_threads(threads)
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"shape mismatch: a is {M}x{K} and b is {Kb}x{N}; "
+                         "a.shape[1] must equal b.shape[0]")
+    if out is None:
+        out = np.empty((M, N), dtype=np.float32)
+    else:
+        out = check_dtype(out, "out", (np.float32,)) if isinstance(out, np.ndarray) else out
+        if not isinstance(out, np.ndarray) or out.shape != (M, N):
+            raise ValueError(f"out must be a float32 array of shape {(M, N)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        if not (out.flags.c_contiguous or out.flags.f_contiguous) or not out.flags.writeable:
+            raise ValueError("out must be a writeable C- or F-contiguous array")
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out[...] = 0
+        return out
+    if out.flags.c_contiguous:
+        rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads)
+    else:  # out^T = b^T a^T: fmaf(x, y, acc) is symmetric in x and y, so the same bits
+        rc = _matmul_shim(b, a, out.T, N, K, M, not trans_b, not trans_a, threads)
+    if rc != 0:
+        raise MemoryError("could not allocate the packing buffers")
+    return out
+
+
+cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
+                      long M, long K, long N, bint trans_a, bint trans_b, int threads):
+    cdef int rc
+    cdef long kc = CHAIN_KC
+    with nogil:
+        rc = _gemm_f32_core_t(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
+                              out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b)
+    return rc
+
+
 cdef int _gemm_f32_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
                         long kc, int mode, int threads, int isa_code):
     cdef int rc
@@ -122,6 +187,16 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     """BLIS loops: K blocks (pc; each a fold in fold order) > M chunks (pack A) >
     N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro). Row strides lda,
     ldb, ldc (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
+    return _gemm_f32_core_t(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, threads, isa_code,
+                            0, 0)
+
+
+cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long K, long N,
+                          long lda, long ldb, long ldc, long kc_max, int mode, int threads,
+                          int isa_code, int trans_a, int trans_b) noexcept nogil:
+    """_gemm_f32_core with operands that may be stored transposed: trans_a: A points at
+    A^T (K x M, row stride lda); trans_b: B at B^T (N x K, row stride ldb). Only the
+    packing differs, so the bits are those of the untransposed call."""
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
     cdef long kc_cap = kc_max if kc_max < K else K
@@ -163,16 +238,25 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
         while ib < M:
             mb = mb_blk if M - ib > mb_blk else M - ib
             npan = (mb + mr - 1) // mr
-            for p in prange(npan, num_threads=threads, schedule="static"):
-                sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
-                                pc, kc, mr, pa + p * mr * kc)
+            if trans_a:
+                for p in prange(threads, num_threads=threads, schedule="static"):
+                    sb_pack_a_trans_panels(A, lda, pc, kc, ib, mb, mr, npan * p // threads,
+                                           npan * (p + 1) // threads, pa)
+            else:
+                for p in prange(npan, num_threads=threads, schedule="static"):
+                    sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
+                              pc, kc, mr, pa + p * mr * kc)
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
                 npan = (nb + nr - 1) // nr
                 for p in prange(threads, num_threads=threads, schedule="static"):
-                    sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, npan * p // threads,
-                                     npan * (p + 1) // threads, pb)
+                    if trans_b:
+                        sb_pack_b_trans_panels(isa_code, B, ldb, pc, kc, jc, nb, nr,
+                                               npan * p // threads, npan * (p + 1) // threads, pb)
+                    else:
+                        sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, npan * p // threads,
+                                         npan * (p + 1) // threads, pb)
                 tm = (mb + mc - 1) // mc
                 tn = (nb + ncc - 1) // ncc
                 ntiles = tm * tn

@@ -87,6 +87,62 @@ static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0
     }
 }
 
+/* A panels [p0, p1) of the chunk whose rows start at i0 (rows valid rows in the chunk)
+ * from AT (K x M, row stride ldat), the caller's A^T in row-major order: each k is a run of
+ * mr floats per panel. A few k's at a time for every panel, so that a handful of rows of
+ * AT are read in order and each panel is written in runs (all k of one panel at once
+ * would read rows a page apart: cache-set conflicts). */
+#define SB_A_TRANS_KB 8
+static void sb_pack_a_trans_panels(const float *AT, long ldat, long k0, long kc, long i0,
+                                   long rows, int mr, long p0, long p1, float *dst)
+{
+    long kb, kend, p, k, i;
+    for (kb = 0; kb < kc; kb += SB_A_TRANS_KB) {
+        kend = kb + SB_A_TRANS_KB < kc ? kb + SB_A_TRANS_KB : kc;
+        for (p = p0; p < p1; p++) {
+            long w = rows - p * mr;
+            const float *src = AT + (k0 + kb) * ldat + i0 + p * mr;
+            float *d = dst + p * kc * mr + kb * mr;
+            for (k = kb; k < kend; k++, src += ldat, d += mr) {
+                if (w >= mr) {  /* constant sizes: inlined moves rather than calls */
+                    if (mr == SB_A5_MR) memcpy(d, src, SB_A5_MR * sizeof(float));
+                    else if (mr == SB_A2_MR) memcpy(d, src, SB_A2_MR * sizeof(float));
+                    else memcpy(d, src, (size_t)mr * sizeof(float));
+                } else {
+                    for (i = 0; i < w; i++) d[i] = src[i];
+                    for (; i < mr; i++) d[i] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* B panels [p0, p1) from an operand stored transposed: BT (N x K, row stride ldbt), the
+ * caller's B^T in row-major order (numpy's .T of a C array), so that no transposed copy is
+ * made first. A panel's columns are rows of BT, transposed 16 x 16 at a time on AVX-512
+ * (isa), element by element otherwise. */
+static void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc,
+                                   long j0, long cols, int nr, long p0, long p1, float *dst)
+{
+    long j, k, p;
+    for (p = p0; p < p1; p++) {
+        float *d = dst + p * kc * nr;
+        long w = cols - p * nr;
+        const float *src = BT + (j0 + p * nr) * ldbt + k0;
+        if (w > nr) w = nr;
+#if SIMD_X86
+        if (isa == SIMD_ISA_AVX512 && nr % 16 == 0) {
+            simd_transpose_avx512(src, ldbt, w, kc, d, nr, nr);
+            continue;
+        }
+#endif
+        for (k = 0; k < kc; k++) {
+            for (j = 0; j < w; j++) d[k * nr + j] = src[j * ldbt + k];
+            for (; j < nr; j++) d[k * nr + j] = 0.0f;
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- scalar micro-kernel */
 
 static void sb_uk_scalar(long kc, const float *a, const float *b, float *c, long ldc, int mode)

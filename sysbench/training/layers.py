@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from .gemm import weight_gradient
 
 
 class Layer:
@@ -103,7 +104,8 @@ class Linear(Layer):
 
     y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
     W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
-    next Linear; the element-wise layers between keep the layout."""
+    next Linear; the element-wise layers between keep the layout. The weight gradient is
+    training.gemm's (the chain-order kernel for float32)."""
 
     kind = "linear"
     has_params = True
@@ -137,7 +139,7 @@ class Linear(Layer):
 
     def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None):
         x = saved
-        grads = {"weight": np.matmul(grad_y.T, x, out=weight_out)}
+        grads = {"weight": weight_gradient(grad_y, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
         grad_x = None
