@@ -29,12 +29,14 @@ cdef extern from "systolic_micro.h" nogil:
     int sb_isa_nr(int isa)
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
+    float *sb_ws_take(size_t floats, size_t *got)
+    void sb_ws_give(float *p, size_t floats)
     void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
                    int mr, float *dst)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                           int nr, long p0, long p1, float *dst)
-    void sb_pack_a_trans_panels(const float *AT, long ldat, long k0, long kc, long i0,
-                                long rows, int mr, long p0, long p1, float *dst)
+    void sb_pack_a_trans_panels(int isa, const float *AT, long ldat, long k0, long kc,
+                                long i0, long rows, int mr, long p0, long p1, float *dst)
     void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
                                 long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
@@ -224,12 +226,13 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
             ncc = ((nc_blk // nr) * m_tiles + want - 1) // want * nr
             if ncc < nr:
                 ncc = nr
-    cdef float *pa = <float *>simd_alloc(<size_t>mb_blk * kc_cap, sizeof(float))
-    cdef float *pb = <float *>simd_alloc(<size_t>nc_blk * kc_cap, sizeof(float))
-    if pa == NULL or pb == NULL:
-        simd_free(pa)
-        simd_free(pb)
+    # one workspace for both packed blocks (pb starts on a cache line)
+    cdef size_t pa_floats = (<size_t>mb_blk * kc_cap + 15) // 16 * 16
+    cdef size_t ws_floats
+    cdef float *pa = sb_ws_take(pa_floats + <size_t>nc_blk * kc_cap, &ws_floats)
+    if pa == NULL:
         return -1
+    cdef float *pb = pa + pa_floats
     cdef long pc, kc, ib, mb, jc, nb, p, npan, t, ntiles, tm, tn, i0, rows, j0, cols
     pc = 0
     while pc < K:
@@ -240,8 +243,8 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
             npan = (mb + mr - 1) // mr
             if trans_a:
                 for p in prange(threads, num_threads=threads, schedule="static"):
-                    sb_pack_a_trans_panels(A, lda, pc, kc, ib, mb, mr, npan * p // threads,
-                                           npan * (p + 1) // threads, pa)
+                    sb_pack_a_trans_panels(isa_code, A, lda, pc, kc, ib, mb, mr,
+                                           npan * p // threads, npan * (p + 1) // threads, pa)
             else:
                 for p in prange(npan, num_threads=threads, schedule="static"):
                     sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
@@ -271,8 +274,7 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                 jc += nb
             ib += mb
         pc += kc
-    simd_free(pa)
-    simd_free(pb)
+    sb_ws_give(pa, ws_floats)
     return 0
 
 

@@ -50,6 +50,43 @@ static int sb_isa_nr(int isa)
     return isa == SIMD_ISA_AVX512 ? SB_A5_NR : isa == SIMD_ISA_AVX2 ? SB_A2_NR : SB_S_NR;
 }
 
+/* ---------------------------------------------------------------- packing workspace
+ * The packing buffers of one GEMM, kept per calling thread between calls: a fresh
+ * allocation of a few MB is fresh memory from the system (every page faults in, ~500 per
+ * 2 MB call, a millisecond on a VM), which is most of the difference between a GEMM on a
+ * training step's shapes and one on buffers it reuses. sb_ws_take hands out the thread's
+ * cached buffer when it is large enough (and takes it from the cache, so a nested call
+ * allocates its own); sb_ws_give caches it again, freeing the smaller of the two.
+ * Buffers above SB_WS_CACHE_MAX floats (64 MB) are not kept. */
+#define SB_WS_CACHE_MAX ((size_t)16 << 20)
+static __thread float *sb_ws_cached = NULL;
+static __thread size_t sb_ws_cached_floats = 0;
+
+static float *sb_ws_take(size_t floats, size_t *got)
+{
+    if (sb_ws_cached != NULL && sb_ws_cached_floats >= floats) {
+        float *p = sb_ws_cached;
+        *got = sb_ws_cached_floats;
+        sb_ws_cached = NULL;
+        sb_ws_cached_floats = 0;
+        return p;
+    }
+    *got = floats;
+    return (float *)simd_alloc(floats, sizeof(float));
+}
+
+static void sb_ws_give(float *p, size_t floats)
+{
+    if (p == NULL) return;
+    if (floats > SB_WS_CACHE_MAX || floats <= sb_ws_cached_floats) {
+        simd_free(p);
+        return;
+    }
+    simd_free(sb_ws_cached);
+    sb_ws_cached = p;
+    sb_ws_cached_floats = floats;
+}
+
 /* ---------------------------------------------------------------- packing */
 
 /* One A panel: rows [i0, i0+rows) (rows <= mr), reduction [k0, k0+kc). Rows are read
@@ -93,21 +130,46 @@ static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0
  * AT are read in order and each panel is written in runs (all k of one panel at once
  * would read rows a page apart: cache-set conflicts). */
 #define SB_A_TRANS_KB 8
-static void sb_pack_a_trans_panels(const float *AT, long ldat, long k0, long kc, long i0,
-                                   long rows, int mr, long p0, long p1, float *dst)
+#if SIMD_X86
+/* full AVX-512 panels (mr = 12): one masked 512-bit load and store per k */
+__attribute__((target("avx512f")))
+static void sb_pack_a_trans_avx512(const float *AT, long ldat, long kb, long kend, long kc,
+                                   const float *src0, long p0, long p1, float *dst)
 {
-    long kb, kend, p, k, i;
+    const __mmask16 m = (__mmask16)((1u << SB_A5_MR) - 1u);
+    long p, k;
+    for (p = p0; p < p1; p++) {
+        const float *src = src0 + p * SB_A5_MR;
+        float *d = dst + p * kc * SB_A5_MR + kb * SB_A5_MR;
+        for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR)
+            _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, src));
+    }
+}
+#endif
+
+static void sb_pack_a_trans_panels(int isa, const float *AT, long ldat, long k0, long kc,
+                                   long i0, long rows, int mr, long p0, long p1, float *dst)
+{
+    long kb, kend, p, k, i, full = rows / mr;  /* panels [0, full) have mr valid rows */
     for (kb = 0; kb < kc; kb += SB_A_TRANS_KB) {
         kend = kb + SB_A_TRANS_KB < kc ? kb + SB_A_TRANS_KB : kc;
-        for (p = p0; p < p1; p++) {
+        p = p0;
+#if SIMD_X86
+        if (isa == SIMD_ISA_AVX512 && mr == SB_A5_MR) {
+            long pf = full < p1 ? full : p1;
+            if (pf > p) {
+                sb_pack_a_trans_avx512(AT, ldat, kb, kend, kc, AT + (k0 + kb) * ldat + i0, p, pf, dst);
+                p = pf;
+            }
+        }
+#endif
+        for (; p < p1; p++) {
             long w = rows - p * mr;
             const float *src = AT + (k0 + kb) * ldat + i0 + p * mr;
             float *d = dst + p * kc * mr + kb * mr;
             for (k = kb; k < kend; k++, src += ldat, d += mr) {
-                if (w >= mr) {  /* constant sizes: inlined moves rather than calls */
-                    if (mr == SB_A5_MR) memcpy(d, src, SB_A5_MR * sizeof(float));
-                    else if (mr == SB_A2_MR) memcpy(d, src, SB_A2_MR * sizeof(float));
-                    else memcpy(d, src, (size_t)mr * sizeof(float));
+                if (w >= mr) {
+                    memcpy(d, src, (size_t)mr * sizeof(float));
                 } else {
                     for (i = 0; i < w; i++) d[i] = src[i];
                     for (; i < mr; i++) d[i] = 0.0f;

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from .gemm import weight_gradient
+from .gemm import input_gradient, output, weight_gradient
 
 
 class Layer:
@@ -104,7 +104,7 @@ class Linear(Layer):
 
     y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
     W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
-    next Linear; the element-wise layers between keep the layout. The weight gradient is
+    next Linear; the element-wise layers between keep the layout. The backward GEMMs are
     training.gemm's (the chain-order kernel for float32)."""
 
     kind = "linear"
@@ -132,7 +132,7 @@ class Linear(Layer):
 
     def forward(self, x, out=None):
         """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed."""
-        y = np.matmul(self.params["weight"], x.T, out=None if out is None else out.T).T
+        y = output(self.params["weight"], x, out=out)
         if self.bias:
             y += self.params["bias"]
         return y, x
@@ -144,7 +144,7 @@ class Linear(Layer):
             grads["bias"] = grad_y.sum(axis=0)
         grad_x = None
         if need_input_grad:
-            grad_x = np.matmul(self.params["weight"].T, grad_y.T, out=None if out is None else out.T).T
+            grad_x = input_gradient(self.params["weight"], grad_y, out=out)
         return grad_x, grads
 
     def flops(self, in_shape):
