@@ -35,8 +35,9 @@ cdef extern from "systolic_micro.h" nogil:
                    int mr, float *dst)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                           int nr, long p0, long p1, float *dst)
-    void sb_pack_a_trans_panels(int isa, const float *AT, long ldat, long k0, long kc,
-                                long i0, long rows, int mr, long p0, long p1, float *dst)
+    void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
+                                long rows, int mr, long p0, long p1, float *dst,
+                                const float *g, long ldg, float lr)
     void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
                                 long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
@@ -123,11 +124,20 @@ def _layout(x, name):
     return np.ascontiguousarray(x), False
 
 
-def matmul_f32(a, b, out=None, threads=1):
+def matmul_f32(a, b, out=None, threads=1, sgd=None):
     """float32 a (M x K) @ b (K x N) in chain order (the bits of gemm_f32(a, b, 0, True)),
     reading C- or F-contiguous operands in place (an F one, such as x.T, is packed from its
     transpose; other layouts are copied). out: None (a new C array) or a float32 (M, N)
-    array, C- or F-contiguous, written in place and returned. Empty K gives zeros."""
+    array, C- or F-contiguous, written in place and returned. Empty K gives zeros.
+
+    sgd: None or (grad, lr): once the product has read a, a -= lr * grad in place (a
+    writeable array; grad float32 of a's shape; lr * grad rounded, then the difference:
+    numpy's np.subtract(a, np.multiply(grad, np.float32(lr)), out=a)). With a and grad
+    both F-contiguous and a C or no out (a Linear layer's W.T in its input gradient), the
+    update is made as a is packed, in the one pass that reads it."""
+    a_given = a
+    if sgd is not None:
+        sgd_grad, sgd_lr = _sgd_args(a, sgd)
     a, trans_a = _layout(a, "a")
     b, trans_b = _layout(b, "b")
     threads = check_threads(threads)
@@ -145,27 +155,58 @@ def matmul_f32(a, b, out=None, threads=1):
                              f"{getattr(out, 'shape', type(out).__name__)}")
         if not (out.flags.c_contiguous or out.flags.f_contiguous) or not out.flags.writeable:
             raise ValueError("out must be a writeable C- or F-contiguous array")
+    # trans_a: a is a_given's own memory (an F array, read through its transpose)
+    fused = (sgd is not None and trans_a and sgd_grad.flags.f_contiguous and out.flags.c_contiguous
+             and M > 0 and N > 0 and K > 0)
     if M == 0 or N == 0:
-        return out
-    if K == 0:
+        pass
+    elif K == 0:
         out[...] = 0
-        return out
-    if out.flags.c_contiguous:
-        rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads)
-    else:  # out^T = b^T a^T: fmaf(x, y, acc) is symmetric in x and y, so the same bits
-        rc = _matmul_shim(b, a, out.T, N, K, M, not trans_b, not trans_a, threads)
-    if rc != 0:
-        raise MemoryError("could not allocate the packing buffers")
+    else:
+        if out.flags.c_contiguous:
+            rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads,
+                              sgd_grad.T if fused else None, sgd_lr if fused else 0.0)
+        else:  # out^T = b^T a^T: fmaf(x, y, acc) is symmetric in x and y, so the same bits
+            rc = _matmul_shim(b, a, out.T, N, K, M, not trans_b, not trans_a, threads, None, 0.0)
+        if rc != 0:
+            raise MemoryError("could not allocate the packing buffers")
+    if sgd is not None and not fused:
+        np.subtract(a_given, np.multiply(sgd_grad, np.float32(sgd_lr)), out=a_given)
     return out
 
 
+def _sgd_args(a, sgd):
+    """(grad, lr as float32) of matmul_f32's sgd argument, checked against a."""
+    if not isinstance(sgd, tuple) or len(sgd) != 2:
+        raise ValueError(f"sgd must be a (grad, lr) pair, got {sgd!r}")
+    grad, lr = sgd
+    if not isinstance(a, np.ndarray) or not a.flags.writeable:
+        raise ValueError("sgd updates a in place: a must be a writeable numpy array")
+    if not isinstance(grad, np.ndarray) or grad.dtype != np.float32 or grad.shape != a.shape:
+        raise ValueError(f"sgd's grad must be a float32 array of a's shape {a.shape}, got "
+                         f"{getattr(grad, 'dtype', type(grad).__name__)} {getattr(grad, 'shape', '')}")
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (int, float, np.floating, np.integer)):
+        raise ValueError(f"sgd's lr must be a number, got {lr!r}")
+    return grad, np.float32(lr)
+
+
 cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
-                      long M, long K, long N, bint trans_a, bint trans_b, int threads):
+                      long M, long K, long N, bint trans_a, bint trans_b, int threads,
+                      object sgd_grad_t, float lr):
+    """sgd_grad_t: None, or the C-contiguous transpose of the gradient of the stored a."""
     cdef int rc
     cdef long kc = CHAIN_KC
+    cdef const float[:, ::1] g
+    cdef const float *gp = NULL
+    cdef long ldg = 0
+    if sgd_grad_t is not None:
+        g = sgd_grad_t
+        gp = &g[0, 0]
+        ldg = g.shape[1]
     with nogil:
         rc = _gemm_f32_core_t(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
-                              out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b)
+                              out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b,
+                              gp, ldg, lr)
     return rc
 
 
@@ -190,15 +231,18 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     N blocks (pack B) > output tiles (prange) > micro-tiles (sb_macro). Row strides lda,
     ldb, ldc (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
     return _gemm_f32_core_t(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, threads, isa_code,
-                            0, 0)
+                            0, 0, NULL, 0, 0.0)
 
 
 cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long K, long N,
                           long lda, long ldb, long ldc, long kc_max, int mode, int threads,
-                          int isa_code, int trans_a, int trans_b) noexcept nogil:
+                          int isa_code, int trans_a, int trans_b, const float *sgd_g, long ldg,
+                          float lr) noexcept nogil:
     """_gemm_f32_core with operands that may be stored transposed: trans_a: A points at
     A^T (K x M, row stride lda); trans_b: B at B^T (N x K, row stride ldb). Only the
-    packing differs, so the bits are those of the untransposed call."""
+    packing differs, so the bits are those of the untransposed call. sgd_g (only with
+    trans_a; NULL for none): A^T = A^T - lr * sgd_g as it is packed (the caller's A must be
+    writeable)."""
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
     cdef long kc_cap = kc_max if kc_max < K else K
@@ -243,8 +287,9 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
             npan = (mb + mr - 1) // mr
             if trans_a:
                 for p in prange(threads, num_threads=threads, schedule="static"):
-                    sb_pack_a_trans_panels(isa_code, A, lda, pc, kc, ib, mb, mr,
-                                           npan * p // threads, npan * (p + 1) // threads, pa)
+                    sb_pack_a_trans_panels(isa_code, <float *>A, lda, pc, kc, ib, mb, mr,
+                                           npan * p // threads, npan * (p + 1) // threads, pa,
+                                           sgd_g, ldg, lr)
             else:
                 for p in prange(npan, num_threads=threads, schedule="static"):
                     sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,

@@ -130,25 +130,42 @@ static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0
  * AT are read in order and each panel is written in runs (all k of one panel at once
  * would read rows a page apart: cache-set conflicts). */
 #define SB_A_TRANS_KB 8
+/* With g != NULL each element is also updated once it is packed: AT = AT - lr * g (g in
+ * AT's layout, row stride ldg; the product and the difference each rounded, as numpy's
+ * separate multiply and subtract): plain SGD fused into the one pass that reads the
+ * weights anyway. The panel keeps the value from before the update. */
 #if SIMD_X86
 /* full AVX-512 panels (mr = 12): one masked 512-bit load and store per k */
 __attribute__((target("avx512f")))
-static void sb_pack_a_trans_avx512(const float *AT, long ldat, long kb, long kend, long kc,
-                                   const float *src0, long p0, long p1, float *dst)
+static void sb_pack_a_trans_avx512(float *src0, long ldat, long kb, long kend, long kc,
+                                   long p0, long p1, float *dst, const float *g0, long ldg,
+                                   float lr)
 {
     const __mmask16 m = (__mmask16)((1u << SB_A5_MR) - 1u);
+    const __m512 vlr = _mm512_set1_ps(lr);
     long p, k;
     for (p = p0; p < p1; p++) {
-        const float *src = src0 + p * SB_A5_MR;
+        float *src = src0 + p * SB_A5_MR;
         float *d = dst + p * kc * SB_A5_MR + kb * SB_A5_MR;
-        for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR)
-            _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, src));
+        if (g0 == NULL) {
+            for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR)
+                _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, src));
+        } else {
+            const float *g = g0 + p * SB_A5_MR;
+            for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR, g += ldg) {
+                __m512 v = _mm512_maskz_loadu_ps(m, src);
+                _mm512_mask_storeu_ps(d, m, v);
+                __m512 t = _mm512_mul_ps(vlr, _mm512_maskz_loadu_ps(m, g));
+                _mm512_mask_storeu_ps(src, m, _mm512_sub_ps(v, t));
+            }
+        }
     }
 }
 #endif
 
-static void sb_pack_a_trans_panels(int isa, const float *AT, long ldat, long k0, long kc,
-                                   long i0, long rows, int mr, long p0, long p1, float *dst)
+static void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
+                                   long rows, int mr, long p0, long p1, float *dst,
+                                   const float *g, long ldg, float lr)
 {
     long kb, kend, p, k, i, full = rows / mr;  /* panels [0, full) have mr valid rows */
     for (kb = 0; kb < kc; kb += SB_A_TRANS_KB) {
@@ -158,21 +175,27 @@ static void sb_pack_a_trans_panels(int isa, const float *AT, long ldat, long k0,
         if (isa == SIMD_ISA_AVX512 && mr == SB_A5_MR) {
             long pf = full < p1 ? full : p1;
             if (pf > p) {
-                sb_pack_a_trans_avx512(AT, ldat, kb, kend, kc, AT + (k0 + kb) * ldat + i0, p, pf, dst);
+                sb_pack_a_trans_avx512(AT + (k0 + kb) * ldat + i0, ldat, kb, kend, kc, p, pf, dst,
+                                       g == NULL ? NULL : g + (k0 + kb) * ldg + i0, ldg, lr);
                 p = pf;
             }
         }
 #endif
         for (; p < p1; p++) {
             long w = rows - p * mr;
-            const float *src = AT + (k0 + kb) * ldat + i0 + p * mr;
+            float *src = AT + (k0 + kb) * ldat + i0 + p * mr;
+            const float *gk = g == NULL ? NULL : g + (k0 + kb) * ldg + i0 + p * mr;
             float *d = dst + p * kc * mr + kb * mr;
+            if (w > mr) w = mr;
             for (k = kb; k < kend; k++, src += ldat, d += mr) {
-                if (w >= mr) {
-                    memcpy(d, src, (size_t)mr * sizeof(float));
-                } else {
-                    for (i = 0; i < w; i++) d[i] = src[i];
-                    for (; i < mr; i++) d[i] = 0.0f;
+                for (i = 0; i < w; i++) d[i] = src[i];
+                for (; i < mr; i++) d[i] = 0.0f;
+                if (gk != NULL) {
+                    for (i = 0; i < w; i++) {
+                        float t = lr * gk[i];
+                        src[i] = src[i] - t;
+                    }
+                    gk += ldg;
                 }
             }
         }

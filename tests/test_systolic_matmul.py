@@ -101,3 +101,39 @@ def test_empty_dimensions():
 def test_bad_inputs_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (13, 7, 33), (100, 513, 31), (257, 256, 129)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_sgd_steps_a_after_the_product_with_numpys_bits(shape, restore_isa):
+    """fused (a and grad F-contiguous: the packer updates a) or not, on every path: the
+    product of the old a, and a - float32(lr) * grad rounded as numpy's two operations."""
+    m, k, n = shape
+    a, b = operands(m, k, n)
+    grad = np.random.default_rng([m, k, n, 9]).standard_normal((m, k), dtype=np.float32)
+    want = bits(systolic.gemm_f32(a, b, 1, True))
+    stepped = bits(np.subtract(a, np.multiply(grad, np.float32(0.01))))
+    assert not np.array_equal(stepped, bits(a))
+    for isa in ISAS:
+        systolic.set_isa(isa)
+        for ta, tg, threads in itertools.product((False, True), (False, True), (1, 2)):
+            a_run = a.T.copy().T if ta else a.copy()
+            g_run = grad.T.copy().T if tg else grad.copy()
+            got = systolic.matmul_f32(a_run, b, threads=threads, sgd=(g_run, 0.01))
+            assert np.array_equal(bits(got), want), (isa, ta, tg, threads)
+            assert np.array_equal(bits(a_run), stepped), (isa, ta, tg, threads)
+
+
+@pytest.mark.parametrize("sgd, match", [
+    ((np.ones((2, 3), np.float32),), "sgd must be a"),
+    ((np.ones((3, 2), np.float32), 0.1), "sgd's grad must be a float32 array of a's shape"),
+    ((np.ones((2, 3)), 0.1), "sgd's grad must be a float32 array"),
+    ((np.ones((2, 3), np.float32), "0.1"), "sgd's lr must be a number"),
+])
+def test_bad_sgd_arguments(sgd, match):
+    with pytest.raises(ValueError, match=match):
+        systolic.matmul_f32(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), sgd=sgd)
+    read_only = np.ones((2, 3), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="a must be a writeable"):
+        systolic.matmul_f32(read_only, np.ones((3, 2), np.float32), sgd=(np.ones((2, 3), np.float32), 0.1))

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from sysbench._kernels import systolic
-from sysbench.training import gemm
+from sysbench.training import gemm, network
 from sysbench.training import layers as L
-from sysbench.training.optim import blas_threads
+from sysbench.training import recompute as rc
+from sysbench.training.optim import SGD, blas_threads
 
 
 def linear(batch=37, fin=50, fout=70, seed=0):
@@ -48,3 +49,50 @@ def test_float64_weight_gradient_is_numpys():
     x, grad_y = x.astype(np.float64), grad_y.astype(np.float64)
     _, grads = layer.backward(grad_y, x)
     assert np.array_equal(grads["weight"], grad_y.T @ x)
+
+
+def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does():
+    for dtype in (np.float32, np.float64):
+        layer, x, grad_y = linear(seed=3)
+        layer.astype(dtype)
+        x, grad_y = x.astype(dtype), np.ascontiguousarray(grad_y.T.astype(dtype)).T  # as run_program's
+        before = {k: v.copy() for k, v in layer.params.items()}
+        grad_x, grads = layer.backward(grad_y, x, sgd_lr=0.05)
+        plain = L.Linear(70)
+        plain.params = {k: v.copy() for k, v in before.items()}
+        want_x, want = plain.backward(grad_y, x)
+        assert np.array_equal(grad_x, want_x)  # from the weights before the step
+        assert np.array_equal(grads["weight"], want["weight"])
+        SGD(0.05).step_layer(0, plain, want)
+        assert np.array_equal(layer.params["weight"], plain.params["weight"])
+        assert np.array_equal(layer.params["bias"], before["bias"])  # the caller's to step
+
+
+def test_a_step_with_fused_sgd_has_the_unfused_weights():
+    """run_program fuses plain SGD into the Linear layers' backward (eager schedules); the
+    weights after the step equal a plain step's (every activation kept, SGD afterwards),
+    and with momentum (never fused) too."""
+    net = network.build({"model": "mlp", "layers": 3, "width": 40, "batch": 24}, seed=2)
+    x, target = net.make_batch(2)
+    initial = net.copy_params()
+    for optimizer in (lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9)):
+        net.set_params(initial)
+        acts, saved = [x], []
+        for i in range(net.n):
+            y, s = net.forward_layer(i, acts[-1])
+            acts.append(y)
+            saved.append(s)
+        _, grad = net.loss_and_grad(acts[-1], target)
+        grads = [None] * net.n
+        for i in reversed(range(net.n)):
+            grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
+        optimizer().step(net.layers, grads)
+        want = net.copy_params()
+        for schedule in ("store_all", "full_recompute", "checkpoint_every=2"):
+            net.set_params(initial)
+            pool = rc.BufferPool()
+            ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(schedule))
+            rc.run_program(net, x, target, ops, optimizer=optimizer(), pool=pool)
+            for mine, theirs in zip(net.copy_params(), want):
+                for name in theirs:
+                    assert np.array_equal(mine[name], theirs[name]), (schedule, name)

@@ -47,7 +47,21 @@ def weight_gradient(grad_y: np.ndarray, x: np.ndarray, out: np.ndarray | None = 
     return matmul(grad_y.T, x, out=out)
 
 
-def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | None = None,
+                   sgd: tuple | None = None) -> np.ndarray:
     """grad_y @ weight (batch, in) for weight (out, in), computed as weight^T @ grad_y^T
-    into out^T: a (batch, in) view of an (in, batch) buffer, as Linear lays it out."""
-    return matmul(weight.T, grad_y.T, out=None if out is None else out.T).T
+    into out^T: a (batch, in) view of an (in, batch) buffer, as Linear lays it out.
+    sgd: None or (weight_grad, lr): then weight -= lr * weight_grad once the product has
+    read it (SGD's bits, optim.SGD; in float32 fused into the kernel's one pass over the
+    weights)."""
+    out_t = None if out is None else out.T
+    if weight.dtype == np.float32 and grad_y.dtype == np.float32 and (out is None or out.dtype == np.float32):
+        from .._kernels import systolic
+
+        sgd_t = None if sgd is None else (sgd[0].T, sgd[1])
+        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=blas_thread_count(), sgd=sgd_t).T
+    grad_x = np.matmul(weight.T, grad_y.T, out=out_t).T
+    if sgd is not None:
+        weight_grad, lr = sgd
+        weight -= weight.dtype.type(lr) * weight_grad
+    return grad_x

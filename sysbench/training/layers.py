@@ -10,6 +10,9 @@ checks; `layer.astype(np.float64)` converts its parameters) and has:
     saved_of(x)                             the `saved` forward(x) returns, computed at no cost
 A layer with accepts_out (Linear) also takes forward(x, out=) and backward(..., out=,
 weight_out=): buffers to write y, grad_x and the weight gradient into (a BufferPool's).
+One with fuses_sgd (Linear: "weight") takes backward(..., sgd_lr=) too: plain SGD's step
+on that parameter, taken in the input-gradient GEMM's pass over it (the same bits as
+optim.SGD's own step).
 
 `saved` is always built from the layer's input alone (a reference to x, or x's shape), never
 a new buffer: a schedule that holds a layer's input can run that layer's backward without
@@ -37,6 +40,7 @@ class Layer:
     kind = "layer"
     has_params = False
     accepts_out = False
+    fuses_sgd = None  # a parameter backward(..., sgd_lr=) steps itself (Linear's weight)
     # what backward reads of this layer's tensors: "input" (its saved_of(x)), "either" (its
     # input or its output give the same saved: ReLU's sign), "nothing" (Flatten: a shape)
     backward_reads = "input"
@@ -110,6 +114,7 @@ class Linear(Layer):
     kind = "linear"
     has_params = True
     accepts_out = True
+    fuses_sgd = "weight"  # backward(sgd_lr=) updates this parameter
 
     def __init__(self, out_features: int, bias: bool = True):
         super().__init__()
@@ -137,14 +142,18 @@ class Linear(Layer):
             y += self.params["bias"]
         return y, x
 
-    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None):
+    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None, sgd_lr=None):
+        """sgd_lr (with need_input_grad): also take plain SGD's step on the weight, in the
+        pass of the input gradient that reads it (optim.SGD.fused_lr; the caller steps the
+        other parameters)."""
         x = saved
         grads = {"weight": weight_gradient(grad_y, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
         grad_x = None
         if need_input_grad:
-            grad_x = input_gradient(self.params["weight"], grad_y, out=out)
+            sgd = None if sgd_lr is None else (grads["weight"], sgd_lr)
+            grad_x = input_gradient(self.params["weight"], grad_y, out=out, sgd=sgd)
         return grad_x, grads
 
     def flops(self, in_shape):

@@ -26,11 +26,19 @@ class SGD:
         for i, layer in enumerate(layers):
             self.step_layer(i, layer, grads[i])
 
-    def step_layer(self, i: int, layer, grads: dict) -> None:
+    def fused_lr(self):
+        """lr when this step is plain p -= lr * g (no momentum, no weight decay), which a
+        layer can take itself in the pass that reads p (Layer.fuses_sgd); else None."""
+        return None if self.momentum or self.weight_decay else self.lr
+
+    def step_layer(self, i: int, layer, grads: dict, done: tuple = ()) -> None:
         """Update layer i's params from its gradients (each parameter on its own: the
-        order of the layers does not change the bits)."""
+        order of the layers does not change the bits), except those named in `done` (a
+        layer's backward stepped them already, fused_lr)."""
         buffer = None
         for name, p in layer.params.items():
+            if name in done:
+                continue
             g = grads[name]
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
