@@ -204,10 +204,49 @@ cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1
         gp = &g[0, 0]
         ldg = g.shape[1]
     with nogil:
-        rc = _gemm_f32_core_t(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
-                              out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b,
-                              gp, ldg, lr)
+        rc = _gemm_f32_split(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
+                             out.shape[1], kc, threads, _isa, trans_a, trans_b, gp, ldg, lr)
     return rc
+
+
+cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long K, long N,
+                         long lda, long ldb, long ldc, long kc, int threads, int isa_code,
+                         bint trans_a, bint trans_b, const float *sgd_g, long ldg,
+                         float lr) noexcept nogil:
+    """Chain-order _gemm_f32_core_t on `threads` threads as one parallel region: each
+    thread computes a whole single-threaded GEMM on its share of the output's rows (of its
+    columns when there are fewer rows and no SGD is fused), packing its own blocks (B's are packed by each
+    thread), so the threads meet once per call rather than at every packing step, which
+    on a loaded machine waits for a descheduled thread each time. Every output element
+    is summed the same way either way, so the bits do not depend on the split."""
+    cdef int mr = sb_isa_mr(isa_code)
+    cdef int nr = sb_isa_nr(isa_code)
+    cdef bint by_rows = M >= N or sgd_g != NULL  # a fused SGD must see each row of A once
+    cdef long unit = mr if by_rows else nr
+    cdef long units = ((M if by_rows else N) + unit - 1) // unit
+    cdef int parts = threads if threads < units else <int>units
+    cdef long t, lo, hi
+    cdef int rc = 0, failed = 0
+    if parts <= 1:
+        return _gemm_f32_core_t(A, B, C, M, K, N, lda, ldb, ldc, kc, SB_CHAIN, 1, isa_code,
+                                trans_a, trans_b, sgd_g, ldg, lr)
+    for t in prange(parts, num_threads=parts, schedule="static"):
+        lo = units * t // parts * unit
+        hi = units * (t + 1) // parts * unit
+        if by_rows:
+            if hi > M:
+                hi = M
+            rc = _gemm_f32_core_t(A + (lo if trans_a else lo * lda), B, C + lo * ldc, hi - lo, K, N,
+                                  lda, ldb, ldc, kc, SB_CHAIN, 1, isa_code, trans_a, trans_b,
+                                  NULL if sgd_g == NULL else sgd_g + lo, ldg, lr)
+        else:
+            if hi > N:
+                hi = N
+            rc = _gemm_f32_core_t(A, B + (lo * ldb if trans_b else lo), C + lo, M, K, hi - lo,
+                                  lda, ldb, ldc, kc, SB_CHAIN, 1, isa_code, trans_a, trans_b,
+                                  NULL, 0, 0.0)
+        failed += rc != 0  # a reduction
+    return -1 if failed else 0
 
 
 cdef int _gemm_f32_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sysbench._kernels import systolic
 from sysbench.training import gemm, network
@@ -19,20 +20,25 @@ def linear(batch=37, fin=50, fout=70, seed=0):
     return layer, x, grad_y
 
 
-def test_float32_weight_gradient_has_the_chain_bits_in_every_layout_and_thread_count():
+def test_float32_backward_gemms_are_the_kernels_on_one_thread_and_numpys_on_more():
     layer, x, grad_y = linear()
-    want = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True).view(np.uint32)
+    w = layer.params["weight"]
+    chain_w = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True).view(np.uint32)
+    chain_x = systolic.gemm_f32(np.ascontiguousarray(w.T), np.ascontiguousarray(grad_y.T), 1, True).T
     # as run_program lays them out: (features, batch) buffers seen through .T
     x_t, grad_y_t = np.ascontiguousarray(x.T).T, np.ascontiguousarray(grad_y.T).T
     for threads in (1, 2):
         with blas_threads(threads):
             assert gemm.blas_thread_count() == threads
             for xs, gs in ((x, grad_y), (x_t, grad_y_t), (x_t, grad_y)):
-                _, grads = layer.backward(gs, layer.saved_of(xs))
-                assert np.array_equal(grads["weight"].view(np.uint32), want)
-                out = np.empty_like(layer.params["weight"])
+                want_w = chain_w if threads == 1 else np.matmul(gs.T, xs).view(np.uint32)
+                want_x = chain_x if threads == 1 else np.matmul(w.T, gs.T).T
+                grad_x, grads = layer.backward(gs, layer.saved_of(xs))
+                assert np.array_equal(grads["weight"].view(np.uint32), want_w)
+                assert np.array_equal(grad_x.view(np.uint32), want_x.view(np.uint32))
+                out = np.empty_like(w)
                 _, grads = layer.backward(gs, layer.saved_of(xs), weight_out=out)
-                assert grads["weight"] is out and np.array_equal(out.view(np.uint32), want)
+                assert grads["weight"] is out and np.array_equal(out.view(np.uint32), want_w)
 
 
 def test_float32_weight_gradient_within_rounding_of_float64():
@@ -51,16 +57,18 @@ def test_float64_weight_gradient_is_numpys():
     assert np.array_equal(grads["weight"], grad_y.T @ x)
 
 
-def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does():
+@pytest.mark.parametrize("threads", (1, 2))
+def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does(threads):
     for dtype in (np.float32, np.float64):
         layer, x, grad_y = linear(seed=3)
         layer.astype(dtype)
         x, grad_y = x.astype(dtype), np.ascontiguousarray(grad_y.T.astype(dtype)).T  # as run_program's
         before = {k: v.copy() for k, v in layer.params.items()}
-        grad_x, grads = layer.backward(grad_y, x, sgd_lr=0.05)
         plain = L.Linear(70)
         plain.params = {k: v.copy() for k, v in before.items()}
-        want_x, want = plain.backward(grad_y, x)
+        with blas_threads(threads):
+            grad_x, grads = layer.backward(grad_y, x, sgd_lr=0.05)
+            want_x, want = plain.backward(grad_y, x)
         assert np.array_equal(grad_x, want_x)  # from the weights before the step
         assert np.array_equal(grads["weight"], want["weight"])
         SGD(0.05).step_layer(0, plain, want)
@@ -68,31 +76,40 @@ def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does():
         assert np.array_equal(layer.params["bias"], before["bias"])  # the caller's to step
 
 
-def test_a_step_with_fused_sgd_has_the_unfused_weights():
+@pytest.mark.parametrize("threads", (1, 2))
+def test_a_step_with_fused_sgd_has_the_unfused_weights(threads, monkeypatch):
     """run_program fuses plain SGD into the Linear layers' backward (eager schedules); the
     weights after the step equal a plain step's (every activation kept, SGD afterwards),
     and with momentum (never fused) too."""
+    fused = []
+    real = gemm.input_gradient
+    monkeypatch.setattr(L, "input_gradient", lambda *a, sgd=None, **k: fused.append(sgd is not None) or real(
+        *a, sgd=sgd, **k))
     net = network.build({"model": "mlp", "layers": 3, "width": 40, "batch": 24}, seed=2)
     x, target = net.make_batch(2)
     initial = net.copy_params()
-    for optimizer in (lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9)):
+    for optimizer, fuses in ((lambda: SGD(0.1), True), (lambda: SGD(0.1, momentum=0.9), False)):
         net.set_params(initial)
-        acts, saved = [x], []
-        for i in range(net.n):
-            y, s = net.forward_layer(i, acts[-1])
-            acts.append(y)
-            saved.append(s)
-        _, grad = net.loss_and_grad(acts[-1], target)
-        grads = [None] * net.n
-        for i in reversed(range(net.n)):
-            grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
-        optimizer().step(net.layers, grads)
+        with blas_threads(threads):
+            acts, saved = [x], []
+            for i in range(net.n):
+                y, s = net.forward_layer(i, acts[-1])
+                acts.append(y)
+                saved.append(s)
+            _, grad = net.loss_and_grad(acts[-1], target)
+            grads = [None] * net.n
+            for i in reversed(range(net.n)):
+                grad, grads[i] = net.backward_layer(i, grad, saved[i], need_input_grad=i > 0)
+            optimizer().step(net.layers, grads)
         want = net.copy_params()
         for schedule in ("store_all", "full_recompute", "checkpoint_every=2"):
             net.set_params(initial)
             pool = rc.BufferPool()
             ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(schedule))
-            rc.run_program(net, x, target, ops, optimizer=optimizer(), pool=pool)
+            fused.clear()
+            with blas_threads(threads):
+                rc.run_program(net, x, target, ops, optimizer=optimizer(), pool=pool)
+            assert fused and all(f == fuses for f in fused)
             for mine, theirs in zip(net.copy_params(), want):
                 for name in theirs:
                     assert np.array_equal(mine[name], theirs[name]), (schedule, name)

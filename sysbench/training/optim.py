@@ -50,20 +50,27 @@ class SGD:
                     v *= p.dtype.type(self.momentum)
                     v += g
                 g = v
-            if not p.flags.c_contiguous:  # (never for a layer's own params)
-                p -= p.dtype.type(self.lr) * g
-                continue
-            # p -= lr * g, a block at a time: the same two roundings per element, without
-            # a temporary as large as the weights (and while the block is in cache)
             if buffer is None or buffer.dtype != p.dtype:
                 buffer = np.empty(SGD_BLOCK, dtype=p.dtype)
-            flat_p, flat_g = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
-            lr = p.dtype.type(self.lr)
-            for start in range(0, flat_p.size, SGD_BLOCK):
-                end = min(start + SGD_BLOCK, flat_p.size)
-                scaled = buffer[:end - start]
-                np.multiply(flat_g[start:end], lr, out=scaled)
-                np.subtract(flat_p[start:end], scaled, out=flat_p[start:end])
+            sgd_update(p, g, self.lr, buffer)
+
+
+def sgd_update(p: np.ndarray, g: np.ndarray, lr: float, buffer: np.ndarray | None = None) -> None:
+    """p -= lr * g in place (lr * g rounded in p's dtype, then the difference), a block at
+    a time: the same two roundings per element, without a temporary as large as the
+    weights (and while the block is in cache). buffer: SGD_BLOCK elements of p's dtype."""
+    if not p.flags.c_contiguous:  # (never for a layer's own params)
+        p -= p.dtype.type(lr) * g
+        return
+    if buffer is None:
+        buffer = np.empty(SGD_BLOCK, dtype=p.dtype)
+    flat_p, flat_g = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
+    lr = p.dtype.type(lr)
+    for start in range(0, flat_p.size, SGD_BLOCK):
+        end = min(start + SGD_BLOCK, flat_p.size)
+        scaled = buffer[:end - start]
+        np.multiply(flat_g[start:end], lr, out=scaled)
+        np.subtract(flat_p[start:end], scaled, out=flat_p[start:end])
 
 
 SGD_BLOCK = 16384  # elements of lr * g at a time (64 KiB of float32: stays in L2)
