@@ -47,9 +47,15 @@ ASSERTED = ("full_recompute", "budget=")
 TABLE: dict = {}
 
 
+def workload_model(keys: dict, array: Array) -> dict:
+    """The workload's model figures for a case (its keys as a dict), through the protocol."""
+    p = WORKLOAD.normalize(WORKLOAD.make_params(keys), array)
+    return WORKLOAD.model(p, array, WORKLOAD.plan(p, array))
+
+
 class Setup:
     def __init__(self, name):
-        keys = {k: spec.default for k, spec in WORKLOAD.keys.items()}
+        keys = {k: spec.default for k, spec in WORKLOAD.keys.items() if not spec.required}
         keys.update(NETS[name])
         self.keys = keys
         self.net = network.build(NETS[name], seed=0)
@@ -93,7 +99,7 @@ def test_step_time_per_schedule(benchmark, setup):
     s = setup
     rows = []
     for schedule in SCHEDULES[s.name]:
-        model = WORKLOAD.model({**s.keys, "schedule": schedule}, Array(rows=128, cols=128))
+        model = workload_model({**s.keys, "schedule": schedule}, Array(rows=128, cols=128))
         ops = s.ops(schedule)
         rounds = 2 if model["predicted_overhead"] > 2 else 4
         times, base_times, wall = [], [], []
