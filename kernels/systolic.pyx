@@ -29,10 +29,17 @@ cdef extern from "systolic_micro.h" nogil:
     int sb_isa_nr(int isa)
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
+    float *sb_ws_take(size_t floats, size_t *got)
+    void sb_ws_give(float *p, size_t floats)
     void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
                    int mr, float *dst)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                           int nr, long p0, long p1, float *dst)
+    void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
+                                long rows, int mr, long p0, long p1, float *dst,
+                                const float *g, long ldg, float lr)
+    void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
+                                long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
                   const float *pa, const float *pb, float *C, long ldc)
 
@@ -65,8 +72,6 @@ include "isa.pxi"
 # blocking (in floats): packed B block per N block, packed A block per output tile
 cdef long _nc_floats = 262144
 cdef long _mc_floats = 24576
-# threads > 1 pack all of A once when it takes at most this many floats (256 MiB)
-cdef size_t _packed_a_max = 1 << 26
 
 
 def _set_blocking(nc_floats, mc_floats):
@@ -104,6 +109,147 @@ def gemm_f32(a, b, fold_depth, chain, threads=1):
     return out
 
 
+def _layout(x, name):
+    """(C-contiguous array to read, stored transposed?) of a 2-D float32 operand: a C array
+    as it is, an F array (such as the .T of a C array) through its C-contiguous transpose."""
+    x = check_dtype(x, name, (np.float32,)) if isinstance(x, np.ndarray) else x
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got ndim={x.ndim}")
+    if x.flags.c_contiguous:
+        return x, False
+    if x.flags.f_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x), False
+
+
+def matmul_f32(a, b, out=None, threads=1, sgd=None):
+    """float32 a (M x K) @ b (K x N) in chain order (the bits of gemm_f32(a, b, 0, True)),
+    reading C- or F-contiguous operands in place (an F one, such as x.T, is packed from its
+    transpose; other layouts are copied). out: None (a new C array) or a float32 (M, N)
+    array, C- or F-contiguous, written in place and returned. Empty K gives zeros.
+
+    sgd: None or (grad, lr): once the product has read a, a -= lr * grad in place (a
+    writeable array; grad float32 of a's shape; lr * grad rounded, then the difference:
+    numpy's np.subtract(a, np.multiply(grad, np.float32(lr)), out=a)). With a and grad
+    both F-contiguous and a C or no out (a Linear layer's W.T in its input gradient), the
+    update is made as a is packed, in the one pass that reads it."""
+    a_given = a
+    if sgd is not None:
+        sgd_grad, sgd_lr = _sgd_args(a, sgd)
+    a, trans_a = _layout(a, "a")
+    b, trans_b = _layout(b, "b")
+    threads = check_threads(threads)
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"shape mismatch: a is {M}x{K} and b is {Kb}x{N}; "
+                         "a.shape[1] must equal b.shape[0]")
+    if out is None:
+        out = np.empty((M, N), dtype=np.float32)
+    else:
+        out = check_dtype(out, "out", (np.float32,)) if isinstance(out, np.ndarray) else out
+        if not isinstance(out, np.ndarray) or out.shape != (M, N):
+            raise ValueError(f"out must be a float32 array of shape {(M, N)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        if not (out.flags.c_contiguous or out.flags.f_contiguous) or not out.flags.writeable:
+            raise ValueError("out must be a writeable C- or F-contiguous array")
+    # trans_a: a is a_given's own memory (an F array, read through its transpose)
+    fused = (sgd is not None and trans_a and sgd_grad.flags.f_contiguous and out.flags.c_contiguous
+             and M > 0 and N > 0 and K > 0)
+    if M == 0 or N == 0:
+        pass
+    elif K == 0:
+        out[...] = 0
+    else:
+        if out.flags.c_contiguous:
+            rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads,
+                              sgd_grad.T if fused else None, sgd_lr if fused else 0.0)
+        else:  # out^T = b^T a^T: fmaf(x, y, acc) is symmetric in x and y, so the same bits
+            rc = _matmul_shim(b, a, out.T, N, K, M, not trans_b, not trans_a, threads, None, 0.0)
+        if rc != 0:
+            raise MemoryError("could not allocate the packing buffers")
+    if sgd is not None and not fused:
+        np.subtract(a_given, np.multiply(sgd_grad, np.float32(sgd_lr)), out=a_given)
+    return out
+
+
+def _sgd_args(a, sgd):
+    """(grad, lr as float32) of matmul_f32's sgd argument, checked against a."""
+    if not isinstance(sgd, tuple) or len(sgd) != 2:
+        raise ValueError(f"sgd must be a (grad, lr) pair, got {sgd!r}")
+    grad, lr = sgd
+    if not isinstance(a, np.ndarray) or not a.flags.writeable:
+        raise ValueError("sgd updates a in place: a must be a writeable numpy array")
+    if not isinstance(grad, np.ndarray) or grad.dtype != np.float32 or grad.shape != a.shape:
+        raise ValueError(f"sgd's grad must be a float32 array of a's shape {a.shape}, got "
+                         f"{getattr(grad, 'dtype', type(grad).__name__)} {getattr(grad, 'shape', '')}")
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (int, float, np.floating, np.integer)):
+        raise ValueError(f"sgd's lr must be a number, got {lr!r}")
+    return grad, np.float32(lr)
+
+
+cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
+                      long M, long K, long N, bint trans_a, bint trans_b, int threads,
+                      object sgd_grad_t, float lr):
+    """sgd_grad_t: None, or the C-contiguous transpose of the gradient of the stored a."""
+    cdef int rc
+    cdef long kc = CHAIN_KC
+    cdef const float[:, ::1] g
+    cdef const float *gp = NULL
+    cdef long ldg = 0
+    if sgd_grad_t is not None:
+        g = sgd_grad_t
+        gp = &g[0, 0]
+        ldg = g.shape[1]
+    with nogil:
+        rc = _gemm_f32_split(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
+                             out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b, gp, ldg, lr)
+    return rc
+
+
+cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long K, long N,
+                         long lda, long ldb, long ldc, long kc_max, int mode, int threads,
+                         int isa_code, bint trans_a, bint trans_b, const float *sgd_g, long ldg,
+                         float lr) noexcept nogil:
+    """Every GEMM on `threads` threads, as one parallel region: each thread computes a whole
+    single-threaded GEMM (_gemm_f32_core_t) on its share of the output's rows (of its
+    columns when there are fewer rows and no SGD is fused), packing its own blocks. The
+    threads meet once per call rather than at every packing step and fold: a fold of a
+    32-row array is microseconds of work, and each meeting waits for a thread the OS has
+    descheduled (a fold-level split ran 2 to 10x slower on 2 threads than on 1 on a loaded
+    2-core machine). Every output element is summed the same way whatever the split."""
+    cdef int mr = sb_isa_mr(isa_code)
+    cdef int nr = sb_isa_nr(isa_code)
+    cdef bint by_rows = M >= N or sgd_g != NULL  # a fused SGD must see each row of A once
+    cdef long unit = mr if by_rows else nr
+    cdef long units = ((M if by_rows else N) + unit - 1) // unit
+    cdef int parts = threads if threads < units else <int>units
+    cdef long t, lo, hi
+    cdef int rc = 0, failed = 0
+    if parts <= 1:
+        return _gemm_f32_core_t(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, isa_code,
+                                trans_a, trans_b, sgd_g, ldg, lr)
+    for t in prange(parts, num_threads=parts, schedule="static"):
+        lo = units * t // parts * unit
+        hi = units * (t + 1) // parts * unit
+        if by_rows:
+            if hi > M:
+                hi = M
+            rc = _gemm_f32_core_t(A + (lo if trans_a else lo * lda), B, C + lo * ldc, hi - lo, K, N,
+                                  lda, ldb, ldc, kc_max, mode, isa_code, trans_a, trans_b,
+                                  NULL if sgd_g == NULL else sgd_g + lo, ldg, lr)
+        else:
+            if hi > N:
+                hi = N
+            rc = _gemm_f32_core_t(A, B + (lo * ldb if trans_b else lo), C + lo, M, K, hi - lo,
+                                  lda, ldb, ldc, kc_max, mode, isa_code, trans_a, trans_b,
+                                  NULL, 0, 0.0)
+        failed += rc != 0  # a reduction
+    return -1 if failed else 0
+
+
 cdef int _gemm_f32_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
                         long kc, int mode, int threads, int isa_code):
     cdef int rc
@@ -121,69 +267,24 @@ cdef int _current_isa() noexcept nogil:
 cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K, long N,
                         long lda, long ldb, long ldc, long kc_max, int mode, int threads,
                         int isa_code) noexcept nogil:
-    """threads > 1: A is packed once, every fold of it, by all threads; then the output is cut
-    into blocks of whole columns and each block goes through every fold on one thread, taken
-    dynamically. Two parallel regions and no barrier per fold: a fold of a 32-row array is
-    microseconds of work, and a barrier waits for a thread the OS has descheduled (on a loaded
-    2-core machine a fold-level split ran 2-10x slower on 2 threads than on 1). An output with
-    too few columns is cut into blocks of rows instead (each repacks the small B). Every
-    output element gets the same operations in the same order whatever the cut."""
-    cdef int mr = sb_isa_mr(isa_code)
-    cdef int nr = sb_isa_nr(isa_code)
-    cdef long col_panels = (N + nr - 1) // nr
-    cdef long row_panels = (M + mr - 1) // mr
-    cdef long folds = (K + kc_max - 1) // kc_max
-    cdef long blocks, per, b, lo, hi, t, pc, p
-    cdef int failed = 0
-    cdef float *packed_a
-    if threads > 1 and col_panels >= 2 * threads and <size_t>row_panels * mr * K <= _packed_a_max:
-        # blocks of at least 8 column panels when there are enough (a block's B stays in cache
-        # while it streams all of A), at least one block per thread
-        per = (col_panels + 4 * threads - 1) // (4 * threads)
-        if per < 8:
-            per = 8
-        if per * threads > col_panels:
-            per = (col_panels + threads - 1) // threads
-        blocks = (col_panels + per - 1) // per
-        packed_a = <float *>simd_alloc(<size_t>row_panels * mr * K, sizeof(float))
-        if packed_a == NULL:
-            return -1
-        for t in prange(folds * row_panels, num_threads=threads, schedule="static"):
-            pc = (t // row_panels) * kc_max
-            p = t % row_panels
-            sb_pack_a(isa_code, A, lda, p * mr, mr if M - p * mr > mr else M - p * mr, pc,
-                      kc_max if K - pc > kc_max else K - pc, mr,
-                      packed_a + row_panels * mr * pc + p * mr * (kc_max if K - pc > kc_max else K - pc))
-        for b in prange(blocks, num_threads=threads, schedule="dynamic"):
-            lo = b * per * nr
-            hi = lo + per * nr if lo + per * nr < N else N
-            failed += _gemm_f32_serial(A, packed_a, B + lo, C + lo, M, K, hi - lo, lda, ldb, ldc,
-                                       kc_max, mode, isa_code) != 0
-        simd_free(packed_a)
-    elif threads > 1 and row_panels >= 2 * threads:
-        per = (row_panels + 4 * threads - 1) // (4 * threads)
-        blocks = (row_panels + per - 1) // per
-        for b in prange(blocks, num_threads=threads, schedule="dynamic"):
-            lo = b * per * mr
-            hi = lo + per * mr if lo + per * mr < M else M
-            failed += _gemm_f32_serial(A + lo * lda, NULL, B, C + lo * ldc, hi - lo, K, N, lda, ldb,
-                                       ldc, kc_max, mode, isa_code) != 0
-    else:                            # one thread, or too small to share
-        return _gemm_f32_serial(A, NULL, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, isa_code)
-    return -1 if failed else 0
+    """C = A @ B on `threads` threads (_gemm_f32_split). Row strides lda, ldb, ldc
+    (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
+    return _gemm_f32_split(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, threads, isa_code,
+                           0, 0, NULL, 0, 0.0)
 
 
-cdef int _gemm_f32_serial(const float *A, const float *packed_a, const float *B, float *C,
-                          long M, long K, long N, long lda, long ldb, long ldc, long kc_max,
-                          int mode, int isa_code) noexcept nogil:
-    """BLIS loops on one thread: K blocks (pc; each a fold in fold order) > M chunks (pack
-    A, unless packed_a holds every fold of it already: fold pc's panels at
-    row_panels * mr * pc) > N blocks (pack B) > output tiles > micro-tiles (sb_macro). Row
-    strides lda, ldb, ldc (elements) let a caller (tconv, a thread's block) pass sub-blocks
-    of larger arrays."""
+cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long K, long N,
+                          long lda, long ldb, long ldc, long kc_max, int mode, int isa_code,
+                          int trans_a, int trans_b, const float *sgd_g, long ldg,
+                          float lr) noexcept nogil:
+    """One thread's GEMM, BLIS loops: K blocks (pc; each a fold in fold order) > M chunks
+    (pack A) > N blocks (pack B) > output tiles > micro-tiles (sb_macro). Operands may be
+    stored transposed: trans_a: A points at A^T (K x M, row stride lda); trans_b: B at B^T
+    (N x K, row stride ldb). Only the packing differs, so the bits are those of the
+    untransposed call. sgd_g (only with trans_a; NULL for none): A^T = A^T - lr * sgd_g as
+    it is packed (the caller's A must be writeable)."""
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
-    cdef long row_panels = (M + mr - 1) // mr
     cdef long kc_cap = kc_max if kc_max < K else K
     # N block: about 1 MB of packed B; M chunk: up to 4096 rows of packed A
     cdef long nc_blk = (_nc_floats // kc_cap) // nr * nr
@@ -200,15 +301,13 @@ cdef int _gemm_f32_serial(const float *A, const float *packed_a, const float *B,
         mc = mr
     if mc > mb_blk:
         mc = mb_blk
-    cdef float *pa = NULL
-    if packed_a == NULL:
-        pa = <float *>simd_alloc(<size_t>mb_blk * kc_cap, sizeof(float))
-    cdef float *pb = <float *>simd_alloc(<size_t>nc_blk * kc_cap, sizeof(float))
-    if (packed_a == NULL and pa == NULL) or pb == NULL:
-        simd_free(pa)
-        simd_free(pb)
+    # one workspace for both packed blocks (pb starts on a cache line)
+    cdef size_t pa_floats = (<size_t>mb_blk * kc_cap + 15) // 16 * 16
+    cdef size_t ws_floats
+    cdef float *pa = sb_ws_take(pa_floats + <size_t>nc_blk * kc_cap, &ws_floats)
+    if pa == NULL:
         return -1
-    cdef const float *chunk
+    cdef float *pb = pa + pa_floats
     cdef long pc, kc, ib, mb, jc, nb, p, npan, i0, rows
     pc = 0
     while pc < K:
@@ -216,29 +315,32 @@ cdef int _gemm_f32_serial(const float *A, const float *packed_a, const float *B,
         ib = 0
         while ib < M:
             mb = mb_blk if M - ib > mb_blk else M - ib
-            if packed_a != NULL:
-                chunk = packed_a + row_panels * mr * pc + ib * kc
+            npan = (mb + mr - 1) // mr
+            if trans_a:
+                sb_pack_a_trans_panels(isa_code, <float *>A, lda, pc, kc, ib, mb, mr, 0, npan, pa,
+                                       sgd_g, ldg, lr)
             else:
-                npan = (mb + mr - 1) // mr
                 for p in range(npan):
                     sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
                               pc, kc, mr, pa + p * mr * kc)
-                chunk = pa
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
-                sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, 0, (nb + nr - 1) // nr, pb)
+                npan = (nb + nr - 1) // nr
+                if trans_b:
+                    sb_pack_b_trans_panels(isa_code, B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
+                else:
+                    sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
                 i0 = 0
                 while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0
                     sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, nb,
-                             chunk + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc)
+                             pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc)
                     i0 += mc
                 jc += nb
             ib += mb
         pc += kc
-    simd_free(pa)
-    simd_free(pb)
+    sb_ws_give(pa, ws_floats)
     return 0
 
 

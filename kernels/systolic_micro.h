@@ -44,6 +44,43 @@ static int sb_isa_mr(int isa) { return simd_per_isa(isa, SB_A5_MR, SB_A2_MR, SB_
 
 static int sb_isa_nr(int isa) { return simd_per_isa(isa, SB_A5_NR, SB_A2_NR, SB_S_NR); }
 
+/* ---------------------------------------------------------------- packing workspace
+ * The packing buffers of one GEMM, kept per calling thread between calls: a fresh
+ * allocation of a few MB is fresh memory from the system (every page faults in, ~500 per
+ * 2 MB call, a millisecond on a VM), which is most of the difference between a GEMM on a
+ * training step's shapes and one on buffers it reuses. sb_ws_take hands out the thread's
+ * cached buffer when it is large enough (and takes it from the cache, so a nested call
+ * allocates its own); sb_ws_give caches it again, freeing the smaller of the two.
+ * Buffers above SB_WS_CACHE_MAX floats (64 MB) are not kept. */
+#define SB_WS_CACHE_MAX ((size_t)16 << 20)
+static __thread float *sb_ws_cached = NULL;
+static __thread size_t sb_ws_cached_floats = 0;
+
+static float *sb_ws_take(size_t floats, size_t *got)
+{
+    if (sb_ws_cached != NULL && sb_ws_cached_floats >= floats) {
+        float *p = sb_ws_cached;
+        *got = sb_ws_cached_floats;
+        sb_ws_cached = NULL;
+        sb_ws_cached_floats = 0;
+        return p;
+    }
+    *got = floats;
+    return (float *)simd_alloc(floats, sizeof(float));
+}
+
+static void sb_ws_give(float *p, size_t floats)
+{
+    if (p == NULL) return;
+    if (floats > SB_WS_CACHE_MAX || floats <= sb_ws_cached_floats) {
+        simd_free(p);
+        return;
+    }
+    simd_free(sb_ws_cached);
+    sb_ws_cached = p;
+    sb_ws_cached_floats = floats;
+}
+
 /* ---------------------------------------------------------------- packing */
 
 /* One A panel: rows [i0, i0+rows) (rows <= mr), reduction [k0, k0+kc). Rows are read
@@ -77,6 +114,110 @@ static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0
                 for (j = 0; j < w; j++) d[j] = src[p * nr + j];
                 for (; j < nr; j++) d[j] = 0.0f;
             }
+        }
+    }
+}
+
+/* A panels [p0, p1) of the chunk whose rows start at i0 (rows valid rows in the chunk)
+ * from AT (K x M, row stride ldat), the caller's A^T in row-major order: each k is a run of
+ * mr floats per panel. A few k's at a time for every panel, so that a handful of rows of
+ * AT are read in order and each panel is written in runs (all k of one panel at once
+ * would read rows a page apart: cache-set conflicts). */
+#define SB_A_TRANS_KB 8
+/* With g != NULL each element is also updated once it is packed: AT = AT - lr * g (g in
+ * AT's layout, row stride ldg; the product and the difference each rounded, as numpy's
+ * separate multiply and subtract): plain SGD fused into the one pass that reads the
+ * weights anyway. The panel keeps the value from before the update. */
+#if SIMD_X86
+/* full AVX-512 panels (mr = 12): one masked 512-bit load and store per k */
+__attribute__((target("avx512f")))
+static void sb_pack_a_trans_avx512(float *src0, long ldat, long kb, long kend, long kc,
+                                   long p0, long p1, float *dst, const float *g0, long ldg,
+                                   float lr)
+{
+    const __mmask16 m = (__mmask16)((1u << SB_A5_MR) - 1u);
+    const __m512 vlr = _mm512_set1_ps(lr);
+    long p, k;
+    for (p = p0; p < p1; p++) {
+        float *src = src0 + p * SB_A5_MR;
+        float *d = dst + p * kc * SB_A5_MR + kb * SB_A5_MR;
+        if (g0 == NULL) {
+            for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR)
+                _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, src));
+        } else {
+            const float *g = g0 + p * SB_A5_MR;
+            for (k = kb; k < kend; k++, src += ldat, d += SB_A5_MR, g += ldg) {
+                __m512 v = _mm512_maskz_loadu_ps(m, src);
+                _mm512_mask_storeu_ps(d, m, v);
+                __m512 t = _mm512_mul_ps(vlr, _mm512_maskz_loadu_ps(m, g));
+                _mm512_mask_storeu_ps(src, m, _mm512_sub_ps(v, t));
+            }
+        }
+    }
+}
+#endif
+
+static void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
+                                   long rows, int mr, long p0, long p1, float *dst,
+                                   const float *g, long ldg, float lr)
+{
+    long kb, kend, p, k, i, full = rows / mr;  /* panels [0, full) have mr valid rows */
+    for (kb = 0; kb < kc; kb += SB_A_TRANS_KB) {
+        kend = kb + SB_A_TRANS_KB < kc ? kb + SB_A_TRANS_KB : kc;
+        p = p0;
+#if SIMD_X86
+        if (isa == SIMD_ISA_AVX512 && mr == SB_A5_MR) {
+            long pf = full < p1 ? full : p1;
+            if (pf > p) {
+                sb_pack_a_trans_avx512(AT + (k0 + kb) * ldat + i0, ldat, kb, kend, kc, p, pf, dst,
+                                       g == NULL ? NULL : g + (k0 + kb) * ldg + i0, ldg, lr);
+                p = pf;
+            }
+        }
+#endif
+        for (; p < p1; p++) {
+            long w = rows - p * mr;
+            float *src = AT + (k0 + kb) * ldat + i0 + p * mr;
+            const float *gk = g == NULL ? NULL : g + (k0 + kb) * ldg + i0 + p * mr;
+            float *d = dst + p * kc * mr + kb * mr;
+            if (w > mr) w = mr;
+            for (k = kb; k < kend; k++, src += ldat, d += mr) {
+                for (i = 0; i < w; i++) d[i] = src[i];
+                for (; i < mr; i++) d[i] = 0.0f;
+                if (gk != NULL) {
+                    for (i = 0; i < w; i++) {
+                        float t = lr * gk[i];
+                        src[i] = src[i] - t;
+                    }
+                    gk += ldg;
+                }
+            }
+        }
+    }
+}
+
+/* B panels [p0, p1) from an operand stored transposed: BT (N x K, row stride ldbt), the
+ * caller's B^T in row-major order (numpy's .T of a C array), so that no transposed copy is
+ * made first. A panel's columns are rows of BT, transposed 16 x 16 at a time on AVX-512
+ * (isa), element by element otherwise. */
+static void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc,
+                                   long j0, long cols, int nr, long p0, long p1, float *dst)
+{
+    long j, k, p;
+    for (p = p0; p < p1; p++) {
+        float *d = dst + p * kc * nr;
+        long w = cols - p * nr;
+        const float *src = BT + (j0 + p * nr) * ldbt + k0;
+        if (w > nr) w = nr;
+#if SIMD_X86
+        if (isa == SIMD_ISA_AVX512 && nr % 16 == 0) {
+            simd_transpose_avx512(src, ldbt, w, kc, d, nr, nr);
+            continue;
+        }
+#endif
+        for (k = 0; k < kc; k++) {
+            for (j = 0; j < w; j++) d[k * nr + j] = src[j * ldbt + k];
+            for (; j < nr; j++) d[k * nr + j] = 0.0f;
         }
     }
 }

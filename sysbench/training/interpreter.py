@@ -68,6 +68,10 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     grad_handles = []
     forwards = flops = 0
     eager = optimizer is not None and _forwards_end_before_backward(ops)
+    # eager plain SGD: a layer that can steps its weights inside its backward (in the pass
+    # of the input gradient that reads them); `fused` names the layers that did
+    sgd_lr = optimizer.fused_lr() if eager and not dry and hasattr(optimizer, "fused_lr") else None
+    fused: set = set()
     for op, k in ops:
         if op == "F":
             held[k], handles[k] = _forward_stage(net, spans[k - 1], held[k - 1], k, tracker, dry, pool)
@@ -87,14 +91,16 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
                 loss, d = net.loss_and_grad(held[n], target)
             d_handle = tracker.hold(f"d{n}", d, "gradient")
             tracker.remove(ws)
-            d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry, pool)
+            d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry, pool,
+                                    sgd_lr, fused)
         else:
             d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry,
-                                    pool)
+                                    pool, sgd_lr, fused)
             if eager:
                 for i in backward_layers(net, spans, k):
                     if net.layers[i].params:
-                        _update(net, i, grads, optimizer, tracker, dry)
+                        done = (net.layers[i].fuses_sgd,) if i in fused else ()
+                        _update(net, i, grads, optimizer, tracker, dry, done)
     if held or d is not None:
         raise RuntimeError(f"schedule left activations {sorted(held)} held")  # programs are checked
     if optimizer is not None:
@@ -117,14 +123,15 @@ def _forwards_end_before_backward(ops) -> bool:
     return True
 
 
-def _update(net, i, grads, optimizer, tracker, dry):
-    """The optimizer's step for layer i (its workspace counted while it runs)."""
+def _update(net, i, grads, optimizer, tracker, dry, done=()):
+    """The optimizer's step for layer i but its parameters in `done` (stepped in its
+    backward); the step's workspace is counted while it runs either way."""
     layer = net.layers[i]
     if dry:  # the plain SGD of a workload's step
         ws = tracker.add("ws sgd", SGD().workspace([layer]), "workspace")
     else:
         ws = tracker.add("ws sgd", optimizer.workspace([layer]), "workspace")
-        optimizer.step_layer(i, layer, grads[i])
+        optimizer.step_layer(i, layer, grads[i], done)
     tracker.remove(ws)
 
 
@@ -158,10 +165,12 @@ def _forward_stage(net, span, x, k, tracker, dry, pool):
     return y, handle
 
 
-def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool):
+def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool, sgd_lr=None, fused=None):
     """The layers of B(k) (chain.backward_layers) from the gradient d: stage k's first layer
     reads a_{k-1} (x), as does stage k-1's tail, which rewrites the gradient in place; the
-    layers between read nothing. Returns (d_{k-1} or None, its handle)."""
+    layers between read nothing. sgd_lr: a layer with fuses_sgd that computes an input
+    gradient takes that SGD step itself, and its index goes into `fused`. Returns
+    (d_{k-1} or None, its handle)."""
     n = len(spans)
     first = spans[k - 1][0] if k <= n else None
     for i in backward_layers(net, spans, k):
@@ -181,13 +190,16 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, 
             if dry:
                 d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
                 grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
-            elif pool is not None and layer.accepts_out:
-                out = pool.take_transposed(net.shapes[i], net.dtype) if i > 0 else None
-                weight_out = pool.lend(pool.take(layer.params["weight"].shape, net.dtype))
-                d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0, out=out, weight_out=weight_out)
-                del out
             else:
-                d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0)
+                extra = {}
+                if sgd_lr is not None and layer.fuses_sgd and i > 0:
+                    extra["sgd_lr"] = sgd_lr
+                    fused.add(i)
+                if pool is not None and layer.accepts_out:
+                    extra["out"] = pool.take_transposed(net.shapes[i], net.dtype) if i > 0 else None
+                    extra["weight_out"] = pool.lend(pool.take(layer.params["weight"].shape, net.dtype))
+                d_in, grads[i] = layer.backward(d, saved, need_input_grad=i > 0, **extra)
+                del extra
             new_handle = tracker.hold(f"d{i}", d_in, "gradient") if d_in is not None else None
             for name, g in grads[i].items():
                 grad_handles.append(tracker.hold(f"g{i + 1}.{name}", g, "weight_grad"))

@@ -10,6 +10,9 @@ checks; `layer.astype(np.float64)` converts its parameters) and has:
     saved_of(x)                             the `saved` forward(x) returns, computed at no cost
 A layer with accepts_out (Linear) also takes forward(x, out=) and backward(..., out=,
 weight_out=): buffers to write y, grad_x and the weight gradient into (a BufferPool's).
+One with fuses_sgd (Linear: "weight") takes backward(..., sgd_lr=) too: plain SGD's step
+on that parameter, taken in the input-gradient GEMM's pass over it (the same bits as
+optim.SGD's own step).
 
 `saved` is always built from the layer's input alone (a reference to x, or x's shape), never
 a new buffer: a schedule that holds a layer's input can run that layer's backward without
@@ -30,12 +33,14 @@ import math
 
 import numpy as np
 
+from .gemm import input_gradient, output, weight_gradient
 
 
 class Layer:
     kind = "layer"
     has_params = False
     accepts_out = False
+    fuses_sgd = None  # a parameter backward(..., sgd_lr=) steps itself (Linear's weight)
     # what backward reads of this layer's tensors: "input" (its saved_of(x)), "either" (its
     # input or its output give the same saved: ReLU's sign), "nothing" (Flatten: a shape)
     backward_reads = "input"
@@ -103,11 +108,13 @@ class Linear(Layer):
 
     y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
     W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
-    next Linear; the element-wise layers between keep the layout."""
+    next Linear; the element-wise layers between keep the layout. The backward GEMMs are
+    training.gemm's (the chain-order kernel for float32)."""
 
     kind = "linear"
     has_params = True
     accepts_out = True
+    fuses_sgd = "weight"  # backward(sgd_lr=) updates this parameter
 
     def __init__(self, out_features: int, bias: bool = True):
         super().__init__()
@@ -130,19 +137,23 @@ class Linear(Layer):
 
     def forward(self, x, out=None):
         """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed."""
-        y = np.matmul(self.params["weight"], x.T, out=None if out is None else out.T).T
+        y = output(self.params["weight"], x, out=out)
         if self.bias:
             y += self.params["bias"]
         return y, x
 
-    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None):
+    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None, sgd_lr=None):
+        """sgd_lr (with need_input_grad): also take plain SGD's step on the weight, in the
+        pass of the input gradient that reads it (optim.SGD.fused_lr; the caller steps the
+        other parameters)."""
         x = saved
-        grads = {"weight": np.matmul(grad_y.T, x, out=weight_out)}
+        grads = {"weight": weight_gradient(grad_y, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
         grad_x = None
         if need_input_grad:
-            grad_x = np.matmul(self.params["weight"].T, grad_y.T, out=None if out is None else out.T).T
+            sgd = None if sgd_lr is None else (grads["weight"], sgd_lr)
+            grad_x = input_gradient(self.params["weight"], grad_y, out=out, sgd=sgd)
         return grad_x, grads
 
     def flops(self, in_shape):

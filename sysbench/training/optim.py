@@ -26,11 +26,19 @@ class SGD:
         for i, layer in enumerate(layers):
             self.step_layer(i, layer, grads[i])
 
-    def step_layer(self, i: int, layer, grads: dict) -> None:
+    def fused_lr(self):
+        """lr when this step is plain p -= lr * g (no momentum, no weight decay), which a
+        layer can take itself in the pass that reads p (Layer.fuses_sgd); else None."""
+        return None if self.momentum or self.weight_decay else self.lr
+
+    def step_layer(self, i: int, layer, grads: dict, done: tuple = ()) -> None:
         """Update layer i's params from its gradients (each parameter on its own: the
-        order of the layers does not change the bits)."""
+        order of the layers does not change the bits), except those named in `done` (a
+        layer's backward stepped them already, fused_lr)."""
         buffer = None
         for name, p in layer.params.items():
+            if name in done:
+                continue
             g = grads[name]
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
@@ -42,20 +50,27 @@ class SGD:
                     v *= p.dtype.type(self.momentum)
                     v += g
                 g = v
-            if not p.flags.c_contiguous:  # (never for a layer's own params)
-                p -= p.dtype.type(self.lr) * g
-                continue
-            # p -= lr * g, a block at a time: the same two roundings per element, without
-            # a temporary as large as the weights (and while the block is in cache)
             if buffer is None or buffer.dtype != p.dtype:
                 buffer = np.empty(SGD_BLOCK, dtype=p.dtype)
-            flat_p, flat_g = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
-            lr = p.dtype.type(self.lr)
-            for start in range(0, flat_p.size, SGD_BLOCK):
-                end = min(start + SGD_BLOCK, flat_p.size)
-                scaled = buffer[:end - start]
-                np.multiply(flat_g[start:end], lr, out=scaled)
-                np.subtract(flat_p[start:end], scaled, out=flat_p[start:end])
+            sgd_update(p, g, self.lr, buffer)
+
+
+def sgd_update(p: np.ndarray, g: np.ndarray, lr: float, buffer: np.ndarray | None = None) -> None:
+    """p -= lr * g in place (lr * g rounded in p's dtype, then the difference), a block at
+    a time: the same two roundings per element, without a temporary as large as the
+    weights (and while the block is in cache). buffer: SGD_BLOCK elements of p's dtype."""
+    if not p.flags.c_contiguous:  # (never for a layer's own params)
+        p -= p.dtype.type(lr) * g
+        return
+    if buffer is None:
+        buffer = np.empty(SGD_BLOCK, dtype=p.dtype)
+    flat_p, flat_g = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
+    lr = p.dtype.type(lr)
+    for start in range(0, flat_p.size, SGD_BLOCK):
+        end = min(start + SGD_BLOCK, flat_p.size)
+        scaled = buffer[:end - start]
+        np.multiply(flat_g[start:end], lr, out=scaled)
+        np.subtract(flat_p[start:end], scaled, out=flat_p[start:end])
 
 
 SGD_BLOCK = 16384  # elements of lr * g at a time (64 KiB of float32: stays in L2)

@@ -1,0 +1,107 @@
+"""training.gemm: the Linear weight gradient's GEMM (the chain-order kernel for float32)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sysbench._kernels import systolic
+from sysbench.training import gemm, network
+from sysbench.training import layers as L
+from sysbench.training import recompute as rc
+from sysbench.training.optim import SGD, blas_threads
+from sysbench.workloads.train_recompute import reference_step
+
+
+def linear(batch=37, fin=50, fout=70, seed=0):
+    layer = L.Linear(fout)
+    layer.build((batch, fin), np.random.default_rng(seed))
+    rng = np.random.default_rng([seed, 1])
+    x = rng.standard_normal((batch, fin), dtype=np.float32)
+    grad_y = rng.standard_normal((batch, fout), dtype=np.float32)
+    return layer, x, grad_y
+
+
+def test_float32_backward_gemms_are_the_kernels_on_one_thread_and_numpys_on_more():
+    layer, x, grad_y = linear()
+    w = layer.params["weight"]
+    chain_w = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True).view(np.uint32)
+    chain_x = systolic.gemm_f32(np.ascontiguousarray(w.T), np.ascontiguousarray(grad_y.T), 1, True).T
+    # as run_program lays them out: (features, batch) buffers seen through .T
+    x_t, grad_y_t = np.ascontiguousarray(x.T).T, np.ascontiguousarray(grad_y.T).T
+    for threads in (1, 2):
+        with blas_threads(threads):
+            assert gemm.blas_thread_count() == threads
+            for xs, gs in ((x, grad_y), (x_t, grad_y_t), (x_t, grad_y)):
+                want_w = chain_w if threads == 1 else np.matmul(gs.T, xs).view(np.uint32)
+                want_x = chain_x if threads == 1 else np.matmul(w.T, gs.T).T
+                grad_x, grads = layer.backward(gs, layer.saved_of(xs))
+                assert np.array_equal(grads["weight"].view(np.uint32), want_w)
+                assert np.array_equal(grad_x.view(np.uint32), want_x.view(np.uint32))
+                out = np.empty_like(w)
+                _, grads = layer.backward(gs, layer.saved_of(xs), weight_out=out)
+                assert grads["weight"] is out and np.array_equal(out.view(np.uint32), want_w)
+
+
+def test_float32_weight_gradient_within_rounding_of_float64():
+    layer, x, grad_y = linear(batch=300)
+    _, grads = layer.backward(grad_y, x)
+    exact = grad_y.T.astype(np.float64) @ x.astype(np.float64)
+    scale = np.abs(grad_y.T).astype(np.float64) @ np.abs(x).astype(np.float64)
+    assert np.all(np.abs(grads["weight"] - exact) <= 300 * 2.0 ** -24 * scale)
+
+
+def test_float64_weight_gradient_is_numpys():
+    layer, x, grad_y = linear()
+    layer.astype(np.float64)
+    x, grad_y = x.astype(np.float64), grad_y.astype(np.float64)
+    _, grads = layer.backward(grad_y, x)
+    assert np.array_equal(grads["weight"], grad_y.T @ x)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does(threads):
+    for dtype in (np.float32, np.float64):
+        layer, x, grad_y = linear(seed=3)
+        layer.astype(dtype)
+        x, grad_y = x.astype(dtype), np.ascontiguousarray(grad_y.T.astype(dtype)).T  # as run_program's
+        before = {k: v.copy() for k, v in layer.params.items()}
+        plain = L.Linear(70)
+        plain.params = {k: v.copy() for k, v in before.items()}
+        with blas_threads(threads):
+            grad_x, grads = layer.backward(grad_y, x, sgd_lr=0.05)
+            want_x, want = plain.backward(grad_y, x)
+        assert np.array_equal(grad_x, want_x)  # from the weights before the step
+        assert np.array_equal(grads["weight"], want["weight"])
+        SGD(0.05).step_layer(0, plain, want)
+        assert np.array_equal(layer.params["weight"], plain.params["weight"])
+        assert np.array_equal(layer.params["bias"], before["bias"])  # the caller's to step
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_a_step_with_fused_sgd_has_the_unfused_weights(threads, monkeypatch):
+    """run_program fuses plain SGD into the Linear layers' backward (eager schedules); the
+    weights after the step equal the workload's reference step's (every activation kept,
+    SGD afterwards, unfused) in every schedule. With momentum nothing is fused, and the
+    schedules still agree."""
+    fused = []
+    real = gemm.input_gradient
+    monkeypatch.setattr(L, "input_gradient", lambda *a, sgd=None, **k: fused.append(sgd is not None) or real(
+        *a, sgd=sgd, **k))
+    net = network.build({"model": "mlp", "layers": 3, "width": 40, "batch": 24}, seed=2)
+    x, target = net.make_batch(2)
+    initial = net.copy_params()
+    want = {"plain": reference_step(net, x, target, initial, 0.1, threads)["weights"]}
+    for name, optimizer, fuses in (("plain", lambda: SGD(0.1), True), ("momentum", lambda: SGD(0.1, momentum=0.9),
+                                                                       False)):
+        for schedule in ("store_all", "full_recompute", "checkpoint_every=2"):
+            net.set_params(initial)
+            ops = rc.program_for(rc.chain_of(net), rc.parse_schedule(schedule))
+            fused.clear()
+            with blas_threads(threads):
+                rc.run_program(net, x, target, ops, optimizer=optimizer(), pool=rc.BufferPool())
+            assert fused and all(f == fuses for f in fused)
+            got = net.copy_params()
+            want.setdefault(name, got)  # momentum: store_all's
+            for mine, theirs in zip(got, want[name]):
+                for key in theirs:
+                    assert np.array_equal(mine[key], theirs[key]), (name, schedule, key)
