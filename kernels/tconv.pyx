@@ -24,6 +24,8 @@ pass over the output.
 Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
 memoryview shims, nogil cores with prange over independent output planes.
 """
+import threading
+
 import numpy as np
 
 cimport numpy as cnp
@@ -42,6 +44,9 @@ cdef extern from "tconv_micro.h" nogil:
                   const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane)
+    void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
+                         long mr, long tile, long nphases, const int64_t *info,
+                         const int64_t *starts, const int64_t *taps_k, float *packed)
 
 ctypedef fused operand_t:
     float
@@ -498,40 +503,26 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
     block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
     planes = _spread_planes(x)
-    rs = np.array(taps_rs or [(0, 0)], dtype=np.int64)
+    taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [tiles * max(q[0], 1) * cin_g * mr for q in phases]
     starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-    packed = np.empty(sum(sizes), dtype=np.float32)
+    packed = _scratch("packed", sum(sizes))
     for g in range(groups):
-        _pack_phase_weights(w, rs, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
+        _pack_phase_weights(w, taps_k, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
         _phase_shim(planes, packed, starts, info, offsets, masks, lanes, out, g * cin_g,
                     g * cout_g, cin_g, cout_g, fold, block, threads, kind)
 
 
-cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[:, ::1] rs,
+cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[::1] taps_k,
                               const int64_t[:, ::1] info, const int64_t[::1] starts,
                               float[::1] packed, long c0, long cin, long cout, long mr,
                               int threads) noexcept nogil:
-    # per phase q, (tiles, taps, cin, mr): packed[starts[q] + ((tile*taps + t)*cin + c)*mr + i]
-    # = w[c0 + c, tile*mr + i, r_t, s_t], 0 past the last output channel (a phase without
-    # taps has one tap of zeros). Per tile and input channel, the tile's kernels (mr runs of
-    # kh*kw floats) stay in L1 while every tap of every phase is copied out of them.
-    cdef long tiles = (cout + mr - 1) // mr, nphases = info.shape[0]
-    cdef long tile, q, taps, first, t, c, i, o
-    cdef float *dst
+    # per phase q, (tiles, taps, cin, mr): tc_pack_weights (tconv_micro.h), one tile a task
+    cdef long tiles = (cout + mr - 1) // mr, khkw = w.shape[2] * w.shape[3]
+    cdef long tile
     for tile in prange(tiles, num_threads=threads, schedule="static"):
-        for c in range(cin):
-            for q in range(nphases):
-                taps = info[q, 0]
-                first = info[q, 5]
-                for t in range(max(taps, 1)):
-                    dst = &packed[starts[q] + ((tile * max(taps, 1) + t) * cin + c) * mr]
-                    for i in range(mr):
-                        o = tile * mr + i
-                        if taps and o < cout:
-                            dst[i] = w[c0 + c, o, rs[first + t, 0], rs[first + t, 1]]
-                        else:
-                            dst[i] = 0
+        tc_pack_weights(&w[0, 0, 0, 0], w.shape[1], khkw, c0, cin, cout, mr, tile,
+                        info.shape[0], &info[0, 0], &starts[0], &taps_k[0], &packed[0])
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -575,6 +566,19 @@ cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts
 PHASE_WEIGHT_BYTES = 1 << 20
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name, size):
+    """A float32 buffer of `size` kept per thread between calls: fresh megabytes from the
+    allocator are fresh pages, and their page faults cost as much as packing into them."""
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=np.float32)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size]
+
+
 def _spread_planes(x):
     """x as (batch, channels, stride): each channel plane in a row of `stride` floats, an odd
     number of cache lines. The phase path reads one cache line or two of every channel
@@ -584,7 +588,7 @@ def _spread_planes(x):
     stride = -(-h * w // 16) * 16
     if stride // 16 % 2 == 0:
         stride += 16
-    planes = np.empty((b, c, stride), dtype=np.float32)
+    planes = _scratch("planes", b * c * stride).reshape(b, c, stride)
     planes[:, :, :h * w] = x.reshape(b, c, h * w)
     return planes
 
