@@ -439,7 +439,13 @@ def _phases_pay(geo, plan, w):
     rows_used = cout_g / (-(-cout_g // mr) * mr)
     lanes_used = lanes / (-(-lanes // nr) * nr)
     return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
-            and len(plan) >= 2 * sh * sw and bool(np.isfinite(w).all()))
+            and len(plan) >= 2 * sh * sw and _all_finite(w))
+
+
+def _all_finite(w):
+    """Whether every weight is finite: a float64 sum of float32 values cannot overflow, so
+    it is finite exactly when they are (one pass, no boolean temporary)."""
+    return bool(np.isfinite(w.sum(dtype=np.float64)))
 
 
 # the phase path wants its micro-tiles at least this full (output channels x pixels)
@@ -465,9 +471,9 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     the scatter (each element's sum over the input channels in the array's fold or chain
     order, then the elements from +0 in plan order), so the bits are the same.
 
-    Work items: (block of output channel tiles, image, panel), each doing every phase, so
-    that the output rows of a panel are complete while in cache; blocks keep their weights
-    within about half an L2 (PHASE_WEIGHT_BYTES)."""
+    Blocks of output channel tiles in turn, each block's weights (about half an L2,
+    PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
+    phase, so that the output rows of a panel are complete while in cache."""
     cdef int kind = _tile_kind(w.shape[1])
     mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
     groups = geo["groups"]
@@ -502,27 +508,15 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
                   sh, sw, wo, nr)
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
     block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
+    block = -(-tiles // -(-tiles // block))  # blocks of even size
     planes = _spread_planes(x)
     taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
-    sizes = [tiles * max(q[0], 1) * cin_g * mr for q in phases]
+    sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
     packed = _scratch("packed", sum(sizes))
     for g in range(groups):
-        _pack_phase_weights(w, taps_k, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
-        _phase_shim(planes, packed, starts, info, offsets, masks, lanes, out, g * cin_g,
-                    g * cout_g, cin_g, cout_g, fold, block, threads, kind)
-
-
-cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[::1] taps_k,
-                              const int64_t[:, ::1] info, const int64_t[::1] starts,
-                              float[::1] packed, long c0, long cin, long cout, long mr,
-                              int threads) noexcept nogil:
-    # per phase q, (tiles, taps, cin, mr): tc_pack_weights (tconv_micro.h), one tile a task
-    cdef long tiles = (cout + mr - 1) // mr, khkw = w.shape[2] * w.shape[3]
-    cdef long tile
-    for tile in prange(tiles, num_threads=threads, schedule="static"):
-        tc_pack_weights(&w[0, 0, 0, 0], w.shape[1], khkw, c0, cin, cout, mr, tile,
-                        info.shape[0], &info[0, 0], &starts[0], &taps_k[0], &packed[0])
+        _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, out,
+                    g * cin_g, g * cout_g, cin_g, cout_g, fold, block, threads, kind)
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -593,45 +587,54 @@ def _spread_planes(x):
     return planes
 
 
-cdef void _phase_shim(const float[:, :, ::1] x, const float[::1] packed,
+cdef void _phase_shim(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
+                      const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
                       const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
                       long cin, long cout, long fold, long block, int threads, int kind):
     with nogil:
-        _phase_core(x, packed, packed_start, info, offsets, masks, lanes, out, c0, o0, cin,
-                    cout, fold, block, threads, kind)
+        _phase_core(x, w, taps_k, packed, packed_start, info, offsets, masks, lanes, out, c0,
+                    o0, cin, cout, fold, block, threads, kind)
 
 
-cdef void _phase_core(const float[:, :, ::1] x, const float[::1] packed,
+cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
+                      const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
                       const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
                       long cin, long cout, long fold, long block, int threads,
                       int kind) noexcept nogil:
-    # one (tile block, image, panel) per iteration, every phase: the outputs an iteration
-    # writes are its own (channels of its block, pixels of its panel), so no races. Static
-    # schedule in block-major order: a thread's iterations share a block's weights.
-    cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind)
+    # Per block of output channel tiles: pack the block's weights (one tile a task; per
+    # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
+    # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
+    # own (channels of the block, pixels of its panel), so no races.
+    cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
-    cdef long item, rest, blk, b, p, q, taps
+    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk
     for q in range(nphases):
         panels = max(panels, info[q, 2])
-    for item in prange(blocks * batch * panels, num_threads=threads, schedule="static"):
-        blk = item // (batch * panels)
-        rest = item % (batch * panels)
-        b = rest // panels
-        p = rest % panels
-        for q in range(nphases):
-            taps = info[q, 0]
-            if p < info[q, 2]:
-                tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
-                         &masks[info[q, 3] + p * max(taps, 1)], p * nr,
-                         &packed[packed_start[q]], cin, fold, cout, blk * block,
-                         min(tiles, (blk + 1) * block), &lanes[info[q, 4] + p * nr],
-                         &out[b, o0, 0, 0], out_plane)
+    for blk in range(blocks):
+        first = blk * block
+        count = min(tiles, first + block) - first
+        cout_blk = cout - first * mr
+        for tile in prange(count, num_threads=threads, schedule="static"):
+            tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
+                            cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
+                            &taps_k[0], &packed[0])
+        for item in prange(batch * panels, num_threads=threads, schedule="static"):
+            b = item // panels
+            p = item % panels
+            for q in range(nphases):
+                taps = info[q, 0]
+                if p < info[q, 2]:
+                    tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                             &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                             &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
+                             &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
+                             out_plane)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group
