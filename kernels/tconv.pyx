@@ -44,6 +44,7 @@ cdef extern from "tconv_micro.h" nogil:
                   const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane)
+    int tc_all_finite(const float *w, long n)
     void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
                          long mr, long tile, long nphases, const int64_t *info,
                          const int64_t *starts, const int64_t *taps_k, float *packed)
@@ -443,9 +444,12 @@ def _phases_pay(geo, plan, w):
 
 
 def _all_finite(w):
-    """Whether every weight is finite: a float64 sum of float32 values cannot overflow, so
-    it is finite exactly when they are (one pass, no boolean temporary)."""
-    return bool(np.isfinite(w.sum(dtype=np.float64)))
+    """Whether every weight of the float32 array is finite (one pass, no temporary)."""
+    cdef const float[::1] flat = np.ascontiguousarray(w).reshape(-1)
+    cdef int ok
+    with nogil:
+        ok = tc_all_finite(&flat[0], flat.shape[0])
+    return bool(ok)
 
 
 # the phase path wants its micro-tiles at least this full (output channels x pixels)

@@ -253,6 +253,20 @@ static tc_uk_fn tc_tile_kernel(int tile)
     return tc_uk_scalar;
 }
 
+/* 1 when none of the n floats is inf or nan (exponent bits all ones): a masked lane
+ * multiplies a weight by 0, which only a finite weight survives as +0 */
+static int tc_all_finite(const float *w, long n)
+{
+    unsigned bad = 0;
+    long i;
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, w + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad == 0;
+}
+
 /* ---------------------------------------------------------------- packing the weights
  * One tile of MR output channels [o0, o0 + mr) of every phase: per input channel c, the
  * tile's kernels (mr runs of khkw floats of w, (cin, cout, kh, kw)) stay in L1 while each
