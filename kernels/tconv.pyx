@@ -426,21 +426,22 @@ def _phases_pay(geo, plan, w):
     """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
     finite weights (a masked lane multiplies a weight by 0: inf or nan would make a nan where
     the element does not reach) and every phase no wider than the input (its pixels then lie
-    on the input's row grid). It pays (measured on the suite's layers) from two images on,
-    when the tiles are mostly full (output channels/groups and the phase pixels per image
-    fill them) and the phases sum several elements each; for one image, packing the weights
-    per phase costs more than the scatter it saves."""
+    on the input's row grid). It pays (measured on the suite's layers) when the tiles are
+    mostly full (output channels/groups and the phase pixels per image fill them) and the
+    batch has PHASE_MIN_PIXELS input pixels or more: with fewer (one 8 x 8 or 4 x 4 image),
+    packing the weights per phase costs more than the scatter it saves."""
     (sh, sw), (ho, wo) = geo["stride"], geo["output"]
     cout_g = w.shape[1]
     kind = _tile_kind(cout_g)
     mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
-    if not plan or geo["batch"] < 2 or -(-wo // sw) > geo["width"]:
+    pixels = geo["batch"] * geo["height"] * geo["width"]
+    if not plan or pixels < PHASE_MIN_PIXELS or -(-wo // sw) > geo["width"]:
         return False
     lanes = -(-ho // sh) * geo["width"]
     rows_used = cout_g / (-(-cout_g // mr) * mr)
     lanes_used = lanes / (-(-lanes // nr) * nr)
     return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
-            and len(plan) >= 2 * sh * sw and _all_finite(w))
+            and len(plan) >= sh * sw and _all_finite(w))
 
 
 def _all_finite(w):
@@ -452,8 +453,10 @@ def _all_finite(w):
     return bool(ok)
 
 
-# the phase path wants its micro-tiles at least this full (output channels x pixels)
+# the phase path wants its micro-tiles at least this full (output channels x pixels), and
+# at least this many input pixels in the batch
 PHASE_MIN_USE = 0.9
+PHASE_MIN_PIXELS = 256
 
 
 def _tile_kind(cout_g):
@@ -612,7 +615,8 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
     # Per block of output channel tiles: pack the block's weights (one tile a task; per
     # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
     # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
-    # own (channels of the block, pixels of its panel), so no races.
+    # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
+    # shared machine a thread that loses its core leaves its items to the others.
     cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
@@ -624,11 +628,11 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
         first = blk * block
         count = min(tiles, first + block) - first
         cout_blk = cout - first * mr
-        for tile in prange(count, num_threads=threads, schedule="static"):
+        for tile in prange(count, num_threads=threads, schedule="dynamic"):
             tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
                             cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
                             &taps_k[0], &packed[0])
-        for item in prange(batch * panels, num_threads=threads, schedule="static"):
+        for item in prange(batch * panels, num_threads=threads, schedule="dynamic"):
             b = item // panels
             p = item % panels
             for q in range(nphases):
