@@ -460,10 +460,11 @@ PHASE_MIN_PIXELS = 256
 
 
 def _tile_kind(cout_g):
-    """The phase path's micro-tile: the SIMD path's, on AVX-512 12 rows instead of 8 when
-    12 divides the output channels with at most 4% of the rows wasted."""
+    """The phase path's micro-tile: the SIMD path's, on AVX-512 12 rows instead of 8 when 12
+    divides the output channels and 8 does not (with 128, 8 x 32 tiles measured 3% faster
+    than 12 x 32 ones with 4 rows of waste)."""
     isa_code = _current_isa()
-    if isa_code == SIMD_AVX512 and -(-cout_g // 12) * 12 <= 1.04 * cout_g:
+    if isa_code == SIMD_AVX512 and cout_g % 12 == 0 and cout_g % 8 != 0:
         return TC_TILE_AVX512W
     return isa_code
 

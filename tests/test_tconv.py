@@ -337,6 +337,8 @@ PHASE_LAYERS = valid_grid() + [
     (3, 20, 24, 7, 9, 4, 2, 1, 0, 1, 1), (2, 16, 8, 12, 40, 3, 1, 1, 0, 1, 1),
     (2, 9, 12, 5, 33, 5, 3, 1, 2, 1, 1), (2, 24, 48, 6, 6, 3, 2, 1, 1, (2, 1), 2),
     (1, 12, 16, 4, 5, (2, 3), (2, 1), (1, 0), 0, (1, 2), 1)]
+# 36 output channels: three 12-row AVX-512 tiles (12 rows are chosen only where 8 do not divide)
+PHASE_LAYERS += [(2, 10, 36, 6, 7, 4, 2, 1, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
