@@ -11,7 +11,7 @@ output at the stride. No zero ever enters a GEMM.
 
 Every output element of a GEMM is its own sum over the reduction index k in the array's
 order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
-Y = X W however the CPU arranges it. float32, from two images on with full micro-tiles:
+Y = X W however the CPU arranges it. float32, from 256 input pixels on with full micro-tiles:
 by output phases (_phases_f32, tconv_micro.h): each phase's kernel elements are constant
 shifts of the input, summed per output tile in registers in the same order, each output
 written once. Otherwise the array GEMM is called from C (systolic.pxd), once per group and
@@ -474,8 +474,8 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     columns aw + qj*sw) the kernel elements (r, s) with ah + ph - r*dh = di*sh and
     aw + pw - s*dw = dj*sw read input pixel (qi + di, qj + dj): each element is a constant
     shift of the input, and tc_panel (tconv_micro.h) sums the phase's elements in plan order
-    into tiles of output channels x phase pixels, reading the input in place, and writes each
-    output once. Per output element the additions are those of the per-element GEMMs and
+    into tiles of output channels x phase pixels, reading each element's input rows once per
+    block of tiles, and writes each output once. Per output element the additions are those of the per-element GEMMs and
     the scatter (each element's sum over the input channels in the array's fold or chain
     order, then the elements from +0 in plan order), so the bits are the same.
 

@@ -4,9 +4,11 @@
  * of the input: every kernel element (tap) that reaches the phase reads input pixel
  * (qi + di, qj + dj), a constant shift. Laid on a grid of the input's row length W, phase
  * pixel m = qi*W + qj reads input element m + di*W + dj of each channel plane: a tile of
- * NR consecutive phase pixels (lanes) is NR consecutive input floats, read straight from
- * the NCHW input (nothing packed); a lane whose input pixel lies outside the image loads 0
- * through a mask. The weights are packed MR output channels wide, k-major: a[k*MR + i].
+ * NR consecutive phase pixels (lanes) is NR consecutive input floats of each channel plane of
+ * the NCHW input; a lane whose input pixel lies outside the image reads 0 (a mask). Those rows
+ * are packed once per tap, fold and block of tiles into an aligned buffer (tc_pack_*), or
+ * read in place through the mask for a fold deeper than TC_PACK_ROWS. The weights are packed
+ * MR output channels wide, k-major: a[k*MR + i].
  *
  * One call of the micro-kernel: one tap, one fold of input channels, MR x NR outputs, in the
  * order of the per-element GEMM and scatter (the README's contract):
