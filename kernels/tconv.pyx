@@ -11,7 +11,7 @@ output at the stride. No zero ever enters a GEMM.
 
 Every output element of a GEMM is its own sum over the reduction index k in the array's
 order whatever the GEMM's shape or orientation, so the bits equal the array's per-element
-Y = X W however the CPU arranges it. float32, from two images on with full micro-tiles:
+Y = X W however the CPU arranges it. float32, from 256 input pixels on with full micro-tiles:
 by output phases (_phases_f32, tconv_micro.h): each phase's kernel elements are constant
 shifts of the input, summed per output tile in registers in the same order, each output
 written once. Otherwise the array GEMM is called from C (systolic.pxd), once per group and
@@ -24,6 +24,8 @@ pass over the output.
 Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
 memoryview shims, nogil cores with prange over independent output planes.
 """
+import threading
+
 import numpy as np
 
 cimport numpy as cnp
@@ -42,6 +44,10 @@ cdef extern from "tconv_micro.h" nogil:
                   const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane)
+    int tc_all_finite(const float *w, long n)
+    void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
+                         long mr, long tile, long nphases, const int64_t *info,
+                         const int64_t *starts, const int64_t *taps_k, float *packed)
 
 ctypedef fused operand_t:
     float
@@ -420,32 +426,45 @@ def _phases_pay(geo, plan, w):
     """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
     finite weights (a masked lane multiplies a weight by 0: inf or nan would make a nan where
     the element does not reach) and every phase no wider than the input (its pixels then lie
-    on the input's row grid). It pays (measured on the suite's layers) from two images on,
-    when the tiles are mostly full (output channels/groups and the phase pixels per image
-    fill them) and the phases sum several elements each; for one image, packing the weights
-    per phase costs more than the scatter it saves."""
+    on the input's row grid). It pays (measured on the suite's layers) when the tiles are
+    mostly full (output channels/groups and the phase pixels per image fill them) and the
+    batch has PHASE_MIN_PIXELS input pixels or more: with fewer (one 8 x 8 or 4 x 4 image),
+    packing the weights per phase costs more than the scatter it saves."""
     (sh, sw), (ho, wo) = geo["stride"], geo["output"]
     cout_g = w.shape[1]
     kind = _tile_kind(cout_g)
     mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
-    if not plan or geo["batch"] < 2 or -(-wo // sw) > geo["width"]:
+    pixels = geo["batch"] * geo["height"] * geo["width"]
+    if not plan or pixels < PHASE_MIN_PIXELS or -(-wo // sw) > geo["width"]:
         return False
     lanes = -(-ho // sh) * geo["width"]
     rows_used = cout_g / (-(-cout_g // mr) * mr)
     lanes_used = lanes / (-(-lanes // nr) * nr)
     return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
-            and len(plan) >= 2 * sh * sw and bool(np.isfinite(w).all()))
+            and len(plan) >= sh * sw and _all_finite(w))
 
 
-# the phase path wants its micro-tiles at least this full (output channels x pixels)
+def _all_finite(w):
+    """Whether every weight of the float32 array is finite (one pass, no temporary)."""
+    cdef const float[::1] flat = np.ascontiguousarray(w).reshape(-1)
+    cdef int ok
+    with nogil:
+        ok = tc_all_finite(&flat[0], flat.shape[0])
+    return bool(ok)
+
+
+# the phase path wants its micro-tiles at least this full (output channels x pixels), and
+# at least this many input pixels in the batch
 PHASE_MIN_USE = 0.9
+PHASE_MIN_PIXELS = 256
 
 
 def _tile_kind(cout_g):
-    """The phase path's micro-tile: the SIMD path's, on AVX-512 12 rows instead of 8 when
-    12 divides the output channels with at most 4% of the rows wasted."""
+    """The phase path's micro-tile: the SIMD path's, on AVX-512 12 rows instead of 8 when 12
+    divides the output channels and 8 does not (with 128, 8 x 32 tiles measured 3% faster
+    than 12 x 32 ones with 4 rows of waste)."""
     isa_code = _current_isa()
-    if isa_code == SIMD_AVX512 and -(-cout_g // 12) * 12 <= 1.04 * cout_g:
+    if isa_code == SIMD_AVX512 and cout_g % 12 == 0 and cout_g % 8 != 0:
         return TC_TILE_AVX512W
     return isa_code
 
@@ -455,14 +474,14 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     columns aw + qj*sw) the kernel elements (r, s) with ah + ph - r*dh = di*sh and
     aw + pw - s*dw = dj*sw read input pixel (qi + di, qj + dj): each element is a constant
     shift of the input, and tc_panel (tconv_micro.h) sums the phase's elements in plan order
-    into tiles of output channels x phase pixels, reading the input in place, and writes each
-    output once. Per output element the additions are those of the per-element GEMMs and
+    into tiles of output channels x phase pixels, reading each element's input rows once per
+    block of tiles, and writes each output once. Per output element the additions are those of the per-element GEMMs and
     the scatter (each element's sum over the input channels in the array's fold or chain
     order, then the elements from +0 in plan order), so the bits are the same.
 
-    Work items: (block of output channel tiles, image, panel), each doing every phase, so
-    that the output rows of a panel are complete while in cache; blocks keep their weights
-    within about half an L2 (PHASE_WEIGHT_BYTES)."""
+    Blocks of output channel tiles in turn, each block's weights (about half an L2,
+    PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
+    phase, so that the output rows of a panel are complete while in cache."""
     cdef int kind = _tile_kind(w.shape[1])
     mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
     groups = geo["groups"]
@@ -497,41 +516,15 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
                   sh, sw, wo, nr)
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
     block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
+    block = -(-tiles // -(-tiles // block))  # blocks of even size
     planes = _spread_planes(x)
-    rs = np.array(taps_rs or [(0, 0)], dtype=np.int64)
-    sizes = [tiles * max(q[0], 1) * cin_g * mr for q in phases]
+    taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
+    sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-    packed = np.empty(sum(sizes), dtype=np.float32)
+    packed = _scratch("packed", sum(sizes))
     for g in range(groups):
-        _pack_phase_weights(w, rs, info, starts, packed, g * cin_g, cin_g, cout_g, mr, threads)
-        _phase_shim(planes, packed, starts, info, offsets, masks, lanes, out, g * cin_g,
-                    g * cout_g, cin_g, cout_g, fold, block, threads, kind)
-
-
-cdef void _pack_phase_weights(const float[:, :, :, ::1] w, const int64_t[:, ::1] rs,
-                              const int64_t[:, ::1] info, const int64_t[::1] starts,
-                              float[::1] packed, long c0, long cin, long cout, long mr,
-                              int threads) noexcept nogil:
-    # per phase q, (tiles, taps, cin, mr): packed[starts[q] + ((tile*taps + t)*cin + c)*mr + i]
-    # = w[c0 + c, tile*mr + i, r_t, s_t], 0 past the last output channel (a phase without
-    # taps has one tap of zeros). Per tile and input channel, the tile's kernels (mr runs of
-    # kh*kw floats) stay in L1 while every tap of every phase is copied out of them.
-    cdef long tiles = (cout + mr - 1) // mr, nphases = info.shape[0]
-    cdef long tile, q, taps, first, t, c, i, o
-    cdef float *dst
-    for tile in prange(tiles, num_threads=threads, schedule="static"):
-        for c in range(cin):
-            for q in range(nphases):
-                taps = info[q, 0]
-                first = info[q, 5]
-                for t in range(max(taps, 1)):
-                    dst = &packed[starts[q] + ((tile * max(taps, 1) + t) * cin + c) * mr]
-                    for i in range(mr):
-                        o = tile * mr + i
-                        if taps and o < cout:
-                            dst[i] = w[c0 + c, o, rs[first + t, 0], rs[first + t, 1]]
-                        else:
-                            dst[i] = 0
+        _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, out,
+                    g * cin_g, g * cout_g, cin_g, cout_g, fold, block, threads, kind)
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -575,6 +568,19 @@ cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts
 PHASE_WEIGHT_BYTES = 1 << 20
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name, size):
+    """A float32 buffer of `size` kept per thread between calls: fresh megabytes from the
+    allocator are fresh pages, and their page faults cost as much as packing into them."""
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=np.float32)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size]
+
+
 def _spread_planes(x):
     """x as (batch, channels, stride): each channel plane in a row of `stride` floats, an odd
     number of cache lines. The phase path reads one cache line or two of every channel
@@ -584,50 +590,60 @@ def _spread_planes(x):
     stride = -(-h * w // 16) * 16
     if stride // 16 % 2 == 0:
         stride += 16
-    planes = np.empty((b, c, stride), dtype=np.float32)
+    planes = _scratch("planes", b * c * stride).reshape(b, c, stride)
     planes[:, :, :h * w] = x.reshape(b, c, h * w)
     return planes
 
 
-cdef void _phase_shim(const float[:, :, ::1] x, const float[::1] packed,
+cdef void _phase_shim(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
+                      const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
                       const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
                       long cin, long cout, long fold, long block, int threads, int kind):
     with nogil:
-        _phase_core(x, packed, packed_start, info, offsets, masks, lanes, out, c0, o0, cin,
-                    cout, fold, block, threads, kind)
+        _phase_core(x, w, taps_k, packed, packed_start, info, offsets, masks, lanes, out, c0,
+                    o0, cin, cout, fold, block, threads, kind)
 
 
-cdef void _phase_core(const float[:, :, ::1] x, const float[::1] packed,
+cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
+                      const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
                       const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
                       long cin, long cout, long fold, long block, int threads,
                       int kind) noexcept nogil:
-    # one (tile block, image, panel) per iteration, every phase: the outputs an iteration
-    # writes are its own (channels of its block, pixels of its panel), so no races. Static
-    # schedule in block-major order: a thread's iterations share a block's weights.
-    cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind)
+    # Per block of output channel tiles: pack the block's weights (one tile a task; per
+    # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
+    # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
+    # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
+    # shared machine a thread that loses its core leaves its items to the others.
+    cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
-    cdef long item, rest, blk, b, p, q, taps
+    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk
     for q in range(nphases):
         panels = max(panels, info[q, 2])
-    for item in prange(blocks * batch * panels, num_threads=threads, schedule="static"):
-        blk = item // (batch * panels)
-        rest = item % (batch * panels)
-        b = rest // panels
-        p = rest % panels
-        for q in range(nphases):
-            taps = info[q, 0]
-            if p < info[q, 2]:
-                tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
-                         &masks[info[q, 3] + p * max(taps, 1)], p * nr,
-                         &packed[packed_start[q]], cin, fold, cout, blk * block,
-                         min(tiles, (blk + 1) * block), &lanes[info[q, 4] + p * nr],
-                         &out[b, o0, 0, 0], out_plane)
+    for blk in range(blocks):
+        first = blk * block
+        count = min(tiles, first + block) - first
+        cout_blk = cout - first * mr
+        for tile in prange(count, num_threads=threads, schedule="dynamic"):
+            tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
+                            cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
+                            &taps_k[0], &packed[0])
+        for item in prange(batch * panels, num_threads=threads, schedule="dynamic"):
+            b = item // panels
+            p = item % panels
+            for q in range(nphases):
+                taps = info[q, 0]
+                if p < info[q, 2]:
+                    tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                             &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                             &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
+                             &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
+                             out_plane)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

@@ -4,9 +4,11 @@
  * of the input: every kernel element (tap) that reaches the phase reads input pixel
  * (qi + di, qj + dj), a constant shift. Laid on a grid of the input's row length W, phase
  * pixel m = qi*W + qj reads input element m + di*W + dj of each channel plane: a tile of
- * NR consecutive phase pixels (lanes) is NR consecutive input floats, read straight from
- * the NCHW input (nothing packed); a lane whose input pixel lies outside the image loads 0
- * through a mask. The weights are packed MR output channels wide, k-major: a[k*MR + i].
+ * NR consecutive phase pixels (lanes) is NR consecutive input floats of each channel plane of
+ * the NCHW input; a lane whose input pixel lies outside the image reads 0 (a mask). Those rows
+ * are packed once per tap, fold and block of tiles into an aligned buffer (tc_pack_*), or
+ * read in place through the mask for a fold deeper than TC_PACK_ROWS. The weights are packed
+ * MR output channels wide, k-major: a[k*MR + i].
  *
  * One call of the micro-kernel: one tap, one fold of input channels, MR x NR outputs, in the
  * order of the per-element GEMM and scatter (the README's contract):
@@ -192,6 +194,57 @@ TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
 typedef void (*tc_uk_fn)(long, const float *, const float *, long, unsigned, const float *,
                          float *, int);
 
+/* ---------------------------------------------------------------- packing one fold's input
+ * bp[k*nr + j] = lane j's input float of channel k (b[k*ldb + j]), 0 where the lane's pixel
+ * lies outside the image: the loads a micro-kernel would mask, done once per tap and fold
+ * for every tile of a block, so that the micro-kernels read aligned, unmasked, contiguous
+ * rows (and channel planes a multiple of 4 KiB apart no longer evict each other in L1). */
+typedef void (*tc_pack_fn)(long, const float *, long, unsigned, float *);
+
+static void tc_pack_scalar(long kc, const float *b, long ldb, unsigned mask, float *bp)
+{
+    long k, j;
+    for (k = 0; k < kc; k++, b += ldb, bp += TC_S_NR)
+        for (j = 0; j < TC_S_NR; j++) bp[j] = (mask >> j) & 1u ? b[j] : 0.0f;
+}
+
+#if SIMD_X86
+__attribute__((target("avx2")))
+static void tc_pack_avx2(long kc, const float *b, long ldb, unsigned mask, float *bp)
+{
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i m0 = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits);
+    const __m256i m1 = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits);
+    long k;
+    for (k = 0; k < kc; k++, b += ldb, bp += TC_A2_NR) {
+        _mm256_store_ps(bp, _mm256_maskload_ps(b, m0));
+        _mm256_store_ps(bp + 8, _mm256_maskload_ps(b + 8, m1));
+    }
+}
+
+__attribute__((target("avx512f")))
+static void tc_pack_avx512(long kc, const float *b, long ldb, unsigned mask, float *bp)
+{
+    const __mmask16 m0 = (__mmask16)(mask & 0xffffu), m1 = (__mmask16)(mask >> 16);
+    long k;
+    for (k = 0; k < kc; k++, b += ldb, bp += TC_A5_NR) {
+        _mm512_store_ps(bp, _mm512_maskz_loadu_ps(m0, b));
+        _mm512_store_ps(bp + 16, _mm512_maskz_loadu_ps(m1, b + 16));
+    }
+}
+#endif
+
+static tc_pack_fn tc_tile_pack(int tile)
+{
+#if SIMD_X86
+    if (tile == TC_TILE_AVX512W || tile == SIMD_ISA_AVX512) return tc_pack_avx512;
+    if (tile == SIMD_ISA_AVX2) return tc_pack_avx2;
+#endif
+    return tc_pack_scalar;
+}
+
 static tc_uk_fn tc_tile_kernel(int tile)
 {
 #if SIMD_X86
@@ -200,6 +253,48 @@ static tc_uk_fn tc_tile_kernel(int tile)
     if (tile == SIMD_ISA_AVX2) return tc_uk_avx2;
 #endif
     return tc_uk_scalar;
+}
+
+/* 1 when none of the n floats is inf or nan (exponent bits all ones): a masked lane
+ * multiplies a weight by 0, which only a finite weight survives as +0 */
+static int tc_all_finite(const float *w, long n)
+{
+    unsigned bad = 0;
+    long i;
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, w + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad == 0;
+}
+
+/* ---------------------------------------------------------------- packing the weights
+ * One tile of MR output channels [o0, o0 + mr) of every phase: per input channel c, the
+ * tile's kernels (mr runs of khkw floats of w, (cin, cout, kh, kw)) stay in L1 while each
+ * tap of each phase is copied out of them: packed[start_q + ((tile*taps_q + t)*cin + c)*mr
+ * + i] = w[c0 + c, o0 + i, tap], 0 past the last output channel or for a phase without taps
+ * (one tap of zeros). info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
+static void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
+                            long mr, long tile, long nphases, const int64_t *info,
+                            const int64_t *starts, const int64_t *taps_k, float *packed)
+{
+    const long o0 = tile * mr, rows = cout - o0 < mr ? cout - o0 : mr;
+    long c, q, t, i;
+    for (c = 0; c < cin; c++) {
+        const float *src = w + ((c0 + c) * w_cout + o0) * khkw;
+        for (q = 0; q < nphases; q++) {
+            const long taps = info[q * 10], ntap = taps > 0 ? taps : 1;
+            const int64_t *k = taps_k + info[q * 10 + 5];
+            for (t = 0; t < ntap; t++) {
+                float *dst = packed + starts[q] + ((tile * ntap + t) * cin + c) * mr;
+                i = 0;
+                if (taps > 0)
+                    for (; i < rows; i++) dst[i] = src[i * khkw + k[t]];
+                for (; i < mr; i++) dst[i] = 0.0f;
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- one panel
@@ -211,10 +306,12 @@ static tc_uk_fn tc_tile_kernel(int tile)
  * lanes[j]: where lane j's output goes in an output plane (-1: nowhere); outb: the image's
  * first output channel of the group, planes out_plane floats apart.
  * Tiles go in blocks, the taps and folds outermost within a block, so that a fold's input
- * (fold x NR floats) stays in L1 while every tile of the block reads it: blocks of 16 KiB of
- * output tiles with one fold per tap, of 8 KiB when the tiles' partial sums P take room too.
+ * (fold x NR floats, packed by tc_pack_* when the fold is at most TC_PACK_ROWS deep) stays in
+ * L1 while every tile of the block reads it: blocks of 16 KiB of output tiles with one fold
+ * per tap, of 8 KiB when the tiles' partial sums P take room too.
  */
 #define TC_BLOCK_FLOATS 4096
+#define TC_PACK_ROWS 256
 
 static void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
                      const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
@@ -224,7 +321,10 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
     const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
     const tc_uk_fn uk = tc_tile_kernel(tile_kind);
+    const tc_pack_fn pack = tc_tile_pack(tile_kind);
+    const unsigned full = nr == 32 ? 0xffffffffu : (1u << nr) - 1u;
     float C[TC_BLOCK_FLOATS] __attribute__((aligned(64)));
+    float B[TC_PACK_ROWS * TC_MAX_NR] __attribute__((aligned(64)));
     float P[TC_BLOCK_FLOATS / 2] __attribute__((aligned(64)));
     const long folds = (cin + fold - 1) / fold;
     const long block = (folds == 1 ? TC_BLOCK_FLOATS : TC_BLOCK_FLOATS / 2) / tile_floats;
@@ -243,15 +343,23 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
             for (f = 0; f < folds; f++) {
                 long kc = cin - f * fold < fold ? cin - f * fold : fold;
                 const float *bf = bt + f * fold * plane;
+                long ldb = plane;
+                unsigned mask = masks[t];
+                if (kc <= TC_PACK_ROWS) {
+                    pack(kc, bf, plane, mask, B);
+                    bf = B;
+                    ldb = nr;
+                    mask = full;
+                }
                 for (tile = t0; tile < t1; tile++) {
                     const float *af = wpack + (tile * taps + t) * cin * mr + f * fold * mr;
                     float *Ct = C + (tile - t0) * tile_floats, *Pt = P + (tile - t0) * tile_floats;
                     if (folds == 1)
-                        uk(kc, af, bf, plane, masks[t], NULL, Ct, first);
+                        uk(kc, af, bf, ldb, mask, NULL, Ct, first);
                     else if (f < folds - 1)
-                        uk(kc, af, bf, plane, masks[t], NULL, Pt, f == 0);
+                        uk(kc, af, bf, ldb, mask, NULL, Pt, f == 0);
                     else
-                        uk(kc, af, bf, plane, masks[t], Pt, Ct, first);
+                        uk(kc, af, bf, ldb, mask, Pt, Ct, first);
                 }
             }
             first = 0;

@@ -337,6 +337,8 @@ PHASE_LAYERS = valid_grid() + [
     (3, 20, 24, 7, 9, 4, 2, 1, 0, 1, 1), (2, 16, 8, 12, 40, 3, 1, 1, 0, 1, 1),
     (2, 9, 12, 5, 33, 5, 3, 1, 2, 1, 1), (2, 24, 48, 6, 6, 3, 2, 1, 1, (2, 1), 2),
     (1, 12, 16, 4, 5, (2, 3), (2, 1), (1, 0), 0, (1, 2), 1)]
+# 36 output channels: three 12-row AVX-512 tiles (12 rows are chosen only where 8 do not divide)
+PHASE_LAYERS += [(2, 10, 36, 6, 7, 4, 2, 1, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
@@ -362,6 +364,27 @@ def test_phase_path_has_the_per_element_bits(monkeypatch, name):
             fast = T.tconv2d_strided(x, w, p, array, threads=2)
             assert fast.tobytes() == slow.tobytes(), (isa, layer)
         assert len(runs) >= 0.7 * len(PHASE_LAYERS), isa
+
+
+DEEP_FOLD_LAYERS = [(2, 300, 8, 5, 7, 4, 2, 1, 0, 1, 1), (2, 260, 16, 6, 6, 3, 1, 1, 0, 1, 1)]
+
+
+@pytest.mark.usefixtures("restore_isa")
+@pytest.mark.parametrize("layer", DEEP_FOLD_LAYERS)
+def test_phase_path_reads_folds_deeper_than_its_pack_buffer_in_place(monkeypatch, layer):
+    """A chain-order fold of more than TC_PACK_ROWS (256) input channels is read in place
+    through the lane masks instead of packed: same bits as per-element GEMMs, every SIMD path."""
+    from sysbench._kernels import systolic
+
+    array = ARRAYS["os4-bf16"]
+    x, w, p = make(layer, array.dtype, seed=3)
+    geo = T.geometry(p)
+    assert _phases_allowed(geo, tconv.element_plan(geo), w)
+    monkeypatch.setattr(tconv, "_phases_pay", _phases_allowed)
+    slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+    for isa in systolic.available_isas():
+        systolic.set_isa(isa)
+        assert T.tconv2d_strided(x, w, p, array, threads=2).tobytes() == slow.tobytes(), isa
 
 
 def test_phase_path_pays_on_full_tiles_from_two_images_and_needs_finite_weights():
