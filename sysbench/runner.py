@@ -514,18 +514,12 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
     run.visits += 1
     output = None
     with _blas_limit(threads):
-        warm_call = 0.0
         for _ in range(0 if spec.self_timed else case.warmup):
             if spec.reset is not None:
                 spec.reset()
-            started = time.perf_counter()
             output = spec.call()
-            warm_call = time.perf_counter() - started
         if first and not workload.single_call and not spec.self_timed:
-            if spec.reset is not None and warm_call >= min_time:   # long by itself: one call a sample
-                timing.number, timing.calibration = 1, [[1, warm_call]]
-            else:
-                timing.number, timing.calibration = calibrate(spec.call, min_time, spec.reset)
+            timing.number, timing.calibration = calibrate(spec.call, min_time, spec.reset)
         if first:
             for name, peer in spec.peers.items():
                 peer_timing = timing.peers.setdefault(name, _Timing())
