@@ -97,6 +97,14 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error():
     assert "rank 1" in str(exc.value) and "signal 9" in str(exc.value)
 
 
+def test_a_sample_groups_as_many_steps_as_last_min_time():
+    r = launch(net_spec("fifo", probe_steps=2, min_time=0.02), ranks=2, timeout_s=60)
+    group = r["steps_per_sample"]
+    assert group >= 2                                   # a step of this net is well under 20 ms
+    assert r["measured_steps"] == FAST["repeats"] * group
+    assert np.array_equal(r["weights"], r["reference"])  # the longer job still trains bit-equal
+
+
 def test_the_supervisor_records_how_its_rank_ended_and_ends_the_same_way(tmp_path):
     import os
     import subprocess

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -204,7 +205,13 @@ def _train(comm, spec, dog, outdir):
                      portion_bytes=spec.get("portion_bytes", 64 << 10), bwd_s=estimates["backward"],
                      cost=cost.occupancy_s)
     program.step_offset = probe_steps
-    steps = spec.get("warmup", 1) + spec.get("repeats", 3) + 1
+    # steps per sample: as many as last min_time by the warm probe steps (the first is cold);
+    # the slowest rank's figure, so that every rank runs the same number of steps
+    warm = layer_times(rec, L, first_step=1 if probe_steps > 1 else 0)
+    probe_step_s = np.array([sum(warm["forward"]) + sum(warm["backward"]) + sum(warm["update"])])
+    comm.Allreduce(MPI.IN_PLACE, probe_step_s, op=MPI.MAX)
+    group = max(1, math.ceil(spec.get("min_time", 0.0) / probe_step_s[0])) if probe_step_s[0] > 0 else 1
+    steps = spec.get("warmup", 1) + spec.get("repeats", 3) * group + 1
     fault = spec.get("fault")
     rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault,
                                spec.get("progress_us", 0) * 1e-6, link)
@@ -238,6 +245,7 @@ def _train(comm, spec, dog, outdir):
     return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0),
             "emulated_link": link is not None, "schedule": plan.schedule, "plan": plan.to_dict(),
             "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
+            "steps_per_sample": group,
             "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
             "per_rank": gathered, "weights": weights}
 

@@ -205,6 +205,7 @@ class Run:
     threads: int
     warmup: int
     repeats: int
+    min_time: float = 0.0  # seconds a sample should last (a self-timed job groups its calls)
 
 
 @dataclass

@@ -214,7 +214,7 @@ class TrainDistributed(Workload):
                 return plan, simulate(plan, inputs["fwd"], inputs["bwd"], inputs["cost"].occupancy_s,
                                       latency=inputs["cost"].latency_s)
             return Timed(simulated)
-        spec = dict(self.spec(p), warmup=run.warmup, repeats=run.repeats, seed=0)
+        spec = dict(self.spec(p), warmup=run.warmup, repeats=run.repeats, seed=0, min_time=run.min_time)
         if "calibration" in inputs:
             spec["cost"] = {k: inputs["calibration"][k] for k in ("alpha_s", "beta_s_per_byte")}
         return Timed(lambda: self.job(spec, p.ranks, p.timeout_s, run.threads), self_timed=True)
@@ -226,10 +226,13 @@ class TrainDistributed(Workload):
             return SelfTimed([0.0], None)
         per_rank = result["per_rank"]
         steps = aggregate_steps([r["steps"] for r in per_rank])
-        samples = [s["step_s"] for s in steps]
+        # a sample is the mean of steps_per_sample consecutive steps (as many as last min_time)
+        group = result.get("steps_per_sample", 1)
+        samples = [statistics.fmean(s["step_s"] for s in steps[i:i + group])
+                   for i in range(0, len(steps) - group + 1, group)]
         med = lambda key: statistics.median(s[key] for s in steps)
         measured = {
-            "step_s": statistics.median(samples), "compute_s": med("compute_s"),
+            "step_s": statistics.median(samples), "steps_per_sample": group, "compute_s": med("compute_s"),
             "exposed_comm_s": med("exposed_comm_s"), "comm_inflight_s": med("comm_inflight_s"),
             "overlap_fraction": med("overlap_fraction"),
             "bytes_per_step": 4 * sum(result["layer_sizes"]),
