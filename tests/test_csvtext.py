@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import suite_toml
 
 from sysbench import sinks, suite as suite_mod, sweep
 from sysbench._kernels import csvtext
@@ -61,34 +62,12 @@ def test_bad_arguments_name_what_is_wrong(templates, columns, index, fragment):
         csvtext.rows(templates, columns, np.array(index))
 
 
-SWEEP = """
-name = "w"
-[defaults]
-numerics = false
-array = "a"
-[arrays.a]
-rows = [4, 8, 32]
-cols = [4, 16]
-dataflow = ["ws", "os"]
-clock_ghz = [1.0, 0.7]
-[[cases]]
-name = "fc"
-kind = "gemm"
-m = [1, 7, 64]
-k = [3, 32, 100]
-n = [17, 5]
-[[cases]]
-name = "conv"
-kind = "conv2d"
-height = 9
-width = [9, 12]
-in_channels = 8
-out_channels = 8
-kernel = [[1, 1], 3]
-stride = [[1, 1], [2, 2]]
-groups = [1, 8]
-"""
-
+SWEEP = suite_toml(
+    dict(name="fc", kind="gemm", m=[1, 7, 64], k=[3, 32, 100], n=[17, 5]),
+    dict(name="conv", kind="conv2d", height=9, width=[9, 12], in_channels=8, out_channels=8, kernel=[[1, 1], 3],
+         stride=[[1, 1], [2, 2]], groups=[1, 8]),
+    name="w", defaults=dict(numerics=False, array="a"),
+    arrays={"a": dict(rows=[4, 8, 32], cols=[4, 16], dataflow=["ws", "os"], clock_ghz=[1.0, 0.7])})
 
 def test_a_sweeps_rows_are_the_reference_rows(write_suite):
     columns, reference = {}, {}
