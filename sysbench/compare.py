@@ -280,11 +280,11 @@ def compare_documents(base: dict, new: dict, base_label: str = "BASE", new_label
         raise CompareError(f"{base_label} ({len(base_cases)} cases) and {new_label} ({len(new_cases)} cases) "
                            f"have no case id in common: nothing to compare (is this the right baseline?)")
     mismatch = machine_mismatch(base, new)
+    settings = lambda doc: doc.get("settings") or {}  # noqa: E731
     parallel = [label for label, doc in ((base_label, base), (new_label, new))
-                if ((doc.get("settings") or {}).get("parallel_timed") or 1) > 1]
+                if (settings(doc).get("parallel_timed") or 1) > 1]
     gated = gate_timings if gate_timings is not None else not (mismatch or parallel)
-    controls = lambda doc: ((doc.get("settings") or {}).get("controls") or None)  # noqa: E731
-    drift = machine_drift(controls(base), controls(new))
+    drift = machine_drift(settings(base).get("controls") or None, settings(new).get("controls") or None)
     compared = []
     for case_id, old in base_cases.items():
         if case_id not in new_cases:

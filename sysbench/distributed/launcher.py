@@ -205,16 +205,17 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
         behind = _behind(outdir, ranks)
         if behind is not None:
             errors.append(behind)
-    pids = {}
+    started = {}   # rank -> (pid, host) of the ranks that wrote their pid file
     for r in range(ranks):
-        text = _read(outdir / f"rank{r}.pid").split()
-        if text:
-            pids[text[0]] = r
+        fields = _read(outdir / f"rank{r}.pid").split()
+        if fields:
+            started[r] = (fields[0], fields[1] if len(fields) == 2 else "its host")
+    pids = {pid: r for r, (pid, _) in started.items()}
     lines = [headline] if headline else []
     lines += errors
     # each rank's supervisor recorded how it ended; the first one killed by a signal is the one
     # that died (mpiexec then ends the others, with the same signal)
-    killed = _killed_first(outdir, ranks)
+    killed = _killed_first(outdir, ranks, started)
     if killed and not errors:
         lines.append(killed + "; mpiexec ended the job")
     # mpiexec reports every process that ended badly (the one that died, and those it then
@@ -223,8 +224,8 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
     for pid, host, status in re.findall(r"PID (\d+) RUNNING AT (\S+)\s*=\s*EXIT CODE: (\d+)", output):
         who = f"rank {pids[pid]}" if pid in pids else f"process {pid}"
         status = int(status)
-        how = (f"was killed by signal {status} ({signal.Signals(status).name})"
-               if 0 < status < 32 and status in signal.Signals._value2member_map_ else f"exited with code {status}")
+        how = (_killed_by(status) if 0 < status < 32 and status in signal.Signals._value2member_map_
+               else f"exited with code {status}")
         entry = f"{who} on {host} {how}"
         if entry not in reported:
             reported.append(entry)
@@ -233,13 +234,13 @@ def _explain(outdir: Path, ranks: int, output: str, code, headline) -> str:
     if not lines:
         tail = " | ".join(l.strip() for l in output.strip().splitlines()[-5:] if l.strip())
         lines.append(f"mpiexec exited with code {code}" + (f": {tail}" if tail else ""))
-    missing = [r for r in range(ranks) if not _read(outdir / f"rank{r}.pid")]
+    missing = [r for r in range(ranks) if r not in started]
     if missing and len(missing) < ranks:
         lines.append(f"ranks {missing} never started")
     return "; ".join(lines)
 
 
-def _killed_first(outdir: Path, ranks: int) -> str | None:
+def _killed_first(outdir: Path, ranks: int, started: dict) -> str | None:
     ends = []
     for r in range(ranks):
         fields = _read(outdir / f"rank{r}.exit").split()
@@ -248,19 +249,15 @@ def _killed_first(outdir: Path, ranks: int) -> str | None:
     if not ends:
         return None
     _, r, signum = min(ends)
-    return f"rank {r} on {_host(outdir, r)} was killed by signal {signum} ({_signal_name(signum)})"
+    return f"rank {r} on {started[r][1] if r in started else 'its host'} {_killed_by(signum)}"
 
 
-def _host(outdir: Path, rank: int) -> str:
-    fields = _read(outdir / f"rank{rank}.pid").split()
-    return fields[1] if len(fields) == 2 else "its host"
-
-
-def _signal_name(signum: int) -> str:
+def _killed_by(signum: int) -> str:
     try:
-        return signal.Signals(signum).name
+        name = signal.Signals(signum).name
     except ValueError:
-        return "unknown signal"
+        name = "unknown signal"
+    return f"was killed by signal {signum} ({name})"
 
 
 def _behind(outdir: Path, ranks: int) -> str | None:
