@@ -6,8 +6,8 @@ worker mode of `sysbench run`. It owns everything about timing:
 - calibration: per case, a loop count `number` such that one sample (`number` calls) lasts
   at least `min_time` (timeit's autorange: 1, 2, 5, 10, 20, 50, ...); a sample's per-call
   time is its duration / number. With a per-call reset (a training step that restores its
-  weights) only the calls are timed, the resets between them are not. Kinds that cannot
-  repeat a call within a sample (`single_call`) take one call per sample;
+  weights) only the calls are timed, the resets between them are not; a job that times
+  itself (an MPI job) makes its own samples;
 - rounds: every case is timed once per round, in the same case order each round (as asv
   does), so that slow drift of the machine lands inside each case's spread; each round
   starts with `warmup` untimed calls; every sample is kept with its round;
@@ -518,7 +518,7 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
             if spec.reset is not None:
                 spec.reset()
             output = spec.call()
-        if first and not workload.single_call and not spec.self_timed:
+        if first and not spec.self_timed:
             timing.number, timing.calibration = calibrate(spec.call, min_time, spec.reset)
         if first:
             for name, peer in spec.peers.items():
@@ -559,7 +559,7 @@ def _timing_record(run: _CaseRun, min_time: float) -> dict:
     record = summarize(timing.samples, timing.rounds)
     record.update({
         "number": timing.number,
-        "min_time_s": None if run.workload.single_call else min_time,
+        "min_time_s": min_time,
         "rounds": len(set(timing.rounds)),
         "repeats": len(timing.samples) // max(1, len(set(timing.rounds))),
         "calibration": timing.calibration,

@@ -236,8 +236,6 @@ class Workload:
     description: str = ""
     keys: dict[str, Key] = {}
     needs_array: bool = True
-    # one call per sample, never a loop of calls (a training step, an MPI job)
-    single_call: bool = False
     # the reference sums like the kernel only with the case's BLAS thread count (numpy
     # training); otherwise validation holds BLAS to one thread
     reference_uses_case_threads: bool = False
