@@ -145,7 +145,7 @@ def _table_layout(chunk: TableChunk, column_index: dict[str, int]):
     varying: dict[str, tuple[str, object]] = {"id": ("q", chunk.ids)}
     for key, values in chunk.params.items():
         if values.ndim > 1 or values.dtype == object:
-            varying[f"params.{key}"] = ("s", _quoted([_cell(v) for v in values.tolist()]))
+            varying[f"params.{key}"] = ("q", [_cell(v) for v in values.tolist()])
         else:
             varying[f"params.{key}"] = _field(values)
     arrays = [a.to_dict() for a in block.arrays]
