@@ -411,11 +411,12 @@ def compare(
     """Compare two results. Exit 0 no regression, 1 regression or model change, 2 bad files.
 
     A model change is any deterministic figure (metrics, params, array) that is not identical. \
-A timing is a regression only when all three hold: the median per-call time is slower than \
+A timing is a regression only when all three hold, on samples scaled to the machine's usual \
+speed by the control probe timed around each: the median per-call time is slower than \
 --threshold; that ratio exceeds the case's noise floor (the largest between-round spread, \
-slowest round median / fastest, that either file shows); and a one-sided Mann-Whitney U test \
-on the per-round medians gives p <= --alpha (3 rounds a side: every new round slower than \
-every base round). Improvements mirror the rule.
+slowest round median / fastest, that either file shows, squared: a run moves more against \
+another run than its rounds move); and a one-sided Mann-Whitney U test on the samples gives \
+p <= --alpha. Improvements mirror the rule.
     """
     try:
         comparison = compare_mod.compare_files(base, new, threshold, alpha, gate_timings)

@@ -3,12 +3,12 @@
 A case is matched by its `id`. Its two halves are judged differently:
 - deterministic figures (`metrics`, and the `params` and `array` that produced them) must be
   identical; any difference is a model change, reported with the old and the new value;
-- a timing is a regression only when (stats.timing_verdict) the median ratio new/base
+- a timing is a regression only when (stats.timing_verdict), on samples scaled to the
+  machine's usual speed by the control probe timed around each, the median ratio new/base
   exceeds the threshold, AND exceeds the case's noise floor (the largest between-round spread
-  either file shows), AND a one-sided Mann-Whitney U test on the per-round medians says NEW is
-  slower (p <= alpha). Rounds are the independent draws; samples within one round share the
-  machine's state of that moment, so a test on raw samples calls a between-run shift
-  significant. Improvements mirror the rule. Unstable samples are warned about.
+  either file shows, squared: a run moves against another run by more than its rounds move),
+  AND a one-sided Mann-Whitney U test on the samples says NEW is slower (p <= alpha).
+  Improvements mirror the rule. Unstable samples are warned about.
 
 Exit code of a comparison: 0 nothing wrong, 1 a regression, a model change or a newly failing
 validation; 2 (raised as CompareError) files that cannot be read or compared.
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import results
 from .stats import (STABLE_SPREAD, machine_drift, mann_whitney_u, timing_verdict,  # noqa: F401 (re-exported)
-                    within_round_spread)
+                    own_adjusted, within_round_spread)
 
 SCHEMA = "sysbench.compare/1"
 DEFAULT_THRESHOLD = 1.10
@@ -80,8 +80,8 @@ class CaseComparison:
     base_s: float | None = None        # median
     new_s: float | None = None
     ratio: float | None = None         # new / base medians
-    p_value: float | None = None       # of the per-round test in the direction of the ratio
-    noise: float | None = None         # the noise floor: largest between-round spread of the two
+    p_value: float | None = None       # of the rank test on the samples, in the direction of the ratio
+    noise: float | None = None         # the noise floor (stats.timing_verdict): between-round spread squared
     reason: str = ""                   # why a slowdown past the threshold was not gated
     # regression | improvement | same | slower (not significant) | faster (not significant)
     # | slower (no samples to test) | faster (no samples to test) | no timing (model only)
@@ -193,13 +193,28 @@ def _samples(case: dict, label: str) -> tuple[list[float] | None, list[int] | No
     return [float(s) for s in samples], rounds
 
 
+def _controls(case: dict, label: str, samples: list | None) -> list[float] | None:
+    """The control probe time of every sample (timing.controls_s), None when the file has none."""
+    controls = (case.get("timing") or {}).get("controls_s")
+    if controls is None or samples is None:
+        return None
+    if (not isinstance(controls, list) or len(controls) != len(samples)
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0
+                       for c in controls)):
+        raise CompareError(f"{label}: case {case['id']!r}: 'timing.controls_s' must list one positive "
+                           "number per sample")
+    return [float(c) for c in controls]
+
+
 def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: str, new_label: str,
                    threshold: float, alpha: float, drift: float | None = None) -> None:
     base_samples, base_rounds = _samples(base, base_label)
     new_samples, new_rounds = _samples(new, new_label)
-    for side, samples, rounds in (("base", base_samples, base_rounds), ("new", new_samples, new_rounds)):
+    base_controls, new_controls = _controls(base, base_label, base_samples), _controls(new, new_label, new_samples)
+    for side, samples, rounds, controls in (("base", base_samples, base_rounds, base_controls),
+                                            ("new", new_samples, new_rounds, new_controls)):
         if samples:
-            spread = within_round_spread(samples, rounds or [0] * len(samples))
+            spread = within_round_spread(own_adjusted(samples, controls)[0], rounds or [0] * len(samples))
             result.spread[side] = spread
             if spread is not None and spread > STABLE_SPREAD:
                 result.unstable.append(side)
@@ -214,8 +229,11 @@ def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: st
         result.timing = "same" if not (slower or faster) else \
             f"{'slower' if slower else 'faster'} (no samples to test)"
         return
-    verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha, drift)
+    verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha, drift,
+                             base_controls, new_controls)
     result.timing, result.ratio, result.noise = verdict.word, verdict.ratio, verdict.noise
+    if verdict.base_s is not None:
+        result.base_s, result.new_s = verdict.base_s, verdict.new_s
     result.p_value, result.reason = verdict.p, verdict.reason
 
 

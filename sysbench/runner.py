@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .stats import summarize
+from .stats import control_probe, summarize
 from .suite import Case, SuiteError
 from .sweep import Block, TableChunk, evaluate
 from .sweep import chunks as sweep_chunks
@@ -152,6 +152,7 @@ class _Timing:
     samples: list = field(default_factory=list)
     cpu_samples: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
+    controls: list = field(default_factory=list)  # control_probe() after each sample
     peers: dict = field(default_factory=dict)  # name -> _Timing
 
 
@@ -530,11 +531,17 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
                     spec.reset()
                 output = spec.call()
         else:
+            before = min(control_probe() for _ in range(3)) if spec.self_timed else control_probe()
             for _ in range(repeats):
                 wall, cpu, output = _time_calls(spec.call, timing.number, spec.reset)
                 if isinstance(output, SelfTimed):
                     timing.samples += output.samples
                     timing.rounds += [round_index] * len(output.samples)
+                    if output.controls is not None and len(output.controls) == len(output.samples):
+                        timing.controls += output.controls
+                    else:  # a job that times no controls: the slower of those around it
+                        control = max(before, min(control_probe() for _ in range(3)))
+                        timing.controls += [control] * len(output.samples)
                     if first:
                         run.result.measured.update(output.measured)
                     output = output.output
@@ -542,6 +549,10 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
                 timing.samples.append(wall)
                 timing.cpu_samples.append(cpu)
                 timing.rounds.append(round_index)
+                # a sample's control: the slower of the probes just before and just after it
+                after = control_probe()
+                timing.controls.append(max(before, after))
+                before = after
             for name, peer in spec.peers.items():
                 peer_timing = timing.peers[name]
                 for _ in range(repeats):
@@ -556,7 +567,8 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
 
 def _timing_record(run: _CaseRun, min_time: float) -> dict:
     timing = run.timing
-    record = summarize(timing.samples, timing.rounds)
+    controls = timing.controls if len(timing.controls) == len(timing.samples) else None
+    record = summarize(timing.samples, timing.rounds, controls)
     record.update({
         "number": timing.number,
         "min_time_s": min_time,
@@ -566,6 +578,8 @@ def _timing_record(run: _CaseRun, min_time: float) -> dict:
         "samples_s": timing.samples,
         "sample_rounds": timing.rounds,
     })
+    if controls:
+        record["controls_s"] = controls
     if timing.cpu_samples and len(timing.cpu_samples) == len(timing.samples):
         record["cpu_samples_s"] = timing.cpu_samples
     if timing.peers:

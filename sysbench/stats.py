@@ -1,8 +1,11 @@
 """The statistics of timing samples, in one place: runner, results and compare use these.
 
-- `summarize(samples, rounds)`: median, min, max, mean, stdev, the robust spread within
+- `sensitivity`, `adjusted`: a case's samples as if taken at the machine's usual speed, by the
+  control probe timed around every sample (`control_probe`) and the case's own sensitivity;
+- `summarize(samples, rounds, controls)`: median, min, max, mean, stdev, the robust spread within
   rounds (1.4826 * MAD / median per round, a standard deviation estimate that one descheduled
-  sample cannot move; the median over rounds), the per-round medians and their spread;
+  sample cannot move; the median over rounds), the per-round medians and their spread, all
+  of the adjusted samples;
 - `stable`: spread <= STABLE_SPREAD (pyperf warns at 10% too);
 - `mann_whitney_u`: the one-sided rank test (exact without ties, else normal approximation);
 - `timing_verdict`: the rule compare gates on (see its docstring).
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +25,35 @@ STABLE_SPREAD = 0.10
 # past it (or with ties) the normal approximation with tie correction is accurate enough.
 EXACT_MAX_PAIRS = 2500
 MAD_TO_SIGMA = 1.4826  # MAD * this estimates the standard deviation of a normal sample
+# The machine's own speed moves under the samples: on the 2-vCPU VMs this project runs on, a
+# shared host halves the speed of a pure-Python loop for 0.1-1 s at a time, and the kernels
+# slow 1.3-1.9x with it. A control probe timed around every sample sees it, and a case's
+# sensitivity to it is learnt from the samples themselves (see `sensitivity`).
+MAX_SENSITIVITY = 1.5        # a case's time moves at most this power of the control's
+STATE_STEP = math.log(1.15)  # controls this far apart (in log) were taken in different machine states
+MIN_STATE_PAIRS = 5          # sample pairs across states needed to learn a sensitivity
+MAX_PAIRS = 20000            # Theil-Sen slopes computed per file at most (evenly thinned past it)
+# A run moves a case against another run by more than its rounds move against each other (the
+# process's own state: its memory placement, its core, the host's neighbours over those
+# seconds, which no round of that run can see): in A/A pairs of `quick` on the project's
+# 2-vCPU VMs the largest shift was 1.6x the between-round spread (in log); the floor is
+# that spread to this power.
+RUN_TO_RUN = 2.0
+
+
+CONTROL_LOOP = 4000  # iterations of control_probe's loop: about 0.1 ms on a 3-4 GHz core
+
+
+def control_probe() -> float:
+    """Seconds of a fixed pure-Python loop, timed after every sample (by the runner, and between
+    the sample groups of an MPI job by its ranks): the yardstick of the machine's own speed at
+    that moment (a shared host halves such a loop's speed for 0.1-1 s at a time), by which
+    `adjusted` takes it out of the samples. None of it is sysbench's code."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(CONTROL_LOOP):
+        total += i * i
+    return time.perf_counter() - start
 
 
 def robust_spread(samples) -> float | None:
@@ -59,11 +92,63 @@ def within_round_spread(samples, rounds) -> float | None:
     return statistics.median(spreads) if spreads else robust_spread(samples)
 
 
-def summarize(samples: list[float], rounds: list[int] | None = None) -> dict:
-    """The figures a result records of a case's per-call samples (seconds). `spread` (and so
-    `stable`) is the within-round spread; drift between rounds is `round_spread`, the noise
-    floor compare holds a slowdown against."""
+def sensitivity(files) -> float | None:
+    """How strongly a case's time follows the machine's speed: the slope of log(sample time)
+    on log(control probe time), a Theil-Sen estimate (the median of pairwise slopes) over the
+    pairs of samples of one file whose controls differ by at least STATE_STEP, i.e. that were
+    taken in different machine states. Pairs never span two files, so whatever shifts one
+    file against the other (a regression) does not enter. Clipped to [0, MAX_SENSITIVITY];
+    None when fewer than MIN_STATE_PAIRS such pairs exist (each file stayed in one state).
+    `files`: [(samples, controls), ...]."""
+    slopes = []
+    for samples, controls in files:
+        if not controls or len(controls) != len(samples) or len(samples) < 2:
+            continue
+        log_s, log_c = np.log(np.asarray(samples, float)), np.log(np.asarray(controls, float))
+        i, j = np.triu_indices(len(log_s), 1)
+        if i.size > MAX_PAIRS:
+            pick = np.linspace(0, i.size - 1, MAX_PAIRS).astype(np.int64)
+            i, j = i[pick], j[pick]
+        dc = log_c[i] - log_c[j]
+        apart = np.abs(dc) >= STATE_STEP
+        slopes.append((log_s[i] - log_s[j])[apart] / dc[apart])
+    slopes = np.concatenate(slopes) if slopes else np.empty(0)
+    if slopes.size < MIN_STATE_PAIRS:
+        return None
+    return float(np.clip(np.median(slopes), 0.0, MAX_SENSITIVITY))
+
+
+def adjusted(samples, controls, beta: float | None, reference: float) -> list[float]:
+    """The samples as if taken at the machine's usual speed: each times (reference / its
+    control) ** beta, reference the fastest control. Unchanged without beta or controls."""
+    if beta is None or not controls:
+        return list(samples)
+    return [s * (reference / c) ** beta for s, c in zip(samples, controls)]
+
+
+def _has_controls(samples, controls) -> bool:
+    return bool(controls) and len(controls) == len(samples)
+
+
+def own_adjusted(samples, controls) -> tuple[list[float], float | None]:
+    """One file's samples adjusted by its own sensitivity (what its result records), and that
+    sensitivity; the samples as they are without controls."""
+    if not _has_controls(samples, controls):
+        return list(samples), None
+    beta = sensitivity([(samples, controls)])
+    return adjusted(samples, controls, beta, min(controls)), beta
+
+
+def summarize(samples: list[float], rounds: list[int] | None = None, controls: list[float] | None = None) -> dict:
+    """The figures a result records of a case's per-call samples (seconds); with a control
+    probe time per sample, of the samples `adjusted` to the machine's usual speed by the
+    case's own `sensitivity` (recorded). `spread` (and so `stable`) is the within-round spread;
+    drift between rounds is `round_spread`, the noise floor compare holds a slowdown against."""
     rounds = rounds if rounds is not None else [0] * len(samples)
+    extra = {}
+    if _has_controls(samples, controls):
+        extra = {"control_s": statistics.median(controls)}
+        samples, extra["sensitivity"] = own_adjusted(samples, controls)
     medians = round_medians(samples, rounds)
     spread = within_round_spread(samples, rounds)
     return {
@@ -76,6 +161,7 @@ def summarize(samples: list[float], rounds: list[int] | None = None) -> dict:
         "stable": None if spread is None else spread <= STABLE_SPREAD,
         "round_medians_s": medians,
         "round_spread": round_spread(medians),
+        **extra,
     }
 
 
@@ -176,8 +262,10 @@ class Verdict:
     word: str             # regression | improvement | same | slower/faster (not significant) | ...
     ratio: float | None   # median of all new samples / median of all base samples
     noise: float | None   # the noise floor: the larger between-round spread of the two files
-    p: float | None       # one-sided Mann-Whitney U on the per-round medians
+    p: float | None       # one-sided Mann-Whitney U on the (adjusted) samples
     reason: str = ""
+    base_s: float | None = None  # the medians the ratio is of (of the samples each side keeps)
+    new_s: float | None = None
 
 
 def machine_drift(base_controls: list[dict] | None, new_controls: list[dict] | None) -> float | None:
@@ -198,41 +286,63 @@ def machine_drift(base_controls: list[dict] | None, new_controls: list[dict] | N
     return max(ratios) if ratios else None
 
 
+def control_drift(base: list[float] | None, new: list[float] | None) -> float | None:
+    """How far the machine moved between the two runs around one case: the ratio (either way)
+    of the median control probe time of each side. None without controls."""
+    if not base or not new:
+        return None
+    b, n = statistics.median(base), statistics.median(new)
+    return max(b / n, n / b) if b > 0 and n > 0 else None
+
+
 def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], new_rounds: list[int],
-                   threshold: float, alpha: float, drift: float | None = None) -> Verdict:
-    """A case is a regression only when all three hold:
+                   threshold: float, alpha: float, drift: float | None = None,
+                   base_controls: list[float] | None = None, new_controls: list[float] | None = None) -> Verdict:
+    """A case is a regression only when all three hold, on samples adjusted to the machine's
+    usual speed when both files time a control probe around every sample (`adjusted`, by the
+    case's `sensitivity` learnt from both files' samples):
     1. ratio = median(new) / median(base) exceeds `threshold`;
     2. the ratio exceeds the noise floor: the largest between-round spread (largest round
-       median / smallest) seen in either file, i.e. what the same code did between rounds, and
-       the machine's own drift between the two runs (`drift`: its canary, see machine_drift);
-    3. a one-sided Mann-Whitney U test on the *per-round medians* says new is slower, p <= alpha
-       (rounds, not samples, are the independent draws: samples of one round share the
-       machine's state of that moment). With 3 rounds a side the smallest p is 1/20, so every
-       new round must be slower than every base round.
-    Improvements mirror the rule. Fewer rounds than the test can decide on: never gated."""
+       median / smallest) seen in either file, i.e. how far the same code moved between the
+       rounds of one run (a shift between two runs that the rounds of one run also show is
+       noise, whatever a test on samples says); and, where the machine's speed could not be
+       adjusted for, how far it moved between the two runs: the drift of the case's control
+       probes to the power MAX_SENSITIVITY when each file stayed in one machine state, or
+       for files without controls the drift of the run's canary (`drift`, machine_drift);
+    3. a one-sided Mann-Whitney U test on the samples says new is slower, p <= alpha.
+    Improvements mirror the rule. Fewer than 2 rounds a side (no between-round spread to learn
+    the floor from): never gated."""
     if not base or not new:
         return Verdict("no timing", None, None, None)
+    if _has_controls(base, base_controls) and _has_controls(new, new_controls):
+        beta = sensitivity([(base, base_controls), (new, new_controls)])
+        reference = min(min(base_controls), min(new_controls))
+        base, new = adjusted(base, base_controls, beta, reference), adjusted(new, new_controls, beta, reference)
+        moved = control_drift(base_controls, new_controls)
+        drift = None if beta is not None else (moved ** MAX_SENSITIVITY if moved else None)
     base_median, new_median = statistics.median(base), statistics.median(new)
     if base_median <= 0:
         return Verdict("same", None, None, None, "base median is zero")
     ratio = new_median / base_median
+    verdict = lambda *args: Verdict(*args, base_s=base_median, new_s=new_median)  # noqa: E731
     base_meds, new_meds = round_medians(base, base_rounds), round_medians(new, new_rounds)
-    spreads = [s for s in (round_spread(base_meds), round_spread(new_meds), drift) if s is not None]
-    noise = max(spreads) if spreads else None
+    spreads = [s for s in (round_spread(base_meds), round_spread(new_meds)) if s is not None]
+    floors = ([max(spreads) ** RUN_TO_RUN] if spreads else []) + ([drift] if drift is not None else [])
+    noise = max(floors) if floors else None
     slower, faster = ratio > threshold, ratio < 1 / threshold
     if not (slower or faster):
-        return Verdict("same", ratio, noise, None)
+        return verdict("same", ratio, noise, None)
     direction = "slower" if slower else "faster"
     floor = noise or 1.0
     beyond_noise = ratio > floor if slower else ratio < 1 / floor
     if min(len(base_meds), len(new_meds)) < 2:
-        return Verdict(f"{direction} (not significant)", ratio, noise, None,
-                       "fewer than 2 rounds a side: no between-round evidence")
-    test = mann_whitney_u(new_meds, base_meds, alternative="greater" if slower else "less")
+        return verdict(f"{direction} (not significant)", ratio, noise, None,
+                       "fewer than 2 rounds a side: no between-round spread to hold it against")
+    test = mann_whitney_u(new, base, alternative="greater" if slower else "less")
     if test.p > alpha:
-        return Verdict(f"{direction} (not significant)", ratio, noise, test.p,
-                       f"per-round medians: p = {test.p:.3g} > {alpha}")
+        return verdict(f"{direction} (not significant)", ratio, noise, test.p,
+                       f"samples: p = {test.p:.3g} > {alpha}")
     if not beyond_noise:
-        return Verdict(f"{direction} (within noise)", ratio, noise, test.p,
+        return verdict(f"{direction} (within noise)", ratio, noise, test.p,
                        f"{ratio:.2f}x is inside the between-round noise floor {floor:.2f}x")
-    return Verdict("regression" if slower else "improvement", ratio, noise, test.p)
+    return verdict("regression" if slower else "improvement", ratio, noise, test.p)

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from sysbench import cli, results
 from sysbench.compare import CompareError, compare_documents, diff_values
-from sysbench.stats import mann_whitney_u, midranks, round_medians, summarize, timing_verdict, u_distribution
+from sysbench.stats import (MAX_SENSITIVITY, RUN_TO_RUN, adjusted, mann_whitney_u, midranks, own_adjusted,
+                            round_medians, sensitivity, summarize, timing_verdict, u_distribution)
 
 MS = 1e-3
 
@@ -197,9 +198,10 @@ def test_two_times_slower_with_tight_samples_is_regression(tmp_path):
     assert out["regressions"] == ["t/a"] and out["model_changes"] == []
     case = out["cases"][0]
     assert case["ratio"] == pytest.approx(2.0)
-    # the test runs on the 3 round medians a side: every new one above every base one
-    assert case["p_value"] == pytest.approx(1 / math.comb(6, 3))
-    assert case["noise_floor"] == pytest.approx(1.001 / 0.999)
+    # the test runs on the samples: every new one above every base one (exact U)
+    n = sum(len(r) for r in TIGHT)
+    assert case["p_value"] == pytest.approx(1 / math.comb(2 * n, n))
+    assert case["noise_floor"] == pytest.approx((1.001 / 0.999) ** RUN_TO_RUN)
     assert "regression" in result.stderr and "2.00x" in result.stderr
 
 
@@ -377,9 +379,10 @@ def test_samples_and_metadata_round_trip(tmp_path):
     assert g["sample_rounds"] == [0] * 4 + [1] * 4 + [2] * 4
     assert g["number"] >= 1 and g["min_time_s"] == 0.005
     assert g["calibration"][-1][0] == g["number"] and g["calibration"][-1][1] >= g["min_time_s"]
-    expected = summarize(samples, g["sample_rounds"])
+    assert len(g["controls_s"]) == len(samples) and all(c > 0 for c in g["controls_s"])
+    expected = summarize(samples, g["sample_rounds"], g["controls_s"])
     assert g["spread"] == pytest.approx(expected["spread"]) and g["stable"] == expected["stable"]
-    assert g["round_medians_s"] == round_medians(samples, g["sample_rounds"])
+    assert g["round_medians_s"] == round_medians(own_adjusted(samples, g["controls_s"])[0], g["sample_rounds"])
     assert timing["cmp/model"] is None
     machine = saved["machine"]
     for key in ("cpu", "cores", "threads", "python", "numpy", "blas", "compiler", "compiler_version",
@@ -447,25 +450,90 @@ def test_one_round_of_five_shifted_is_not_a_regression():
     # the new file's third round ran 1.2x slower (a neighbour's load, a clock step): the median of
     # all its samples barely moves, and that round's own spread is the noise floor
     v = verdict(TIGHT, scaled(TIGHT, 1.0, 1.0, 1.2))
-    assert v.word == "same" and v.ratio < 1.02 and v.noise == pytest.approx(1.2 * 0.999 / 1.0)
+    assert v.word == "same" and v.ratio < 1.02 and v.noise == pytest.approx((1.2 * 0.999 / 1.0) ** RUN_TO_RUN)
 
 
 def test_every_round_shifted_with_a_tight_spread_is_a_regression():
     v = verdict(TIGHT, scaled(TIGHT, 1.3))
-    assert v.word == "regression" and v.ratio == pytest.approx(1.3) and v.p == pytest.approx(0.05)
+    n = sum(len(r) for r in TIGHT)
+    assert v.word == "regression" and v.ratio == pytest.approx(1.3) and v.p == pytest.approx(1 / math.comb(2 * n, n))
     assert verdict(scaled(TIGHT, 1.3), TIGHT).word == "improvement"
 
 
 def test_a_shift_inside_the_between_round_noise_is_not_a_regression():
-    # new rounds at 1.12, 1.2 and 1.35 ms: every one above every base round (p = 0.05) and the
-    # median 1.2x past the 1.10 threshold, but the new file itself moved 1.2x between rounds
+    # new rounds at 1.12, 1.2 and 1.35 ms: every new sample above every base one and the median
+    # 1.2x past the 1.10 threshold, but the new file itself moved 1.2x between rounds
     v = verdict(TIGHT, scaled(TIGHT, 1.12, 1.2, 1.35))
-    assert v.ratio > 1.10 and v.p == pytest.approx(0.05)
-    assert v.word == "slower (within noise)" and v.noise == pytest.approx(1.35 * 0.999 / (1.12 * 1.0))
+    assert v.ratio > 1.10 and v.p < 0.05
+    assert v.word == "slower (within noise)" and v.noise == pytest.approx((1.35 * 0.999 / (1.12 * 1.0)) ** RUN_TO_RUN)
     assert v.ratio < v.noise
 
 
-def test_rounds_must_all_agree_with_three_a_side():
-    # two of three new rounds 2x slower, one not: U = 6 of 9, P(U >= 6) = 7/20 for 3 + 3
+def test_rounds_that_disagree_raise_the_floor():
+    # two of three new rounds 2x slower, one not: the median is 2x, but the new file moved 2x
+    # between its own rounds
     v = verdict(TIGHT, scaled(TIGHT, 2.0, 2.0, 0.99))
-    assert v.word == "slower (not significant)" and v.p == pytest.approx(7 / 20)
+    assert v.word == "slower (within noise)" and v.ratio == pytest.approx(2.0, rel=0.02) and v.ratio < v.noise
+
+
+def controlled(rounds, controls_by_round):
+    """Samples, rounds and a control time per sample (one per round, as `controls_by_round`)."""
+    samples, sample_rounds = rounds_of(rounds)
+    return samples, sample_rounds, [controls_by_round[r] for r in sample_rounds]
+
+
+def verdict_with_controls(base, base_controls, new, new_controls):
+    b, br, bc = controlled(base, base_controls)
+    n, nr, nc = controlled(new, new_controls)
+    return timing_verdict(b, br, n, nr, 1.10, 0.05, None, bc, nc)
+
+
+QUIET_RUN = [1e-4] * 3  # the control probe at its usual 0.1 ms in every round
+
+
+def test_the_sensitivity_is_learnt_within_files_only():
+    # the case runs 1.4x slower where the control probe runs 2x slower: slope log 1.4 / log 2
+    samples, _, controls = controlled(scaled(TIGHT, 1.0, 1.4, 1.0), [1e-4, 2e-4, 1e-4])
+    assert sensitivity([(samples, controls)]) == pytest.approx(math.log(1.4) / math.log(2), abs=0.02)
+    # a shift of a whole file (a regression) against another does not enter it
+    other = [s * 3 for s in samples]
+    assert sensitivity([(samples, controls), (other, controls)]) == pytest.approx(math.log(1.4) / math.log(2),
+                                                                                  abs=0.02)
+    # one machine state throughout each file: nothing to learn from
+    assert sensitivity([(samples, [1e-4] * len(samples))]) is None
+    # adjusted to the fastest control, the slowed round falls back in line
+    fixed = adjusted(samples, controls, sensitivity([(samples, controls)]), 1e-4)
+    assert max(fixed) / min(fixed) < 1.05
+
+
+def test_rounds_the_machine_slowed_are_adjusted_for():
+    # the new file's middle round ran while the host slowed the machine (the control probe
+    # twice its usual time, the case 1.4x): without controls the floor is (1.4x)^2, with them
+    # the round is adjusted back and the floor is the tight rounds' own
+    shifted = scaled(TIGHT, 1.0, 1.4, 1.0)
+    plain = verdict(TIGHT, shifted)
+    v = verdict_with_controls(TIGHT, QUIET_RUN, shifted, [1e-4, 2e-4, 1e-4])
+    assert v.word == "same" and v.ratio == pytest.approx(1.0, abs=0.01) and v.noise < 1.02 < plain.noise
+
+
+def test_a_run_the_machine_slowed_throughout_is_within_the_drift():
+    # every new sample taken on a slowed machine, every base one on a quiet one: no file shows
+    # both states, so the sensitivity is unknown and the control drift (2x) to the power
+    # MAX_SENSITIVITY is the floor
+    v = verdict_with_controls(TIGHT, QUIET_RUN, scaled(TIGHT, 1.4), [2e-4] * 3)
+    assert v.word == "slower (within noise)" and v.noise == pytest.approx(2.0 ** MAX_SENSITIVITY)
+
+
+def test_a_real_slowdown_is_caught_beside_slowed_rounds():
+    # 3x slower in every round; one round of each file on a slowed machine (1.5x, control 2x)
+    v = verdict_with_controls(scaled(TIGHT, 1.0, 1.0, 1.5), [1e-4, 1e-4, 2e-4],
+                              scaled(TIGHT, 4.5, 3.0, 3.0), [2e-4, 1e-4, 1e-4])
+    assert v.word == "regression" and v.ratio == pytest.approx(3.0, rel=0.02)
+
+
+def test_summarize_reports_the_adjusted_samples():
+    samples, sample_rounds, controls = controlled(scaled(TIGHT, 1.0, 1.0, 1.6), [1e-4, 1e-4, 2e-4])
+    record = summarize(samples, sample_rounds, controls)
+    assert record["sensitivity"] == pytest.approx(math.log(1.6) / math.log(2), abs=0.02)
+    assert record["round_spread"] < 1.02 and record["control_s"] == pytest.approx(1e-4)
+    assert record["median_s"] == pytest.approx(float(np.median(samples[:2 * len(TIGHT[0])])), rel=0.01)

@@ -18,6 +18,12 @@ MLP = {"model": "mlp", "layers": 3, "width": 64}
 FAST = {"warmup": 1, "repeats": 2, "probe_steps": 1, "calibrate_repeats": 2}
 
 
+def planned_steps(result):
+    """Steps a job trains under its plan: warm-up, one more (each measured window needs the
+    step before it), then per sample its steps and the step that holds the control probe."""
+    return FAST["warmup"] + 1 + FAST["repeats"] * (result["steps_per_sample"] + 1)
+
+
 def net_spec(schedule, **extra):
     return {"program": "net", "net": MLP, "batch": 32, "lr": 0.05, "schedule": schedule,
             "bucket_bytes": 20000, "portion_bytes": 4096, **FAST, **extra}
@@ -37,7 +43,7 @@ def test_two_ranks_train_to_identical_weights_bit_equal_to_one_process(schedule)
     assert np.max(np.abs(r["weights"] - r["full_batch"])) < 1e-5
     for rank in ranks:
         assert rank["reduced_once"]
-        assert rank["reductions"] == r["plan"]["messages"] * (FAST["warmup"] + FAST["repeats"] + 1)
+        assert rank["reductions"] == r["plan"]["messages"] * planned_steps(r)
 
 
 def launch_free_initial_weights():
@@ -74,7 +80,7 @@ def test_split_priority_issue_order_respects_priority():
         by_step = {}
         for step, mid, after in rank["issues"]:
             by_step.setdefault(step, []).append((mid, after))
-        assert len(by_step) == FAST["warmup"] + FAST["repeats"] + 1
+        assert len(by_step) == planned_steps(r)
         for issued in by_step.values():
             assert sorted(m for m, _ in issued) == list(range(len(layers)))   # each portion once
             for i, (mid, after) in enumerate(issued):
@@ -103,6 +109,10 @@ def test_a_sample_groups_as_many_steps_as_last_min_time():
     assert group >= 2                                   # a step of this net is well under 20 ms
     assert r["measured_steps"] == FAST["repeats"] * group
     assert np.array_equal(r["weights"], r["reference"])  # the longer job still trains bit-equal
+    # a control probe around every sample (the slower of the two around it), and one window
+    # per sample left for it
+    assert r["sample_stride"] == group + 1 and r["steps_trained"] == 2 + planned_steps(r)
+    assert len(r["controls_s"]) == FAST["repeats"] and all(c > 0 for c in r["controls_s"])
 
 
 def test_the_supervisor_records_how_its_rank_ended_and_ends_the_same_way(tmp_path):

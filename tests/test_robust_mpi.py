@@ -82,9 +82,11 @@ def test_5_a_signal_during_a_job_kills_the_ranks_and_removes_the_folder(tmp_path
     tmp.mkdir()
     suite = tmp_path / "mix.toml"
     suite.write_text(SUITE.format(repeats=100000))   # runs until the signal
+    # started as a shell starts a command, SIGINT at its default whatever this process has it at
     proc = subprocess.Popen([sys.executable, "-m", "sysbench", "run", str(suite), "-k", "mlp"],
                             env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         pids = []

@@ -2,6 +2,7 @@
 peers timed by the same rules, thread limits, and every phase of a case guarded."""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -107,10 +108,12 @@ def test_calibration_reaches_min_time(write_suite):
                                            rounds=1))
     [result] = runner.run_suite([case])
     t = result.timing
-    # 4 ms of 40 us calls: about 100 calls, on the 1-2-5 sequence, the last trial >= min_time
-    assert t["number"] in (100, 200) and t["calibration"][-1][0] == t["number"]
+    # 4 ms of 40 us calls: about 100 calls (fewer when a descheduled trial already lasted 4 ms;
+    # the exact sequence is test_calibrate_*'s), on the 1-2-5 sequence, the last trial >= min_time
+    assert t["number"] in (1, 2, 5, 10, 20, 50, 100, 200) and t["calibration"][-1][0] == t["number"]
     assert t["calibration"][-1][1] >= 0.004 and all(trial[1] < 0.004 for trial in t["calibration"][:-1])
-    assert all(35e-6 <= s <= 400e-6 for s in t["samples_s"])  # per call, not per sample
+    # per call, not per sample (a sample lasts >= 4 ms; one descheduled sample may not)
+    assert min(t["samples_s"]) >= 35e-6 and statistics.median(t["samples_s"]) <= 400e-6
     assert t["min_time_s"] == 0.004 and t["repeats"] == 3 and result.validation["passed"]
 
 

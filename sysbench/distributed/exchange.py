@@ -62,7 +62,8 @@ class Recorder:
 
 
 def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1,
-             beat=None, fault=None, progress_interval_s: float = 0.0, link=None) -> tuple[Recorder, list]:
+             beat=None, fault=None, progress_interval_s: float = 0.0, link=None,
+             after_step=None) -> tuple[Recorder, list]:
     """Train `steps` steps under `plan`; returns the recorder and the end of each step's backward.
 
     `beat(step, phase)` is called as work completes (the watchdog's heartbeat); `fault` is a
@@ -70,6 +71,7 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     slower network than the one MPI runs on: a message counts as reduced only when MPI has
     reduced it and the emulated link has carried it (one message at a time in issue order,
     occupied for occupancy_s, then latency_s in flight), as a throttled NIC would.
+    `after_step(step)` runs after each step's backward (its time falls in the next step's window).
     """
 
     L = plan.layers
@@ -82,7 +84,7 @@ def run_plan(comm, program, plan: Plan, steps: int, scale: float, polls: int = 1
     polite = oversubscribed(comm)
     try:
         return _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests,
-                    polite, link)
+                    polite, link, after_step)
     finally:
         if poker:
             poker.stop()
@@ -119,7 +121,8 @@ class ProgressThread:
         self.comm.Free()
 
 
-def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests, polite, link):
+def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_grad, views, requests, polite, link,
+         after_step):
     from mpi4py import MPI
     L = plan.layers
     comm.Barrier()
@@ -190,6 +193,8 @@ def _run(comm, program, plan, steps, scale, polls, beat, fault, grads, layer_gra
                 rec.issues.append((step, mid, l))
             progress()
         boundaries.append(rec.now())
+        if after_step is not None:
+            after_step(step)
     return rec, boundaries
 
 

@@ -170,6 +170,7 @@ def _train(comm, spec, dog, outdir):
     from .exchange import run_plan, step_metrics
     from .schedules import make_plan
     from .simulator import timeline_event
+    from ..stats import control_probe
 
     rank, ranks = comm.rank, comm.size
     program = make_program(spec, rank, ranks)
@@ -211,14 +212,29 @@ def _train(comm, spec, dog, outdir):
     probe_step_s = np.array([sum(warm["forward"]) + sum(warm["backward"]) + sum(warm["update"])])
     comm.Allreduce(MPI.IN_PLACE, probe_step_s, op=MPI.MAX)
     group = max(1, math.ceil(spec.get("min_time", 0.0) / probe_step_s[0])) if probe_step_s[0] > 0 else 1
-    steps = spec.get("warmup", 1) + spec.get("repeats", 3) * group + 1
+    # Before the first sample and after each sample's `group` steps every rank times the
+    # control probe; a sample's control is the slowest rank's probe, the slower of the two
+    # around it (as the runner takes them). The step window that holds a pause is measured but
+    # is no sample's (stride group + 1); the first pause falls in the last warm-up window.
+    first = 1 + spec.get("warmup", 1)
+    stride = group + 1
+    steps = first + spec.get("repeats", 3) * stride
+    probes = []
+
+    def pause(step):
+        if step >= first - 2 and (step - first + 2) % stride == 0:
+            probe = np.array([control_probe()])
+            comm.Allreduce(MPI.IN_PLACE, probe, op=MPI.MAX)
+            probes.append(float(probe[0]))
+
     fault = spec.get("fault")
     rec, boundaries = run_plan(comm, program, plan, steps, scale, polls, dog.beat, fault,
-                               spec.get("progress_us", 0) * 1e-6, link)
+                               spec.get("progress_us", 0) * 1e-6, link, pause)
     dog.beat(steps, "training done")
 
-    first = 1 + spec.get("warmup", 1)
     metrics = step_metrics(rec, boundaries, first)
+    bracketed = len(probes) == spec.get("repeats", 3) + 1    # no pause before step 0 (warmup 0)
+    controls = [max(a, b) for a, b in zip(probes, probes[1:])] if bracketed else probes
     measured_times = layer_times(rec, L, first)
     weights = program.weights()
     keep = spec.get("timeline_steps", 2)
@@ -244,8 +260,8 @@ def _train(comm, spec, dog, outdir):
                       "full_batch": full_batch_weights(spec, probe_steps + steps, dog.beat)}
     return {**references, "ranks": ranks, "progress_us": spec.get("progress_us", 0),
             "emulated_link": link is not None, "schedule": plan.schedule, "plan": plan.to_dict(),
-            "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": len(metrics),
-            "steps_per_sample": group,
+            "layer_sizes": sizes, "steps_trained": probe_steps + steps, "measured_steps": spec.get("repeats", 3) * group,
+            "steps_per_sample": group, "sample_stride": stride, "controls_s": controls,
             "calibration": calibration, "cost": cost.to_dict(), "estimates": estimates,
             "per_rank": gathered, "weights": weights}
 

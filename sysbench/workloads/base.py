@@ -224,11 +224,13 @@ class Timed:
 @dataclass
 class SelfTimed:
     """What a call returns when its time can only be measured inside it (the steps of an MPI
-    job, timed on the ranks): its own samples in seconds, the output and extra figures."""
+    job, timed on the ranks): its own samples in seconds, the output and extra figures, and
+    the control probe time after each sample (stats.control_probe) when it took them."""
 
     samples: list[float]
     output: Any
     measured: dict = field(default_factory=dict)
+    controls: list[float] | None = None
 
 
 class Workload:

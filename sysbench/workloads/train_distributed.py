@@ -225,11 +225,15 @@ class TrainDistributed(Workload):
         if result is None:  # a rank other than 0 of a job launched by the user
             return SelfTimed([0.0], None)
         per_rank = result["per_rank"]
-        steps = aggregate_steps([r["steps"] for r in per_rank])
-        # a sample is the mean of steps_per_sample consecutive steps (as many as last min_time)
+        windows = aggregate_steps([r["steps"] for r in per_rank])
+        # a sample is the mean of steps_per_sample consecutive steps (as many as last min_time);
+        # the window after each sample holds the ranks' control probe and is left out
         group = result.get("steps_per_sample", 1)
-        samples = [statistics.fmean(s["step_s"] for s in steps[i:i + group])
-                   for i in range(0, len(steps) - group + 1, group)]
+        stride = result.get("sample_stride", group)
+        samples = [statistics.fmean(s["step_s"] for s in windows[i:i + group])
+                   for i in range(0, len(windows) - group + 1, stride)]
+        steps = [s for i, s in enumerate(windows) if i % stride < group]
+        controls = result.get("controls_s") or None
         med = lambda key: statistics.median(s[key] for s in steps)
         measured = {
             "step_s": statistics.median(samples), "steps_per_sample": group, "compute_s": med("compute_s"),
@@ -243,7 +247,8 @@ class TrainDistributed(Workload):
             "timeline": [e for r in per_rank for e in r["timeline"]],
             "issue_order": per_rank[0]["issues"][-result["plan"]["messages"]:],
         }
-        return SelfTimed(samples, result, measured)
+        return SelfTimed(samples, result, measured,
+                         controls[:len(samples)] if controls and len(controls) >= len(samples) else None)
 
     def observe(self, run: Run, output) -> dict:
         if run.params.mode != "sim":
