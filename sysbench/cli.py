@@ -69,6 +69,9 @@ def run(
                                           help="override every case's samples per round"),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=1,
                                          help="override every case's rounds (each round times every case once)"),
+    processes: int = typer.Option(2, "--processes", min=1,
+                                  help="share each case's rounds among this many processes, run one after "
+                                       "another (a process's memory placement then shows between rounds)"),
     min_time: Optional[float] = typer.Option(None, "--min-time", min=1e-6,
                                              help="override every case's seconds per sample (calls per sample "
                                                   "are calibrated to it)"),
@@ -169,7 +172,8 @@ def run(
     signal.signal(signal.SIGTERM, _terminate)  # a CI cancel or `timeout`: clean up as Ctrl-C does
 
     quiet = rank != 0
-    settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time,
+    processes = 1 if mpi or timed_workers > 1 else processes  # ranks time in their own job; groups in theirs
+    settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time, "processes": processes,
                 "filter": filter_text, "jobs": jobs, "executor": executor, "parallel_timed": timed_workers}
     controls: list = []  # the machine's canary, every round (compare's between-run control)
     settings["controls"] = controls
@@ -200,7 +204,7 @@ def run(
                 try:
                     run_suite(items, n_threads, repeats, rounds, min_time, memory_limit, on_step, emit, pool, controls,
                               timed_workers, prepare=sinks.render_csv if pool and output and sinks.is_csv(output)
-                              else None)
+                              else None, processes=processes)
                 except InputError as exc:
                     progress.stop()
                     _abandon(stack, streams)  # nothing is written: the output's temporary file goes

@@ -21,6 +21,7 @@ worker mode of `sysbench run`. It owns everything about timing:
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
@@ -33,7 +34,7 @@ from .stats import control_probe, summarize
 from .suite import Case, SuiteError
 from .sweep import Block, TableChunk, evaluate
 from .sweep import chunks as sweep_chunks
-from .workloads import registry
+from .workloads import registered_here, registry
 from .workloads.base import CaseError, Run, SelfTimed, Workload
 
 DEFAULT_ROUNDS = 3
@@ -154,6 +155,21 @@ class _Timing:
     rounds: list = field(default_factory=list)
     controls: list = field(default_factory=list)  # control_probe() after each sample
     peers: dict = field(default_factory=dict)  # name -> _Timing
+    numbers: list = field(default_factory=list)   # `number` of each further timing process
+
+    def merge(self, record: dict, first_round: int) -> None:
+        """Add the samples of a timing record made in another process, its rounds numbered
+        from first_round (its calls per sample are its own calibration's)."""
+        offset = first_round - min(record["sample_rounds"], default=0)
+        self.samples += record["samples_s"]
+        self.rounds += [r + offset for r in record["sample_rounds"]]
+        self.controls += record.get("controls_s") or []
+        self.cpu_samples += record.get("cpu_samples_s") or []
+        self.numbers.append(record["number"])
+        for name, peer in (record.get("peers") or {}).items():
+            if name in self.peers:
+                self.peers[name].samples += peer["samples_s"]
+                self.peers[name].rounds += [r + offset for r in peer["sample_rounds"]]
 
 
 def _time_calls(call: Callable[[], Any], number: int, reset=None) -> tuple[float, float, Any]:
@@ -295,7 +311,7 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
               min_time: float | None = None, max_memory: int | None = None,
               on_step: Callable[[str, str, int], None] | None = None,
               emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None,
-              timed_workers: int = 1, prepare: Callable | None = None) -> list:
+              timed_workers: int = 1, prepare: Callable | None = None, processes: int = 1) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
     items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
@@ -309,7 +325,11 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     completes. Raises InputError before any timing when a case cannot run as written, and
     SweepError when a worker dies. controls: a list that receives the canary() figures of
     every recorded round (when there are timed cases). prepare: with an executor, called on
-    each table chunk in its worker (sinks.render_csv formats a CSV's rows there)."""
+    each table chunk in its worker (sinks.render_csv formats a CSV's rows there). processes:
+    the rounds are shared among this process and processes - 1 fresh ones, one after another
+    (as pyperf spawns worker processes): what a process's own state (its memory placement, its
+    core) does to a case then shows between rounds, where compare's noise floor sees it, rather
+    than only between two runs."""
     kinds = registry()
     limit = max_memory if max_memory is not None else available_memory()
     problems: list[str] = []
@@ -366,13 +386,16 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
         _time_in_parallel(timed, executor, timed_workers, (threads, repeats, rounds, min_time, limit),
                           on_step, n_rounds, controls)
         timed = []
-    for index in [None] + list(range(max(n_rounds.values(), default=0))) if timed else []:
+    # the rounds timed in this process (a kind registered here only: all of them)
+    here = {r.case.id: _rounds_here(n_rounds[r.case.id], 1 if registered_here(r.case.kind) else processes)
+            for r in timed}
+    for index in [None] + list(range(max(here.values(), default=0))) if timed else []:
         kept_bytes = 0
         if index is not None and controls is not None:
             with _blas_limit(1):
                 controls.append(canary())
         for run in timed:
-            if (index is not None and index >= n_rounds[run.case.id]) or run.result.error:
+            if (index is not None and index >= here[run.case.id]) or run.result.error:
                 continue
             try:
                 _visit(run, threads, repeats or run.case.repeats, min_time or run.case.min_time, index)
@@ -389,6 +412,9 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
                     run.plan = run.inputs = None
             if on_step:
                 on_step(run.case.id, "warm-up" if index is None else f"round {index + 1}", 1)
+    for process in range(1, processes if timed else 1):
+        _time_in_fresh_process(timed, here, n_rounds, process, processes, (threads, repeats, min_time, limit),
+                               on_step, controls)
     for run in timed:
         if run.timing.samples and run.result.error is None:
             run.result.timing = _timing_record(run, min_time or run.case.min_time)
@@ -420,6 +446,47 @@ def _time_in_parallel(timed: list, executor, workers: int, settings: tuple, on_s
                 on_step(run.case.id, "timed", 1 + n_rounds[run.case.id])
         if controls is not None:
             controls += group_controls
+
+
+def _rounds_here(count: int, processes: int, process: int = 0) -> int:
+    """How many of a case's `count` rounds process `process` of `processes` times (the first,
+    this one, takes what does not divide evenly)."""
+    share, extra = divmod(count, processes)
+    return share + (extra if process == 0 else 0)
+
+
+def _time_in_fresh_process(timed: list, here: dict, n_rounds: dict, process: int, processes: int,
+                           settings: tuple, on_step, controls: list | None) -> None:
+    """Time the rounds of process `process` in a fresh interpreter (spawned: nothing of this
+    process's memory layout) and add its samples to each case's, numbered after the rounds
+    before them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    threads, repeats, min_time, limit = settings
+    runs = [run for run in timed if run.result.error is None and not registered_here(run.case.kind)
+            and _rounds_here(n_rounds[run.case.id], processes, process)]
+    if not runs:
+        return
+    cases = [dataclasses.replace(run.case, rounds=_rounds_here(n_rounds[run.case.id], processes, process))
+             for run in runs]
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results, its_controls = pool.submit(time_group, cases, threads, repeats, None, min_time, limit).result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the process died or could not start
+        raise SweepError(f"the timing process {process + 1} of {processes} was lost "
+                         f"({type(exc).__name__}: {exc}); rerun with --processes 1 to time in this one") from None
+    if controls is not None:
+        controls += its_controls
+    for run, result in zip(runs, results):
+        if result.error is not None:
+            run.result.error = f"in timing process {process + 1}: {result.error}"
+        elif result.timing:
+            first = max(run.timing.rounds, default=-1) + 1
+            run.timing.merge(result.timing, first)
+        if on_step:
+            on_step(run.case.id, f"process {process + 1}", result.timing["rounds"] if result.timing else 0)
 
 
 def time_group(cases: list, threads, repeats, rounds, min_time, memory_limit) -> tuple[list, list]:
@@ -578,6 +645,8 @@ def _timing_record(run: _CaseRun, min_time: float) -> dict:
         "samples_s": timing.samples,
         "sample_rounds": timing.rounds,
     })
+    if timing.numbers:
+        record["process_numbers"] = [timing.number] + timing.numbers
     if controls:
         record["controls_s"] = controls
     if timing.cpu_samples and len(timing.cpu_samples) == len(timing.samples):

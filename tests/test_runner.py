@@ -149,6 +149,21 @@ def test_cli_rounds_override_and_steps(write_suite):
     assert done[1].timing is None and done[1].metrics == {"cycles": 1}
 
 
+def test_rounds_are_shared_with_a_fresh_process(write_suite):
+    loaded = cases(write_suite, dict(name="g", kind="gemm", array="a", m=8, k=8, n=8),
+                   dict(name="s", kind="test_sleeper", call_us=10),
+                   arrays={"a": {"rows": 4, "cols": 4}}, defaults=dict(rounds=3, repeats=2, min_time=0.0005))
+    steps = []
+    g, s = runner.run_suite(loaded, processes=2, on_step=lambda label, stage, count: steps.append(count))
+    # gemm: 2 rounds here, the third in a spawned process, numbered after them, with its own calibration
+    assert g.error is None and g.validation["passed"]
+    assert g.timing["sample_rounds"] == [0, 0, 1, 1, 2, 2] and len(g.timing["process_numbers"]) == 2
+    assert len(g.timing["controls_s"]) == 6 and g.timing["rounds"] == 3
+    # a kind registered in this process only is unknown to a fresh one: all its rounds here
+    assert s.timing["sample_rounds"] == [0, 0, 1, 1, 2, 2] and "process_numbers" not in s.timing
+    assert sum(steps) == runner.total_steps(loaded)
+
+
 def test_reset_runs_before_every_call_outside_the_timer(write_suite):
     [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=4, rounds=2, warmup=1, call_us=0))
     [result] = runner.run_suite([case])

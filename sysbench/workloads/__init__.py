@@ -77,5 +77,10 @@ def register(workload: Workload) -> None:
     _REGISTERED[workload.kind] = workload
 
 
+def registered_here(kind: str) -> bool:
+    """True for a kind added with register(): a fresh process does not know it."""
+    return kind in _REGISTERED
+
+
 def unregister(kind: str) -> None:
     _REGISTERED.pop(kind, None)
