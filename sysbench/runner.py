@@ -413,7 +413,7 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
             if on_step:
                 on_step(run.case.id, "warm-up" if index is None else f"round {index + 1}", 1)
     for process in range(1, processes if timed else 1):
-        _time_in_fresh_process(timed, here, n_rounds, process, processes, (threads, repeats, min_time, limit),
+        _time_in_fresh_process(timed, n_rounds, process, processes, (threads, repeats, min_time, limit),
                                on_step, controls)
     for run in timed:
         if run.timing.samples and run.result.error is None:
@@ -455,38 +455,57 @@ def _rounds_here(count: int, processes: int, process: int = 0) -> int:
     return share + (extra if process == 0 else 0)
 
 
-def _time_in_fresh_process(timed: list, here: dict, n_rounds: dict, process: int, processes: int,
-                           settings: tuple, on_step, controls: list | None) -> None:
+def _time_in_fresh_process(timed: list, n_rounds: dict, process: int, processes: int, settings: tuple,
+                           on_step, controls: list | None) -> None:
     """Time the rounds of process `process` in a fresh interpreter (spawned: nothing of this
     process's memory layout) and add its samples to each case's, numbered after the rounds
-    before them."""
+    before them. Interrupted, the process is stopped as a CI cancel stops this one (SIGTERM:
+    a job it runs cleans up its ranks) before the interruption goes on."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    threads, repeats, min_time, limit = settings
     runs = [run for run in timed if run.result.error is None and not registered_here(run.case.kind)
             and _rounds_here(n_rounds[run.case.id], processes, process)]
     if not runs:
         return
     cases = [dataclasses.replace(run.case, rounds=_rounds_here(n_rounds[run.case.id], processes, process))
              for run in runs]
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=_timing_process, args=(send, cases, settings), daemon=True)
+    worker.start()
+    send.close()
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results, its_controls = pool.submit(time_group, cases, threads, repeats, None, min_time, limit).result()
-    except KeyboardInterrupt:
+        try:
+            results, its_controls = receive.recv()
+        except EOFError:
+            worker.join()
+            raise SweepError(f"the timing process {process + 1} of {processes} ended without its results "
+                             f"(exit code {worker.exitcode}); rerun with --processes 1 to time in this one") from None
+        worker.join()
+    except BaseException:
+        if worker.is_alive():
+            worker.terminate()
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
         raise
-    except Exception as exc:  # the process died or could not start
-        raise SweepError(f"the timing process {process + 1} of {processes} was lost "
-                         f"({type(exc).__name__}: {exc}); rerun with --processes 1 to time in this one") from None
+    finally:
+        receive.close()
     if controls is not None:
         controls += its_controls
     for run, result in zip(runs, results):
         if result.error is not None:
             run.result.error = f"in timing process {process + 1}: {result.error}"
         elif result.timing:
-            first = max(run.timing.rounds, default=-1) + 1
-            run.timing.merge(result.timing, first)
+            run.timing.merge(result.timing, max(run.timing.rounds, default=-1) + 1)
         if on_step:
             on_step(run.case.id, f"process {process + 1}", result.timing["rounds"] if result.timing else 0)
+
+
+def _timing_process(send, cases: list, settings: tuple) -> None:
+    """A fresh timing process: time these cases, send their results and canary figures."""
+    threads, repeats, min_time, limit = settings
+    send.send(time_group(cases, threads, repeats, None, min_time, limit))
+    send.close()
 
 
 def time_group(cases: list, threads, repeats, rounds, min_time, memory_limit) -> tuple[list, list]:
