@@ -130,10 +130,13 @@ def render_cases(document: dict, console: Console = stderr, verbose: bool = Fals
     machine = document.get("machine", {})
     timed = [c["timing"] for c in document["cases"] if isinstance(c.get("timing"), dict)]
     rounds = sorted({t.get("rounds") for t in timed} - {None})
+    speed = (" at the machine's usual speed (control probe)"
+             if any(t.get("sensitivity") is not None for t in timed) else "")
     console.print(f"[dim]{machine.get('cpu', '?')} · {machine.get('threads', '?')} thread(s) · "
                   f"OpenMP {'on' if machine.get('openmp') else 'off'} · "
                   f"kernel ISA {isa_text(machine.get('isa'))} · sysbench {machine.get('sysbench', '?')} · "
-                  f"time = median per call over {'/'.join(map(str, rounds)) or '-'} round(s), "
+                  f"time = median per call over {'/'.join(map(str, rounds)) or '-'} round(s)"
+                  f"{speed}, "
                   f"± = robust spread[/dim]")
 
 
