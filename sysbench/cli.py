@@ -172,7 +172,8 @@ def run(
     signal.signal(signal.SIGTERM, _terminate)  # a CI cancel or `timeout`: clean up as Ctrl-C does
 
     quiet = rank != 0
-    processes = 1 if mpi or timed_workers > 1 else processes  # ranks time in their own job; groups in theirs
+    # ranks time in their own job, --parallel-timed groups in theirs; no spawning under an MPI executor
+    processes = 1 if mpi or timed_workers > 1 or executor is not None else processes
     settings = {"threads": n_threads, "repeats": repeats, "rounds": rounds, "min_time": min_time, "processes": processes,
                 "filter": filter_text, "jobs": jobs, "executor": executor, "parallel_timed": timed_workers}
     controls: list = []  # the machine's canary, every round (compare's between-run control)
