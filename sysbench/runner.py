@@ -593,7 +593,9 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
         run.plan = workload.plan(case.params, case.array)
     if run.inputs is None:
         run.inputs = workload.inputs(case.params, case.array, run.plan, np.random.default_rng(case.seed))
-    ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats, min_time)
+    # validated: the first visit (a job's first round: its warm-up round does not run)
+    ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats, min_time,
+              validates=run.visits == 0)
     spec = workload.timed(ctx)
     if round_index is None and spec.self_timed:
         return  # a job times its own warm-up: its first round validates

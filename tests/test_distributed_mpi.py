@@ -215,3 +215,10 @@ def test_a_rank_that_raises_ends_the_job_with_its_message():
         launch(spec, ranks=2, timeout_s=30)
     # every rank fails alike; whichever reports first ends the job
     assert re.search(r"rank [01]: ValueError", str(exc.value)) and "activation" in str(exc.value)
+
+
+def test_a_job_not_validated_skips_its_references():
+    # the runner validates a job's first round only; the later rounds' jobs need no
+    # single-process reference training (Run.validates False)
+    r = launch(net_spec("fifo", reference=False), ranks=2, timeout_s=60)
+    assert "reference" not in r and "full_batch" not in r and r["weights"].size

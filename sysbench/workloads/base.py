@@ -206,6 +206,7 @@ class Run:
     warmup: int
     repeats: int
     min_time: float = 0.0  # seconds a sample should last (a self-timed job groups its calls)
+    validates: bool = True  # this visit's output goes to validate() (a job skips its reference when not)
 
 
 @dataclass

@@ -214,7 +214,8 @@ class TrainDistributed(Workload):
                 return plan, simulate(plan, inputs["fwd"], inputs["bwd"], inputs["cost"].occupancy_s,
                                       latency=inputs["cost"].latency_s)
             return Timed(simulated)
-        spec = dict(self.spec(p), warmup=run.warmup, repeats=run.repeats, seed=0, min_time=run.min_time)
+        spec = dict(self.spec(p), warmup=run.warmup, repeats=run.repeats, seed=0, min_time=run.min_time,
+                    reference=run.validates)  # the single-process references: only for validation
         if "calibration" in inputs:
             spec["cost"] = {k: inputs["calibration"][k] for k in ("alpha_s", "beta_s_per_byte")}
         return Timed(lambda: self.job(spec, p.ranks, p.timeout_s, run.threads), self_timed=True)
