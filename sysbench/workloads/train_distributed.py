@@ -227,11 +227,13 @@ class TrainDistributed(Workload):
             return SelfTimed([0.0], None)
         per_rank = result["per_rank"]
         windows = aggregate_steps([r["steps"] for r in per_rank])
-        # a sample is the mean of steps_per_sample consecutive steps (as many as last min_time);
-        # the window after each sample holds the ranks' control probe and is left out
+        # a sample is the median of steps_per_sample consecutive steps (as many as last
+        # min_time): on a shared host a step's time has a long tail (a rank preempted for a
+        # millisecond or two), which moved the mean of a sample's steps 2-6% and the median
+        # 0.6-2%; the window after each sample holds the ranks' control probe and is left out
         group = result.get("steps_per_sample", 1)
         stride = result.get("sample_stride", group)
-        samples = [statistics.fmean(s["step_s"] for s in windows[i:i + group])
+        samples = [statistics.median(s["step_s"] for s in windows[i:i + group])
                    for i in range(0, len(windows) - group + 1, stride)]
         steps = [s for i, s in enumerate(windows) if i % stride < group]
         controls = result.get("controls_s") or None
