@@ -419,7 +419,7 @@ def compare(
 A timing is a regression only when all three hold, on samples scaled to the machine's usual \
 speed by the control probe timed around each: the median per-call time is slower than \
 --threshold; that ratio exceeds the case's noise floor (the largest between-round spread, \
-slowest round median / fastest, that either file shows, squared: a run moves more against \
+slowest round median / fastest, that either file shows, cubed: a run moves more against \
 another run than its rounds move); and a one-sided Mann-Whitney U test on the samples gives \
 p <= --alpha. Improvements mirror the rule.
     """

@@ -6,7 +6,7 @@ A case is matched by its `id`. Its two halves are judged differently:
 - a timing is a regression only when (stats.timing_verdict), on samples scaled to the
   machine's usual speed by the control probe timed around each, the median ratio new/base
   exceeds the threshold, AND exceeds the case's noise floor (the largest between-round spread
-  either file shows, squared: a run moves against another run by more than its rounds move),
+  either file shows, cubed: a run moves against another run by more than its rounds move),
   AND a one-sided Mann-Whitney U test on the samples says NEW is slower (p <= alpha).
   Improvements mirror the rule. Unstable samples are warned about.
 
@@ -81,7 +81,7 @@ class CaseComparison:
     new_s: float | None = None
     ratio: float | None = None         # new / base medians
     p_value: float | None = None       # of the rank test on the samples, in the direction of the ratio
-    noise: float | None = None         # the noise floor (stats.timing_verdict): between-round spread squared
+    noise: float | None = None         # the noise floor (stats.timing_verdict): between-round spread cubed
     reason: str = ""                   # why a slowdown past the threshold was not gated
     # regression | improvement | same | slower (not significant) | faster (not significant)
     # | slower (no samples to test) | faster (no samples to test) | no timing (model only)
