@@ -229,8 +229,9 @@ def compare_timing(result: CaseComparison, base: dict, new: dict, base_label: st
         result.timing = "same" if not (slower or faster) else \
             f"{'slower' if slower else 'faster'} (no samples to test)"
         return
+    own_jobs = all((case.get("timing") or {}).get("rounds_in_own_jobs") is True for case in (base, new))
     verdict = timing_verdict(base_samples, base_rounds, new_samples, new_rounds, threshold, alpha, drift,
-                             base_controls, new_controls)
+                             base_controls, new_controls, own_jobs)
     result.timing, result.ratio, result.noise = verdict.word, verdict.ratio, verdict.noise
     if verdict.base_s is not None:
         result.base_s, result.new_s = verdict.base_s, verdict.new_s

@@ -152,6 +152,7 @@ class _Timing:
     calibration: list = field(default_factory=list)  # [[number, seconds of one trial], ...]
     samples: list = field(default_factory=list)
     cpu_samples: list = field(default_factory=list)
+    own_jobs: bool = False  # self-timed: every round is a job (processes) of its own
     rounds: list = field(default_factory=list)
     controls: list = field(default_factory=list)  # control_probe() after each sample
     peers: dict = field(default_factory=dict)  # name -> _Timing
@@ -623,6 +624,7 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
             for _ in range(repeats):
                 wall, cpu, output = _time_calls(spec.call, timing.number, spec.reset)
                 if isinstance(output, SelfTimed):
+                    timing.own_jobs = True
                     timing.samples += output.samples
                     timing.rounds += [round_index] * len(output.samples)
                     if output.controls is not None and len(output.controls) == len(output.samples):
@@ -668,6 +670,8 @@ def _timing_record(run: _CaseRun, min_time: float) -> dict:
     })
     if timing.numbers:
         record["process_numbers"] = [timing.number] + timing.numbers
+    if timing.own_jobs:
+        record["rounds_in_own_jobs"] = True
     if controls:
         record["controls_s"] = controls
     if timing.cpu_samples and len(timing.cpu_samples) == len(timing.samples):

@@ -40,6 +40,10 @@ MAX_PAIRS = 20000            # Theil-Sen slopes computed per file at most (evenl
 # spread, in log; the floor is that spread to this power. The price: a case whose rounds
 # spread 1.26x cannot gate a 2x slowdown (compare prints each case's floor).
 RUN_TO_RUN = 3.0
+# ... and for a case whose every round is a job of its own (an MPI job: fresh processes each
+# round), whose between-round spread already sees what a new process does: its largest A/A
+# shift was 1.8x its between-round spread, in log.
+RUN_TO_RUN_JOBS = 2.0
 
 
 CONTROL_LOOP = 4000  # iterations of control_probe's loop: about 0.1 ms on a 3-4 GHz core
@@ -298,15 +302,18 @@ def control_drift(base: list[float] | None, new: list[float] | None) -> float | 
 
 def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], new_rounds: list[int],
                    threshold: float, alpha: float, drift: float | None = None,
-                   base_controls: list[float] | None = None, new_controls: list[float] | None = None) -> Verdict:
+                   base_controls: list[float] | None = None, new_controls: list[float] | None = None,
+                   own_jobs: bool = False) -> Verdict:
     """A case is a regression only when all three hold, on samples adjusted to the machine's
     usual speed when both files time a control probe around every sample (`adjusted`, by the
     case's `sensitivity` learnt from both files' samples):
     1. ratio = median(new) / median(base) exceeds `threshold`;
     2. the ratio exceeds the noise floor: the largest between-round spread (largest round
-       median / smallest) seen in either file, i.e. how far the same code moved between the
-       rounds of one run (a shift between two runs that the rounds of one run also show is
-       noise, whatever a test on samples says); and, where the machine's speed could not be
+       median / smallest) seen in either file, to the power RUN_TO_RUN (RUN_TO_RUN_JOBS when
+       every round of both files was a job of its own, `own_jobs`): how far the same code moved
+       between the rounds of one run, widened by how much further a run moves against another
+       (a shift between two runs that the rounds of one run also show is noise, whatever a
+       test on samples says); and, where the machine's speed could not be
        adjusted for, how far it moved between the two runs: the drift of the case's control
        probes to the power MAX_SENSITIVITY when each file stayed in one machine state, or
        for files without controls the drift of the run's canary (`drift`, machine_drift);
@@ -328,7 +335,8 @@ def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], 
     verdict = lambda *args: Verdict(*args, base_s=base_median, new_s=new_median)  # noqa: E731
     base_meds, new_meds = round_medians(base, base_rounds), round_medians(new, new_rounds)
     spreads = [s for s in (round_spread(base_meds), round_spread(new_meds)) if s is not None]
-    floors = ([max(spreads) ** RUN_TO_RUN] if spreads else []) + ([drift] if drift is not None else [])
+    power = RUN_TO_RUN_JOBS if own_jobs else RUN_TO_RUN
+    floors = ([max(spreads) ** power] if spreads else []) + ([drift] if drift is not None else [])
     noise = max(floors) if floors else None
     slower, faster = ratio > threshold, ratio < 1 / threshold
     if not (slower or faster):

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from sysbench import cli, results
 from sysbench.compare import CompareError, compare_documents, diff_values
-from sysbench.stats import (MAX_SENSITIVITY, RUN_TO_RUN, adjusted, mann_whitney_u, midranks, own_adjusted,
-                            round_medians, sensitivity, summarize, timing_verdict, u_distribution)
+from sysbench.stats import (MAX_SENSITIVITY, RUN_TO_RUN, RUN_TO_RUN_JOBS, adjusted, mann_whitney_u, midranks,
+                            own_adjusted, round_medians, sensitivity, summarize, timing_verdict,
+                            u_distribution)
 
 MS = 1e-3
 
@@ -537,3 +538,15 @@ def test_summarize_reports_the_adjusted_samples():
     assert record["sensitivity"] == pytest.approx(math.log(1.6) / math.log(2), abs=0.02)
     assert record["round_spread"] < 1.02 and record["control_s"] == pytest.approx(1e-4)
     assert record["median_s"] == pytest.approx(float(np.median(samples[:2 * len(TIGHT[0])])), rel=0.01)
+
+
+def test_rounds_in_jobs_of_their_own_widen_the_floor_less():
+    # an MPI case's every round is a new job: its between-round spread already sees what a new
+    # process does, so the floor is that spread to RUN_TO_RUN_JOBS, not RUN_TO_RUN
+    noisy = scaled(TIGHT, 1.0, 1.3, 1.15)
+    b, br = rounds_of(noisy)
+    n, nr = rounds_of(scaled(noisy, 2.0))
+    shared = timing_verdict(b, br, n, nr, 1.10, 0.05)
+    jobs = timing_verdict(b, br, n, nr, 1.10, 0.05, own_jobs=True)
+    assert shared.word == "slower (within noise)" and shared.noise == pytest.approx(1.3 ** RUN_TO_RUN, rel=0.01)
+    assert jobs.word == "regression" and jobs.noise == pytest.approx(1.3 ** RUN_TO_RUN_JOBS, rel=0.01)
