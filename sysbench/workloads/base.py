@@ -226,7 +226,7 @@ class Timed:
 class SelfTimed:
     """What a call returns when its time can only be measured inside it (the steps of an MPI
     job, timed on the ranks): its own samples in seconds, the output and extra figures, and
-    the control probe time after each sample (stats.control_probe) when it took them."""
+    the control probe time around each sample (stats.control_probe) when it took them."""
 
     samples: list[float]
     output: Any
