@@ -167,6 +167,7 @@ class _Timing:
         self.controls += record.get("controls_s") or []
         self.cpu_samples += record.get("cpu_samples_s") or []
         self.numbers.append(record["number"])
+        self.own_jobs |= record.get("rounds_in_own_jobs", False)
         for name, peer in (record.get("peers") or {}).items():
             if name in self.peers:
                 self.peers[name].samples += peer["samples_s"]
@@ -463,12 +464,12 @@ def _time_in_fresh_process(timed: list, n_rounds: dict, process: int, processes:
     before them. Interrupted, the process is stopped as a CI cancel stops this one (SIGTERM:
     a job it runs cleans up its ranks) before the interruption goes on."""
     import multiprocessing
+    share = {run.case.id: _rounds_here(n_rounds[run.case.id], processes, process) for run in timed}
     runs = [run for run in timed if run.result.error is None and not registered_here(run.case.kind)
-            and _rounds_here(n_rounds[run.case.id], processes, process)]
+            and share[run.case.id]]
     if not runs:
         return
-    cases = [dataclasses.replace(run.case, rounds=_rounds_here(n_rounds[run.case.id], processes, process))
-             for run in runs]
+    cases = [dataclasses.replace(run.case, rounds=share[run.case.id]) for run in runs]
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     worker = context.Process(target=_timing_process, args=(send, cases, settings), daemon=True)
@@ -594,13 +595,12 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
         run.plan = workload.plan(case.params, case.array)
     if run.inputs is None:
         run.inputs = workload.inputs(case.params, case.array, run.plan, np.random.default_rng(case.seed))
-    # validated: the first visit (a job's first round: its warm-up round does not run)
+    first = run.visits == 0  # the visit that calibrates and validates
     ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats, min_time,
-              validates=run.visits == 0)
+              validates=first)
     spec = workload.timed(ctx)
     if round_index is None and spec.self_timed:
-        return  # a job times its own warm-up: its first round validates
-    first = run.visits == 0
+        return  # a job times its own warm-up: its first round validates (visits stays 0)
     run.visits += 1
     output = None
     with _blas_limit(threads):
