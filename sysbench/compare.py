@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import results
-from .stats import (STABLE_SPREAD, machine_drift, mann_whitney_u, timing_verdict,  # noqa: F401 (re-exported)
-                    own_adjusted, within_round_spread)
+from .stats import (STABLE_SPREAD, finite_number, machine_drift, mann_whitney_u,  # noqa: F401 (re-exported)
+                    own_adjusted, timing_verdict, within_round_spread)
 
 SCHEMA = "sysbench.compare/1"
 DEFAULT_THRESHOLD = 1.10
@@ -175,12 +175,10 @@ def _samples(case: dict, label: str) -> tuple[list[float] | None, list[int] | No
     samples = timing.get("samples_s")
     if samples is None and "samples_s" not in timing:
         median = timing.get("median_s")
-        if isinstance(median, (int, float)) and not isinstance(median, bool) and math.isfinite(median):
+        if finite_number(median):
             return [float(median)], None  # a median alone: reported, never tested
         raise CompareError(f"{label}: case {case['id']!r}: timing has neither 'samples_s' nor 'median_s'")
-    if (not isinstance(samples, list) or not samples
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                       and math.isfinite(s) and s >= 0 for s in samples)):
+    if not isinstance(samples, list) or not samples or not all(finite_number(s) and s >= 0 for s in samples):
         raise CompareError(f"{label}: case {case['id']!r}: 'timing.samples_s' must be a "
                            "non-empty list of non-negative numbers")
     rounds = timing.get("sample_rounds")
@@ -198,9 +196,8 @@ def _controls(case: dict, label: str, samples: list | None) -> list[float] | Non
     controls = (case.get("timing") or {}).get("controls_s")
     if controls is None or samples is None:
         return None
-    if (not isinstance(controls, list) or len(controls) != len(samples)
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0
-                       for c in controls)):
+    if not isinstance(controls, list) or len(controls) != len(samples) or not all(finite_number(c) and c > 0
+                                                                                 for c in controls):
         raise CompareError(f"{label}: case {case['id']!r}: 'timing.controls_s' must list one positive "
                            "number per sample")
     return [float(c) for c in controls]

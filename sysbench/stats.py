@@ -61,6 +61,11 @@ def control_probe() -> float:
     return time.perf_counter() - start
 
 
+def finite_number(value) -> bool:
+    """A finite JSON number (not a boolean): what a result file's timing figures must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def robust_spread(samples) -> float | None:
     """1.4826 * median absolute deviation / median; None below two samples."""
     values = np.asarray(samples, dtype=np.float64)
@@ -280,8 +285,7 @@ def machine_drift(base_controls: list[dict] | None, new_controls: list[dict] | N
         out: dict[str, list[float]] = {}
         for entry in controls if isinstance(controls, list) else []:
             for probe, value in (entry.items() if isinstance(entry, dict) else ()):
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                        and value > 0:
+                if finite_number(value) and value > 0:
                     out.setdefault(str(probe), []).append(float(value))
         return out
 
