@@ -155,6 +155,35 @@ static void sb_pack_a_trans_avx512(float *src0, long ldat, long kb, long kend, l
         }
     }
 }
+
+/* full AVX2 panels (mr = 6): 4 + 2 floats per k (two SSE moves each way; a masked AVX2
+ * store is slower), the same separate multiply and subtract per element */
+__attribute__((target("sse2")))
+static void sb_pack_a_trans_sse6(float *src0, long ldat, long kb, long kend, long kc,
+                                 long p0, long p1, float *dst, const float *g0, long ldg,
+                                 float lr)
+{
+    const __m128 vlr = _mm_set1_ps(lr);
+    long p, k;
+    for (p = p0; p < p1; p++) {
+        float *src = src0 + p * SB_A2_MR;
+        float *d = dst + p * kc * SB_A2_MR + kb * SB_A2_MR;
+        const float *g = g0 == NULL ? NULL : g0 + p * SB_A2_MR;
+        for (k = kb; k < kend; k++, src += ldat, d += SB_A2_MR) {
+            __m128 v4 = _mm_loadu_ps(src);
+            __m128d v2 = _mm_load_sd((const double *)(src + 4));
+            _mm_storeu_ps(d, v4);
+            _mm_store_sd((double *)(d + 4), v2);
+            if (g != NULL) {
+                __m128 t4 = _mm_mul_ps(vlr, _mm_loadu_ps(g));
+                __m128 t2 = _mm_mul_ps(vlr, _mm_castpd_ps(_mm_load_sd((const double *)(g + 4))));
+                _mm_storeu_ps(src, _mm_sub_ps(v4, t4));
+                _mm_store_sd((double *)(src + 4), _mm_castps_pd(_mm_sub_ps(_mm_castpd_ps(v2), t2)));
+                g += ldg;
+            }
+        }
+    }
+}
 #endif
 
 static void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
@@ -171,6 +200,13 @@ static void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long 
             if (pf > p) {
                 sb_pack_a_trans_avx512(AT + (k0 + kb) * ldat + i0, ldat, kb, kend, kc, p, pf, dst,
                                        g == NULL ? NULL : g + (k0 + kb) * ldg + i0, ldg, lr);
+                p = pf;
+            }
+        } else if (mr == SB_A2_MR) {
+            long pf = full < p1 ? full : p1;
+            if (pf > p) {
+                sb_pack_a_trans_sse6(AT + (k0 + kb) * ldat + i0, ldat, kb, kend, kc, p, pf, dst,
+                                     g == NULL ? NULL : g + (k0 + kb) * ldg + i0, ldg, lr);
                 p = pf;
             }
         }
