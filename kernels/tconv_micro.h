@@ -275,14 +275,23 @@ static int tc_all_finite(const float *w, long n)
  * tap of each phase is copied out of them: packed[start_q + ((tile*taps_q + t)*cin + c)*mr
  * + i] = w[c0 + c, o0 + i, tap], 0 past the last output channel or for a phase without taps
  * (one tap of zeros). info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
+#define TC_PACK_AHEAD 2
+
 static void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
                             long mr, long tile, long nphases, const int64_t *info,
                             const int64_t *starts, const int64_t *taps_k, float *packed)
 {
     const long o0 = tile * mr, rows = cout - o0 < mr ? cout - o0 : mr;
-    long c, q, t, i;
+    const long run = rows * khkw;  /* floats of the tile's kernels per input channel */
+    long c, q, t, i, f;
     for (c = 0; c < cin; c++) {
         const float *src = w + ((c0 + c) * w_cout + o0) * khkw;
+        /* successive channels' runs lie w_cout * khkw floats apart, a stride the hardware
+         * prefetchers did not follow (the loads waited on memory: 8% of DCGAN 256->128 on
+         * Zen 3, 5% with this): fetch the run TC_PACK_AHEAD channels ahead */
+        if (c + TC_PACK_AHEAD < cin)
+            for (f = 0; f < run; f += 16)
+                __builtin_prefetch(src + TC_PACK_AHEAD * w_cout * khkw + f);
         for (q = 0; q < nphases; q++) {
             const long taps = info[q * 10], ntap = taps > 0 ? taps : 1;
             const int64_t *k = taps_k + info[q * 10 + 5];
