@@ -21,7 +21,8 @@
  * are those of the kernel elements that reach it, and only those.
  *
  * Tiles: AVX-512F 8 x 32 (16 accumulators; output channels come in multiples of 8) or 12 x 32,
- * AVX2+FMA 6 x 16, scalar 4 x 8. D and P are MR x NR buffers with row stride NR.
+ * AVX2+FMA 6 x 16 (a last tile of 4 or fewer channels 4 x 16), scalar 4 x 8. D and P are MR x
+ * NR buffers with row stride NR.
  */
 #ifndef SYSBENCH_TCONV_MICRO_H
 #define SYSBENCH_TCONV_MICRO_H
@@ -83,43 +84,13 @@ static void tc_uk_scalar(long kc, const float *a, const float *b, long ldb, unsi
 
 /* ---------------------------------------------------------------- AVX2 + FMA, 6 x 16 */
 
-#define TC_A2_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-
-__attribute__((target("avx2,fma")))
-static void tc_uk_avx2(long kc, const float *a, const float *b, long ldb, unsigned mask,
-                       const float *P, float *D, int first)
-{
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i m0 = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits);
-    const __m256i m1 = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits);
+/* The weights stay packed 6 rows wide (a += TC_A2_MR per k); a tile whose valid output
+ * channels are 4 or fewer (the last one of 64 or 256 channels) runs the 4-row kernel, so
+ * that it does not spend a third of its multiply-adds on rows that are thrown away. */
 #define TC_A2_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
-    TC_A2_ROWS(TC_A2_DECL)
-#undef TC_A2_DECL
-    long k;
 #define TC_A2_FMA(i) av = _mm256_broadcast_ss(a + (i)); \
                      c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
                      c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
-    if ((mask & 0xffffu) == 0xffffu) {  /* every lane reads: plain loads */
-#pragma GCC unroll 4
-        for (k = 0; k < kc; k++) {
-            __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
-            TC_A2_ROWS(TC_A2_FMA)
-            a += TC_A2_MR;
-            b += ldb;
-        }
-    } else {
-#pragma GCC unroll 4
-        for (k = 0; k < kc; k++) {
-            __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1), av;
-            TC_A2_ROWS(TC_A2_FMA)
-            a += TC_A2_MR;
-            b += ldb;
-        }
-    }
-#undef TC_A2_FMA
-    const __m256 z = _mm256_setzero_ps();
 #define TC_A2_OUT(i) \
     { \
         __m256 x0 = c##i##0, x1 = c##i##1; \
@@ -132,9 +103,43 @@ static void tc_uk_avx2(long kc, const float *a, const float *b, long ldb, unsign
         _mm256_storeu_ps(D + (i) * TC_A2_NR, _mm256_add_ps(d0, x0)); \
         _mm256_storeu_ps(D + (i) * TC_A2_NR + 8, _mm256_add_ps(d1, x1)); \
     }
-    TC_A2_ROWS(TC_A2_OUT)
-#undef TC_A2_OUT
+#define TC_A2_KERNEL(NAME, ROWS) \
+__attribute__((target("avx2,fma"))) \
+static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mask, \
+                 const float *P, float *D, int first) \
+{ \
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128); \
+    const __m256i m0 = _mm256_cmpeq_epi32( \
+        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits); \
+    const __m256i m1 = _mm256_cmpeq_epi32( \
+        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits); \
+    const __m256 z = _mm256_setzero_ps(); \
+    long k; \
+    ROWS(TC_A2_DECL) \
+    if ((mask & 0xffffu) == 0xffffu) {  /* every lane reads: plain loads */ \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av; \
+            ROWS(TC_A2_FMA) \
+            a += TC_A2_MR; \
+            b += ldb; \
+        } \
+    } else { \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1), av; \
+            ROWS(TC_A2_FMA) \
+            a += TC_A2_MR; \
+            b += ldb; \
+        } \
+    } \
+    ROWS(TC_A2_OUT) \
 }
+
+#define TC_A2_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define TC_A2_ROWS4(X) X(0) X(1) X(2) X(3)
+TC_A2_KERNEL(tc_uk_avx2, TC_A2_ROWS)
+TC_A2_KERNEL(tc_uk_avx2_rows4, TC_A2_ROWS4)
 
 /* ---------------------------------------------------------------- AVX-512F, 8 or 12 x 32 */
 
@@ -255,6 +260,16 @@ static tc_uk_fn tc_tile_kernel(int tile)
     return tc_uk_scalar;
 }
 
+/* the kernel for a tile of `rows` valid output channels (<= the tile's MR) */
+static tc_uk_fn tc_tile_kernel_rows(int tile, long rows)
+{
+#if SIMD_X86
+    if (tile == SIMD_ISA_AVX2 && rows <= 4) return tc_uk_avx2_rows4;
+#endif
+    (void)rows;
+    return tc_tile_kernel(tile);
+}
+
 /* 1 when none of the n floats is inf or nan (exponent bits all ones): a masked lane
  * multiplies a weight by 0, which only a finite weight survives as +0 */
 static int tc_all_finite(const float *w, long n)
@@ -339,7 +354,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
 {
     const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
-    const tc_uk_fn uk = tc_tile_kernel(tile_kind);
+    const tc_uk_fn uk_full = tc_tile_kernel(tile_kind);
     const tc_pack_fn pack = tc_tile_pack(tile_kind);
     const unsigned full = nr == 32 ? 0xffffffffu : (1u << nr) - 1u;
     float C[TC_BLOCK_FLOATS] __attribute__((aligned(64)));
@@ -372,6 +387,8 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 }
                 for (tile = t0; tile < t1; tile++) {
                     const float *af = wpack + (tile * taps + t) * cin * mr + f * fold * mr;
+                    const tc_uk_fn uk = (tile + 1) * mr > cout
+                        ? tc_tile_kernel_rows(tile_kind, cout - tile * mr) : uk_full;
                     float *Ct = C + (tile - t0) * tile_floats, *Pt = P + (tile - t0) * tile_floats;
                     if (folds == 1)
                         uk(kc, af, bf, ldb, mask, NULL, Ct, first);
