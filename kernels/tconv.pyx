@@ -29,7 +29,8 @@ import threading
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.string cimport memcpy
 
@@ -37,14 +38,18 @@ from sysbench._kernels.systolic cimport GEMM_CHAIN, GEMM_FOLD, _current_isa, _ge
 
 cdef extern from "tconv_micro.h" nogil:
     int TC_TILE_AVX512W
+    int TC_PACK_ROWS
     int SIMD_AVX512 "SIMD_ISA_AVX512"
     int tc_tile_mr(int tile)
     int tc_tile_nr(int tile)
     void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
                   const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
-                  long out_plane)
+                  long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
+                  int64_t tag)
     int tc_all_finite(const float *w, long n)
+    void *simd_alloc(size_t count, size_t size)
+    void simd_free(void *p)
     void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
                          long mr, long tile, long nphases, const int64_t *info,
                          const int64_t *starts, const int64_t *taps_k, float *packed)
@@ -517,14 +522,21 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
     block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
     block = -(-tiles // -(-tiles // block))  # blocks of even size
+    # the packed rows of each distinct shift, kept per thread for the phases of one panel
+    # (tc_panel's bcache): where shifts repeat across phases and the cache fits
+    distinct = {shift: n for n, shift in enumerate(dict.fromkeys(shifts))}
+    slots = np.array([distinct[shift] for shift in shifts], dtype=np.int64)
+    cache_bytes = 4 * len(distinct) * -(-cin_g // fold) * fold * nr
+    nslots = len(distinct) if (fold <= TC_PACK_ROWS and len(distinct) < len(shifts)
+                               and cache_bytes <= PHASE_BCACHE_BYTES) else 0
     planes = _spread_planes(x)
     taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
     packed = _scratch("packed", sum(sizes))
     for g in range(groups):
-        _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, out,
-                    g * cin_g, g * cout_g, cin_g, cout_g, fold, block, threads, kind)
+        _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, slots, nslots,
+                    out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block, threads, kind)
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -558,9 +570,16 @@ cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts
                     m = p * nr + j
                     qi = m // width
                     qj = m % width
-                    if taps and qi < info[q, 8] and 0 <= qi + di < height and 0 <= qj + dj < width:
+                    # lanes past the phase's rows read too (their outputs are dropped): a
+                    # shift's mask is then the same in every phase, so is its packed input
+                    if taps and 0 <= qi + di < height and 0 <= qj + dj < width:
                         bits = bits | (<uint32_t> 1 << j)
                 masks[info[q, 3] + p * ntap + t] = bits
+
+
+# packed input rows kept per thread for the phases of one panel: within a core's L2 (384 KiB
+# holds DCGAN 256->128's 9 shifts of 256 channels x 32 lanes on AVX-512)
+PHASE_BCACHE_BYTES = 384 << 10
 
 
 # weight bytes per block of output channel tiles in the phase path: about half a core's L2,
@@ -599,51 +618,73 @@ cdef void _phase_shim(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
                       const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
-                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
-                      long cin, long cout, long fold, long block, int threads, int kind):
+                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
+                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                      long block, int threads, int kind):
     with nogil:
-        _phase_core(x, w, taps_k, packed, packed_start, info, offsets, masks, lanes, out, c0,
-                    o0, cin, cout, fold, block, threads, kind)
+        _phase_core(x, w, taps_k, packed, packed_start, info, offsets, masks, lanes, slots,
+                    nslots, out, c0, o0, cin, cout, fold, block, threads, kind)
 
 
 cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
                       const int64_t[::1] taps_k, float[::1] packed,
                       const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                       const int64_t[::1] offsets, const uint32_t[::1] masks,
-                      const int64_t[::1] lanes, float[:, :, :, ::1] out, long c0, long o0,
-                      long cin, long cout, long fold, long block, int threads,
-                      int kind) noexcept nogil:
+                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
+                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                      long block, int threads, int kind) noexcept nogil:
     # Per block of output channel tiles: pack the block's weights (one tile a task; per
     # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
     # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
     # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
-    # shared machine a thread that loses its core leaves its items to the others.
+    # shared machine a thread that loses its core leaves its items to the others. Each
+    # thread keeps the packed input rows of its panel's shifts (nslots > 0: tc_panel's
+    # bcache), tagged by item: an item's rows are the same in every block and phase.
     cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
-    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk
+    cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
+    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk, i
+    cdef float *bcache
+    cdef int64_t *tags
     for q in range(nphases):
         panels = max(panels, info[q, 2])
-    for blk in range(blocks):
-        first = blk * block
-        count = min(tiles, first + block) - first
-        cout_blk = cout - first * mr
-        for tile in prange(count, num_threads=threads, schedule="dynamic"):
-            tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
-                            cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
-                            &taps_k[0], &packed[0])
-        for item in prange(batch * panels, num_threads=threads, schedule="dynamic"):
-            b = item // panels
-            p = item % panels
-            for q in range(nphases):
-                taps = info[q, 0]
-                if p < info[q, 2]:
-                    tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
-                             &masks[info[q, 3] + p * max(taps, 1)], p * nr,
-                             &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
-                             &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
-                             out_plane)
+    with parallel(num_threads=threads):
+        bcache = NULL
+        tags = NULL
+        if nslot_folds > 0:
+            bcache = <float *> simd_alloc(nslot_folds * fold * nr, sizeof(float))  # aligned rows
+            tags = <int64_t *> malloc(nslot_folds * sizeof(int64_t))
+            if bcache == NULL or tags == NULL:  # no cache: pack every tap
+                simd_free(bcache)
+                free(tags)
+                bcache = NULL
+                tags = NULL
+            else:
+                for i in range(nslot_folds):
+                    tags[i] = -1
+        for blk in range(blocks):
+            first = blk * block
+            count = min(tiles, first + block) - first
+            cout_blk = cout - first * mr
+            for tile in prange(count, schedule="dynamic"):
+                tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
+                                cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
+                                &taps_k[0], &packed[0])
+            for item in prange(batch * panels, schedule="dynamic"):
+                b = item // panels
+                p = item % panels
+                for q in range(nphases):
+                    taps = info[q, 0]
+                    if p < info[q, 2]:
+                        tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                                 &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                                 &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
+                                 &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
+                                 out_plane, bcache, tags, &slots[info[q, 1]], item)
+        simd_free(bcache)
+        free(tags)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

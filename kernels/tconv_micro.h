@@ -339,6 +339,11 @@ static inline void tc_copy_row(float *dst, const float *src, int nr)
  * (ceil(cout / MR), taps, cin, MR); fold: input channels per fold (cin: one fold).
  * lanes[j]: where lane j's output goes in an output plane (-1: nowhere); outb: the image's
  * first output channel of the group, planes out_plane floats apart.
+ * bcache (NULL: none): packed rows kept between the phases of one panel, a slot per input
+ * shift and fold (slots[t]: tap t's shift; bcache_tags: what each slot holds, `tag` naming
+ * this image and panel). The phases of a stride-2 layer with 4 x 4 kernels read 9 shifts in
+ * 16 taps: each is packed once per panel, and read back from L2 in order (packing reads one
+ * or two cache lines of every channel plane).
  * Tiles go in blocks, the taps and folds outermost within a block, so that a fold's input
  * (fold x NR floats, packed by tc_pack_* when the fold is at most TC_PACK_ROWS deep) stays in
  * L1 while every tile of the block reads it: blocks of 16 KiB of output tiles with one fold
@@ -350,7 +355,8 @@ static inline void tc_copy_row(float *dst, const float *src, int nr)
 static void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
                      const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                      long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
-                     long out_plane)
+                     long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
+                     int64_t tag)
 {
     const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
@@ -379,7 +385,18 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 const float *bf = bt + f * fold * plane;
                 long ldb = plane;
                 unsigned mask = masks[t];
-                if (kc <= TC_PACK_ROWS) {
+                if (kc <= TC_PACK_ROWS && bcache != NULL) {
+                    /* the shift's rows, packed by an earlier phase of this panel, or now */
+                    const long slot = slots[t] * folds + f;
+                    float *bs = bcache + slot * fold * nr;
+                    if (bcache_tags[slot] != tag) {
+                        pack(kc, bf, plane, mask, bs);
+                        bcache_tags[slot] = tag;
+                    }
+                    bf = bs;
+                    ldb = nr;
+                    mask = full;
+                } else if (kc <= TC_PACK_ROWS) {
                     pack(kc, bf, plane, mask, B);
                     bf = B;
                     ldb = nr;
