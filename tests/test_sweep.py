@@ -245,7 +245,8 @@ def test_parallel_timed_cases_are_opt_in_and_not_gated(write_suite, tmp_path):
         assert case["timing"]["sample_rounds"] == [0, 0, 1, 1]
     assert len(b["settings"]["controls"]) == 2 * 2              # each worker's canary, every round
     compared = invoke("compare", serial, parallel)
-    assert "timed cases in parallel (--parallel-timed)" in compared.stderr + compared.stdout
+    # the report wraps at the terminal width: compare the words, not the line breaks
+    assert "timed cases in parallel (--parallel-timed)" in " ".join((compared.stderr + compared.stdout).split())
 
 
 def test_parallel_timed_needs_jobs(write_suite):
