@@ -650,6 +650,8 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
     cdef int64_t *tags
     for q in range(nphases):
         panels = max(panels, info[q, 2])
+    # the parallel block's variables are firstprivate: give them a value to copy
+    bcache, tags, i, blk, first, count, cout_blk = NULL, NULL, 0, 0, 0, 0, 0
     with parallel(num_threads=threads):
         bcache = NULL
         tags = NULL

@@ -84,6 +84,14 @@ static void tc_uk_scalar(long kc, const float *a, const float *b, long ldb, unsi
 
 /* ---------------------------------------------------------------- AVX2 + FMA, 6 x 16 */
 
+/* lanes 0-7 and 8-15 of a 16-lane mask as the all-ones/all-zeros vectors maskload wants */
+__attribute__((target("avx2")))
+static inline __m256i tc_avx2_lanes(unsigned mask8)
+{
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(mask8 & 0xffu)), bits), bits);
+}
+
 /* The weights stay packed 6 rows wide (a += TC_A2_MR per k); a tile whose valid output
  * channels are 4 or fewer (the last one of 64 or 256 channels) runs the 4-row kernel, so
  * that it does not spend a third of its multiply-adds on rows that are thrown away. */
@@ -108,11 +116,7 @@ __attribute__((target("avx2,fma"))) \
 static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mask, \
                  const float *P, float *D, int first) \
 { \
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128); \
-    const __m256i m0 = _mm256_cmpeq_epi32( \
-        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits); \
-    const __m256i m1 = _mm256_cmpeq_epi32( \
-        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits); \
+    const __m256i m0 = tc_avx2_lanes(mask), m1 = tc_avx2_lanes(mask >> 8); \
     const __m256 z = _mm256_setzero_ps(); \
     long k; \
     ROWS(TC_A2_DECL) \
@@ -217,11 +221,7 @@ static void tc_pack_scalar(long kc, const float *b, long ldb, unsigned mask, flo
 __attribute__((target("avx2")))
 static void tc_pack_avx2(long kc, const float *b, long ldb, unsigned mask, float *bp)
 {
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i m0 = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)(mask & 0xffu)), bits), bits);
-    const __m256i m1 = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)((mask >> 8) & 0xffu)), bits), bits);
+    const __m256i m0 = tc_avx2_lanes(mask), m1 = tc_avx2_lanes(mask >> 8);
     long k;
     for (k = 0; k < kc; k++, b += ldb, bp += TC_A2_NR) {
         _mm256_store_ps(bp, _mm256_maskload_ps(b, m0));
@@ -361,6 +361,8 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
     const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
     const tc_uk_fn uk_full = tc_tile_kernel(tile_kind);
+    const long last = (cout - 1) / mr;  /* the only tile that may hold fewer than mr channels */
+    const tc_uk_fn uk_last = tc_tile_kernel_rows(tile_kind, cout - last * mr);
     const tc_pack_fn pack = tc_tile_pack(tile_kind);
     const unsigned full = nr == 32 ? 0xffffffffu : (1u << nr) - 1u;
     float C[TC_BLOCK_FLOATS] __attribute__((aligned(64)));
@@ -385,27 +387,22 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 const float *bf = bt + f * fold * plane;
                 long ldb = plane;
                 unsigned mask = masks[t];
-                if (kc <= TC_PACK_ROWS && bcache != NULL) {
-                    /* the shift's rows, packed by an earlier phase of this panel, or now */
+                if (kc <= TC_PACK_ROWS) {
+                    /* with a cache: the shift's rows, packed by an earlier phase of this
+                     * panel, or now */
                     const long slot = slots[t] * folds + f;
-                    float *bs = bcache + slot * fold * nr;
-                    if (bcache_tags[slot] != tag) {
+                    float *bs = bcache != NULL ? bcache + slot * fold * nr : B;
+                    if (bcache == NULL || bcache_tags[slot] != tag) {
                         pack(kc, bf, plane, mask, bs);
-                        bcache_tags[slot] = tag;
+                        if (bcache != NULL) bcache_tags[slot] = tag;
                     }
                     bf = bs;
-                    ldb = nr;
-                    mask = full;
-                } else if (kc <= TC_PACK_ROWS) {
-                    pack(kc, bf, plane, mask, B);
-                    bf = B;
                     ldb = nr;
                     mask = full;
                 }
                 for (tile = t0; tile < t1; tile++) {
                     const float *af = wpack + (tile * taps + t) * cin * mr + f * fold * mr;
-                    const tc_uk_fn uk = (tile + 1) * mr > cout
-                        ? tc_tile_kernel_rows(tile_kind, cout - tile * mr) : uk_full;
+                    const tc_uk_fn uk = tile == last ? uk_last : uk_full;
                     float *Ct = C + (tile - t0) * tile_floats, *Pt = P + (tile - t0) * tile_floats;
                     if (folds == 1)
                         uk(kc, af, bf, ldb, mask, NULL, Ct, first);
