@@ -532,7 +532,7 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     planes = _spread_planes(x)
     taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
-    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    starts = np.cumsum([0] + sizes[:len(sizes) - 1]).astype(np.int64)  # wraparound is off
     packed = _scratch("packed", sum(sizes))
     for g in range(groups):
         _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, slots, nslots,
