@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define SIMD_X86 1
@@ -105,6 +106,17 @@ static inline void *simd_alloc(size_t count, size_t size)
 }
 
 static inline void simd_free(void *p) { free(p); }
+
+/* nr floats (a micro-tile row, a packed panel's k-slice): memcpy of a constant size for the
+ * usual widths, which the compiler emits as a few vector moves; a variable size became
+ * `rep movsq`, slow to start for 32-128 bytes (it took most of the systolic B packing) */
+static inline void simd_copy_row(float *dst, const float *src, int nr)
+{
+    if (nr == 32) memcpy(dst, src, 32 * sizeof(float));
+    else if (nr == 16) memcpy(dst, src, 16 * sizeof(float));
+    else if (nr == 8) memcpy(dst, src, 8 * sizeof(float));
+    else memcpy(dst, src, (size_t)nr * sizeof(float));
+}
 
 #if SIMD_X86
 

@@ -109,7 +109,7 @@ static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0
             float *d = dst + p * kc * nr + k * nr;
             long w = cols - p * nr;
             if (w >= nr) {
-                memcpy(d, src + p * nr, (size_t)nr * sizeof(float));
+                simd_copy_row(d, src + p * nr, nr);
             } else {
                 for (j = 0; j < w; j++) d[j] = src[p * nr + j];
                 for (; j < nr; j++) d[j] = 0.0f;

@@ -321,16 +321,6 @@ static void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, lon
     }
 }
 
-/* one tile row of nr floats to the output: memcpy of a constant size, which the compiler
- * emits as a few vector moves (a variable size became `rep movsq`, slow to start for 64 bytes) */
-static inline void tc_copy_row(float *dst, const float *src, int nr)
-{
-    if (nr == 32) memcpy(dst, src, 32 * sizeof(float));
-    else if (nr == 16) memcpy(dst, src, 16 * sizeof(float));
-    else if (nr == 8) memcpy(dst, src, 8 * sizeof(float));
-    else memcpy(dst, src, (size_t)nr * sizeof(float));
-}
-
 /* ---------------------------------------------------------------- one panel
  * Output channel tiles [tile_lo, tile_hi) (MR channels each) of one image, one phase and one
  * panel of NR phase pixels starting at grid pixel m0. xb: the image's first input channel of the group (channel planes `plane`
@@ -421,7 +411,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 const float *crow = C + (tile - t0) * tile_floats + i * nr;
                 float *orow = outb + (tile * mr + i) * out_plane;
                 if (step == 1) {
-                    tc_copy_row(orow + lanes[0], crow, nr);
+                    simd_copy_row(orow + lanes[0], crow, nr);
                 } else if (step > 1) {
                     float *o = orow + lanes[0];
                     for (j = 0; j < nr; j++) o[j * step] = crow[j];
