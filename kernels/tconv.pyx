@@ -48,6 +48,8 @@ cdef extern from "tconv_micro.h" nogil:
                   long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
                   int64_t tag)
     int tc_all_finite(const float *w, long n)
+    void tc_raise(int *flag)
+    int tc_raised(const int *flag)
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
     void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
@@ -397,8 +399,8 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
                    dtype=np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
     if gemm is None and x.dtype == np.float32 and _phases_pay(geo, plan, w):
-        _phases_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
-        return out
+        if _phases_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads):
+            return out  # else a weight is not finite: the strided path writes every output
     if gemm is None and x.dtype == np.float32:
         _strided_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads)
         return out
@@ -429,9 +431,9 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
 
 def _phases_pay(geo, plan, w):
     """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
-    finite weights (a masked lane multiplies a weight by 0: inf or nan would make a nan where
-    the element does not reach) and every phase no wider than the input (its pixels then lie
-    on the input's row grid). It pays (measured on the suite's layers) when the tiles are
+    every phase no wider than the input (its pixels then lie on the input's row grid), and
+    finite weights, which _phases_f32 checks (a masked lane multiplies a weight by 0: inf or
+    nan would make a nan where the element does not reach). It pays (measured on the suite's layers) when the tiles are
     mostly full (output channels/groups and the phase pixels per image fill them) and the
     batch has PHASE_MIN_PIXELS input pixels or more: with fewer (one 8 x 8 or 4 x 4 image),
     packing the weights per phase costs more than the scatter it saves."""
@@ -446,16 +448,7 @@ def _phases_pay(geo, plan, w):
     rows_used = cout_g / (-(-cout_g // mr) * mr)
     lanes_used = lanes / (-(-lanes // nr) * nr)
     return (rows_used >= PHASE_MIN_USE and lanes_used >= PHASE_MIN_USE
-            and len(plan) >= sh * sw and _all_finite(w))
-
-
-def _all_finite(w):
-    """Whether every weight of the float32 array is finite (one pass, no temporary)."""
-    cdef const float[::1] flat = np.ascontiguousarray(w).reshape(-1)
-    cdef int ok
-    with nogil:
-        ok = tc_all_finite(&flat[0], flat.shape[0])
-    return bool(ok)
+            and len(plan) >= sh * sw)
 
 
 # the phase path wants its micro-tiles at least this full (output channels x pixels), and
@@ -486,7 +479,8 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
 
     Blocks of output channel tiles in turn, each block's weights (about half an L2,
     PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
-    phase, so that the output rows of a panel are complete while in cache."""
+    phase, so that the output rows of a panel are complete while in cache. False (and out
+    not written) when a weight is inf or nan: the phase path does not take such weights."""
     cdef int kind = _tile_kind(w.shape[1])
     mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
     groups = geo["groups"]
@@ -529,14 +523,18 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     cache_bytes = 4 * len(distinct) * -(-cin_g // fold) * fold * nr
     nslots = len(distinct) if (fold <= TC_PACK_ROWS and len(distinct) < len(shifts)
                                and cache_bytes <= PHASE_BCACHE_BYTES) else 0
-    planes = _spread_planes(x)
+    planes = _planes(x)
     taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:len(sizes) - 1]).astype(np.int64)  # wraparound is off
     packed = _scratch("packed", sum(sizes))
+    x_flat = x.reshape(x.shape[0], x.shape[1], -1)
     for g in range(groups):
-        _phase_shim(planes, w, taps_k, packed, starts, info, offsets, masks, lanes, slots, nslots,
-                    out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block, threads, kind)
+        if _phase_shim(x_flat, planes, w, taps_k, packed, starts, info, offsets, masks, lanes,
+                       slots, nslots, out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block,
+                       threads, kind):
+            return False  # a weight of group g is inf or nan
+    return True
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -577,6 +575,11 @@ cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts
                 masks[info[q, 3] + p * ntap + t] = bits
 
 
+# floats of weights per task of the phase path's finiteness check
+cdef enum:
+    FINITE_CHUNK = 1 << 16
+
+
 # packed input rows kept per thread for the phases of one panel: within a core's L2 (384 KiB
 # holds DCGAN 256->128's 9 shifts of 256 channels x 32 lanes on AVX-512)
 PHASE_BCACHE_BYTES = 384 << 10
@@ -600,39 +603,43 @@ def _scratch(name, size):
     return buf[:size]
 
 
-def _spread_planes(x):
-    """x as (batch, channels, stride): each channel plane in a row of `stride` floats, an odd
-    number of cache lines. The phase path reads one cache line or two of every channel
-    plane per step; planes a multiple of 1 KiB apart (16 x 16, 32 x 32 images) would all map
-    to a few L1 sets and evict each other."""
+def _planes(x):
+    """A buffer for x as (batch, channels, stride) (_phase_core copies x in): each channel
+    plane in a row of `stride` floats, an odd number of cache lines. The phase path reads one
+    cache line or two of every channel plane per step; planes a multiple of 1 KiB apart
+    (16 x 16, 32 x 32 images) would all map to a few L1 sets and evict each other."""
     b, c, h, w = x.shape
     stride = -(-h * w // 16) * 16
     if stride // 16 % 2 == 0:
         stride += 16
-    planes = _scratch("planes", b * c * stride).reshape(b, c, stride)
-    planes[:, :, :h * w] = x.reshape(b, c, h * w)
-    return planes
+    return _scratch("planes", b * c * stride).reshape(b, c, stride)
 
 
-cdef void _phase_shim(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
-                      const int64_t[::1] taps_k, float[::1] packed,
-                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
-                      const int64_t[::1] offsets, const uint32_t[::1] masks,
-                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
-                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
-                      long block, int threads, int kind):
+cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
+                     const float[:, :, :, ::1] w, const int64_t[::1] taps_k, float[::1] packed,
+                     const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                     const int64_t[::1] offsets, const uint32_t[::1] masks,
+                     const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
+                     float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                     long block, int threads, int kind):
+    cdef int special
     with nogil:
-        _phase_core(x, w, taps_k, packed, packed_start, info, offsets, masks, lanes, slots,
-                    nslots, out, c0, o0, cin, cout, fold, block, threads, kind)
+        special = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets, masks,
+                              lanes, slots, nslots, out, c0, o0, cin, cout, fold, block,
+                              threads, kind)
+    return special
 
 
-cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
-                      const int64_t[::1] taps_k, float[::1] packed,
-                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
-                      const int64_t[::1] offsets, const uint32_t[::1] masks,
-                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
-                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
-                      long block, int threads, int kind) noexcept nogil:
+cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
+                     const float[:, :, :, ::1] w, const int64_t[::1] taps_k, float[::1] packed,
+                     const int64_t[::1] packed_start, const int64_t[:, ::1] info,
+                     const int64_t[::1] offsets, const uint32_t[::1] masks,
+                     const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
+                     float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                     long block, int threads, int kind) noexcept nogil:
+    # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
+    # 256->128): the group's weights checked finite (else nothing is written and 1 returned)
+    # and its input channels copied into x's spread planes (_planes).
     # Per block of output channel tiles: pack the block's weights (one tile a task; per
     # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
     # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
@@ -645,7 +652,10 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
     cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
-    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk, i
+    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk, i, chunk, row
+    cdef long w_floats = cin * w.shape[1] * khkw, pixels = x_flat.shape[2]
+    cdef long chunks = (w_floats + FINITE_CHUNK - 1) // FINITE_CHUNK
+    cdef int special = 0
     cdef float *bcache
     cdef int64_t *tags
     for q in range(nphases):
@@ -666,7 +676,14 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
             else:
                 for i in range(nslot_folds):
                     tags[i] = -1
-        for blk in range(blocks):
+        for chunk in prange(chunks, schedule="static"):
+            if not tc_all_finite(&w[c0, 0, 0, 0] + chunk * FINITE_CHUNK,
+                                 min(FINITE_CHUNK, w_floats - chunk * FINITE_CHUNK)):
+                tc_raise(&special)
+        for row in prange(batch * cin, schedule="static"):
+            memcpy(&x[row // cin, c0 + row % cin, 0], &x_flat[row // cin, c0 + row % cin, 0],
+                   pixels * sizeof(float))
+        for blk in range(blocks if not tc_raised(&special) else 0):
             first = blk * block
             count = min(tiles, first + block) - first
             cout_blk = cout - first * mr
@@ -687,6 +704,7 @@ cdef void _phase_core(const float[:, :, ::1] x, const float[:, :, :, ::1] w,
                                  out_plane, bcache, tags, &slots[info[q, 1]], item)
         simd_free(bcache)
         free(tags)
+    return special
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

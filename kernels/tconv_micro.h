@@ -284,6 +284,10 @@ static int tc_all_finite(const float *w, long n)
     return bad == 0;
 }
 
+/* a flag shared by the threads of a parallel region: raised by any, read after a barrier */
+static inline void tc_raise(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELAXED); }
+static inline int tc_raised(const int *flag) { return __atomic_load_n(flag, __ATOMIC_RELAXED); }
+
 /* ---------------------------------------------------------------- packing the weights
  * One tile of MR output channels [o0, o0 + mr) of every phase: per input channel c, the
  * tile's kernels (mr runs of khkw floats of w, (cin, cout, kh, kw)) stay in L1 while each

@@ -387,10 +387,14 @@ def test_phase_path_reads_folds_deeper_than_its_pack_buffer_in_place(monkeypatch
         assert T.tconv2d_strided(x, w, p, array, threads=2).tobytes() == slow.tobytes(), isa
 
 
-def test_phase_path_pays_on_full_tiles_from_two_images_and_needs_finite_weights():
+@pytest.mark.parametrize("special", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_phase_path_pays_on_full_tiles_from_two_images_and_declines_non_finite_weights(
+        special, threads):
     """It is chosen for a layer that fills its tiles at batch 8, not at batch 1, not for 3
-    output channels, and never with a non-finite weight: a masked lane multiplies its
-    weight by 0, which would put a nan where that element does not reach (bits checked)."""
+    output channels; with a non-finite weight anywhere it declines (a masked lane multiplies
+    its weight by 0, which would put a nan where that element does not reach) and the
+    strided path gives the output (bits checked)."""
     array = ARRAYS["ws8-fp32"]
     layer = (8, 16, 24, 8, 8, 4, 2, 1, 0, 1, 1)
     x, w, p = make(layer, "fp32", seed=8)
@@ -398,8 +402,29 @@ def test_phase_path_pays_on_full_tiles_from_two_images_and_needs_finite_weights(
     plan = tconv.element_plan(geo)
     assert pays({**geo, "batch": 8}, plan, w) and not pays({**geo, "batch": 1}, plan, w)
     assert not pays(geo, plan, w[:, :3])
-    w[2, 3, 0, 0] = np.inf  # element (0, 0) misses the first output row and column
-    assert not pays(geo, plan, w)
-    slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
-    fast = T.tconv2d_strided(x, w, p, array)
-    assert np.isfinite(slow[:, 3, 0, :]).all() and fast.tobytes() == slow.tobytes()
+    out = np.empty((8, 24, *T.output_shape(p)), dtype=np.float32)
+    assert tconv._phases_f32(x, w, out, geo, plan, None, threads)
+    for c, o in [(2, 3), (15, 23), (9, 16)]:  # first, last and another input channel
+        bad = w.copy()
+        bad[c, o, 0, 0] = special  # element (0, 0) misses the first output row and column
+        assert not tconv._phases_f32(x, bad, out, geo, plan, None, threads)
+        slow = T.strided_by_numpy(x, bad, p, lambda a, b: array_gemm(a, b, array))
+        fast = T.tconv2d_strided(x, bad, p, array, threads)
+        assert np.isfinite(slow[:, o, 0, :]).all() and fast.tobytes() == slow.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_phase_path_checks_every_weight_of_every_group(threads):
+    """The finiteness check runs in chunks of weights shared by the threads, per group: a
+    non-finite weight in the last chunk of the second group is found too, and one in a
+    group's share of nothing else (the other group finite) still declines the layer."""
+    layer = (8, 320, 64, 8, 8, 4, 2, 1, 0, 1, 2)  # 160 x 32 x 16 weights per group: 2 chunks
+    x, w, p = make(layer, "fp32", seed=3)
+    geo = T.geometry(p)
+    plan = tconv.element_plan(geo)
+    out = np.empty((8, 64, *T.output_shape(p)), dtype=np.float32)
+    assert tconv._phases_pay(geo, plan, w) and tconv._phases_f32(x, w, out, geo, plan, None, threads)
+    for c, o in [(319, 31), (160, 0), (0, 0), (100, 17)]:
+        bad = w.copy()
+        bad[c, o, 3, 3] = np.nan
+        assert not tconv._phases_f32(x, bad, out, geo, plan, None, threads), (c, o)
