@@ -24,6 +24,7 @@ pass over the output.
 Layers: Python wrappers that validate and raise ValueError naming the bad argument, typed
 memoryview shims, nogil cores with prange over independent output planes.
 """
+import functools
 import threading
 
 import numpy as np
@@ -481,14 +482,38 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
     phase, so that the output rows of a panel are complete while in cache. False (and out
     not written) when a weight is inf or nan: the phase path does not take such weights."""
-    cdef int kind = _tile_kind(w.shape[1])
-    mr, nr = tc_tile_mr(kind), tc_tile_nr(kind)
     groups = geo["groups"]
-    height, width = geo["height"], geo["width"]
-    (sh, sw), (ph, pw), (dh, dw) = geo["stride"], geo["padding"], geo["dilation"]
-    ho, wo = geo["output"]
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
+    kind = _tile_kind(cout_g)
     fold = cin_g if fold_depth is None else min(fold_depth, cin_g)
+    layout = _phase_layout(tuple(plan), geo["height"], geo["width"], geo["stride"],
+                           geo["padding"], geo["dilation"], geo["output"], geo["kernel"][1],
+                           cin_g, cout_g, fold, kind, PHASE_WEIGHT_BYTES, PHASE_BCACHE_BYTES)
+    info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block = layout
+    planes = _planes(x)
+    packed = _scratch("packed", packed_size)
+    x_flat = x.reshape(x.shape[0], x.shape[1], -1)
+    for g in range(groups):
+        if _phase_shim(x_flat, planes, w, taps_k, packed, starts, info, offsets, masks, lanes,
+                       slots, nslots, out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block,
+                       threads, kind):
+            return False  # a weight of group g is inf or nan
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, cin_g, cout_g,
+                  fold, int kind, weight_bytes, bcache_bytes):
+    """The phase path's tables for one layer geometry, kept for its next calls (building
+    them took ~40 us, serial, of a 1.6 ms layer at two threads): per phase (info: taps, first
+    offset, panels, first mask, first lane, first tap, ah, aw, qh, qw), each tap's input
+    offset, lane masks and output lanes (_phase_tables), the bcache slot of each tap's shift
+    and the slots per thread (nslots, 0: no cache), the taps' kernel indices, where each
+    phase's packed weights start, the packed floats and the output channel tiles per block.
+    The arrays are read-only: every call shares them."""
+    cdef long mr = tc_tile_mr(kind), nr = tc_tile_nr(kind)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho, wo = output
     tiles = -(-cout_g // mr)
     phases, shifts, taps_rs = [], [], []
     n_offsets = n_masks = n_lanes = 0
@@ -514,7 +539,7 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     _phase_tables(info, np.array(shifts, dtype=np.int64), offsets, masks, lanes, height, width,
                   sh, sw, wo, nr)
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
-    block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(per_tile, 1)))
+    block = max(1, min(tiles, weight_bytes // max(per_tile, 1)))
     block = -(-tiles // -(-tiles // block))  # blocks of even size
     # the packed rows of each distinct shift, kept per thread for the phases of one panel
     # (tc_panel's bcache): where shifts repeat across phases and the cache fits
@@ -522,19 +547,13 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     slots = np.array([distinct[shift] for shift in shifts], dtype=np.int64)
     cache_bytes = 4 * len(distinct) * -(-cin_g // fold) * fold * nr
     nslots = len(distinct) if (fold <= TC_PACK_ROWS and len(distinct) < len(shifts)
-                               and cache_bytes <= PHASE_BCACHE_BYTES) else 0
-    planes = _planes(x)
-    taps_k = np.array([r * geo["kernel"][1] + s for r, s in taps_rs] or [0], dtype=np.int64)
+                               and cache_bytes <= bcache_bytes) else 0
+    taps_k = np.array([r * kw + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:len(sizes) - 1]).astype(np.int64)  # wraparound is off
-    packed = _scratch("packed", sum(sizes))
-    x_flat = x.reshape(x.shape[0], x.shape[1], -1)
-    for g in range(groups):
-        if _phase_shim(x_flat, planes, w, taps_k, packed, starts, info, offsets, masks, lanes,
-                       slots, nslots, out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block,
-                       threads, kind):
-            return False  # a weight of group g is inf or nan
-    return True
+    for table in (info, offsets, masks, lanes, slots, taps_k, starts):
+        table.flags.writeable = False
+    return info, offsets, masks, lanes, slots, nslots, taps_k, starts, sum(sizes), block
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
