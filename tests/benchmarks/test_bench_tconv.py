@@ -37,8 +37,9 @@ TORCH_TARGET = {8: 1.0, 1: 1.5}  # strided at most this many times torch's time,
 # best path) in some runs: the bound is the highest ratio measured there (best of interleaved
 # rounds) with some room. They run by output phases at about oneDNN's rate on these shapes
 # (0.89-1.05 at 1 and 2 threads on a quiet machine, 1.19 once for stride 1 at 2 threads).
-# On an AMD EPYC Zen 5 (AVX-512) the one layer past 1.0 is DCGAN 512->256 at batch 8: 1.09-1.10 at
-# 1 and 2 threads (0.94 on the Xeon), the others 0.31-1.06 (2026-12-02). On an AMD EPYC Zen 3
+# On an AMD EPYC Zen 5 (AVX-512) every layer is at most 0.94 at batch 8, 1 and 2 threads, since
+# the systolic B packing lost its `rep movsq` (DCGAN 512->256 1.09-1.38 -> 0.73-0.83; session
+# of 2026-12-02, two runs of this file at each thread count). On an AMD EPYC Zen 3
 # (AVX2 only) stride 1 stays at 1.08-1.15 at 1 and 2 threads: 9 taps of 64 channels each end
 # in the per-element rounding the README's order asks for, and the 6 x 16 micro-kernel runs at
 # ~97 GFLOP/s there, where oneDNN's single chain runs the layer at ~95; the rest <= 0.94.
