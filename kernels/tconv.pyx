@@ -434,10 +434,11 @@ def _phases_pay(geo, plan, w):
     """Whether the output-phase path runs this float32 layer (else _strided_f32). It needs
     every phase no wider than the input (its pixels then lie on the input's row grid), and
     finite weights, which _phases_f32 checks (a masked lane multiplies a weight by 0: inf or
-    nan would make a nan where the element does not reach). It pays (measured on the suite's layers) when the tiles are
-    mostly full (output channels/groups and the phase pixels per image fill them) and the
-    batch has PHASE_MIN_PIXELS input pixels or more: with fewer (one 8 x 8 or 4 x 4 image),
-    packing the weights per phase costs more than the scatter it saves."""
+    nan would make a nan where the element does not reach). It pays (measured on the
+    suite's layers) when the tiles are mostly full (output channels/groups and the phase
+    pixels per image fill them) and the batch has PHASE_MIN_PIXELS input pixels or more:
+    with fewer (one 8 x 8 or 4 x 4 image), packing the weights per phase costs more than
+    the scatter it saves."""
     (sh, sw), (ho, wo) = geo["stride"], geo["output"]
     cout_g = w.shape[1]
     kind = _tile_kind(cout_g)
@@ -657,8 +658,8 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
                      long block, int threads, int kind) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
-    # 256->128): the group's weights checked finite (else nothing is written and 1 returned)
-    # and its input channels copied into x's spread planes (_planes).
+    # 256->128): the group's weights checked finite (else out is not written and 1 is
+    # returned) and its input channels copied into x's spread planes (_planes).
     # Per block of output channel tiles: pack the block's weights (one tile a task; per
     # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
     # one (image, panel) per iteration, every phase: the outputs an iteration writes are its

@@ -404,7 +404,7 @@ def test_phase_path_pays_on_full_tiles_from_two_images_and_declines_non_finite_w
     assert not pays(geo, plan, w[:, :3])
     out = np.empty((8, 24, *T.output_shape(p)), dtype=np.float32)
     assert tconv._phases_f32(x, w, out, geo, plan, None, threads)
-    for c, o in [(2, 3), (15, 23), (9, 16)]:  # first, last and another input channel
+    for c, o in [(2, 3), (15, 23), (9, 16)]:  # the last input and output channel, two others
         bad = w.copy()
         bad[c, o, 0, 0] = special  # element (0, 0) misses the first output row and column
         assert not tconv._phases_f32(x, bad, out, geo, plan, None, threads)
@@ -415,9 +415,9 @@ def test_phase_path_pays_on_full_tiles_from_two_images_and_declines_non_finite_w
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_phase_path_checks_every_weight_of_every_group(threads):
-    """The finiteness check runs in chunks of weights shared by the threads, per group: a
-    non-finite weight in the last chunk of the second group is found too, and one in a
-    group's share of nothing else (the other group finite) still declines the layer."""
+    """The finiteness check runs per group, in chunks of weights shared by the threads: a
+    non-finite weight in either chunk of either group declines the layer, and the strided
+    path then gives its output (bits checked)."""
     layer = (8, 320, 64, 8, 8, 4, 2, 1, 0, 1, 2)  # 160 x 32 x 16 weights per group: 2 chunks
     x, w, p = make(layer, "fp32", seed=3)
     geo = T.geometry(p)
@@ -428,3 +428,6 @@ def test_phase_path_checks_every_weight_of_every_group(threads):
         bad = w.copy()
         bad[c, o, 3, 3] = np.nan
         assert not tconv._phases_f32(x, bad, out, geo, plan, None, threads), (c, o)
+    array = ARRAYS["ws8-fp32"]
+    slow = T.strided_by_numpy(x, bad, p, lambda a, b: array_gemm(a, b, array))
+    assert T.tconv2d_strided(x, bad, p, array, threads).tobytes() == slow.tobytes()
