@@ -6,6 +6,7 @@ import importlib
 import textwrap
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 import pytest
 import tomli_w
 
@@ -32,7 +33,8 @@ def model_of(workload, params, array: Array = Array()) -> dict:
 
 
 def drive(workload, params, array: Array = Array(), seed: int = 0, threads: int = 1):
-    """(run, output): plan, inputs and one call of the timed function, as the runner does."""
+    """(run, output): plan, inputs and one call of the timed function, as the runner does
+    (numpy's BLAS held to `threads`)."""
     p = as_params(workload, params, array)
     plan = workload.plan(p, array)
     inputs = workload.inputs(p, array, plan, np.random.default_rng(seed))
@@ -40,7 +42,8 @@ def drive(workload, params, array: Array = Array(), seed: int = 0, threads: int 
     timed = workload.timed(run)
     if timed.reset is not None:
         timed.reset()
-    output = timed.call()
+    with threadpool_limits(limits=threads, user_api="blas"):
+        output = timed.call()
     return run, getattr(output, "output", output)
 
 

@@ -1,4 +1,5 @@
-"""training.gemm: the Linear weight gradient's GEMM (the chain-order kernel for float32)."""
+"""training.gemm: a Linear layer's GEMMs (the chain-order kernel for float32, but numpy's
+forward on one thread)."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def linear(batch=37, fin=50, fout=70, seed=0):
     return layer, x, grad_y
 
 
-def test_float32_backward_gemms_are_the_kernels_on_one_thread_and_numpys_on_more():
+def test_float32_backward_gemms_are_the_kernels_at_any_thread_count():
     layer, x, grad_y = linear()
     w = layer.params["weight"]
     chain_w = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True).view(np.uint32)
@@ -32,14 +33,28 @@ def test_float32_backward_gemms_are_the_kernels_on_one_thread_and_numpys_on_more
         with blas_threads(threads):
             assert gemm.blas_thread_count() == threads
             for xs, gs in ((x, grad_y), (x_t, grad_y_t), (x_t, grad_y)):
-                want_w = chain_w if threads == 1 else np.matmul(gs.T, xs).view(np.uint32)
-                want_x = chain_x if threads == 1 else np.matmul(w.T, gs.T).T
                 grad_x, grads = layer.backward(gs, layer.saved_of(xs))
-                assert np.array_equal(grads["weight"].view(np.uint32), want_w)
-                assert np.array_equal(grad_x.view(np.uint32), want_x.view(np.uint32))
+                assert np.array_equal(grads["weight"].view(np.uint32), chain_w)
+                assert np.array_equal(grad_x.view(np.uint32), chain_x.view(np.uint32))
                 out = np.empty_like(w)
                 _, grads = layer.backward(gs, layer.saved_of(xs), weight_out=out)
-                assert grads["weight"] is out and np.array_equal(out.view(np.uint32), want_w)
+                assert grads["weight"] is out and np.array_equal(out.view(np.uint32), chain_w)
+
+
+def test_float32_forward_is_numpys_on_one_thread_and_the_kernels_on_more():
+    layer, x, _ = linear(batch=64, fin=1500, fout=90)  # K past OpenBLAS's K block: the sums differ
+    w = layer.params["weight"]
+    chain = systolic.gemm_f32(w, np.ascontiguousarray(x.T), 1, True).T
+    x_t = np.ascontiguousarray(x.T).T
+    for threads in (1, 2):
+        with blas_threads(threads):
+            for xs in (x, x_t):
+                want = np.matmul(w, xs.T).T if threads == 1 else chain
+                out = np.empty((90, 64), dtype=np.float32).T  # a (features, batch) buffer
+                assert np.array_equal(gemm.output(w, xs).view(np.uint32), want.view(np.uint32))
+                assert gemm.output(w, xs, out=out) is not None
+                assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+    assert not np.array_equal(np.matmul(w, x.T).T, chain)  # the test tells the two apart
 
 
 def test_float32_weight_gradient_within_rounding_of_float64():

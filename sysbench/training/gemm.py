@@ -1,14 +1,17 @@
 """The training engine's choice of GEMM for a Linear layer (measured on the MLP suite's
-shapes: 2048 features, batch 256; this project's Xeon, numpy's OpenBLAS).
+shapes: 2048 features, batch 256, against numpy's OpenBLAS).
 
-With numpy's BLAS on one thread, both float32 backward GEMMs go through the project's
-chain-order kernel (sysbench._kernels.systolic.matmul_f32: per output a sum of fused
-multiply-adds in k order, packed straight from the transposed operand): it ran the weight
-gradient grad_y^T x (K = 256) 7-15% and the input gradient W^T grad_y^T 5-10% faster than
-OpenBLAS, and the input gradient's pass over W also takes plain SGD's step on it
-(input_gradient(sgd=)). The forward W x^T stays numpy's, which was faster. On more
-threads every GEMM is numpy's: OpenBLAS scaled better there, and its threads, which spin
-between calls, would take cores from the kernel's OpenMP threads.
+Both float32 backward GEMMs go through the project's chain-order kernel
+(sysbench._kernels.systolic.matmul_f32: per output a sum of fused multiply-adds in k order,
+packed straight from the transposed operand) at any thread count, and the input gradient's
+pass over W also takes plain SGD's step on it (input_gradient(sgd=)). On one thread the
+kernel ran the weight gradient grad_y^T x (K = 256) 7-15% and the input gradient 5-10%
+faster than OpenBLAS on the project's Xeon; the forward W x^T stays numpy's there, which was
+4-10% faster. On more threads the forward is the kernel's too: with OpenBLAS in the step,
+its threads, which spin after each call, take cores from the kernel's OpenMP threads (a
+recompute schedule, which alternates the two, ran 25% slower), and an unfused SGD is a
+serial pass over every weight (14% of a two-thread step on Zen 4). On Zen 4 at two threads
+the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS.
 
 The kernel's sums are the same at any thread count and on every SIMD path (numpy's
 depend on its thread count: the workload's reference step runs on the case's threads).
@@ -34,24 +37,29 @@ def blas_thread_count() -> int:
     return max((lib.get_num_threads() for lib in _blas), default=1) or 1
 
 
-def _kernel_for(*arrays) -> bool:
-    """True when the chain-order kernel runs this GEMM: float32, BLAS on one thread."""
-    return all(x is None or x.dtype == np.float32 for x in arrays) and blas_thread_count() == 1
+def _float32(*arrays) -> bool:
+    return all(x is None or x.dtype == np.float32 for x in arrays)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a @ b (into out if given): the chain-order kernel or numpy's (see the module)."""
-    if _kernel_for(a, b, out):
+    """a @ b (into out if given): the chain-order kernel in float32, else numpy's."""
+    if _float32(a, b, out):
         from .._kernels import systolic
 
-        return systolic.matmul_f32(a, b, out=out, threads=1)
+        return systolic.matmul_f32(a, b, out=out, threads=blas_thread_count())
     return np.matmul(a, b, out=out)
 
 
 def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x @ weight^T (batch, out), computed as weight @ x^T into out^T (see input_gradient):
-    numpy's, in every dtype (OpenBLAS ran it 4-10% faster than the kernel here)."""
-    return np.matmul(weight, x.T, out=None if out is None else out.T).T
+    numpy's on one thread or in other dtypes, the kernel's on more (see the module)."""
+    out_t = None if out is None else out.T
+    threads = blas_thread_count()
+    if threads > 1 and _float32(weight, x, out):
+        from .._kernels import systolic
+
+        return systolic.matmul_f32(weight, x.T, out=out_t, threads=threads).T
+    return np.matmul(weight, x.T, out=out_t).T
 
 
 def weight_gradient(grad_y: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -67,11 +75,11 @@ def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | Non
     read it (SGD's bits, optim.SGD; in float32 fused into the kernel's one pass over the
     weights)."""
     out_t = None if out is None else out.T
-    if _kernel_for(weight, grad_y, out):
+    if _float32(weight, grad_y, out):
         from .._kernels import systolic
 
         sgd_t = None if sgd is None else (sgd[0].T, sgd[1])
-        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=1, sgd=sgd_t).T
+        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=blas_thread_count(), sgd=sgd_t).T
     grad_x = np.matmul(weight.T, grad_y.T, out=out_t).T
     if sgd is not None:
         sgd_update(weight, sgd[0], sgd[1])
