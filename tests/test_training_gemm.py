@@ -22,7 +22,8 @@ def linear(batch=37, fin=50, fout=70, seed=0):
     return layer, x, grad_y
 
 
-def test_float32_backward_gemms_are_the_kernels_at_any_thread_count():
+def test_float32_backward_gemms_are_the_kernels_at_any_thread_count(monkeypatch):
+    monkeypatch.setattr(gemm, "KERNEL_THREADED_MIN_MACS", 0)  # this small layer too
     layer, x, grad_y = linear()
     w = layer.params["weight"]
     chain_w = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True).view(np.uint32)
@@ -41,7 +42,8 @@ def test_float32_backward_gemms_are_the_kernels_at_any_thread_count():
                 assert grads["weight"] is out and np.array_equal(out.view(np.uint32), chain_w)
 
 
-def test_float32_forward_is_numpys_on_one_thread_and_the_kernels_on_more():
+def test_float32_forward_is_numpys_on_one_thread_and_the_kernels_on_more(monkeypatch):
+    monkeypatch.setattr(gemm, "KERNEL_THREADED_MIN_MACS", 0)  # this small layer too
     layer, x, _ = linear(batch=64, fin=1500, fout=90)  # K past OpenBLAS's K block: the sums differ
     w = layer.params["weight"]
     chain = systolic.gemm_f32(w, np.ascontiguousarray(x.T), 1, True).T
@@ -55,6 +57,26 @@ def test_float32_forward_is_numpys_on_one_thread_and_the_kernels_on_more():
                 assert gemm.output(w, xs, out=out) is not None
                 assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
     assert not np.array_equal(np.matmul(w, x.T).T, chain)  # the test tells the two apart
+
+
+def test_small_float32_gemms_on_several_threads_are_numpys(monkeypatch):
+    layer, x, grad_y = linear(batch=64, fin=1500, fout=90)
+    w = layer.params["weight"]
+    macs = 64 * 1500 * 90
+    for threshold, numpys in ((macs + 1, True), (macs, False)):
+        monkeypatch.setattr(gemm, "KERNEL_THREADED_MIN_MACS", threshold)
+        with blas_threads(2):
+            grad_x, grads = layer.backward(grad_y, layer.saved_of(x))
+            y = gemm.output(w, x)
+            want_w = np.matmul(grad_y.T, x) if numpys else systolic.gemm_f32(
+                np.ascontiguousarray(grad_y.T), x, 1, True)
+            want_x = np.matmul(w.T, grad_y.T).T if numpys else systolic.gemm_f32(
+                np.ascontiguousarray(w.T), np.ascontiguousarray(grad_y.T), 1, True).T
+            want_y = np.matmul(w, x.T).T if numpys else systolic.gemm_f32(w, np.ascontiguousarray(x.T), 1, True).T
+        assert np.array_equal(grads["weight"].view(np.uint32), want_w.view(np.uint32))
+        assert np.array_equal(grad_x.view(np.uint32), want_x.view(np.uint32))
+        assert np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
+    assert not np.array_equal(np.matmul(w, x.T).T, want_y)  # the two sums differ here
 
 
 def test_float32_weight_gradient_within_rounding_of_float64():

@@ -11,7 +11,8 @@ faster than OpenBLAS on the project's Xeon; the forward W x^T stays numpy's ther
 its threads, which spin after each call, take cores from the kernel's OpenMP threads (a
 recompute schedule, which alternates the two, ran 25% slower), and an unfused SGD is a
 serial pass over every weight (14% of a two-thread step on Zen 4). On Zen 4 at two threads
-the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS.
+the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS. Small GEMMs on several
+threads stay numpy's (KERNEL_THREADED_MIN_MACS).
 
 The kernel's sums are the same at any thread count and on every SIMD path (numpy's
 depend on its thread count: the workload's reference step runs on the case's threads).
@@ -37,16 +38,29 @@ def blas_thread_count() -> int:
     return max((lib.get_num_threads() for lib in _blas), default=1) or 1
 
 
-def _float32(*arrays) -> bool:
-    return all(x is None or x.dtype == np.float32 for x in arrays)
+# On several threads, a GEMM of fewer multiply-adds stays numpy's: in a network whose other
+# GEMMs are OpenBLAS's (Conv2d's im2col products), the kernel's OpenMP threads and
+# OpenBLAS's spin against each other (the CNN suite's 10-class Linear on the kernel made a
+# two-thread step 11% slower); the MLP suite's GEMMs have 2^30.
+KERNEL_THREADED_MIN_MACS = 1 << 24
+
+
+def _kernel_threads(m: int, k: int, n: int, *arrays) -> int:
+    """The thread count the chain-order kernel runs (m x k) @ (k x n) on, 0 for numpy's:
+    float32, and on several threads at least KERNEL_THREADED_MIN_MACS multiply-adds."""
+    if not all(x is None or x.dtype == np.float32 for x in arrays):
+        return 0
+    threads = blas_thread_count()
+    return threads if threads == 1 or m * k * n >= KERNEL_THREADED_MIN_MACS else 0
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a @ b (into out if given): the chain-order kernel in float32, else numpy's."""
-    if _float32(a, b, out):
+    """a @ b (into out if given): the chain-order kernel or numpy's (see _kernel_threads)."""
+    threads = _kernel_threads(a.shape[0], a.shape[1], b.shape[-1], a, b, out)
+    if threads:
         from .._kernels import systolic
 
-        return systolic.matmul_f32(a, b, out=out, threads=blas_thread_count())
+        return systolic.matmul_f32(a, b, out=out, threads=threads)
     return np.matmul(a, b, out=out)
 
 
@@ -54,8 +68,8 @@ def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> 
     """x @ weight^T (batch, out), computed as weight @ x^T into out^T (see input_gradient):
     numpy's on one thread or in other dtypes, the kernel's on more (see the module)."""
     out_t = None if out is None else out.T
-    threads = blas_thread_count()
-    if threads > 1 and _float32(weight, x, out):
+    threads = _kernel_threads(*weight.shape, x.shape[0], weight, x, out)
+    if threads > 1:
         from .._kernels import systolic
 
         return systolic.matmul_f32(weight, x.T, out=out_t, threads=threads).T
@@ -75,11 +89,12 @@ def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | Non
     read it (SGD's bits, optim.SGD; in float32 fused into the kernel's one pass over the
     weights)."""
     out_t = None if out is None else out.T
-    if _float32(weight, grad_y, out):
+    threads = _kernel_threads(weight.shape[1], weight.shape[0], grad_y.shape[0], weight, grad_y, out)
+    if threads:
         from .._kernels import systolic
 
         sgd_t = None if sgd is None else (sgd[0].T, sgd[1])
-        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=blas_thread_count(), sgd=sgd_t).T
+        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=threads, sgd=sgd_t).T
     grad_x = np.matmul(weight.T, grad_y.T, out=out_t).T
     if sgd is not None:
         sgd_update(weight, sgd[0], sgd[1])
