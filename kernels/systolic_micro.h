@@ -98,21 +98,29 @@ static void sb_pack_a_panel(const float *A, long lda, long i0, long rows, long k
 }
 
 /* B panels [p0, p1) of the block whose columns start at j0 (cols valid columns in the
- * whole block, reduction [k0, k0+kc)); row by row so B is read contiguously. */
+ * whole block, reduction [k0, k0+kc)). A few k's at a time for every panel, as the A^T
+ * packing does: a handful of B's rows are read in order and each panel is written in runs
+ * of SB_B_KB * nr floats. One k for every panel wrote each panel's k slot a panel (kc * nr
+ * floats, 16 KiB at kc = 128) apart: DCGAN 512->256 (128 x 512 x 4096 products) was 7%
+ * slower at batch 8 and 15% at batch 1 on Zen 4; large GEMMs are unchanged. */
+#define SB_B_KB 8
 static void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                              int nr, long p0, long p1, float *dst)
 {
-    long j, k, p;
-    for (k = 0; k < kc; k++) {
-        const float *src = B + (k0 + k) * ldb + j0;
+    long j, k, kb, kend, p;
+    for (kb = 0; kb < kc; kb += SB_B_KB) {
+        kend = kb + SB_B_KB < kc ? kb + SB_B_KB : kc;
         for (p = p0; p < p1; p++) {
-            float *d = dst + p * kc * nr + k * nr;
             long w = cols - p * nr;
-            if (w >= nr) {
-                simd_copy_row(d, src + p * nr, nr);
-            } else {
-                for (j = 0; j < w; j++) d[j] = src[p * nr + j];
-                for (; j < nr; j++) d[j] = 0.0f;
+            for (k = kb; k < kend; k++) {
+                const float *src = B + (k0 + k) * ldb + j0 + p * nr;
+                float *d = dst + p * kc * nr + k * nr;
+                if (w >= nr) {
+                    simd_copy_row(d, src, nr);
+                } else {
+                    for (j = 0; j < w; j++) d[j] = src[j];
+                    for (; j < nr; j++) d[j] = 0.0f;
+                }
             }
         }
     }
