@@ -642,12 +642,12 @@ cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
                      long block, int threads, int kind):
-    cdef int special
+    cdef int not_finite
     with nogil:
-        special = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets, masks,
-                              lanes, slots, nslots, out, c0, o0, cin, cout, fold, block,
-                              threads, kind)
-    return special
+        not_finite = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets,
+                                 masks, lanes, slots, nslots, out, c0, o0, cin, cout, fold,
+                                 block, threads, kind)
+    return not_finite
 
 
 cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
@@ -675,7 +675,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
     cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk, i, chunk, row
     cdef long w_floats = cin * w.shape[1] * khkw, pixels = x_flat.shape[2]
     cdef long chunks = (w_floats + FINITE_CHUNK - 1) // FINITE_CHUNK
-    cdef int special = 0
+    cdef int not_finite = 0  # raised by the check when a weight is inf or nan
     cdef float *bcache
     cdef int64_t *tags
     for q in range(nphases):
@@ -699,11 +699,11 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
         for chunk in prange(chunks, schedule="static"):
             if not tc_all_finite(&w[c0, 0, 0, 0] + chunk * FINITE_CHUNK,
                                  min(FINITE_CHUNK, w_floats - chunk * FINITE_CHUNK)):
-                tc_raise(&special)
+                tc_raise(&not_finite)
         for row in prange(batch * cin, schedule="static"):
             memcpy(&x[row // cin, c0 + row % cin, 0], &x_flat[row // cin, c0 + row % cin, 0],
                    pixels * sizeof(float))
-        for blk in range(blocks if not tc_raised(&special) else 0):
+        for blk in range(blocks if not tc_raised(&not_finite) else 0):
             first = blk * block
             count = min(tiles, first + block) - first
             cout_blk = cout - first * mr
@@ -724,7 +724,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                                  out_plane, bcache, tags, &slots[info[q, 1]], item)
         simd_free(bcache)
         free(tags)
-    return special
+    return not_finite
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

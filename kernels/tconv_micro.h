@@ -291,9 +291,9 @@ static inline int tc_raised(const int *flag) { return __atomic_load_n(flag, __AT
 /* ---------------------------------------------------------------- packing the weights
  * One tile of MR output channels [o0, o0 + mr) of every phase: per block of TC_PACK_CB
  * input channels, the tile's kernels (mr runs of khkw floats of w per channel, w being
- * (cin, cout, kh, kw)) stay in L1 while each tap of each phase is copied out of them: packed[start_q + ((tile*taps_q + t)*cin + c)*mr
- * + i] = w[c0 + c, o0 + i, tap], 0 past the last output channel or for a phase without taps
- * (one tap of zeros). info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
+ * (cin, cout, kh, kw)) stay in L1 while each tap of each phase is copied out of them:
+ * packed[start_q + ((tile*taps_q + t)*cin + c)*mr + i] = w[c0 + c, o0 + i, tap], 0 past the
+ * last output channel or for a phase without taps (one tap of zeros). info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
 #define TC_PACK_AHEAD 2
 /* input channels per pass over the phases' taps: each (phase, tap) slot gets TC_PACK_CB * mr
  * floats in a row; one channel at a time wrote 32 bytes to every slot, slots cin * mr
