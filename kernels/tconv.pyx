@@ -48,14 +48,16 @@ cdef extern from "tconv_micro.h" nogil:
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
                   int64_t tag)
-    int tc_all_finite(const float *w, long n)
     void tc_raise(int *flag)
     int tc_raised(const int *flag)
+    void tc_barrier()
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
-    void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
-                         long mr, long tile, long nphases, const int64_t *info,
-                         const int64_t *starts, const int64_t *taps_k, float *packed)
+    int TC_PACK_CB
+    int tc_pack_weights(int tile_kind, const float *w, long w_cout, long khkw, long c0,
+                        long cin, long cout, long tiles, long cb, long nphases,
+                        const int64_t *info, const int64_t *starts, const int64_t *taps_k,
+                        float *packed)
 
 ctypedef fused operand_t:
     float
@@ -481,8 +483,8 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
 
     Blocks of output channel tiles in turn, each block's weights (about half an L2,
     PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
-    phase, so that the output rows of a panel are complete while in cache. False (and out
-    not written) when a weight is inf or nan: the phase path does not take such weights."""
+    phase, so that the output rows of a panel are complete while in cache. False (out then
+    partly written) when a weight is inf or nan: the phase path does not take such weights."""
     groups = geo["groups"]
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
     kind = _tile_kind(cout_g)
@@ -595,11 +597,6 @@ cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts
                 masks[info[q, 3] + p * ntap + t] = bits
 
 
-# floats of weights per task of the phase path's finiteness check
-cdef enum:
-    FINITE_CHUNK = 1 << 16
-
-
 # packed input rows kept per thread for the phases of one panel: within a core's L2 (384 KiB
 # holds DCGAN 256->128's 9 shifts of 256 channels x 32 lanes on AVX-512)
 PHASE_BCACHE_BYTES = 384 << 10
@@ -658,10 +655,13 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
                      long block, int threads, int kind) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
-    # 256->128): the group's weights checked finite (else out is not written and 1 is
-    # returned) and its input channels copied into x's spread planes (_planes).
-    # Per block of output channel tiles: pack the block's weights (one tile a task; per
-    # phase q, (block, taps, cin, mr) from packed_start[q]) while the block fits in L2, then
+    # 256->128): the group's input channels copied into x's spread planes (_planes).
+    # Per block of output channel tiles: pack the block's weights (TC_PACK_CB input channels
+    # a task; per
+    # phase q, (block, taps, cin, mr) from packed_start[q]), which checks them finite (a
+    # weight inf or nan: 1 is returned before the block's outputs are written; earlier
+    # blocks' are, and the caller's strided path writes every output), then, while the
+    # block fits in L2,
     # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
     # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
     # shared machine a thread that loses its core leaves its items to the others. Each
@@ -672,9 +672,9 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
     cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
-    cdef long item, blk, b, p, q, taps, tile, first, count, cout_blk, i, chunk, row
-    cdef long w_floats = cin * w.shape[1] * khkw, pixels = x_flat.shape[2]
-    cdef long chunks = (w_floats + FINITE_CHUNK - 1) // FINITE_CHUNK
+    cdef long cblocks = (cin + TC_PACK_CB - 1) // TC_PACK_CB
+    cdef long item, blk, b, p, q, taps, cb, first, count, cout_blk, i, row
+    cdef long pixels = x_flat.shape[2]
     cdef int not_finite = 0  # raised by the check when a weight is inf or nan
     cdef float *bcache
     cdef int64_t *tags
@@ -696,22 +696,23 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
             else:
                 for i in range(nslot_folds):
                     tags[i] = -1
-        for chunk in prange(chunks, schedule="static"):
-            if not tc_all_finite(&w[c0, 0, 0, 0] + chunk * FINITE_CHUNK,
-                                 min(FINITE_CHUNK, w_floats - chunk * FINITE_CHUNK)):
-                tc_raise(&not_finite)
         for row in prange(batch * cin, schedule="static"):
             memcpy(&x[row // cin, c0 + row % cin, 0], &x_flat[row // cin, c0 + row % cin, 0],
                    pixels * sizeof(float))
-        for blk in range(blocks if not tc_raised(&not_finite) else 0):
+        for blk in range(blocks):
             first = blk * block
             count = min(tiles, first + block) - first
             cout_blk = cout - first * mr
-            for tile in prange(count, schedule="dynamic"):
-                tc_pack_weights(&w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw, c0, cin,
-                                cout_blk, mr, tile, nphases, &info[0, 0], &packed_start[0],
-                                &taps_k[0], &packed[0])
-            for item in prange(batch * panels, schedule="dynamic"):
+            for cb in prange(cblocks if not tc_raised(&not_finite) else 0, schedule="dynamic"):
+                if tc_pack_weights(kind, &w[0, 0, 0, 0] + first * mr * khkw, w.shape[1], khkw,
+                                   c0, cin, cout_blk, count, cb * TC_PACK_CB, nphases,
+                                   &info[0, 0], &packed_start[0], &taps_k[0], &packed[0]):
+                    tc_raise(&not_finite)
+            # the block's weights and x's planes complete, the flag final: a thread reading
+            # it too early would skip the loop below, and its barrier, and the others wait
+            tc_barrier()
+            for item in prange(batch * panels if not tc_raised(&not_finite) else 0,
+                               schedule="dynamic"):
                 b = item // panels
                 p = item % panels
                 for q in range(nphases):
@@ -722,6 +723,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                                  &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
                                  &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
                                  out_plane, bcache, tags, &slots[info[q, 1]], item)
+            tc_barrier()  # every item has read the block's weights: the next block's may go
         simd_free(bcache)
         free(tags)
     return not_finite

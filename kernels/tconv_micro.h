@@ -270,71 +270,125 @@ static tc_uk_fn tc_tile_kernel_rows(int tile, long rows)
     return tc_tile_kernel(tile);
 }
 
-/* 1 when none of the n floats is inf or nan (exponent bits all ones): a masked lane
- * multiplies a weight by 0, which only a finite weight survives as +0 */
-static int tc_all_finite(const float *w, long n)
-{
-    unsigned bad = 0;
-    long i;
-    for (i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, w + i, sizeof u);
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return bad == 0;
-}
-
 /* a flag shared by the threads of a parallel region: raised by any, read after a barrier */
 static inline void tc_raise(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELAXED); }
 static inline int tc_raised(const int *flag) { return __atomic_load_n(flag, __ATOMIC_RELAXED); }
 
-/* ---------------------------------------------------------------- packing the weights
- * One tile of MR output channels [o0, o0 + mr) of every phase: per block of TC_PACK_CB
- * input channels, the tile's kernels (mr runs of khkw floats of w per channel, w being
- * (cin, cout, kh, kw)) stay in L1 while each tap of each phase is copied out of them:
- * packed[start_q + ((tile*taps_q + t)*cin + c)*mr + i] = w[c0 + c, o0 + i, tap], 0 past the
- * last output channel or for a phase without taps (one tap of zeros). info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
-#define TC_PACK_AHEAD 2
-/* input channels per pass over the phases' taps: each (phase, tap) slot gets TC_PACK_CB * mr
- * floats in a row; one channel at a time wrote 32 bytes to every slot, slots cin * mr
- * floats (8 KiB at 256 channels) apart, cache-set conflicts (DCGAN 256->128 at batch 8 was
- * 7% slower at 2 threads and 1-3% at 1 on Zen 4) */
-#define TC_PACK_CB 8
-
-static void tc_pack_weights(const float *w, long w_cout, long khkw, long c0, long cin, long cout,
-                            long mr, long tile, long nphases, const int64_t *info,
-                            const int64_t *starts, const int64_t *taps_k, float *packed)
+/* every thread of the enclosing parallel region waits here for the others and sees their
+ * writes: a Cython prange inside `with parallel()` is an `omp for nowait`, whose bounds each
+ * thread computes before it (GCC puts a barrier at its start only for its firstprivate and
+ * lastprivate variables) */
+static inline void tc_barrier(void)
 {
-    const long o0 = tile * mr, rows = cout - o0 < mr ? cout - o0 : mr;
-    const long run = rows * khkw;  /* floats of the tile's kernels per input channel */
-    long c, cb, cend, q, t, i, f;
-    for (cb = 0; cb < cin; cb += TC_PACK_CB) {
-        cend = cb + TC_PACK_CB < cin ? cb + TC_PACK_CB : cin;
-        for (c = cb; c < cend; c++) {
-            /* successive channels' runs lie w_cout * khkw floats apart, a stride the hardware
-             * prefetchers did not follow (the loads waited on memory: 8% of DCGAN 256->128 on
-             * Zen 3, 5% with this): fetch the runs TC_PACK_AHEAD channels ahead */
-            const float *src = w + ((c0 + c) * w_cout + o0) * khkw;
-            if (c + TC_PACK_AHEAD < cin)
-                for (f = 0; f < run; f += 16)
-                    __builtin_prefetch(src + TC_PACK_AHEAD * w_cout * khkw + f);
+#ifdef _OPENMP
+    _Pragma("omp barrier")
+#endif
+}
+
+/* ---------------------------------------------------------------- packing the weights
+ * Input channels [c0 + cb, c0 + cb + TC_PACK_CB) of the output channel tiles [0, tiles) (MR
+ * channels each) of every phase:
+ * packed[start_q + ((tile*taps_q + t)*cin + c)*mr + i] = w[c0 + c, tile*mr + i, tap], 0 past
+ * the last output channel (cout) or for a phase without taps (one tap of zeros); w is (cin,
+ * cout, kh, kw) from the block's first output channel, w_cout output channels a row. Per
+ * tile, its kernels of each input channel (one run of mr * khkw floats) are read in order and
+ * transposed into tb (tap, channel, output channel), from which each (phase, tap) slot gets
+ * the block's channels in one copy. The channels' runs are sequential from tile to tile:
+ * streams the hardware prefetchers follow (one task a tile, reading its mr floats of a tap
+ * khkw apart for every slot and channels w_cout * khkw floats apart, waited on memory: 5% of
+ * DCGAN 256->128 on Zen 4, with the finiteness check as a pass of its own another 2%).
+ * Returns 1 when a weight read is inf or nan (exponent bits all ones): a masked lane
+ * multiplies a weight by 0, which only a finite weight survives as +0.
+ * info rows: taps, -, -, -, -, first tap (into taps_k), ... (10 fields). */
+/* input channels per task: each (phase, tap) slot gets TC_PACK_CB * mr floats in a row (one
+ * channel at a time wrote 32 bytes to every slot, slots cin * mr floats apart: cache-set
+ * conflicts, DCGAN 256->128 at batch 8 7% slower at 2 threads on Zen 4) */
+#define TC_PACK_CB 8
+/* floats of tb: TC_PACK_CB channels of 16 taps at the widest tile (a larger kernel goes in
+ * blocks of taps) */
+#define TC_PACK_TB (TC_PACK_CB * 16 * TC_MAX_MR)
+
+static int tc_pack_weights(int tile_kind, const float *w, long w_cout, long khkw, long c0,
+                           long cin, long cout, long tiles, long cb, long nphases,
+                           const int64_t *info, const int64_t *starts, const int64_t *taps_k,
+                           float *packed)
+{
+    const long mr = tc_tile_mr(tile_kind);
+    const int avx512 = tile_kind == TC_TILE_AVX512W || tile_kind == SIMD_ISA_AVX512;
+    const long nc = cin - cb < TC_PACK_CB ? cin - cb : TC_PACK_CB;
+    const long kn_max = TC_PACK_TB / (TC_PACK_CB * mr);  /* taps per block */
+    float tb[TC_PACK_TB];
+    unsigned bad = 0;
+    long tile, c, kb, kn, q, t, i, k, f;
+    for (tile = 0; tile < tiles; tile++) {
+        const long o0 = tile * mr, rows = cout - o0 < mr ? cout - o0 : mr;
+        for (c = 0; c < nc; c++) {
+            const float *src = w + ((c0 + cb + c) * w_cout + o0) * khkw;
+            /* each channel's runs are a stream of a few KiB, too short for the prefetchers
+             * to catch (the loads below waited on memory): fetch the next tile's */
+            if (tile + 1 < tiles)
+                for (f = 0; f < mr * khkw; f += 16) __builtin_prefetch(src + mr * khkw + f);
+            for (f = 0; f < rows * khkw; f++) {
+                uint32_t u;
+                memcpy(&u, src + f, sizeof u);
+                bad |= (u & 0x7f800000u) == 0x7f800000u;
+            }
         }
-        for (q = 0; q < nphases; q++) {
-            const long taps = info[q * 10], ntap = taps > 0 ? taps : 1;
-            const int64_t *k = taps_k + info[q * 10 + 5];
-            for (t = 0; t < ntap; t++) {
-                for (c = cb; c < cend; c++) {
-                    const float *src = w + ((c0 + c) * w_cout + o0) * khkw;
-                    float *dst = packed + starts[q] + ((tile * ntap + t) * cin + c) * mr;
-                    i = 0;
-                    if (taps > 0)
-                        for (; i < rows; i++) dst[i] = src[i * khkw + k[t]];
-                    for (; i < mr; i++) dst[i] = 0.0f;
+        for (kb = 0; kb < khkw; kb += kn_max) {
+            kn = khkw - kb < kn_max ? khkw - kb : kn_max;
+            for (c = 0; c < nc; c++) {
+                const float *src = w + ((c0 + cb + c) * w_cout + o0) * khkw + kb;
+#if SIMD_X86
+                if (avx512) {  /* in registers: 4x faster than the scalar loop */
+                    simd_transpose_avx512(src, khkw, rows, kn, tb + c * mr, nc * mr, mr);
+                    continue;
+                }
+#endif
+                for (i = 0; i < mr; i++)
+                    for (k = 0; k < kn; k++)
+                        tb[(k * nc + c) * mr + i] = i < rows ? src[i * khkw + k] : 0.0f;
+            }
+            for (q = 0; q < nphases; q++) {
+                const long taps = info[q * 10], ntap = taps > 0 ? taps : 1;
+                const int64_t *tk = taps_k + info[q * 10 + 5];
+                for (t = 0; t < ntap; t++) {
+                    float *dst = packed + starts[q] + ((tile * ntap + t) * cin + cb) * mr;
+                    if (taps == 0) {
+                        if (kb == 0) memset(dst, 0, sizeof(float) * (size_t)(nc * mr));
+                    } else if (tk[t] >= kb && tk[t] < kb + kn) {
+                        memcpy(dst, tb + (tk[t] - kb) * nc * mr, sizeof(float) * (size_t)(nc * mr));
+                    }
                 }
             }
         }
     }
+    return bad != 0;
 }
+
+/* ---------------------------------------------------------------- writing a tile's rows
+ * A row of a C tile into its output plane: lane j to orow[lanes[j]] (-1: nowhere). gsteps[g]:
+ * lanes 8g..8g+7 land 1 or 2 apart from lanes[8g] (0: not so, or a lane is dropped); such a
+ * group (a stride-2 phase's pixels of one output row) is one expand and masked store on
+ * AVX-512, which writes only its lanes: the other phases' outputs between them stay. Eight
+ * scalar stores a group waited on the store buffer (4% of DCGAN 256->128 on Zen 4). */
+#if SIMD_X86
+__attribute__((target("avx512f")))
+static void tc_store_row_avx512(float *orow, const float *crow, const int64_t *lanes,
+                                const int *gsteps, long nr)
+{
+    long g, j;
+    for (g = 0; g < nr / 8; g++) {
+        const __mmask16 m = gsteps[g] == 1 ? 0x00ff : 0x5555;
+        if (gsteps[g] > 0) {
+            __m512 v = _mm512_castps256_ps512(_mm256_loadu_ps(crow + 8 * g));
+            _mm512_mask_storeu_ps(orow + lanes[8 * g], m, _mm512_maskz_expand_ps(m, v));
+        } else {
+            for (j = 8 * g; j < 8 * g + 8; j++)
+                if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
+        }
+    }
+}
+#endif
 
 /* ---------------------------------------------------------------- one panel
  * Output channel tiles [tile_lo, tile_hi) (MR channels each) of one image, one phase and one
@@ -379,8 +433,17 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
     /* lanes that land `step` apart in one output row (no lane dropped): a copy loop without
      * the table (a memcpy for step 1) */
     long step = lanes[0] >= 0 && nr > 1 ? lanes[1] - lanes[0] : 0;
+    int gsteps[TC_MAX_NR / 8];
+    int grouped = 0;  /* a group of lanes for tc_store_row_avx512 */
     for (j = 1; j < nr && step > 0; j++)
         if (lanes[j] != lanes[0] + j * step) step = 0;
+    for (i = 0; i < nr / 8; i++) {
+        const long base = lanes[8 * i], gs = lanes[8 * i + 1] - base;
+        gsteps[i] = base >= 0 && (gs == 1 || gs == 2) ? (int)gs : 0;
+        for (j = 2; j < 8 && gsteps[i] > 0; j++)
+            if (lanes[8 * i + j] != base + j * gs) gsteps[i] = 0;
+        grouped |= gsteps[i] > 0 && (tile_kind == TC_TILE_AVX512W || tile_kind == SIMD_ISA_AVX512);
+    }
     for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
         int first = 1;
         t1 = t0 + block < tile_hi ? t0 + block : tile_hi;
@@ -427,6 +490,10 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 float *orow = outb + (tile * mr + i) * out_plane;
                 if (step == 1) {
                     simd_copy_row(orow + lanes[0], crow, nr);
+#if SIMD_X86
+                } else if (grouped) {
+                    tc_store_row_avx512(orow, crow, lanes, gsteps, nr);
+#endif
                 } else if (step > 1) {
                     float *o = orow + lanes[0];
                     for (j = 0; j < nr; j++) o[j * step] = crow[j];
