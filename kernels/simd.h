@@ -9,6 +9,7 @@
  *   ISA codes      SIMD_ISA_SCALAR < SIMD_ISA_AVX2 < SIMD_ISA_AVX512 (the run-time paths)
  *   feature masks  SIMD_F_*: what the CPU has (simd_cpu_features) and what a path needs
  *                  (simd_isa_needs); the AVX2 path needs AVX2 and FMA, AVX-512 needs AVX-512F
+ *                  and FMA (which every AVX-512 CPU has; tconv's part kernels use ymm FMAs)
  *   per-path sizes simd_per_isa: a tile size (or any constant) chosen by the ISA code
  *   allocation     simd_alloc / simd_free: 64-byte aligned, NULL on failure or overflow
  *   transposes     simd_transpose16_avx512: a 16 x 16 float block in registers;
@@ -63,7 +64,7 @@ static inline unsigned simd_cpu_features(void)
 /* The features a path's code is compiled for (its target attribute). */
 static inline unsigned simd_isa_needs(int isa)
 {
-    if (isa == SIMD_ISA_AVX512) return SIMD_F_AVX512F;
+    if (isa == SIMD_ISA_AVX512) return SIMD_F_AVX512F | SIMD_F_FMA;
     if (isa == SIMD_ISA_AVX2) return SIMD_F_AVX2 | SIMD_F_FMA;
     return 0;
 }

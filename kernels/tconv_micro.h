@@ -198,6 +198,80 @@ static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mas
 TC_A5_KERNEL(tc_uk_avx512, TC_A5_MR, TC_A5_ROWS)
 TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
 
+/* Packed rows whose first or last 8 or 16 lanes are all zeros (the lanes of an input row
+ * that lies outside the image for this tap, as row 0 for a tap reading the row above): the
+ * kernels of the live lanes only, LO..HI - 1 (8-lane groups; a group of 8 is a ymm
+ * multiply-add, half a zmm one on Zen 4's 256-bit units). The dead lanes' sums are +0, as
+ * the full kernel's are there (finite weights times +0), and go through the same
+ * epilogue: the bits are the full kernel's. b: packed, NR floats a row. */
+#define TC_A5_ZERO8(i, g) __m256 c##i##_g##g = _mm256_setzero_ps();
+#define TC_A5_OUT8(i, g) \
+    { \
+        __m256 x = c##i##_g##g; \
+        if (P) x = _mm256_add_ps(_mm256_loadu_ps(P + (i) * TC_A5_NR + 8 * (g)), x); \
+        __m256 d = first ? _mm256_setzero_ps() : _mm256_loadu_ps(D + (i) * TC_A5_NR + 8 * (g)); \
+        _mm256_storeu_ps(D + (i) * TC_A5_NR + 8 * (g), _mm256_add_ps(d, x)); \
+    }
+/* lanes 8-31: a ymm for 8-15, a zmm for 16-31 */
+#define TC_A5_HI24_DECL(i) TC_A5_ZERO8(i, 0) TC_A5_ZERO8(i, 1) \
+                           __m512 c##i##_1 = _mm512_setzero_ps();
+#define TC_A5_HI24_FMA(i) av = _mm512_set1_ps(a[i]); \
+    c##i##_g1 = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bh, c##i##_g1); \
+    c##i##_1 = _mm512_fmadd_ps(av, b1, c##i##_1);
+#define TC_A5_HI24_OUT(i) TC_A5_OUT8(i, 0) TC_A5_OUT8(i, 1) TC_A5_OUT16(i, 1)
+/* lanes 0-23: a zmm for 0-15, a ymm for 16-23 */
+#define TC_A5_LO24_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(); \
+                           TC_A5_ZERO8(i, 2) TC_A5_ZERO8(i, 3)
+#define TC_A5_LO24_FMA(i) av = _mm512_set1_ps(a[i]); \
+    c##i##_0 = _mm512_fmadd_ps(av, b0, c##i##_0); \
+    c##i##_g2 = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bh, c##i##_g2);
+#define TC_A5_LO24_OUT(i) TC_A5_OUT16(i, 0) TC_A5_OUT8(i, 2) TC_A5_OUT8(i, 3)
+/* lanes 16-31 or 0-15: one zmm */
+#define TC_A5_HI16_DECL(i) TC_A5_ZERO8(i, 0) TC_A5_ZERO8(i, 1) \
+                           __m512 c##i##_1 = _mm512_setzero_ps();
+#define TC_A5_HI16_FMA(i) c##i##_1 = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b1, c##i##_1);
+#define TC_A5_HI16_OUT(i) TC_A5_OUT8(i, 0) TC_A5_OUT8(i, 1) TC_A5_OUT16(i, 1)
+#define TC_A5_LO16_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(); \
+                           TC_A5_ZERO8(i, 2) TC_A5_ZERO8(i, 3)
+#define TC_A5_LO16_FMA(i) c##i##_0 = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b0, c##i##_0);
+#define TC_A5_LO16_OUT(i) TC_A5_OUT16(i, 0) TC_A5_OUT8(i, 2) TC_A5_OUT8(i, 3)
+#define TC_A5_OUT16(i, h) \
+    { \
+        __m512 x = c##i##_##h; \
+        if (P) x = _mm512_add_ps(_mm512_loadu_ps(P + (i) * TC_A5_NR + 16 * (h)), x); \
+        __m512 d = first ? _mm512_setzero_ps() : _mm512_loadu_ps(D + (i) * TC_A5_NR + 16 * (h)); \
+        _mm512_storeu_ps(D + (i) * TC_A5_NR + 16 * (h), _mm512_add_ps(d, x)); \
+    }
+#define TC_A5_PART_KERNEL(NAME, MR, ROWS, PART, LOADS) \
+__attribute__((target("avx512f,fma"))) \
+static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mask, \
+                 const float *P, float *D, int first) \
+{ \
+    long k; \
+    (void)mask; \
+    ROWS(TC_A5_##PART##_DECL) \
+    _Pragma("GCC unroll 4") \
+    for (k = 0; k < kc; k++) { \
+        LOADS \
+        ROWS(TC_A5_##PART##_FMA) \
+        a += MR; \
+        b += ldb; \
+    } \
+    ROWS(TC_A5_##PART##_OUT) \
+}
+#define TC_A5_LOAD_HI24 __m256 bh = _mm256_loadu_ps(b + 8); __m512 b1 = _mm512_loadu_ps(b + 16), av;
+#define TC_A5_LOAD_LO24 __m512 b0 = _mm512_loadu_ps(b), av; __m256 bh = _mm256_loadu_ps(b + 16);
+#define TC_A5_LOAD_HI16 __m512 b1 = _mm512_loadu_ps(b + 16);
+#define TC_A5_LOAD_LO16 __m512 b0 = _mm512_loadu_ps(b);
+TC_A5_PART_KERNEL(tc_uk_avx512_hi24, TC_A5_MR, TC_A5_ROWS, HI24, TC_A5_LOAD_HI24)
+TC_A5_PART_KERNEL(tc_uk_avx512_lo24, TC_A5_MR, TC_A5_ROWS, LO24, TC_A5_LOAD_LO24)
+TC_A5_PART_KERNEL(tc_uk_avx512_hi16, TC_A5_MR, TC_A5_ROWS, HI16, TC_A5_LOAD_HI16)
+TC_A5_PART_KERNEL(tc_uk_avx512_lo16, TC_A5_MR, TC_A5_ROWS, LO16, TC_A5_LOAD_LO16)
+TC_A5_PART_KERNEL(tc_uk_avx512w_hi24, TC_A5W_MR, TC_A5W_ROWS, HI24, TC_A5_LOAD_HI24)
+TC_A5_PART_KERNEL(tc_uk_avx512w_lo24, TC_A5W_MR, TC_A5W_ROWS, LO24, TC_A5_LOAD_LO24)
+TC_A5_PART_KERNEL(tc_uk_avx512w_hi16, TC_A5W_MR, TC_A5W_ROWS, HI16, TC_A5_LOAD_HI16)
+TC_A5_PART_KERNEL(tc_uk_avx512w_lo16, TC_A5W_MR, TC_A5W_ROWS, LO16, TC_A5_LOAD_LO16)
+
 #endif /* x86 */
 
 typedef void (*tc_uk_fn)(long, const float *, const float *, long, unsigned, const float *,
@@ -258,6 +332,23 @@ static tc_uk_fn tc_tile_kernel(int tile)
     if (tile == SIMD_ISA_AVX2) return tc_uk_avx2;
 #endif
     return tc_uk_scalar;
+}
+
+/* the kernel for packed rows whose lanes outside [8 * lo, 8 * hi) are zeros (NULL: the
+ * tile's full kernel) */
+static tc_uk_fn tc_tile_kernel_lanes(int tile, int lo, int hi)
+{
+#if SIMD_X86
+    const int wide = tile == TC_TILE_AVX512W;
+    if (tile == SIMD_ISA_AVX512 || wide) {
+        if (lo == 1 && hi == 4) return wide ? tc_uk_avx512w_hi24 : tc_uk_avx512_hi24;
+        if (lo == 0 && hi == 3) return wide ? tc_uk_avx512w_lo24 : tc_uk_avx512_lo24;
+        if (lo == 2 && hi == 4) return wide ? tc_uk_avx512w_hi16 : tc_uk_avx512_hi16;
+        if (lo == 0 && hi == 2) return wide ? tc_uk_avx512w_lo16 : tc_uk_avx512_lo16;
+    }
+#endif
+    (void)tile; (void)lo; (void)hi;
+    return NULL;
 }
 
 /* the kernel for a tile of `rows` valid output channels (<= the tile's MR) */
@@ -455,6 +546,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 const float *bf = bt + f * fold * plane;
                 long ldb = plane;
                 unsigned mask = masks[t];
+                tc_uk_fn part = NULL;  /* packed rows with dead lanes at an end: their kernel */
                 if (kc <= TC_PACK_ROWS) {
                     /* with a cache: the shift's rows, packed by an earlier phase of this
                      * panel, or now */
@@ -466,11 +558,17 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                     }
                     bf = bs;
                     ldb = nr;
+                    if (mask != full && nr == 32) {
+                        int lo = 0, hi = 4;
+                        while (lo < hi && ((mask >> (8 * lo)) & 0xffu) == 0u) lo++;
+                        while (hi > lo && ((mask >> (8 * (hi - 1))) & 0xffu) == 0u) hi--;
+                        part = tc_tile_kernel_lanes(tile_kind, lo, hi);
+                    }
                     mask = full;
                 }
                 for (tile = t0; tile < t1; tile++) {
                     const float *af = wpack + (tile * taps + t) * cin * mr + f * fold * mr;
-                    const tc_uk_fn uk = tile == last ? uk_last : uk_full;
+                    const tc_uk_fn uk = part != NULL ? part : tile == last ? uk_last : uk_full;
                     float *Ct = C + (tile - t0) * tile_floats, *Pt = P + (tile - t0) * tile_floats;
                     if (folds == 1)
                         uk(kc, af, bf, ldb, mask, NULL, Ct, first);

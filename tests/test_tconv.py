@@ -339,6 +339,10 @@ PHASE_LAYERS = valid_grid() + [
     (1, 12, 16, 4, 5, (2, 3), (2, 1), (1, 0), 0, (1, 2), 1)]
 # 36 output channels: three 12-row AVX-512 tiles (12 rows are chosen only where 8 do not divide)
 PHASE_LAYERS += [(2, 10, 36, 6, 7, 4, 2, 1, 0, 1, 1)]
+# images 8 and 16 wide (8- and 12-row tiles): a tap reading the row above the image or below
+# it leaves the first or last 8 or 16 of a panel's 32 lanes dead (AVX-512's part kernels)
+PHASE_LAYERS += [(2, 16, 16, 8, 8, 4, 2, 1, 0, 1, 1), (2, 12, 16, 16, 16, 4, 2, 1, 0, 1, 1),
+                 (1, 10, 36, 8, 8, 4, 2, 1, 0, 1, 1), (1, 10, 36, 16, 16, 4, 2, 1, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
