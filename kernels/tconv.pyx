@@ -362,6 +362,16 @@ def isa():
     return systolic.isa()
 
 
+def _line_aligned_empty(shape, dtype):
+    """np.empty(shape, dtype) whose data starts on a 64-byte cache line (np.empty's large
+    arrays start 16 bytes past one): the phase path streams whole output rows past the
+    cache, and streaming stores need the alignment."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 16, dtype=dtype)
+    first = (-raw.ctypes.data % 64) // raw.itemsize
+    return raw[first:first + n].reshape(shape)
+
+
 def _default_gemm(dtype, threads):
     """An output-stationary array's order (one fmaf chain over k), or exact int8."""
     from . import systolic
@@ -398,8 +408,8 @@ def tconv2d_strided(x, w, stride=1, padding=0, output_padding=0, dilation=1, gro
                          f"{I8_MAX_TERMS}; int32 accumulation could overflow")
     x = np.ascontiguousarray(x)
     batch, (height, width), (ho, wo) = geo["batch"], (geo["height"], geo["width"]), geo["output"]
-    out = np.empty((batch, geo["out_channels"], ho, wo),
-                   dtype=np.int32 if x.dtype == np.int8 else np.float32)
+    out = _line_aligned_empty((batch, geo["out_channels"], ho, wo),
+                              np.int32 if x.dtype == np.int8 else np.float32)
     plan = element_plan(geo)
     if gemm is None and x.dtype == np.float32 and _phases_pay(geo, plan, w):
         if _phases_f32(x, np.ascontiguousarray(w), out, geo, plan, fold_depth, threads):
