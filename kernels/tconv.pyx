@@ -47,7 +47,7 @@ cdef extern from "tconv_micro.h" nogil:
                   const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
-                  int64_t tag)
+                  const int64_t *tap_tags)
     void tc_raise(int *flag)
     int tc_raised(const int *flag)
     void tc_barrier()
@@ -502,14 +502,20 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     layout = _phase_layout(tuple(plan), geo["height"], geo["width"], geo["stride"],
                            geo["padding"], geo["dilation"], geo["output"], geo["kernel"][1],
                            cin_g, cout_g, fold, kind, PHASE_WEIGHT_BYTES, PHASE_BCACHE_BYTES)
-    info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block = layout
+    info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block, rows = layout
     planes = _planes(x)
     packed = _scratch("packed", packed_size)
     x_flat = x.reshape(x.shape[0], x.shape[1], -1)
+    tap_di, tap_dj, ring, panel_rows = rows
+    panels = int(info[:, 2].max())
+    # consecutive panels of an image on one thread, where a panel's packed rows serve the next
+    chunk = 1
+    if ring and panel_rows < ring:
+        chunk = max(1, min(panels, x.shape[0] * panels // (4 * threads)))
     for g in range(groups):
         if _phase_shim(x_flat, planes, w, taps_k, packed, starts, info, offsets, masks, lanes,
-                       slots, nslots, out, g * cin_g, g * cout_g, cin_g, cout_g, fold, block,
-                       threads, kind):
+                       slots, nslots, tap_di, tap_dj, ring, panel_rows, chunk, out, g * cin_g,
+                       g * cout_g, cin_g, cout_g, fold, block, threads, kind):
             return False  # a weight of group g is inf or nan
     return True
 
@@ -554,19 +560,39 @@ def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, ci
     per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
     block = max(1, min(tiles, weight_bytes // max(per_tile, 1)))
     block = -(-tiles // -(-tiles // block))  # blocks of even size
-    # the packed rows of each distinct shift, kept per thread for the phases of one panel
-    # (tc_panel's bcache): where shifts repeat across phases and the cache fits
+    # the packed rows of each distinct shift, kept per thread (tc_panel's bcache) where they
+    # are read more than once and the cache fits. When a panel is whole input rows (nr a
+    # multiple of the width), a shift's packed rows depend only on its first input row and
+    # column shift (_phase_tables' masks): a slot per (first row mod ring, column shift),
+    # ring the taps' span of rows, serves every phase of a panel and, where a panel is fewer
+    # rows than the ring (a stride-1 layer's panel is one), the next panels (tap_di, tap_dj:
+    # each tap's row shift and column shift index). Else a slot per shift, for the phases
+    # of one panel (ring 0).
     distinct = {shift: n for n, shift in enumerate(dict.fromkeys(shifts))}
-    slots = np.array([distinct[shift] for shift in shifts], dtype=np.int64)
-    cache_bytes = 4 * len(distinct) * -(-cin_g // fold) * fold * nr
-    nslots = len(distinct) if (fold <= TC_PACK_ROWS and len(distinct) < len(shifts)
-                               and cache_bytes <= bcache_bytes) else 0
+    di = [d for d, _ in shifts]
+    dj = [d for _, d in shifts]
+    ring = max(di) - min(di) + 1 if nr % width == 0 else 0
+    panel_rows = nr // width
+    if ring:
+        n_dj = max(dj) - min(dj) + 1
+        n_slots = ring * n_dj
+        reused = len(distinct) < len(shifts) or panel_rows < ring
+        slots = np.zeros(len(shifts), dtype=np.int64)  # unused: the core computes them
+    else:
+        n_dj, n_slots = 0, len(distinct)
+        reused = len(distinct) < len(shifts)
+        slots = np.array([distinct[shift] for shift in shifts], dtype=np.int64)
+    tap_di = np.array(di, dtype=np.int64)
+    tap_dj = np.array([d - min(dj) for d in dj], dtype=np.int64)
+    cache_bytes = 4 * n_slots * -(-cin_g // fold) * fold * nr
+    nslots = n_slots if (fold <= TC_PACK_ROWS and reused and cache_bytes <= bcache_bytes) else 0
     taps_k = np.array([r * kw + s for r, s in taps_rs] or [0], dtype=np.int64)
     sizes = [block * max(q[0], 1) * cin_g * mr for q in phases]  # one block's weights
     starts = np.cumsum([0] + sizes[:len(sizes) - 1]).astype(np.int64)  # wraparound is off
-    for table in (info, offsets, masks, lanes, slots, taps_k, starts):
+    for table in (info, offsets, masks, lanes, slots, taps_k, starts, tap_di, tap_dj):
         table.flags.writeable = False
-    return info, offsets, masks, lanes, slots, nslots, taps_k, starts, sum(sizes), block
+    return (info, offsets, masks, lanes, slots, nslots, taps_k, starts, sum(sizes), block,
+            (tap_di, tap_dj, ring if nslots else 0, panel_rows))
 
 
 cdef void _phase_tables(const int64_t[:, ::1] info, const int64_t[:, ::1] shifts,
@@ -647,13 +673,14 @@ cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
-                     float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                     const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
+                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
                      long block, int threads, int kind):
     cdef int not_finite
     with nogil:
         not_finite = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets,
-                                 masks, lanes, slots, nslots, out, c0, o0, cin, cout, fold,
-                                 block, threads, kind)
+                                 masks, lanes, slots, nslots, tap_di, tap_dj, ring, panel_rows,
+                                 chunk, out, c0, o0, cin, cout, fold, block, threads, kind)
     return not_finite
 
 
@@ -662,21 +689,22 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
-                     float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
+                     const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
+                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
                      long block, int threads, int kind) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
     # 256->128): the group's input channels copied into x's spread planes (_planes).
     # Per block of output channel tiles: pack the block's weights (TC_PACK_CB input channels
-    # a task; per
-    # phase q, (block, taps, cin, mr) from packed_start[q]), which checks them finite (a
-    # weight inf or nan: 1 is returned before the block's outputs are written; earlier
-    # blocks' are, and the caller's strided path writes every output), then, while the
-    # block fits in L2,
-    # one (image, panel) per iteration, every phase: the outputs an iteration writes are its
+    # a task; per phase q, (block, taps, cin, mr) from packed_start[q]), which checks them
+    # finite (a weight inf or nan: 1 is returned before the block's outputs are written;
+    # earlier blocks' are, and the caller's strided path writes every output), then, while
+    # the block fits in L2, one (image, panel) per iteration, every phase: the outputs an iteration writes are its
     # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
-    # shared machine a thread that loses its core leaves its items to the others. Each
-    # thread keeps the packed input rows of its panel's shifts (nslots > 0: tc_panel's
-    # bcache), tagged by item: an item's rows are the same in every block and phase.
+    # shared machine a thread that loses its core leaves its items to the others; in chunks
+    # of `chunk` consecutive panels where a panel's packed rows serve the next. Each thread
+    # keeps packed input rows (nslots > 0: tc_panel's bcache) in the slots of _phase_layout,
+    # tagged by what they hold: by image and first input row (ring > 0), or by item (the
+    # rows of an item's shifts are the same in every block and phase).
     cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
     cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
@@ -686,23 +714,38 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
     cdef long item, blk, b, p, q, taps, cb, first, count, cout_blk, i, row
     cdef long pixels = x_flat.shape[2]
     cdef int not_finite = 0  # raised by the check when a weight is inf or nan
+    cdef long max_taps = 1, n_dj = 1, t, first_row
     cdef float *bcache
     cdef int64_t *tags
+    cdef int64_t *tap_slot  # per tap of the phase at hand: its bcache slot and what it holds
+    cdef int64_t *tap_tag
     for q in range(nphases):
         panels = max(panels, info[q, 2])
+        max_taps = max(max_taps, info[q, 0])
+    for t in range(tap_dj.shape[0]):
+        n_dj = max(n_dj, tap_dj[t] + 1)
     # the parallel block's variables are firstprivate: give them a value to copy
-    bcache, tags, i, blk, first, count, cout_blk = NULL, NULL, 0, 0, 0, 0, 0
+    bcache, tags, tap_slot, tap_tag = NULL, NULL, NULL, NULL
+    i, blk, first, count, cout_blk = 0, 0, 0, 0, 0
     with parallel(num_threads=threads):
         bcache = NULL
         tags = NULL
+        tap_slot = NULL
+        tap_tag = NULL
         if nslot_folds > 0:
             bcache = <float *> simd_alloc(nslot_folds * fold * nr, sizeof(float))  # aligned rows
             tags = <int64_t *> malloc(nslot_folds * sizeof(int64_t))
-            if bcache == NULL or tags == NULL:  # no cache: pack every tap
-                simd_free(bcache)
+            tap_slot = <int64_t *> malloc(max_taps * sizeof(int64_t))
+            tap_tag = <int64_t *> malloc(max_taps * sizeof(int64_t))
+            if bcache == NULL or tags == NULL or tap_slot == NULL or tap_tag == NULL:
+                simd_free(bcache)  # no cache: pack every tap
                 free(tags)
+                free(tap_slot)
+                free(tap_tag)
                 bcache = NULL
                 tags = NULL
+                tap_slot = NULL
+                tap_tag = NULL
             else:
                 for i in range(nslot_folds):
                     tags[i] = -1
@@ -722,20 +765,33 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
             # it too early would skip the loop below, and its barrier, and the others wait
             tc_barrier()
             for item in prange(batch * panels if not tc_raised(&not_finite) else 0,
-                               schedule="dynamic"):
+                               schedule="dynamic", chunksize=chunk):
                 b = item // panels
                 p = item % panels
                 for q in range(nphases):
                     taps = info[q, 0]
-                    if p < info[q, 2]:
-                        tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
-                                 &masks[info[q, 3] + p * max(taps, 1)], p * nr,
-                                 &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
-                                 &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
-                                 out_plane, bcache, tags, &slots[info[q, 1]], item)
+                    if p >= info[q, 2]:
+                        continue
+                    if bcache != NULL:
+                        for t in range(max(taps, 1)):
+                            if ring > 0:  # the slot of the tap's first input row
+                                first_row = p * panel_rows + tap_di[info[q, 1] + t]
+                                tap_slot[t] = (first_row % ring + ring) % ring * n_dj \
+                                    + tap_dj[info[q, 1] + t]
+                                tap_tag[t] = (b << 32) + first_row + (1 << 30)
+                            else:  # the slot of the tap's shift, for this item
+                                tap_slot[t] = slots[info[q, 1] + t]
+                                tap_tag[t] = item
+                    tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                             &masks[info[q, 3] + p * max(taps, 1)], p * nr,
+                             &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
+                             &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
+                             out_plane, bcache, tags, tap_slot, tap_tag)
             tc_barrier()  # every item has read the block's weights: the next block's may go
         simd_free(bcache)
         free(tags)
+        free(tap_slot)
+        free(tap_tag)
     return not_finite
 
 

@@ -505,11 +505,13 @@ static void tc_copy_row32_avx512(float *orow, const float *crow)
  * (ceil(cout / MR), taps, cin, MR); fold: input channels per fold (cin: one fold).
  * lanes[j]: where lane j's output goes in an output plane (-1: nowhere); outb: the image's
  * first output channel of the group, planes out_plane floats apart.
- * bcache (NULL: none): packed rows kept between the phases of one panel, a slot per input
- * shift and fold (slots[t]: tap t's shift; bcache_tags: what each slot holds, `tag` naming
- * this image and panel). The phases of a stride-2 layer with 4 x 4 kernels read 9 shifts in
- * 16 taps: each is packed once per panel, and read back from L2 in order (packing reads one
- * or two cache lines of every channel plane).
+ * bcache (NULL: none): packed rows kept between the phases of a panel and, for a stride-1
+ * layer, between consecutive panels, a slot per fold and input shift or first input row
+ * (slots[t]: tap t's slot; bcache_tags: what each slot holds, tap_tags[t] naming tap t's
+ * packed rows). The phases of a stride-2 layer with 4 x 4 kernels read 9 shifts in 16 taps:
+ * each is packed once per panel, and read back from L2 in order (packing reads one or two
+ * cache lines of every channel plane); a stride-1 3 x 3 kernel's panel of one row packs 3
+ * of its 9 taps' rows, the other 6 are the panels' before it.
  * Tiles go in blocks, the taps and folds outermost within a block, so that a fold's input
  * (fold x NR floats, packed by tc_pack_* when the fold is at most TC_PACK_ROWS deep) stays in
  * L1 while every tile of the block reads it: blocks of 16 KiB of output tiles with one fold
@@ -522,7 +524,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                      const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
                      long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                      long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
-                     int64_t tag)
+                     const int64_t *tap_tags)
 {
     const int mr = tc_tile_mr(tile_kind), nr = tc_tile_nr(tile_kind);
     const long tile_floats = (long)mr * nr;
@@ -567,11 +569,11 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 if (kc <= TC_PACK_ROWS) {
                     /* with a cache: the shift's rows, packed by an earlier phase of this
                      * panel, or now */
-                    const long slot = slots[t] * folds + f;
+                    const long slot = bcache != NULL ? slots[t] * folds + f : 0;
                     float *bs = bcache != NULL ? bcache + slot * fold * nr : B;
-                    if (bcache == NULL || bcache_tags[slot] != tag) {
+                    if (bcache == NULL || bcache_tags[slot] != tap_tags[t]) {
                         pack(kc, bf, plane, mask, bs);
-                        if (bcache != NULL) bcache_tags[slot] = tag;
+                        if (bcache != NULL) bcache_tags[slot] = tap_tags[t];
                     }
                     bf = bs;
                     ldb = nr;

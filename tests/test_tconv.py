@@ -343,6 +343,9 @@ PHASE_LAYERS += [(2, 10, 36, 6, 7, 4, 2, 1, 0, 1, 1)]
 # it leaves the first or last 8 or 16 of a panel's 32 lanes dead (AVX-512's part kernels)
 PHASE_LAYERS += [(2, 16, 16, 8, 8, 4, 2, 1, 0, 1, 1), (2, 12, 16, 16, 16, 4, 2, 1, 0, 1, 1),
                  (1, 10, 36, 8, 8, 4, 2, 1, 0, 1, 1), (1, 10, 36, 16, 16, 4, 2, 1, 0, 1, 1)]
+# stride 1, panels of one input row: a panel's packed rows serve the next panels, of the
+# same image only (one row per image: every image's panel has the same first rows)
+PHASE_LAYERS += [(2, 8, 16, 5, 32, 3, 1, 1, 0, 1, 1), (3, 8, 8, 1, 32, 3, 1, 1, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
