@@ -674,8 +674,8 @@ cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
                      const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
-                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
-                     long block, int threads, int kind):
+                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0,
+                     long cin, long cout, long fold, long block, int threads, int kind):
     cdef int not_finite
     with nogil:
         not_finite = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets,
@@ -690,16 +690,18 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
                      const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
-                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0, long cin, long cout, long fold,
-                     long block, int threads, int kind) noexcept nogil:
+                     long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0,
+                     long cin, long cout, long fold, long block, int threads,
+                     int kind) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
     # 256->128): the group's input channels copied into x's spread planes (_planes).
     # Per block of output channel tiles: pack the block's weights (TC_PACK_CB input channels
     # a task; per phase q, (block, taps, cin, mr) from packed_start[q]), which checks them
     # finite (a weight inf or nan: 1 is returned before the block's outputs are written;
     # earlier blocks' are, and the caller's strided path writes every output), then, while
-    # the block fits in L2, one (image, panel) per iteration, every phase: the outputs an iteration writes are its
-    # own (channels of the block, pixels of its panel), so no races. Dynamic schedule: on a
+    # the block fits in L2, one (image, panel) per iteration, every phase: the outputs an
+    # iteration writes are its own (channels of the block, pixels of its panel), so no
+    # races. Dynamic schedule: on a
     # shared machine a thread that loses its core leaves its items to the others; in chunks
     # of `chunk` consecutive panels where a panel's packed rows serve the next. Each thread
     # keeps packed input rows (nslots > 0: tc_panel's bcache) in the slots of _phase_layout,
