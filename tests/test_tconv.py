@@ -420,21 +420,26 @@ def test_phase_path_pays_on_full_tiles_from_two_images_and_declines_non_finite_w
         assert np.isfinite(slow[:, o, 0, :]).all() and fast.tobytes() == slow.tobytes()
 
 
+@pytest.mark.parametrize("weight_bytes", [1 << 20, 1])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_phase_path_checks_every_weight_of_every_group(threads):
-    """The finiteness check runs per group, in chunks of weights shared by the threads: a
-    non-finite weight in either chunk of either group declines the layer, and the strided
-    path then gives its output (bits checked)."""
-    layer = (8, 320, 64, 8, 8, 4, 2, 1, 0, 1, 2)  # 160 x 32 x 16 weights per group: 2 chunks
+def test_phase_path_checks_every_weight_of_every_group(monkeypatch, threads, weight_bytes):
+    """The weight packing checks the weights finite, per group, 8 input channels a task: a
+    non-finite weight in any task of either group declines the layer, also when it lies in
+    a later block of output channel tiles than the first (weight_bytes 1: a tile a block,
+    found after the first blocks' outputs are written; the threads must agree on the flag
+    or wait for each other forever), and the strided path then gives its output (bits
+    checked)."""
+    monkeypatch.setattr(tconv, "PHASE_WEIGHT_BYTES", weight_bytes)
+    layer = (8, 320, 64, 8, 8, 4, 2, 1, 0, 1, 2)  # 160 x 32 x 16 weights per group
     x, w, p = make(layer, "fp32", seed=3)
     geo = T.geometry(p)
     plan = tconv.element_plan(geo)
     out = np.empty((8, 64, *T.output_shape(p)), dtype=np.float32)
     assert tconv._phases_pay(geo, plan, w) and tconv._phases_f32(x, w, out, geo, plan, None, threads)
+    array = ARRAYS["ws8-fp32"]
     for c, o in [(319, 31), (160, 0), (0, 0), (100, 17)]:
         bad = w.copy()
         bad[c, o, 3, 3] = np.nan
         assert not tconv._phases_f32(x, bad, out, geo, plan, None, threads), (c, o)
-    array = ARRAYS["ws8-fp32"]
-    slow = T.strided_by_numpy(x, bad, p, lambda a, b: array_gemm(a, b, array))
-    assert T.tconv2d_strided(x, bad, p, array, threads).tobytes() == slow.tobytes()
+        slow = T.strided_by_numpy(x, bad, p, lambda a, b: array_gemm(a, b, array))
+        assert T.tconv2d_strided(x, bad, p, array, threads).tobytes() == slow.tobytes(), (c, o)
