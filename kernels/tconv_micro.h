@@ -226,15 +226,13 @@ TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
     c##i##_0 = _mm512_fmadd_ps(av, b0, c##i##_0); \
     c##i##_g2 = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bh, c##i##_g2);
 #define TC_A5_LO24_OUT(i) TC_A5_OUT16(i, 0) TC_A5_OUT8(i, 2) TC_A5_OUT8(i, 3)
-/* lanes 16-31 or 0-15: one zmm */
-#define TC_A5_HI16_DECL(i) TC_A5_ZERO8(i, 0) TC_A5_ZERO8(i, 1) \
-                           __m512 c##i##_1 = _mm512_setzero_ps();
+/* lanes 16-31 or 0-15: one zmm (the 24-lane kernels' registers, their ymm staying +0) */
+#define TC_A5_HI16_DECL TC_A5_HI24_DECL
 #define TC_A5_HI16_FMA(i) c##i##_1 = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b1, c##i##_1);
-#define TC_A5_HI16_OUT(i) TC_A5_OUT8(i, 0) TC_A5_OUT8(i, 1) TC_A5_OUT16(i, 1)
-#define TC_A5_LO16_DECL(i) __m512 c##i##_0 = _mm512_setzero_ps(); \
-                           TC_A5_ZERO8(i, 2) TC_A5_ZERO8(i, 3)
+#define TC_A5_HI16_OUT TC_A5_HI24_OUT
+#define TC_A5_LO16_DECL TC_A5_LO24_DECL
 #define TC_A5_LO16_FMA(i) c##i##_0 = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b0, c##i##_0);
-#define TC_A5_LO16_OUT(i) TC_A5_OUT16(i, 0) TC_A5_OUT8(i, 2) TC_A5_OUT8(i, 3)
+#define TC_A5_LO16_OUT TC_A5_LO24_OUT
 #define TC_A5_OUT16(i, h) \
     { \
         __m512 x = c##i##_##h; \
