@@ -198,6 +198,39 @@ static void NAME(long kc, const float *a, const float *b, long ldb, unsigned mas
 TC_A5_KERNEL(tc_uk_avx512, TC_A5_MR, TC_A5_ROWS)
 TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
 
+/* Every tap of a tile at once, for one fold (the whole input depth) and half a tile's lanes:
+ * D[i*TC_A5_NR + j] for lanes j < 16 of the packed rows bs[t] (row stride TC_A5_NR), the taps
+ * in order, each tap's acc from +0 and added to D (from +0) as tc_uk_avx512 with P = NULL
+ * would. D stays in registers across the taps (acc and D: 2 x MR of the 32 registers), so the
+ * tile's sum no longer goes through memory after every tap. */
+#define TC_T16_DECL(i) __m512 c##i, d##i = _mm512_setzero_ps();
+#define TC_T16_ZERO(i) c##i = _mm512_setzero_ps();
+#define TC_T16_FMA(i) c##i = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, c##i);
+#define TC_T16_ADD(i) d##i = _mm512_add_ps(d##i, c##i);
+#define TC_T16_OUT(i) _mm512_store_ps(D + (i) * TC_A5_NR, d##i);
+#define TC_A5_TAPS_KERNEL(NAME, MR, ROWS) \
+__attribute__((target("avx512f"))) \
+static void NAME(long kc, long ntaps, const float *const *as, const float *const *bs, float *D) \
+{ \
+    long t, k; \
+    ROWS(TC_T16_DECL) \
+    for (t = 0; t < ntaps; t++) { \
+        const float *a = as[t], *b = bs[t]; \
+        ROWS(TC_T16_ZERO) \
+        _Pragma("GCC unroll 4") \
+        for (k = 0; k < kc; k++) { \
+            const __m512 bv = _mm512_load_ps(b); \
+            ROWS(TC_T16_FMA) \
+            a += MR; \
+            b += TC_A5_NR; \
+        } \
+        ROWS(TC_T16_ADD) \
+    } \
+    ROWS(TC_T16_OUT) \
+}
+TC_A5_TAPS_KERNEL(tc_uk_avx512_taps16, TC_A5_MR, TC_A5_ROWS)
+TC_A5_TAPS_KERNEL(tc_uk_avx512w_taps16, TC_A5W_MR, TC_A5W_ROWS)
+
 /* Packed rows whose first or last 8 or 16 lanes are all zeros (the lanes of an input row
  * that lies outside the image for this tap, as row 0 for a tap reading the row above): the
  * kernels of the live lanes only, LO..HI - 1 (8-lane groups; a group of 8 is a ymm
@@ -517,6 +550,47 @@ static void tc_copy_row32_avx512(float *orow, const float *crow)
  */
 #define TC_BLOCK_FLOATS 4096
 #define TC_PACK_ROWS 256
+#define TC_FUSE_TAPS 64  /* taps of one tc_panel_taps call at most */
+
+#if SIMD_X86
+/* The taps of one fold and a block of tiles (tc_panel with bcache, folds == 1, nr == 32):
+ * every tap's rows packed (or found in the cache) first, then per tile and half of the
+ * lanes one call over the taps whose lanes there are not all outside the image (a tap that
+ * adds +0 to every lane changes nothing, as in tc_panel). */
+__attribute__((noinline))
+static void tc_panel_taps(int tile_kind, const float *xm, long plane, long taps,
+                          const int64_t *offsets, const uint32_t *masks, const float *wpack,
+                          long cin, long fold, long t0, long t1, float *C, float *bcache,
+                          int64_t *bcache_tags, const int64_t *slots, const int64_t *tap_tags)
+{
+    const int mr = tc_tile_mr(tile_kind);
+    const long tile_floats = (long)mr * TC_A5_NR;
+    const float *rows[2][TC_FUSE_TAPS], *ws[TC_FUSE_TAPS];
+    long which[2][TC_FUSE_TAPS], n[2] = {0, 0}, t, tile, h, i;
+    for (t = 0; t < taps; t++) {
+        float *bs = bcache + slots[t] * fold * TC_A5_NR;  /* tc_panel's slot, folds == 1 */
+        if (masks[t] == 0u) continue;
+        if (bcache_tags[slots[t]] != tap_tags[t]) {
+            tc_pack_avx512(cin, xm + offsets[t], plane, masks[t], bs);
+            bcache_tags[slots[t]] = tap_tags[t];
+        }
+        for (h = 0; h < 2; h++)
+            if ((masks[t] >> (16 * h)) & 0xffffu) {
+                rows[h][n[h]] = bs + 16 * h;
+                which[h][n[h]++] = t;
+            }
+    }
+    for (tile = t0; tile < t1; tile++)
+        for (h = 0; h < 2; h++) {
+            for (i = 0; i < n[h]; i++) ws[i] = wpack + (tile * taps + which[h][i]) * cin * mr;
+            float *D = C + (tile - t0) * tile_floats + 16 * h;
+            if (tile_kind == TC_TILE_AVX512W)
+                tc_uk_avx512w_taps16(cin, n[h], ws, rows[h], D);
+            else
+                tc_uk_avx512_taps16(cin, n[h], ws, rows[h], D);
+        }
+}
+#endif
 
 static void tc_panel(int tile_kind, const float *xb, long plane, long taps, const int64_t *offsets,
                      const uint32_t *masks, long m0, const float *wpack, long cin, long fold,
@@ -552,10 +626,28 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
             if (lanes[8 * i + j] != base + j * gs) gsteps[i] = 0;
         grouped |= gsteps[i] > 0 && (tile_kind == TC_TILE_AVX512W || tile_kind == SIMD_ISA_AVX512);
     }
+    /* one fold, rows kept in the cache, AVX-512 tiles: every tap of a tile in one call */
+    int fused = bcache != NULL && folds == 1 && cin <= TC_PACK_ROWS && nr == 32
+                && taps <= TC_FUSE_TAPS
+                && (tile_kind == SIMD_ISA_AVX512 || tile_kind == TC_TILE_AVX512W);
+    /* ... unless a tap's live half of the lanes has 8 dead ones, which the part kernels
+     * skip (a stride-2 layer's 8-wide rows: 2.5% slower fused) */
+    for (t = 0; t < taps && fused; t++)
+        for (i = 0; i < 2; i++) {
+            const unsigned half = (masks[t] >> (16 * i)) & 0xffffu;
+            if (half != 0u && ((half & 0xffu) == 0u || (half >> 8) == 0u)) fused = 0;
+        }
     for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
         int first = 1;
         t1 = t0 + block < tile_hi ? t0 + block : tile_hi;
-        for (t = 0; t < taps; t++) {
+#if SIMD_X86
+        if (fused) {
+            tc_panel_taps(tile_kind, xb + m0, plane, taps, offsets, masks, wpack, cin, fold, t0,
+                          t1, C, bcache, bcache_tags, slots, tap_tags);
+            first = 0;
+        }
+#endif
+        for (t = 0; t < taps && !fused; t++) {
             const float *bt = xb + m0 + offsets[t];
             if (masks[t] == 0u) continue;  /* +0 on every lane: the tap changes nothing */
             for (f = 0; f < folds; f++) {

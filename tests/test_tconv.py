@@ -346,6 +346,10 @@ PHASE_LAYERS += [(2, 16, 16, 8, 8, 4, 2, 1, 0, 1, 1), (2, 12, 16, 16, 16, 4, 2, 
 # stride 1, panels of one input row: a panel's packed rows serve the next panels, of the
 # same image only (one row per image: every image's panel has the same first rows)
 PHASE_LAYERS += [(2, 8, 16, 5, 32, 3, 1, 1, 0, 1, 1), (3, 8, 8, 1, 32, 3, 1, 1, 0, 1, 1)]
+# fewer input channels than a fold (8 on ws8), images 8 wide: the first and last panels of an
+# image have 8 dead lanes (part kernels), the middle ones none (every tap of a tile in one
+# call, tc_panel_taps), and they share the packed rows the panels before them left
+PHASE_LAYERS += [(2, 5, 16, 12, 8, 4, 2, 1, 0, 1, 1), (2, 6, 16, 12, 8, 3, 1, 1, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
