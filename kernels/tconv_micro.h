@@ -199,18 +199,21 @@ TC_A5_KERNEL(tc_uk_avx512, TC_A5_MR, TC_A5_ROWS)
 TC_A5_KERNEL(tc_uk_avx512w, TC_A5W_MR, TC_A5W_ROWS)
 
 /* Every tap of a tile at once, for one fold (the whole input depth) and half a tile's lanes:
- * D[i*TC_A5_NR + j] for lanes j < 16 of the packed rows bs[t] (row stride TC_A5_NR), the taps
- * in order, each tap's acc from +0 and added to D (from +0) as tc_uk_avx512 with P = NULL
+ * D[i*ldd + j] for lanes j < 16 of the packed rows bs[t] (row stride TC_A5_NR), the taps in
+ * order, each tap's acc from +0 and added to D (from +0) as tc_uk_avx512 with P = NULL
  * would. D stays in registers across the taps (acc and D: 2 x MR of the 32 registers), so the
- * tile's sum no longer goes through memory after every tap. */
+ * tile's sum no longer goes through memory after every tap. stream: D is the output (rows on
+ * 64-byte lines, written once and not read back here), else tc_panel's buffer. */
 #define TC_T16_DECL(i) __m512 c##i, d##i = _mm512_setzero_ps();
 #define TC_T16_ZERO(i) c##i = _mm512_setzero_ps();
 #define TC_T16_FMA(i) c##i = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, c##i);
 #define TC_T16_ADD(i) d##i = _mm512_add_ps(d##i, c##i);
-#define TC_T16_OUT(i) _mm512_store_ps(D + (i) * TC_A5_NR, d##i);
+#define TC_T16_STORE(i) _mm512_store_ps(D + (i) * ldd, d##i);
+#define TC_T16_STREAM(i) _mm512_stream_ps(D + (i) * ldd, d##i);
 #define TC_A5_TAPS_KERNEL(NAME, MR, ROWS) \
 __attribute__((target("avx512f"))) \
-static void NAME(long kc, long ntaps, const float *const *as, const float *const *bs, float *D) \
+static void NAME(long kc, long ntaps, const float *const *as, const float *const *bs, float *D, \
+                 long ldd, int stream) \
 { \
     long t, k; \
     ROWS(TC_T16_DECL) \
@@ -226,7 +229,8 @@ static void NAME(long kc, long ntaps, const float *const *as, const float *const
         } \
         ROWS(TC_T16_ADD) \
     } \
-    ROWS(TC_T16_OUT) \
+    if (stream) { ROWS(TC_T16_STREAM) } \
+    else { ROWS(TC_T16_STORE) } \
 }
 TC_A5_TAPS_KERNEL(tc_uk_avx512_taps16, TC_A5_MR, TC_A5_ROWS)
 TC_A5_TAPS_KERNEL(tc_uk_avx512w_taps16, TC_A5W_MR, TC_A5W_ROWS)
@@ -489,11 +493,27 @@ static int tc_pack_weights(int tile_kind, const float *w, long w_cout, long khkw
 
 /* ---------------------------------------------------------------- writing a tile's rows
  * A row of a C tile into its output plane: lane j to orow[lanes[j]] (-1: nowhere). gsteps[g]:
- * lanes 8g..8g+7 land 1 or 2 apart from lanes[8g] (0: not so, or a lane is dropped); such a
- * group (a stride-2 phase's pixels of one output row) is one expand and masked store on
- * AVX-512, which writes only its lanes: the other phases' outputs between them stay. Eight
- * scalar stores a group waited on the store buffer (4% of DCGAN 256->128 on Zen 4). */
+ * lanes 8g..8g+7 land 1 to TC_GROUP_STEP apart from lanes[8g] (0: not so, or a lane is
+ * dropped); such a group (a stride-2 or -3 phase's pixels of one output row) is one expand
+ * and masked store on AVX-512 (two of 4 lanes each where the 8 span more than 16 floats),
+ * which writes only its lanes: the other phases' outputs between them stay. Eight scalar
+ * stores a group waited on the store buffer (4% of DCGAN 256->128 on Zen 4, 20% of the
+ * stride-3 layer's time). */
+#define TC_GROUP_STEP 5
 #if SIMD_X86
+/* a group whose 8 lanes span more than 16 floats: lanes 0, gs, 2 gs, 3 gs of each half */
+__attribute__((target("avx512f"), noinline))
+static void tc_store_wide_group_avx512(float *orow, const float *crow, const int64_t *lanes,
+                                       int gs)
+{
+    const __mmask16 m = (__mmask16)(1u | 1u << gs | 1u << 2 * gs | 1u << 3 * gs);
+    int j;
+    for (j = 0; j < 8; j += 4) {
+        __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(crow + j));
+        _mm512_mask_storeu_ps(orow + lanes[j], m, _mm512_maskz_expand_ps(m, v));
+    }
+}
+
 __attribute__((target("avx512f")))
 static void tc_store_row_avx512(float *orow, const float *crow, const int64_t *lanes,
                                 const int *gsteps, long nr)
@@ -501,9 +521,11 @@ static void tc_store_row_avx512(float *orow, const float *crow, const int64_t *l
     long g, j;
     for (g = 0; g < nr / 8; g++) {
         const __mmask16 m = gsteps[g] == 1 ? 0x00ff : 0x5555;
-        if (gsteps[g] > 0) {
+        if (gsteps[g] == 1 || gsteps[g] == 2) {
             __m512 v = _mm512_castps256_ps512(_mm256_loadu_ps(crow + 8 * g));
             _mm512_mask_storeu_ps(orow + lanes[8 * g], m, _mm512_maskz_expand_ps(m, v));
+        } else if (gsteps[g] > 0) {
+            tc_store_wide_group_avx512(orow, crow + 8 * g, lanes + 8 * g, gsteps[g]);
         } else {
             for (j = 8 * g; j < 8 * g + 8; j++)
                 if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
@@ -556,12 +578,15 @@ static void tc_copy_row32_avx512(float *orow, const float *crow)
 /* The taps of one fold and a block of tiles (tc_panel with bcache, folds == 1, nr == 32):
  * every tap's rows packed (or found in the cache) first, then per tile and half of the
  * lanes one call over the taps whose lanes there are not all outside the image (a tap that
- * adds +0 to every lane changes nothing, as in tc_panel). */
+ * adds +0 to every lane changes nothing, as in tc_panel). With out (the 32 lanes go to 32
+ * consecutive outputs from out, on a 64-byte line, channel planes out_plane apart, a
+ * multiple of 16) a tile of MR channels that exist is written there, the others into C. */
 __attribute__((noinline))
 static void tc_panel_taps(int tile_kind, const float *xm, long plane, long taps,
-                          const int64_t *offsets, const uint32_t *masks, const float *wpack,
-                          long cin, long fold, long t0, long t1, float *C, float *bcache,
-                          int64_t *bcache_tags, const int64_t *slots, const int64_t *tap_tags)
+                         const int64_t *offsets, const uint32_t *masks, const float *wpack,
+                         long cin, long fold, long cout, long t0, long t1, float *C, float *out,
+                         long out_plane, float *bcache, int64_t *bcache_tags,
+                         const int64_t *slots, const int64_t *tap_tags)
 {
     const int mr = tc_tile_mr(tile_kind);
     const long tile_floats = (long)mr * TC_A5_NR;
@@ -580,15 +605,18 @@ static void tc_panel_taps(int tile_kind, const float *xm, long plane, long taps,
                 which[h][n[h]++] = t;
             }
     }
-    for (tile = t0; tile < t1; tile++)
+    for (tile = t0; tile < t1; tile++) {
+        const int direct = out != NULL && (tile + 1) * mr <= cout;
+        float *D = direct ? out + tile * mr * out_plane : C + (tile - t0) * tile_floats;
+        const long ldd = direct ? out_plane : TC_A5_NR;
         for (h = 0; h < 2; h++) {
             for (i = 0; i < n[h]; i++) ws[i] = wpack + (tile * taps + which[h][i]) * cin * mr;
-            float *D = C + (tile - t0) * tile_floats + 16 * h;
             if (tile_kind == TC_TILE_AVX512W)
-                tc_uk_avx512w_taps16(cin, n[h], ws, rows[h], D);
+                tc_uk_avx512w_taps16(cin, n[h], ws, rows[h], D + 16 * h, ldd, direct);
             else
-                tc_uk_avx512_taps16(cin, n[h], ws, rows[h], D);
+                tc_uk_avx512_taps16(cin, n[h], ws, rows[h], D + 16 * h, ldd, direct);
         }
+    }
 }
 #endif
 
@@ -621,7 +649,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
         if (lanes[j] != lanes[0] + j * step) step = 0;
     for (i = 0; i < nr / 8; i++) {
         const long base = lanes[8 * i], gs = lanes[8 * i + 1] - base;
-        gsteps[i] = base >= 0 && (gs == 1 || gs == 2) ? (int)gs : 0;
+        gsteps[i] = base >= 0 && gs >= 1 && gs <= TC_GROUP_STEP ? (int)gs : 0;
         for (j = 2; j < 8 && gsteps[i] > 0; j++)
             if (lanes[8 * i + j] != base + j * gs) gsteps[i] = 0;
         grouped |= gsteps[i] > 0 && (tile_kind == TC_TILE_AVX512W || tile_kind == SIMD_ISA_AVX512);
@@ -637,13 +665,19 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
             const unsigned half = (masks[t] >> (16 * i)) & 0xffffu;
             if (half != 0u && ((half & 0xffu) == 0u || (half >> 8) == 0u)) fused = 0;
         }
+    /* fused, with the 32 lanes on 32 consecutive outputs on a 64-byte line (a stride-1
+     * layer's panel of whole rows): full tiles go straight to the output */
+    const int direct = fused && step == 1 && ((uintptr_t)(outb + lanes[0]) & 63u) == 0
+                       && out_plane % 16 == 0;
     for (t0 = tile_lo; t0 < tile_hi; t0 += block) {
         int first = 1;
         t1 = t0 + block < tile_hi ? t0 + block : tile_hi;
 #if SIMD_X86
         if (fused) {
-            tc_panel_taps(tile_kind, xb + m0, plane, taps, offsets, masks, wpack, cin, fold, t0,
-                          t1, C, bcache, bcache_tags, slots, tap_tags);
+            tc_panel_taps(tile_kind, xb + m0, plane, taps, offsets, masks, wpack, cin, fold,
+                          cout, t0, t1, C, direct ? outb + lanes[0] : NULL, out_plane, bcache,
+                          bcache_tags, slots, tap_tags);
+            streamed |= direct;
             first = 0;
         }
 #endif
@@ -691,7 +725,8 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
         }
         if (first)  /* no tap reaches these outputs: +0 */
             memset(C, 0, sizeof(float) * (size_t)((t1 - t0) * tile_floats));
-        for (tile = t0; tile < t1; tile++)
+        for (tile = t0; tile < t1; tile++) {
+            if (direct && (tile + 1) * mr <= cout) continue;  /* written there */
             for (i = 0; i < mr && tile * mr + i < cout; i++) {
                 const float *crow = C + (tile - t0) * tile_floats + i * nr;
                 float *orow = outb + (tile * mr + i) * out_plane;
@@ -713,6 +748,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                         if (lanes[j] >= 0) orow[lanes[j]] = crow[j];
                 }
             }
+        }
     }
 #if SIMD_X86
     if (streamed) _mm_sfence();  /* the streamed rows visible before anyone reads them */

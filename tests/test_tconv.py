@@ -350,6 +350,14 @@ PHASE_LAYERS += [(2, 8, 16, 5, 32, 3, 1, 1, 0, 1, 1), (3, 8, 8, 1, 32, 3, 1, 1, 
 # image have 8 dead lanes (part kernels), the middle ones none (every tap of a tile in one
 # call, tc_panel_taps), and they share the packed rows the panels before them left
 PHASE_LAYERS += [(2, 5, 16, 12, 8, 4, 2, 1, 0, 1, 1), (2, 6, 16, 12, 8, 3, 1, 1, 0, 1, 1)]
+# stride 1, one fold, panels of one row of 32 or two of 16 (kept in the row cache): the 32
+# lanes land on consecutive outputs, and full tiles (8 or 12 rows) are written straight to
+# the output, the last of 20 channels (4 rows) through the tile buffer
+PHASE_LAYERS += [(2, 7, 20, 3, 32, 3, 1, 1, 0, 1, 1), (1, 5, 36, 4, 16, 3, 1, 1, 0, 1, 1)]
+# strides 3 to 6, rows of 8 or 16 input pixels: a phase's 8 lanes of one output row land 3, 4
+# or 5 apart (two 4-lane expanding stores), or 6 (lane by lane)
+PHASE_LAYERS += [(2, 6, 16, 6, 16, 5, 3, 1, 0, 1, 1), (1, 4, 16, 4, 8, 4, 4, 0, 0, 1, 1),
+                 (1, 3, 8, 3, 8, 5, 5, 0, 0, 1, 1), (1, 3, 8, 3, 8, 6, 6, 0, 0, 1, 1)]
 
 
 @pytest.mark.usefixtures("restore_isa")
