@@ -46,7 +46,10 @@ TORCH_TARGET = {8: 1.0, 1: 1.5}  # strided at most this many times torch's time,
 # On an AMD EPYC Zen 4 (AVX-512 on 256-bit units) DCGAN 512->256, 256->128 and stride 1
 # measure 0.95-1.11 at 1 and 2 threads (1.11 once for 512->256, else at most 1.05), 128->64
 # 0.91-0.98, the rest <= 0.95 (second session of 2026-12-02, three runs at each thread count,
-# after the phase path's packing, store and part-kernel changes).
+# after the phase path's packing, store and part-kernel changes). Third Zen 4 session
+# (2026-12-03, fused taps and direct stores): those three 0.94-1.06 at 1 and 2 threads,
+# stride 1 0.96-1.06, the rest <= 0.98 (one 2-thread run on a loaded moment: 128->64 1.16,
+# stride 3 1.14).
 SHORT_OF_TARGET = {(name, 8, threads): bound for threads in (1, 2) for name, bound in (
     ("dcgan-256-128-h8", 1.15), ("dcgan-128-64-h16", 1.15), ("s1-64-64-h32-k3", 1.25),
     ("dcgan-512-256-h4", 1.15))}
