@@ -313,7 +313,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
               min_time: float | None = None, max_memory: int | None = None,
               on_step: Callable[[str, str, int], None] | None = None,
               emit: Callable[[Any], None] | None = None, executor=None, controls: list | None = None,
-              timed_workers: int = 1, prepare: Callable | None = None, processes: int = 1) -> list:
+              timed_workers: int = 1, prepare: Callable | None = None, processes: int = 1,
+              validate: bool = True) -> list:
     """Model every case, then time and validate the numerics cases in rounds.
 
     items: Case or sweep.Block (a model-only grid modelled as a table). Results, in suite
@@ -331,7 +332,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
     the rounds are shared among this process and processes - 1 fresh ones, one after another
     (as pyperf spawns worker processes): what a process's own state (its memory placement, its
     core) does to a case then shows between rounds, where compare's noise floor sees it, rather
-    than only between two runs."""
+    than only between two runs. validate=False: time only (a fresh timing process: this one
+    validates and observes)."""
     kinds = registry()
     limit = max_memory if max_memory is not None else available_memory()
     problems: list[str] = []
@@ -400,7 +402,8 @@ def run_suite(items: list, threads: int = 1, repeats: int | None = None, rounds:
             if (index is not None and index >= here[run.case.id]) or run.result.error:
                 continue
             try:
-                _visit(run, threads, repeats or run.case.repeats, min_time or run.case.min_time, index)
+                _visit(run, threads, repeats or run.case.repeats, min_time or run.case.min_time, index,
+                       validate)
             except CaseError as exc:
                 run.result.error = f"{run.where(exc.key)}: {exc}"
             except Exception as exc:  # noqa: BLE001 - a failing case is reported and the run goes on
@@ -506,14 +509,17 @@ def _time_in_fresh_process(timed: list, n_rounds: dict, process: int, processes:
 def _timing_process(send, cases: list, settings: tuple) -> None:
     """A fresh timing process: time these cases, send their results and canary figures."""
     threads, repeats, min_time, limit = settings
-    send.send(time_group(cases, threads, repeats, None, min_time, limit))
+    send.send(time_group(cases, threads, repeats, None, min_time, limit, validate=False))
     send.close()
 
 
-def time_group(cases: list, threads, repeats, rounds, min_time, memory_limit) -> tuple[list, list]:
-    """One --parallel-timed group, in a worker process: its results and its canary figures."""
+def time_group(cases: list, threads, repeats, rounds, min_time, memory_limit,
+               validate: bool = True) -> tuple[list, list]:
+    """One --parallel-timed group, or a fresh timing process's cases (validate=False), in a
+    worker process: its results and its canary figures."""
     controls: list = []
-    results = run_suite(cases, threads, repeats, rounds, min_time, memory_limit, controls=controls)
+    results = run_suite(cases, threads, repeats, rounds, min_time, memory_limit, controls=controls,
+                        validate=validate)
     return results, controls
 
 
@@ -586,7 +592,8 @@ def _model(run: _CaseRun, memory_limit: int | None, problems: list[str]) -> None
         run.plan = None
 
 
-def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_index: int | None) -> None:
+def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_index: int | None,
+           validate: bool = True) -> None:
     """One visit of a timed case. round_index None: the warm-up round (calibration, warm-up
     calls and validation, nothing recorded): the first moments of a run (the clock ramping
     up, caches and pages cold) otherwise make every case's first round the slow one."""
@@ -597,7 +604,7 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
         run.inputs = workload.inputs(case.params, case.array, run.plan, np.random.default_rng(case.seed))
     first = run.visits == 0  # the visit that calibrates and validates
     ctx = Run(case.params, case.array, run.plan, run.inputs, threads, case.warmup, repeats, min_time,
-              validates=first)
+              validates=first and validate)
     spec = workload.timed(ctx)
     if round_index is None and spec.self_timed:
         return  # a job times its own warm-up: its first round validates (visits stays 0)
@@ -649,7 +656,7 @@ def _visit(run: _CaseRun, threads: int, repeats: int, min_time: float, round_ind
                     wall, _, _ = _time_calls(peer, peer_timing.number)
                     peer_timing.samples.append(wall)
                     peer_timing.rounds.append(round_index)
-    if first:
+    if first and validate:
         with _blas_limit(threads if workload.reference_uses_case_threads else 1):
             run.result.validation = workload.validate(ctx, output).to_dict()
             run.result.measured.update(workload.observe(ctx, output))

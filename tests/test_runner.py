@@ -164,6 +164,17 @@ def test_rounds_are_shared_with_a_fresh_process(write_suite):
     assert sum(steps) == runner.total_steps(loaded)
 
 
+def test_a_fresh_timing_process_times_without_validating(write_suite):
+    """The fresh process's share (time_group with validate=False) is timed, and neither its
+    references nor its observations run there: this process validated the case already."""
+    loaded = cases(write_suite, dict(name="g", kind="gemm", array="a", m=8, k=8, n=8),
+                   arrays={"a": {"rows": 4, "cols": 4}}, defaults=dict(rounds=1, repeats=2, min_time=0.0005))
+    [timed], _ = runner.time_group(loaded, 1, None, None, None, 1 << 30, validate=False)
+    assert timed.error is None and timed.validation is None and len(timed.timing["samples_s"]) == 2
+    [validated], _ = runner.time_group(loaded, 1, None, None, None, 1 << 30)
+    assert validated.validation["passed"] and len(validated.timing["samples_s"]) == 2
+
+
 def test_reset_runs_before_every_call_outside_the_timer(write_suite):
     [case] = cases(write_suite, dict(name="r", kind="test_resetting", repeats=4, rounds=2, warmup=1, call_us=0))
     [result] = runner.run_suite([case])
