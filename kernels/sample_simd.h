@@ -46,18 +46,22 @@ static inline void sm_prefetch_lanes(const float *const *src, const float *const
 
 /* The group scans fetch the next group's chunks instead, into L2, a chunk after another as
  * they lie in memory (consecutive chunks of a row are adjacent), spread over this group's
- * iterations: iteration j / step fetches `lanes * step / 16` of the next group's
- * lanes x ceil(n / 16) lines. 16 streams a few KB long, one line of each at a time, ran
- * at 0.67-0.88x numpy's one-stream read on Zen 4; one stream of lines does not. */
+ * iterations: an iteration of `step` floats fetches the next `lanes * step / 16` of the
+ * next group's lanes x ceil(n / 16) lines, where the cursor stands. 16 streams a few KB
+ * long, one line of each at a time, ran at 0.67-0.88x numpy's one-stream read on Zen 4;
+ * one stream of lines does not. */
+typedef struct {
+    const float *const *next;  /* the next group's chunks (NULL: none) */
+    long per_lane, lane, line;  /* lines per chunk; the cursor */
+} sm_next_lines;
+
 __attribute__((always_inline))
-static inline void sm_prefetch_next(const float *const *next, long n, long j, int lanes, int step)
+static inline void sm_prefetch_next(sm_next_lines *pf, int lanes, int step)
 {
-    const long per_lane = (n + 15) / 16, per_iter = (long)lanes * step / 16;
-    long q = j / step * per_iter, lane = q / per_lane, line = q - lane * per_lane;
-    if (!next) return;
-    for (long i = 0; i < per_iter && lane < lanes; i++) {
-        __builtin_prefetch(next[lane] + 16 * line, 0, 2);
-        if (++line == per_lane) { line = 0; lane++; }
+    if (!pf->next) return;
+    for (long i = 0; i < (long)lanes * step / 16 && pf->lane < lanes; i++) {
+        __builtin_prefetch(pf->next[pf->lane] + 16 * pf->line, 0, 2);
+        if (++pf->line == pf->per_lane) { pf->line = 0; pf->lane++; }
     }
 }
 
@@ -91,12 +95,13 @@ static void sm_group_avx512(const float *const *src, const float *const *next,
     __m512 acc = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
     __m512 r[16];
     long j = 0;
+    sm_next_lines pf = {next, (n + 15) / 16, 0, 0};
     for (;; j += 16) {
         const long left = n - j;
         if (left <= 0) break;
         /* the ragged tail loads zeros past the end: adding +0 to a running sum >= +0 is exact */
         const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-        sm_prefetch_next(next, n, j, 16, 16);
+        sm_prefetch_next(&pf, 16, 16);
         for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, src[k] + j);
         simd_transpose16_avx512(r);
         __m512 m01 = _mm512_min_ps(r[0], r[1]), m23 = _mm512_min_ps(r[2], r[3]);
@@ -148,13 +153,14 @@ static void sm_group8_avx2(const float *const *src, const float *const *next,
     __m256 acc = _mm256_setzero_ps(), mn = _mm256_setzero_ps();
     __m256 r[8];
     long j = 0;
+    sm_next_lines pf = {next, (n + 15) / 16, 0, 0};
     for (;; j += 8) {
         const long left = n - j;
         if (left <= 0) break;
         const int take = left >= 8 ? 8 : (int)left;
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(take), lane);
-        sm_prefetch_next(next, n, j, 8, 8);
+        sm_prefetch_next(&pf, 8, 8);
         for (int k = 0; k < 8; k++) r[k] = _mm256_maskload_ps(src[k] + j, m);
         sm_transpose8(r);
         __m256 m01 = _mm256_min_ps(r[0], r[1]), m23 = _mm256_min_ps(r[2], r[3]);
