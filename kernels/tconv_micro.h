@@ -574,6 +574,27 @@ static void tc_copy_row32_avx512(float *orow, const float *crow)
 #define TC_PACK_ROWS 256
 #define TC_FUSE_TAPS 64  /* taps of one tc_panel_taps call at most */
 
+/* A tap's packed input rows in the row cache (tc_panel's bcache): slot `slot`, slot_floats
+ * floats a slot, packed now unless the slot already holds `tag`. */
+static inline float *tc_cached_rows(tc_pack_fn pack, long kc, const float *b, long ldb,
+                                    unsigned mask, float *bcache, int64_t *bcache_tags,
+                                    long slot, int64_t tag, long slot_floats)
+{
+    float *bs = bcache + slot * slot_floats;
+    if (bcache_tags[slot] != tag) {
+        pack(kc, b, ldb, mask, bs);
+        bcache_tags[slot] = tag;
+    }
+    return bs;
+}
+
+/* Whether output channel tile `tile` (mr channels) lies wholly within the cout channels: the
+ * tiles tc_panel_taps writes straight to the output, and tc_panel then does not copy. */
+static inline int tc_tile_whole(long tile, int mr, long cout)
+{
+    return (tile + 1) * mr <= cout;
+}
+
 #if SIMD_X86
 /* The taps of one fold and a block of tiles (tc_panel with bcache, folds == 1, nr == 32):
  * every tap's rows packed (or found in the cache) first, then per tile and half of the
@@ -593,12 +614,10 @@ static void tc_panel_taps(int tile_kind, const float *xm, long plane, long taps,
     const float *rows[2][TC_FUSE_TAPS], *ws[TC_FUSE_TAPS];
     long which[2][TC_FUSE_TAPS], n[2] = {0, 0}, t, tile, h, i;
     for (t = 0; t < taps; t++) {
-        float *bs = bcache + slots[t] * fold * TC_A5_NR;  /* tc_panel's slot, folds == 1 */
+        float *bs;
         if (masks[t] == 0u) continue;
-        if (bcache_tags[slots[t]] != tap_tags[t]) {
-            tc_pack_avx512(cin, xm + offsets[t], plane, masks[t], bs);
-            bcache_tags[slots[t]] = tap_tags[t];
-        }
+        bs = tc_cached_rows(tc_pack_avx512, cin, xm + offsets[t], plane, masks[t], bcache,
+                            bcache_tags, slots[t], tap_tags[t], fold * TC_A5_NR);  /* folds == 1 */
         for (h = 0; h < 2; h++)
             if ((masks[t] >> (16 * h)) & 0xffffu) {
                 rows[h][n[h]] = bs + 16 * h;
@@ -606,7 +625,7 @@ static void tc_panel_taps(int tile_kind, const float *xm, long plane, long taps,
             }
     }
     for (tile = t0; tile < t1; tile++) {
-        const int direct = out != NULL && (tile + 1) * mr <= cout;
+        const int direct = out != NULL && tc_tile_whole(tile, mr, cout);
         float *D = direct ? out + tile * mr * out_plane : C + (tile - t0) * tile_floats;
         const long ldd = direct ? out_plane : TC_A5_NR;
         for (h = 0; h < 2; h++) {
@@ -693,13 +712,13 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
                 if (kc <= TC_PACK_ROWS) {
                     /* with a cache: the shift's rows, packed by an earlier phase of this
                      * panel, or now */
-                    const long slot = bcache != NULL ? slots[t] * folds + f : 0;
-                    float *bs = bcache != NULL ? bcache + slot * fold * nr : B;
-                    if (bcache == NULL || bcache_tags[slot] != tap_tags[t]) {
-                        pack(kc, bf, plane, mask, bs);
-                        if (bcache != NULL) bcache_tags[slot] = tap_tags[t];
+                    if (bcache != NULL) {
+                        bf = tc_cached_rows(pack, kc, bf, plane, mask, bcache, bcache_tags,
+                                            slots[t] * folds + f, tap_tags[t], fold * nr);
+                    } else {
+                        pack(kc, bf, plane, mask, B);
+                        bf = B;
                     }
-                    bf = bs;
                     ldb = nr;
                     if (mask != full && nr == 32) {
                         int lo = 0, hi = 4;
@@ -726,7 +745,7 @@ static void tc_panel(int tile_kind, const float *xb, long plane, long taps, cons
         if (first)  /* no tap reaches these outputs: +0 */
             memset(C, 0, sizeof(float) * (size_t)((t1 - t0) * tile_floats));
         for (tile = t0; tile < t1; tile++) {
-            if (direct && (tile + 1) * mr <= cout) continue;  /* written there */
+            if (direct && tc_tile_whole(tile, mr, cout)) continue;  /* written there */
             for (i = 0; i < mr && tile * mr + i < cout; i++) {
                 const float *crow = C + (tile - t0) * tile_floats + i * nr;
                 float *orow = outb + (tile * mr + i) * out_plane;
