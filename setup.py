@@ -36,11 +36,16 @@ def _first_line(completed):
     return f"exit status {completed.returncode}"
 
 
+def _c_compiler():
+    """The C compiler command the build uses, as a list."""
+    return (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+
+
 def openmp_probe(flags=("-fopenmp",)):
     """(usable, why not): can the C compiler compile, link and run an OpenMP program?"""
     if _flag("SYSBENCH_NO_OPENMP"):
         return False, "SYSBENCH_NO_OPENMP is set"
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    cc = _c_compiler()
     code = ("#include <omp.h>\n"
             "int main(void) {\n"
             "    int n = 0;\n"
@@ -66,13 +71,13 @@ def openmp_probe(flags=("-fopenmp",)):
 
 def compiler_accepts(flag):
     """Whether the C compiler compiles a trivial file with `flag` without a warning."""
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    cc = _c_compiler()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "flag.c"
         src.write_text("int main(void) { return 0; }\n")
+        cmd = cc + ["-Werror", flag, "-c", str(src), "-o", str(Path(tmp) / "flag.o")]
         try:
-            done = subprocess.run(cc + ["-Werror", flag, "-c", str(src), "-o", str(Path(tmp) / "flag.o")],
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.SubprocessError):
             return False
     return done.returncode == 0
