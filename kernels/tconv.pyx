@@ -48,6 +48,9 @@ cdef extern from "tconv_micro.h" nogil:
                   long cout, long tile_lo, long tile_hi, const int64_t *lanes, float *outb,
                   long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
                   const int64_t *tap_tags)
+    void tc_element_weights(int isa, const float *w, long c_step, long khkw, long nc,
+                            long o_lo, long o_hi, const int64_t *taps, long ntaps, float *out,
+                            long o_step, long t_step)
     void tc_raise(int *flag)
     int tc_raised(const int *flag)
     void tc_barrier()
@@ -176,22 +179,35 @@ def element_weights(w, c0, channels, taps=None, threads=1):
     threads = check_threads(threads)
     out = np.empty((taps.size, w.shape[1], channels), dtype=w.dtype)
     if w.dtype == np.float32:
-        _element_weights[float](w, taps, out, c0, threads)
+        _element_weights_f32(w, taps, out, c0, threads)
     else:
-        _element_weights[int8_t](w, taps, out, c0, threads)
+        _element_weights_i8(w, taps, out, c0, threads)
     return out
 
 
-cdef void _element_weights(const operand_t[:, :, :, ::1] w, const int64_t[::1] taps,
-                           operand_t[:, :, ::1] out, long c0, int threads) noexcept nogil:
+cdef void _element_weights_f32(const float[:, :, :, ::1] w, const int64_t[::1] taps,
+                               float[:, :, ::1] out, long c0, int threads) noexcept nogil:
+    # tc_element_weights (tconv_micro.h), each thread a range of output channels
+    cdef long cout = out.shape[1], channels = out.shape[2], khkw = w.shape[2] * w.shape[3]
+    cdef long t, lo, hi
+    cdef int isa_code = _current_isa()
+    for t in prange(threads, num_threads=threads, schedule="static"):
+        lo = cout * t // threads
+        hi = cout * (t + 1) // threads
+        tc_element_weights(isa_code, &w[c0, 0, 0, 0], w.shape[1] * khkw, khkw, channels, lo, hi,
+                           &taps[0], taps.shape[0], &out[0, 0, 0], channels, cout * channels)
+
+
+cdef void _element_weights_i8(const int8_t[:, :, :, ::1] w, const int64_t[::1] taps,
+                              int8_t[:, :, ::1] out, long c0, int threads) noexcept nogil:
     # a blocked transpose: a block of 16 channels x 16 output channels x all taps (read from
     # 16 contiguous runs) stays in L1 while each tap's 16 x 16 tile is written row by row
     cdef long ntaps = out.shape[0], cout = out.shape[1], channels = out.shape[2]
     cdef long nblocks = (channels + 15) // 16
     cdef long kw = w.shape[3], c_step = w.shape[1] * w.shape[2] * w.shape[3]
     cdef long blk, ob, c, o, t, c_first, c_count, o_end
-    cdef const operand_t *src
-    cdef operand_t *dst
+    cdef const int8_t *src
+    cdef int8_t *dst
     for blk in prange(nblocks, num_threads=threads, schedule="static"):
         c_first = blk * 16
         c_count = min(channels - c_first, 16)
@@ -503,7 +519,11 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
                            geo["padding"], geo["dilation"], geo["output"], geo["kernel"][1],
                            cin_g, cout_g, fold, kind, PHASE_WEIGHT_BYTES, PHASE_BCACHE_BYTES)
     info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block, rows = layout
-    planes = _planes(x)
+    # the micro-kernels read the planes in place only for folds deeper than TC_PACK_ROWS;
+    # shallower folds are packed first (tc_pack_*), whose reads planes 4 KiB apart do not
+    # slow: there x is read where it is (the copy was 3% of the stride-1 layer)
+    spread = fold > TC_PACK_ROWS
+    planes = _planes(x) if spread else np.empty((1, 1, 1), dtype=np.float32)
     packed = _scratch("packed", packed_size)
     x_flat = x.reshape(x.shape[0], x.shape[1], -1)
     tap_di, tap_dj, ring, panel_rows = rows
@@ -513,7 +533,7 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     if ring and panel_rows < ring:
         chunk = max(1, min(panels, x.shape[0] * panels // (4 * threads)))
     for g in range(groups):
-        if _phase_shim(x_flat, planes, w, taps_k, packed, starts, info, offsets, masks, lanes,
+        if _phase_shim(x_flat, planes, spread, w, taps_k, packed, starts, info, offsets, masks, lanes,
                        slots, nslots, tap_di, tap_dj, ring, panel_rows, chunk, out, g * cin_g,
                        g * cout_g, cin_g, cout_g, fold, block, threads, kind):
             return False  # a weight of group g is inf or nan
@@ -657,8 +677,9 @@ def _scratch(name, size):
 
 
 def _planes(x):
-    """A buffer for x as (batch, channels, stride) (_phase_core copies x in): each channel
-    plane in a row of `stride` floats, an odd number of cache lines. The phase path reads one
+    """A buffer for x as (batch, channels, stride) (_phase_core copies x in) when the
+    micro-kernels read a fold's planes in place (folds deeper than TC_PACK_ROWS): each
+    channel plane in a row of `stride` floats, an odd number of cache lines. They read one
     cache line or two of every channel plane per step; planes a multiple of 1 KiB apart
     (16 x 16, 32 x 32 images) would all map to a few L1 sets and evict each other."""
     b, c, h, w = x.shape
@@ -668,7 +689,7 @@ def _planes(x):
     return _scratch("planes", b * c * stride).reshape(b, c, stride)
 
 
-cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
+cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spread,
                      const float[:, :, :, ::1] w, const int64_t[::1] taps_k, float[::1] packed,
                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
@@ -678,13 +699,13 @@ cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      long cin, long cout, long fold, long block, int threads, int kind):
     cdef int not_finite
     with nogil:
-        not_finite = _phase_core(x_flat, x, w, taps_k, packed, packed_start, info, offsets,
+        not_finite = _phase_core(x_flat, x, spread, w, taps_k, packed, packed_start, info, offsets,
                                  masks, lanes, slots, nslots, tap_di, tap_dj, ring, panel_rows,
                                  chunk, out, c0, o0, cin, cout, fold, block, threads, kind)
     return not_finite
 
 
-cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
+cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spread,
                      const float[:, :, :, ::1] w, const int64_t[::1] taps_k, float[::1] packed,
                      const int64_t[::1] packed_start, const int64_t[:, ::1] info,
                      const int64_t[::1] offsets, const uint32_t[::1] masks,
@@ -694,7 +715,8 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                      long cin, long cout, long fold, long block, int threads,
                      int kind) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
-    # 256->128): the group's input channels copied into x's spread planes (_planes).
+    # 256->128): where `spread`, the group's input channels copied into x's spread planes
+    # (_planes), which the kernels then read; else they read x_flat.
     # Per block of output channel tiles: pack the block's weights (TC_PACK_CB input channels
     # a task; per phase q, (block, taps, cin, mr) from packed_start[q]), which checks them
     # finite (a weight inf or nan: 1 is returned before the block's outputs are written;
@@ -708,8 +730,10 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
     # tagged by what they hold: by image and first input row (ring > 0), or by item (the
     # rows of an item's shifts are the same in every block and phase).
     cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
-    cdef long plane = x.shape[2], out_plane = out.shape[2] * out.shape[3]
-    cdef long nphases = info.shape[0], batch = x.shape[0], tiles = (cout + mr - 1) // mr
+    cdef long plane = x.shape[2] if spread else x_flat.shape[2]
+    cdef long out_plane = out.shape[2] * out.shape[3], channels = x_flat.shape[1]
+    cdef const float *xs = &x[0, 0, 0] if spread else &x_flat[0, 0, 0]
+    cdef long nphases = info.shape[0], batch = x_flat.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
     cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
     cdef long cblocks = (cin + TC_PACK_CB - 1) // TC_PACK_CB
@@ -751,7 +775,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
             else:
                 for i in range(nslot_folds):
                     tags[i] = -1
-        for row in prange(batch * cin, schedule="static"):
+        for row in prange(batch * cin if spread else 0, schedule="static"):
             memcpy(&x[row // cin, c0 + row % cin, 0], &x_flat[row // cin, c0 + row % cin, 0],
                    pixels * sizeof(float))
         for blk in range(blocks):
@@ -784,7 +808,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x,
                             else:  # the slot of the tap's shift, for this item
                                 tap_slot[t] = slots[info[q, 1] + t]
                                 tap_tag[t] = item
-                    tc_panel(kind, &x[b, c0, 0], plane, taps, &offsets[info[q, 1]],
+                    tc_panel(kind, xs + (b * channels + c0) * plane, plane, taps, &offsets[info[q, 1]],
                              &masks[info[q, 3] + p * max(taps, 1)], p * nr,
                              &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
                              &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],

@@ -163,6 +163,7 @@ def test_kernel_elements_reaching_nothing_are_skipped():
     assert out.shape == (1, 2, 1, 1) and not out.any()
 
 
+@pytest.mark.usefixtures("restore_isa")
 def test_gather_weights_and_scatter_against_slicing():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 5, 6, 7), dtype=np.float32)
@@ -175,6 +176,20 @@ def test_gather_weights_and_scatter_against_slicing():
     assert np.array_equal(wt, w[4:37].transpose(2, 3, 1, 0).reshape(6, 19, 33))
     wt = tconv.element_weights(w, 0, 40, taps=[5, 0, 3])
     assert np.array_equal(wt, w.transpose(2, 3, 1, 0).reshape(6, 19, 40)[[5, 0, 3]])
+    # kernels of 16 taps (a transpose block each) and of 25 (two, the second ragged), ragged
+    # channel blocks from an offset channel, a permuted subset of taps, on every SIMD path
+    from sysbench._kernels import systolic
+
+    for shape, c0, channels, taps in [((48, 20, 4, 4), 0, 48, None),
+                                      ((37, 5, 5, 5), 3, 30, [24, 0, 17, 16, 15, 3])]:
+        w = rng.standard_normal(shape, dtype=np.float32)
+        every = w[c0:c0 + channels].reshape(channels, shape[1], -1).transpose(2, 1, 0)
+        expected = every if taps is None else every[taps]
+        for isa in systolic.available_isas():
+            systolic.set_isa(isa)
+            for threads in (1, 2):
+                got = tconv.element_weights(w, c0, channels, taps, threads=threads)
+                assert np.array_equal(got, expected), (shape, isa, threads)
     # two kernel elements of stride (3, 4) adding into overlapping output positions
     out = np.full((2, 4, 9, 20), np.nan, dtype=np.float32)  # every written value is overwritten
     plan = [(0, 0, 0, 3, 0, 5, 2, 1), (0, 1, 0, 2, 0, 4, 2, 5)]
@@ -383,6 +398,25 @@ def test_phase_path_has_the_per_element_bits(monkeypatch, name):
             fast = T.tconv2d_strided(x, w, p, array, threads=2)
             assert fast.tobytes() == slow.tobytes(), (isa, layer)
         assert len(runs) >= 0.7 * len(PHASE_LAYERS), isa
+
+
+@pytest.mark.parametrize("fold_depth", [None, 8])
+def test_phase_path_takes_read_only_operands_in_place(fold_depth):
+    """Folds of at most TC_PACK_ROWS channels read x where it is (no copy into spread
+    planes): a read-only x and w, and x a view of a larger buffer, give the same bits."""
+    layer = (8, 16, 24, 8, 8, 4, 2, 1, 0, 1, 1)
+    x, w, p = make(layer, "fp32", seed=12)
+    geo = T.geometry(p)
+    assert tconv._phases_pay(geo, tconv.element_plan(geo), w)
+    expected = tconv.tconv2d_strided(x.copy(), w.copy(), 2, 1, fold_depth=fold_depth)
+    x.setflags(write=False)
+    w.setflags(write=False)
+    got = tconv.tconv2d_strided(x, w, 2, 1, fold_depth=fold_depth, threads=2)
+    assert got.tobytes() == expected.tobytes()
+    wide = np.zeros((8, 20, 8, 8), dtype=np.float32)
+    wide[:, 2:18] = x
+    got = tconv.tconv2d_strided(wide[:, 2:18], w, 2, 1, fold_depth=fold_depth)
+    assert got.tobytes() == expected.tobytes()
 
 
 DEEP_FOLD_LAYERS = [(2, 300, 8, 5, 7, 4, 2, 1, 0, 1, 1), (2, 260, 16, 6, 6, 3, 1, 1, 0, 1, 1)]
