@@ -304,9 +304,9 @@ def scatter_elements(out, c0, channels, plan, products, stride, threads=1):
                        y.shape[1], rows * cols, cols, 1)
     band = SCATTER_BAND if sum(y.nbytes for y in products) <= SCATTER_CACHE_BYTES else 1
     if out.dtype == np.float32:
-        _scatter[float](out, geometry, n, c0, cout, sh, sw, band, threads)
+        _scatter[float](out, geometry, n, c0, cout, sh, sw, band, False, threads)
     else:
-        _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, band, threads)
+        _scatter[int32_t](out, geometry, n, c0, cout, sh, sw, band, False, threads)
 
 
 # scatter geometry per kernel element: rows, cols, out row, out column of its first input
@@ -323,8 +323,14 @@ SCATTER_CACHE_BYTES = 16 << 20
 
 
 cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, long c0,
-                   long cout, long sh, long sw, long band_elements, int threads) noexcept nogil:
+                   long cout, long sh, long sw, long band_elements, bint image_major,
+                   int threads) noexcept nogil:
     # one (output channel, image) plane per iteration: planes never overlap, so no races.
+    # The planes go image by image (image_major) where an image's products are a block of
+    # rows, (pixel, output channel and tap) as the normal orientation makes them: each
+    # pixel's row is then read in order, a few streams the prefetchers follow (by output
+    # channel, 16 images x 16 pixels' rows advanced a line at a time, and the scatter of
+    # DCGAN 512->256 waited on memory for each product); else output channel by channel.
     # Each band of output rows is zeroed, then the kernel elements are added into it one after
     # another in plan order, each over its own strided rows within the band: per output
     # element the same additions in the same order as a row-by-row pass, with a division per
@@ -335,8 +341,12 @@ cdef void _scatter(acc_t[:, :, :, ::1] out, const int64_t[:, ::1] geo, long n, l
     cdef const acc_t *src
     cdef acc_t *dst
     for t in prange(cout * nb, num_threads=threads, schedule="static"):
-        o = t // nb
-        b = t % nb
+        if image_major:
+            b = t // cout
+            o = t % cout
+        else:
+            o = t // nb
+            b = t % nb
         r0 = 0
         while r0 < ho:
             r1 = min(ho, r0 + band)
@@ -910,7 +920,7 @@ def _strided_f32(x, w, out, geo, plan, fold_depth, threads):
                     strides = (ld, pixels, width, 1)
                 geometry[e] = (ihi - ilo, jhi - jlo, oi, oj, address, *strides)
             _scatter[float](out[b0:b0 + nb], geometry, elements, g * cout_g, cout_g, sh, sw,
-                            band, threads)
+                            band, normal, threads)
 
 
 cdef int _gemm(size_t a, size_t b, size_t c, long m, long k, long n, long lda, long ldb,
