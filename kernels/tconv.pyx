@@ -742,7 +742,7 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
     cdef long nr = tc_tile_nr(kind), mr = tc_tile_mr(kind), khkw = w.shape[2] * w.shape[3]
     cdef long plane = x.shape[2] if spread else x_flat.shape[2]
     cdef long out_plane = out.shape[2] * out.shape[3], channels = x_flat.shape[1]
-    cdef const float *xs = &x[0, 0, 0] if spread else &x_flat[0, 0, 0]
+    cdef const float *xs = &x_flat[0, 0, 0]  # what the kernels read
     cdef long nphases = info.shape[0], batch = x_flat.shape[0], tiles = (cout + mr - 1) // mr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
     cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
@@ -755,6 +755,8 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
     cdef int64_t *tags
     cdef int64_t *tap_slot  # per tap of the phase at hand: its bcache slot and what it holds
     cdef int64_t *tap_tag
+    if spread:
+        xs = &x[0, 0, 0]
     for q in range(nphases):
         panels = max(panels, info[q, 2])
         max_taps = max(max_taps, info[q, 0])
