@@ -49,8 +49,8 @@ cdef extern from "tconv_micro.h" nogil:
                   long out_plane, float *bcache, int64_t *bcache_tags, const int64_t *slots,
                   const int64_t *tap_tags)
     void tc_element_weights(int isa, const float *w, long c_step, long khkw, long nc,
-                            long o_lo, long o_hi, const int64_t *taps, long ntaps, float *out,
-                            long o_step, long t_step)
+                            long o_lo, long o_hi, const int64_t *tap_start,
+                            const int64_t *tap_of, float *out, long o_step, long t_step)
     void tc_raise(int *flag)
     int tc_raised(const int *flag)
     void tc_barrier()
@@ -178,36 +178,58 @@ def element_weights(w, c0, channels, taps=None, threads=1):
         raise ValueError(f"taps must list kernel elements in [0, {ntaps}), got {taps!r}")
     threads = check_threads(threads)
     out = np.empty((taps.size, w.shape[1], channels), dtype=w.dtype)
-    if w.dtype == np.float32:
-        _element_weights_f32(w, taps, out, c0, threads)
+    if w.dtype == np.float32 and _current_isa() == SIMD_AVX512:
+        if _element_weights_avx512(w, taps, out, c0, threads):
+            raise MemoryError("could not allocate the taps' table")
+    elif w.dtype == np.float32:
+        _element_weights[float](w, taps, out, c0, threads)
     else:
-        _element_weights_i8(w, taps, out, c0, threads)
+        _element_weights[int8_t](w, taps, out, c0, threads)
     return out
 
 
-cdef void _element_weights_f32(const float[:, :, :, ::1] w, const int64_t[::1] taps,
-                               float[:, :, ::1] out, long c0, int threads) noexcept nogil:
-    # tc_element_weights (tconv_micro.h), each thread a range of output channels
+cdef int _element_weights_avx512(const float[:, :, :, ::1] w, const int64_t[::1] taps,
+                                float[:, :, ::1] out, long c0, int threads) noexcept nogil:
+    # tc_element_weights (tconv_micro.h), each thread a range of output channels; it wants
+    # per kernel element k the taps that name it, tap_of[tap_start[k]:tap_start[k + 1]]
+    # (a counting sort). On AVX2 and scalar paths the loop below measured as fast or faster.
     cdef long cout = out.shape[1], channels = out.shape[2], khkw = w.shape[2] * w.shape[3]
-    cdef long t, lo, hi
-    cdef int isa_code = _current_isa()
+    cdef long ntaps = taps.shape[0], t, k, lo, hi
+    cdef int64_t *tap_start = <int64_t *> malloc((khkw + 2) * sizeof(int64_t))
+    cdef int64_t *tap_of = <int64_t *> malloc(ntaps * sizeof(int64_t))
+    if tap_start == NULL or tap_of == NULL:
+        free(tap_start)
+        free(tap_of)
+        return -1
+    for k in range(khkw + 2):
+        tap_start[k] = 0
+    for t in range(ntaps):
+        tap_start[taps[t] + 2] += 1
+    for k in range(2, khkw + 2):
+        tap_start[k] += tap_start[k - 1]
+    for t in range(ntaps):  # tap_start[k + 1]: where element k's next tap goes
+        tap_of[tap_start[taps[t] + 1]] = t
+        tap_start[taps[t] + 1] += 1
     for t in prange(threads, num_threads=threads, schedule="static"):
         lo = cout * t // threads
         hi = cout * (t + 1) // threads
-        tc_element_weights(isa_code, &w[c0, 0, 0, 0], w.shape[1] * khkw, khkw, channels, lo, hi,
-                           &taps[0], taps.shape[0], &out[0, 0, 0], channels, cout * channels)
+        tc_element_weights(SIMD_AVX512, &w[c0, 0, 0, 0], w.shape[1] * khkw, khkw, channels, lo,
+                           hi, tap_start, tap_of, &out[0, 0, 0], channels, cout * channels)
+    free(tap_start)
+    free(tap_of)
+    return 0
 
 
-cdef void _element_weights_i8(const int8_t[:, :, :, ::1] w, const int64_t[::1] taps,
-                              int8_t[:, :, ::1] out, long c0, int threads) noexcept nogil:
+cdef void _element_weights(const operand_t[:, :, :, ::1] w, const int64_t[::1] taps,
+                           operand_t[:, :, ::1] out, long c0, int threads) noexcept nogil:
     # a blocked transpose: a block of 16 channels x 16 output channels x all taps (read from
     # 16 contiguous runs) stays in L1 while each tap's 16 x 16 tile is written row by row
     cdef long ntaps = out.shape[0], cout = out.shape[1], channels = out.shape[2]
     cdef long nblocks = (channels + 15) // 16
     cdef long kw = w.shape[3], c_step = w.shape[1] * w.shape[2] * w.shape[3]
     cdef long blk, ob, c, o, t, c_first, c_count, o_end
-    cdef const int8_t *src
-    cdef int8_t *dst
+    cdef const operand_t *src
+    cdef operand_t *dst
     for blk in prange(nblocks, num_threads=threads, schedule="static"):
         c_first = blk * 16
         c_count = min(channels - c_first, 16)

@@ -413,80 +413,73 @@ static inline void tc_barrier(void)
 
 /* ---------------------------------------------------------------- element weights
  * out[t][o][c] = w[c][o][taps[t]] for output channels [o_lo, o_hi) and channels [0, nc) of w,
- * which points at the first channel (runs of khkw taps; c_step floats from a channel to the
- * next); out is (ntaps, cout, channels) at its first channel, o_step = channels and t_step =
- * cout * channels floats apart. Per output channel, the channels go in blocks of 16: their
- * 16 runs (64 bytes each for a 4 x 4 kernel) are read whole and transposed, so that each tap's
- * plane is written in order, a stream the prefetchers follow. The channels' runs are a
+ * which points at the first channel (c_step floats from a channel to the next); out is
+ * (ntaps, cout, channels) at its first channel, o_step = channels and t_step = cout *
+ * channels floats apart. A channel's kernels of consecutive output channels are one run of
+ * (output channel, kernel element) pairs: blocks of 16 pairs of 16 channels are read a row
+ * per channel and transposed, and each pair's 16 channels go to every tap t that names its
+ * element (tap_start[k] .. tap_start[k + 1] in tap_of: the t with taps[t] = k). Output
+ * channel by output channel, each tap's plane is written in order. The channels' runs are a
  * multiple of 4 KiB apart for many layers (DCGAN 512->256: 16 KiB): read one element at a
  * time they evicted each other from L1, and writes that jumped from tap to tap waited on
  * each line's read (2.6 ms for that layer's weights, against a 0.25 ms copy). */
-#define TC_EW_AHEAD 4
 #if SIMD_X86
 __attribute__((target("avx512f")))
 static void tc_element_weights_avx512(const float *w, long c_step, long khkw, long nc,
-                                      long o_lo, long o_hi, const int64_t *taps, long ntaps,
-                                      float *out, long o_step, long t_step)
+                                      long o_lo, long o_hi, const int64_t *tap_start,
+                                      const int64_t *tap_of, float *out, long o_step,
+                                      long t_step)
 {
     __m512 r[16];
-    long o, c, k0, t;
+    long c, f0, j, n, o, k;
     int i;
-    for (c = 0; c < nc; c += 16)
-        for (o = o_lo; o < o_hi; o++) {
+    for (f0 = o_lo * khkw; f0 < o_hi * khkw; f0 += 16) {
+        const long pairs = o_hi * khkw - f0 < 16 ? o_hi * khkw - f0 : 16;
+        const long o0 = f0 / khkw, k0 = f0 % khkw;  /* pair f0's output channel, element */
+        const __mmask16 take = (__mmask16)(pairs == 16 ? 0xFFFFu : (1u << pairs) - 1u);
+        for (c = 0; c < nc; c += 16) {
             const int h = nc - c < 16 ? (int)(nc - c) : 16;
             const __mmask16 keep = (__mmask16)(h == 16 ? 0xFFFFu : (1u << h) - 1u);
-            for (k0 = 0; k0 < khkw; k0 += 16) {
-                const int kn = khkw - k0 < 16 ? (int)(khkw - k0) : 16;
-                const __mmask16 take = (__mmask16)(kn == 16 ? 0xFFFFu : (1u << kn) - 1u);
-                for (i = 0; i < h; i++)  /* the runs of a later output channel, on their way */
-                    _mm_prefetch((const char *)(w + (c + i) * c_step + (o + TC_EW_AHEAD) * khkw + k0),
-                                 _MM_HINT_T0);
-                for (i = 0; i < 16; i++)
-                    r[i] = i < h ? _mm512_maskz_loadu_ps(take, w + (c + i) * c_step + o * khkw + k0)
-                                 : _mm512_setzero_ps();
-                simd_transpose16_avx512(r);  /* r[k]: tap k0 + k of the block's channels */
-                for (t = 0; t < ntaps; t++)
-                    if (taps[t] >= k0 && taps[t] < k0 + kn) {
-                        float *dst = out + t * t_step + o * o_step + c;
-                        if (h == 16 && ((uintptr_t)dst & 63) == 0)
-                            _mm512_stream_ps(dst, r[taps[t] - k0]);
-                        else
-                            _mm512_mask_storeu_ps(dst, keep, r[taps[t] - k0]);
-                    }
+            for (i = 0; i < 16; i++)
+                r[i] = i < h ? _mm512_maskz_loadu_ps(take, w + (c + i) * c_step + f0)
+                             : _mm512_setzero_ps();
+            simd_transpose16_avx512(r);  /* r[j]: pair f0 + j of the block's channels */
+            for (j = 0, o = o0, k = k0; j < pairs; j++) {  /* pair j: (o, k) */
+                for (n = tap_start[k]; n < tap_start[k + 1]; n++) {
+                    float *dst = out + tap_of[n] * t_step + o * o_step + c;
+                    if (h == 16 && ((uintptr_t)dst & 63u) == 0)
+                        _mm512_stream_ps(dst, r[j]);  /* no read of the line first */
+                    else
+                        _mm512_mask_storeu_ps(dst, keep, r[j]);
+                }
+                if (++k == khkw) { k = 0; o++; }
             }
         }
+    }
     _mm_sfence();  /* the streamed rows visible before anyone reads them */
 }
 #endif
 
+/* tc_element_weights_avx512 where the CPU has it (the only caller's case); else the plain
+ * loop, for a build without x86 SIMD */
 static void tc_element_weights(int isa, const float *w, long c_step, long khkw, long nc,
-                               long o_lo, long o_hi, const int64_t *taps, long ntaps,
-                               float *out, long o_step, long t_step)
+                               long o_lo, long o_hi, const int64_t *tap_start,
+                               const int64_t *tap_of, float *out, long o_step, long t_step)
 {
-    float tb[16 * 16];
-    long o, c, k0, t, i, k;
+    long o, k, n, c;
 #if SIMD_X86
     if (isa == SIMD_ISA_AVX512) {
-        tc_element_weights_avx512(w, c_step, khkw, nc, o_lo, o_hi, taps, ntaps, out, o_step,
-                                  t_step);
+        tc_element_weights_avx512(w, c_step, khkw, nc, o_lo, o_hi, tap_start, tap_of, out,
+                                  o_step, t_step);
         return;
     }
 #endif
     (void)isa;
     for (o = o_lo; o < o_hi; o++)
-        for (c = 0; c < nc; c += 16) {
-            const long h = nc - c < 16 ? nc - c : 16;
-            for (k0 = 0; k0 < khkw; k0 += 16) {
-                const long kn = khkw - k0 < 16 ? khkw - k0 : 16;
-                for (i = 0; i < h; i++)  /* each run read whole, in order */
-                    for (k = 0; k < kn; k++)
-                        tb[k * 16 + i] = w[(c + i) * c_step + o * khkw + k0 + k];
-                for (t = 0; t < ntaps; t++)
-                    if (taps[t] >= k0 && taps[t] < k0 + kn)
-                        memcpy(out + t * t_step + o * o_step + c, tb + (taps[t] - k0) * 16,
-                               sizeof(float) * (size_t)h);
-            }
-        }
+        for (k = 0; k < khkw; k++)
+            for (n = tap_start[k]; n < tap_start[k + 1]; n++)
+                for (c = 0; c < nc; c++)
+                    out[tap_of[n] * t_step + o * o_step + c] = w[c * c_step + o * khkw + k];
 }
 
 /* ---------------------------------------------------------------- packing the weights

@@ -176,12 +176,14 @@ def test_gather_weights_and_scatter_against_slicing():
     assert np.array_equal(wt, w[4:37].transpose(2, 3, 1, 0).reshape(6, 19, 33))
     wt = tconv.element_weights(w, 0, 40, taps=[5, 0, 3])
     assert np.array_equal(wt, w.transpose(2, 3, 1, 0).reshape(6, 19, 40)[[5, 0, 3]])
-    # kernels of 16 taps (a transpose block each) and of 25 (two, the second ragged), ragged
-    # channel blocks from an offset channel, a permuted subset of taps, on every SIMD path
+    # kernels of 16 taps (a transpose block each), of 25 (blocks across output channels) and
+    # of 1, ragged channel blocks from an offset channel, a permuted subset of taps with one
+    # named twice, on every SIMD path
     from sysbench._kernels import systolic
 
     for shape, c0, channels, taps in [((48, 20, 4, 4), 0, 48, None),
-                                      ((37, 5, 5, 5), 3, 30, [24, 0, 17, 16, 15, 3])]:
+                                      ((37, 5, 5, 5), 3, 30, [24, 0, 17, 16, 15, 3, 0]),
+                                      ((20, 9, 1, 1), 0, 20, None)]:
         w = rng.standard_normal(shape, dtype=np.float32)
         every = w[c0:c0 + channels].reshape(channels, shape[1], -1).transpose(2, 1, 0)
         expected = every if taps is None else every[taps]
