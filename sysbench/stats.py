@@ -317,10 +317,11 @@ def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], 
        every round of both files was a job of its own, `own_jobs`): how far the same code moved
        between the rounds of one run, widened by how much further a run moves against another
        (a shift between two runs that the rounds of one run also show is noise, whatever a
-       test on samples says); and, where the machine's speed could not be
-       adjusted for, how far it moved between the two runs: the drift of the case's control
-       probes to the power MAX_SENSITIVITY when each file stayed in one machine state, or
-       for files without controls the drift of the run's canary (`drift`, machine_drift);
+       test on samples says); and how far the machine moved between the two runs as far as
+       the adjustment may not have taken it out: the drift of the case's control probes to
+       the power MAX_SENSITIVITY - sensitivity (all of MAX_SENSITIVITY when each file stayed
+       in one machine state), or for files without controls the drift of the run's canary
+       (`drift`, machine_drift);
     3. a one-sided Mann-Whitney U test on the samples says new is slower, p <= alpha.
     Improvements mirror the rule. Fewer than 2 rounds a side (no between-round spread to learn
     the floor from): never gated."""
@@ -330,8 +331,13 @@ def timing_verdict(base: list[float], base_rounds: list[int], new: list[float], 
         beta = sensitivity([(base, base_controls), (new, new_controls)])
         reference = min(min(base_controls), min(new_controls))
         base, new = adjusted(base, base_controls, beta, reference), adjusted(new, new_controls, beta, reference)
+        # what the adjustment may have left of the machine's move between the two files: the
+        # case's time follows the control at most to MAX_SENSITIVITY, beta of it adjusted
+        # (a sensitivity learnt from short bursts within a file can understate a file-long
+        # state: an A/A pair moved a case 1.33x with beta 0.25 while its controls moved 1.6x)
         moved = control_drift(base_controls, new_controls)
-        drift = None if beta is not None else (moved ** MAX_SENSITIVITY if moved else None)
+        unexplained = MAX_SENSITIVITY - (beta if beta is not None else 0.0)
+        drift = moved ** unexplained if moved else None
     base_median, new_median = statistics.median(base), statistics.median(new)
     if base_median <= 0:
         return Verdict("same", None, None, None, "base median is zero")

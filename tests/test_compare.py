@@ -525,6 +525,18 @@ def test_a_run_the_machine_slowed_throughout_is_within_the_drift():
     assert v.word == "slower (within noise)" and v.noise == pytest.approx(2.0 ** MAX_SENSITIVITY)
 
 
+def test_a_file_long_machine_state_is_not_explained_away_by_a_burst_sensitivity():
+    # the base file's middle round saw a burst (control 2x) the case did not feel (learnt
+    # sensitivity ~0); the whole new file ran on a machine 1.6x slower by its controls, the
+    # case 1.33x: what the sensitivity did not adjust, 1.6x to MAX_SENSITIVITY, is the floor
+    v = verdict_with_controls(TIGHT, [1e-4, 2e-4, 1e-4], scaled(TIGHT, 1.33), [1.6e-4] * 3)
+    assert v.word == "slower (within noise)"
+    assert v.noise == pytest.approx(1.6 ** MAX_SENSITIVITY, rel=0.05)
+    # the same file-long state and a real 3x slowdown: still a regression
+    v = verdict_with_controls(TIGHT, [1e-4, 2e-4, 1e-4], scaled(TIGHT, 3.0), [1.6e-4] * 3)
+    assert v.word == "regression"
+
+
 def test_a_real_slowdown_is_caught_beside_slowed_rounds():
     # 3x slower in every round; one round of each file on a slowed machine (1.5x, control 2x)
     v = verdict_with_controls(scaled(TIGHT, 1.0, 1.0, 1.5), [1e-4, 1e-4, 2e-4],
