@@ -554,9 +554,12 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
                            cin_g, cout_g, fold, kind, PHASE_WEIGHT_BYTES, PHASE_BCACHE_BYTES)
     info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block, rows = layout
     # the micro-kernels read the planes in place only for folds deeper than TC_PACK_ROWS;
-    # shallower folds are packed first (tc_pack_*), which planes 4 KiB apart do not slow:
-    # there x is read where it is (the copy into spread planes was 3% of the stride-1 layer)
-    spread = fold > TC_PACK_ROWS
+    # shallower folds are packed first (tc_pack_*), which on AVX-512 (panels of 32 lanes)
+    # planes 4 KiB apart do not slow: there x is read where it is (the copy into spread
+    # planes was 3% of the stride-1 layer on Zen 4). AVX2's 16-lane packs of 32-wide rows
+    # re-read the planes' lines tap after tap: in place, stride 1 was 8% slower at batch 8
+    # and 20% at batch 1 (SYSBENCH_ISA=avx2 on Zen 4)
+    spread = fold > TC_PACK_ROWS or kind not in (SIMD_AVX512, TC_TILE_AVX512W)
     planes = _planes(x) if spread else np.empty((1, 1, 1), dtype=np.float32)
     packed = _scratch("packed", packed_size)
     x_flat = x.reshape(x.shape[0], x.shape[1], -1)

@@ -404,8 +404,9 @@ def test_phase_path_has_the_per_element_bits(monkeypatch, name):
 
 @pytest.mark.parametrize("fold_depth", [None, 8])
 def test_phase_path_takes_read_only_operands_in_place(fold_depth):
-    """Folds of at most TC_PACK_ROWS channels read x where it is (no copy into spread
-    planes): a read-only x and w, and x a view of a larger buffer, give the same bits."""
+    """On AVX-512, folds of at most TC_PACK_ROWS channels read x where it is (no copy into
+    spread planes; other paths copy): a read-only x and w, and x a view of a larger buffer,
+    give the same bits."""
     layer = (8, 16, 24, 8, 8, 4, 2, 1, 0, 1, 1)
     x, w, p = make(layer, "fp32", seed=12)
     geo = T.geometry(p)
