@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t
 from libc.string cimport memcpy
@@ -549,10 +549,13 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
     kind = _tile_kind(cout_g)
     fold = cin_g if fold_depth is None else min(fold_depth, cin_g)
+    mr = tc_tile_mr(kind)
+    tiles = -(-cout_g // mr)
+    block, owned = _phase_blocks(tiles, 4 * len(plan) * cin_g * mr, threads)
     layout = _phase_layout(tuple(plan), geo["height"], geo["width"], geo["stride"],
                            geo["padding"], geo["dilation"], geo["output"], geo["kernel"][1],
-                           cin_g, cout_g, fold, kind, PHASE_WEIGHT_BYTES, PHASE_BCACHE_BYTES)
-    info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, block, rows = layout
+                           cin_g, cout_g, fold, kind, block, PHASE_BCACHE_BYTES)
+    info, offsets, masks, lanes, slots, nslots, taps_k, starts, packed_size, rows = layout
     # the micro-kernels read the planes in place only for folds deeper than TC_PACK_ROWS;
     # shallower folds are packed first (tc_pack_*), which on AVX-512 (panels of 32 lanes)
     # planes 4 KiB apart do not slow: there x is read where it is (the copy into spread
@@ -561,7 +564,7 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     # and 20% at batch 1 (SYSBENCH_ISA=avx2 on Zen 4)
     spread = fold > TC_PACK_ROWS or kind not in (SIMD_AVX512, TC_TILE_AVX512W)
     planes = _planes(x) if spread else np.empty((1, 1, 1), dtype=np.float32)
-    packed = _scratch("packed", packed_size)
+    packed = _scratch("packed", packed_size * (threads if owned else 1))
     x_flat = x.reshape(x.shape[0], x.shape[1], -1)
     tap_di, tap_dj, ring, panel_rows = rows
     panels = int(info[:, 2].max())
@@ -572,14 +575,31 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     for g in range(groups):
         if _phase_shim(x_flat, planes, spread, w, taps_k, packed, starts, info, offsets, masks,
                        lanes, slots, nslots, tap_di, tap_dj, ring, panel_rows, chunk, out, g * cin_g,
-                       g * cout_g, cin_g, cout_g, fold, block, threads, kind):
+                       g * cout_g, cin_g, cout_g, fold, block, threads, kind, owned):
             return False  # a weight of group g is inf or nan
     return True
 
 
+def _phase_blocks(tiles, tile_bytes, threads):
+    """Output channel tiles per block of the phase path, and whether each thread owns whole
+    blocks: a block's weights about PHASE_WEIGHT_BYTES (tile_bytes a tile's, every phase),
+    blocks of even size. Where there are at least as many blocks as threads, each thread
+    packs the weights of its own blocks and runs every (image, panel) on them, in as many
+    blocks as a multiple of the threads: its weights then stay in its own L2. Sharing each
+    block among the threads (each packs part, all read all) sent the packed weights from
+    core to core: DCGAN 256->128 at batch 8 ran 18% slower on two threads of an Intel Xeon.
+    With fewer blocks (small weights), the threads share the block's work items."""
+    block = max(1, min(tiles, PHASE_WEIGHT_BYTES // max(tile_bytes, 1)))
+    blocks = -(-tiles // block)
+    owned = 1 < threads <= blocks
+    if owned:
+        blocks = min(tiles, -(-blocks // threads) * threads)
+    return -(-tiles // blocks), owned
+
+
 @functools.lru_cache(maxsize=64)
 def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, cin_g, cout_g,
-                  fold, int kind, weight_bytes, bcache_bytes):
+                  fold, int kind, long block, bcache_bytes):
     """The phase path's tables for one layer geometry, kept for its next calls (building
     them took ~40 us, serial, of a 1.6 ms layer at two threads): per phase (info: taps, first
     offset, panels, first mask, first lane, first tap, ah, aw, qh, qw), each tap's input
@@ -614,9 +634,6 @@ def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, ci
     lanes = np.empty(n_lanes, dtype=np.int64)
     _phase_tables(info, np.array(shifts, dtype=np.int64), offsets, masks, lanes, height, width,
                   sh, sw, wo, nr)
-    per_tile = 4 * len(taps_rs) * cin_g * mr  # weight bytes of one tile over every phase
-    block = max(1, min(tiles, weight_bytes // max(per_tile, 1)))
-    block = -(-tiles // -(-tiles // block))  # blocks of even size
     # the packed rows of each distinct shift, kept per thread (tc_panel's bcache) where they
     # are read more than once and the cache fits. When a panel is whole input rows (nr a
     # multiple of the width), a shift's packed rows depend only on its first input row and
@@ -648,7 +665,7 @@ def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, ci
     starts = np.cumsum([0] + sizes[:len(sizes) - 1]).astype(np.int64)  # wraparound is off
     for table in (info, offsets, masks, lanes, slots, taps_k, starts, tap_di, tap_dj):
         table.flags.writeable = False
-    return (info, offsets, masks, lanes, slots, nslots, taps_k, starts, sum(sizes), block,
+    return (info, offsets, masks, lanes, slots, nslots, taps_k, starts, sum(sizes),
             (tap_di, tap_dj, ring if nslots else 0, panel_rows))
 
 
@@ -733,12 +750,13 @@ cdef int _phase_shim(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
                      const int64_t[::1] lanes, const int64_t[::1] slots, long nslots,
                      const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
                      long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0,
-                     long cin, long cout, long fold, long block, int threads, int kind):
+                     long cin, long cout, long fold, long block, int threads, int kind,
+                     bint owned):
     cdef int not_finite
     with nogil:
         not_finite = _phase_core(x_flat, x, spread, w, taps_k, packed, packed_start, info,
                                  offsets, masks, lanes, slots, nslots, tap_di, tap_dj, ring, panel_rows,
-                                 chunk, out, c0, o0, cin, cout, fold, block, threads, kind)
+                                 chunk, out, c0, o0, cin, cout, fold, block, threads, kind, owned)
     return not_finite
 
 
@@ -750,19 +768,21 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
                      const int64_t[::1] tap_di, const int64_t[::1] tap_dj, long ring,
                      long panel_rows, long chunk, float[:, :, :, ::1] out, long c0, long o0,
                      long cin, long cout, long fold, long block, int threads,
-                     int kind) noexcept nogil:
+                     int kind, bint owned) noexcept nogil:
     # First, in the same parallel region (on two threads a serial pass was 5% of DCGAN
     # 256->128): where `spread`, the group's input channels copied into x's spread planes
     # (_planes), which the kernels then read; else they read x_flat.
     # Per block of output channel tiles: pack the block's weights (TC_PACK_CB input channels
-    # a task; per phase q, (block, taps, cin, mr) from packed_start[q]), which checks them
+    # a step; per phase q, (block, taps, cin, mr) from packed_start[q]), which checks them
     # finite (a weight inf or nan: 1 is returned before the block's outputs are written;
     # earlier blocks' are, and the caller's strided path writes every output), then, while
-    # the block fits in L2, one (image, panel) per iteration, every phase: the outputs an
-    # iteration writes are its own (channels of the block, pixels of its panel), so no
-    # races. Dynamic schedule: on a
-    # shared machine a thread that loses its core leaves its items to the others; in chunks
-    # of `chunk` consecutive panels where a panel's packed rows serve the next. Each thread
+    # the block fits in L2, one (image, panel) at a time, every phase (_phase_item). With
+    # `owned` (_phase_blocks), a thread takes whole blocks, packs each into its own part of
+    # `packed` and runs every item on it, no barrier; else the threads share each block,
+    # its packing then its items, a barrier after each. The outputs an item writes are its
+    # own (channels of the block, pixels of its panel), so no races. Dynamic schedules: on
+    # a shared machine a thread that loses its core leaves its work to the others; items in
+    # chunks of `chunk` consecutive panels where a panel's packed rows serve the next. Each thread
     # keeps packed input rows (nslots > 0: tc_panel's bcache) in the slots of _phase_layout,
     # tagged by what they hold: by image and first input row (ring > 0), or by item (the
     # rows of an item's shifts are the same in every block and phase).
@@ -774,10 +794,12 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
     cdef long panels = 0, blocks = (tiles + block - 1) // block
     cdef long folds = (cin + fold - 1) // fold, nslot_folds = nslots * folds
     cdef long cblocks = (cin + TC_PACK_CB - 1) // TC_PACK_CB
-    cdef long item, blk, b, p, q, taps, cb, first, count, cout_blk, i, row
+    cdef long item, blk, q, cb, first, count, cout_blk, i, row, t
+    cdef long oblk, ofirst, ocount, ocout_blk, cb_own, item_own  # owned blocks' (a thread's own)
+    cdef float *mine
     cdef long pixels = x_flat.shape[2]
     cdef int not_finite = 0  # raised by the check when a weight is inf or nan
-    cdef long max_taps = 1, n_dj = 1, t, first_row
+    cdef long max_taps = 1, n_dj = 1
     cdef float *bcache
     cdef int64_t *tags
     cdef int64_t *tap_slot  # per tap of the phase at hand: its bcache slot and what it holds
@@ -817,7 +839,27 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
         for row in prange(batch * cin if spread else 0, schedule="static"):
             memcpy(&x[row // cin, c0 + row % cin, 0], &x_flat[row // cin, c0 + row % cin, 0],
                    pixels * sizeof(float))
-        for blk in range(blocks):
+        # owned: each thread its own blocks, its weights packed into its part of `packed`
+        for oblk in prange(blocks if owned else 0, schedule="dynamic"):
+            mine = &packed[0] + threadid() * (packed.shape[0] // threads)
+            ofirst = oblk * block
+            ocount = min(tiles, ofirst + block) - ofirst
+            ocout_blk = cout - ofirst * mr
+            for cb_own in range(cblocks):
+                if tc_pack_weights(kind, &w[0, 0, 0, 0] + ofirst * mr * khkw, w.shape[1], khkw,
+                                   c0, cin, ocout_blk, ocount, cb_own * TC_PACK_CB, nphases,
+                                   &info[0, 0], &packed_start[0], &taps_k[0], mine):
+                    tc_raise(&not_finite)
+            if tc_raised(&not_finite):
+                continue
+            for item_own in range(batch * panels):
+                _phase_item(item_own, panels, xs, plane, channels, c0, info, offsets, masks,
+                            lanes, slots, tap_di, tap_dj, ring, n_dj, panel_rows, mine,
+                            packed_start, cin, fold, ocout_blk, ocount,
+                            &out[0, o0 + ofirst * mr, 0, 0], out.shape[1] * out_plane, out_plane,
+                            bcache, tags, tap_slot, tap_tag, kind)
+        # else the threads share each block: its packing, then its items
+        for blk in range(0 if owned else blocks):
             first = blk * block
             count = min(tiles, first + block) - first
             cout_blk = cout - first * mr
@@ -831,33 +873,48 @@ cdef int _phase_core(const float[:, :, ::1] x_flat, float[:, :, ::1] x, bint spr
             tc_barrier()
             for item in prange(batch * panels if not tc_raised(&not_finite) else 0,
                                schedule="dynamic", chunksize=chunk):
-                b = item // panels
-                p = item % panels
-                for q in range(nphases):
-                    taps = info[q, 0]
-                    if p >= info[q, 2]:
-                        continue
-                    if bcache != NULL:
-                        for t in range(max(taps, 1)):
-                            if ring > 0:  # the slot of the tap's first input row
-                                first_row = p * panel_rows + tap_di[info[q, 1] + t]
-                                tap_slot[t] = (first_row % ring + ring) % ring * n_dj \
-                                    + tap_dj[info[q, 1] + t]
-                                tap_tag[t] = (b << 32) + first_row + (1 << 30)
-                            else:  # the slot of the tap's shift, for this item
-                                tap_slot[t] = slots[info[q, 1] + t]
-                                tap_tag[t] = item
-                    tc_panel(kind, xs + (b * channels + c0) * plane, plane, taps,
-                             &offsets[info[q, 1]], &masks[info[q, 3] + p * max(taps, 1)], p * nr,
-                             &packed[packed_start[q]], cin, fold, cout_blk, 0, count,
-                             &lanes[info[q, 4] + p * nr], &out[b, o0 + first * mr, 0, 0],
-                             out_plane, bcache, tags, tap_slot, tap_tag)
+                _phase_item(item, panels, xs, plane, channels, c0, info, offsets, masks, lanes,
+                            slots, tap_di, tap_dj, ring, n_dj, panel_rows, &packed[0],
+                            packed_start, cin, fold, cout_blk, count,
+                            &out[0, o0 + first * mr, 0, 0], out.shape[1] * out_plane, out_plane,
+                            bcache, tags, tap_slot, tap_tag, kind)
             tc_barrier()  # every item has read the block's weights: the next block's may go
         simd_free(bcache)
         free(tags)
         free(tap_slot)
         free(tap_tag)
     return not_finite
+
+
+cdef inline void _phase_item(long item, long panels, const float *xs, long plane, long channels,
+                             long c0, const int64_t[:, ::1] info, const int64_t[::1] offsets,
+                             const uint32_t[::1] masks, const int64_t[::1] lanes,
+                             const int64_t[::1] slots, const int64_t[::1] tap_di,
+                             const int64_t[::1] tap_dj, long ring, long n_dj, long panel_rows,
+                             const float *packed, const int64_t[::1] packed_start, long cin,
+                             long fold, long cout_blk, long count, float *out, long out_image,
+                             long out_plane, float *bcache, int64_t *tags, int64_t *tap_slot,
+                             int64_t *tap_tag, int kind) noexcept nogil:
+    # one work item of _phase_core, (image b, panel p), every phase, a block's `count` tiles
+    # (their packed weights at `packed`, their first output channel at `out`)
+    cdef long nr = tc_tile_nr(kind), b = item // panels, p = item % panels, q, t, taps, first_row
+    for q in range(info.shape[0]):
+        taps = info[q, 0]
+        if p >= info[q, 2]:
+            continue
+        if bcache != NULL:
+            for t in range(max(taps, 1)):
+                if ring > 0:  # the slot of the tap's first input row
+                    first_row = p * panel_rows + tap_di[info[q, 1] + t]
+                    tap_slot[t] = (first_row % ring + ring) % ring * n_dj + tap_dj[info[q, 1] + t]
+                    tap_tag[t] = (b << 32) + first_row + (1 << 30)
+                else:  # the slot of the tap's shift, for this item
+                    tap_slot[t] = slots[info[q, 1] + t]
+                    tap_tag[t] = item
+        tc_panel(kind, xs + (b * channels + c0) * plane, plane, taps, &offsets[info[q, 1]],
+                 &masks[info[q, 3] + p * max(taps, 1)], p * nr, packed + packed_start[q], cin,
+                 fold, cout_blk, 0, count, &lanes[info[q, 4] + p * nr], out + b * out_image,
+                 out_plane, bcache, tags, tap_slot, tap_tag)
 
 
 # ------------------------------------------------------------------ float32: one GEMM per group

@@ -402,6 +402,45 @@ def test_phase_path_has_the_per_element_bits(monkeypatch, name):
         assert len(runs) >= 0.7 * len(PHASE_LAYERS), isa
 
 
+@pytest.mark.usefixtures("restore_isa")
+@pytest.mark.parametrize("weight_bytes", [1, 12000])
+def test_phase_path_blocks_owned_by_threads_have_the_per_element_bits(monkeypatch, weight_bytes):
+    """Where there are as many blocks of output channel tiles as threads or more, each thread
+    packs its own blocks' weights and runs every item on them (_phase_blocks' `owned`):
+    blocks of one tile, or of a few (12 kB), on 2 and 3 threads, every SIMD path, the same
+    bits as per-element GEMMs; a non-finite weight in the last block still declines."""
+    from sysbench._kernels import systolic
+
+    array = ARRAYS["ws8-fp32"]
+    owned, blocks = [], tconv._phase_blocks
+    monkeypatch.setattr(tconv, "PHASE_WEIGHT_BYTES", weight_bytes)
+    monkeypatch.setattr(tconv, "_phases_pay", _phases_allowed)
+    monkeypatch.setattr(tconv, "_phase_blocks", lambda *args: owned.append(blocks(*args)[1])
+                        or blocks(*args))
+    layers = [layer for layer in PHASE_LAYERS if layer[2] // layer[-1] >= 16]
+    for isa in systolic.available_isas():
+        systolic.set_isa(isa)
+        ran = 0
+        for layer in layers:
+            x, w, p = make(layer, array.dtype, seed=5)
+            slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+            for threads in (2, 3):
+                owned.clear()
+                fast = T.tconv2d_strided(x, w, p, array, threads=threads)
+                assert fast.tobytes() == slow.tobytes(), (isa, layer, threads)
+                if threads == 2:  # two tiles or more: owned blocks wherever the path ran
+                    assert all(owned) or weight_bytes > 1, (isa, layer)
+                    ran += any(owned)
+        assert ran >= (0.7 * len(layers) if weight_bytes == 1 else 1), isa
+    x, w, p = make((8, 16, 24, 8, 8, 4, 2, 1, 0, 1, 1), "fp32", seed=8)
+    w[15, 23, 0, 0] = np.nan
+    geo = T.geometry(p)
+    out = np.empty((8, 24, *T.output_shape(p)), dtype=np.float32)
+    assert not tconv._phases_f32(x, w, out, geo, tconv.element_plan(geo), None, 2)
+    slow = T.strided_by_numpy(x, w, p, lambda a, b: array_gemm(a, b, array))
+    assert T.tconv2d_strided(x, w, p, array, threads=2).tobytes() == slow.tobytes()
+
+
 @pytest.mark.parametrize("fold_depth", [None, 8])
 def test_phase_path_takes_read_only_operands_in_place(fold_depth):
     """On AVX-512, folds of at most TC_PACK_ROWS channels read x where it is (no copy into
