@@ -54,6 +54,7 @@ cdef extern from "tconv_micro.h" nogil:
     void tc_raise(int *flag)
     int tc_raised(const int *flag)
     void tc_barrier()
+    int tc_set_fuse_taps(int mode)
     void *simd_alloc(size_t count, size_t size)
     void simd_free(void *p)
     int TC_PACK_CB
@@ -76,6 +77,16 @@ include "checks.pxi"
 
 # int8: every output sums at most Cin/groups * kh * kw products of magnitude <= 128 * 128
 I8_MAX_TERMS = 131071
+
+
+tc_set_fuse_taps(-1)
+
+
+def _fused_taps(mode=-1):
+    """Whether the phase path sums every tap of a tile in one call (tconv_micro.h's
+    tc_fuse_taps: by default only on AMD Zen 4, where it pays); True or False sets it, -1
+    the CPU's default. Returns the setting in force before. The bits are the same."""
+    return bool(tc_set_fuse_taps(-1 if mode is None or mode == -1 else int(bool(mode))))
 
 
 # ------------------------------------------------------------------ arguments

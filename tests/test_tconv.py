@@ -377,13 +377,21 @@ PHASE_LAYERS += [(2, 6, 16, 6, 16, 5, 3, 1, 0, 1, 1), (1, 4, 16, 4, 8, 4, 4, 0, 
                  (1, 3, 8, 3, 8, 5, 5, 0, 0, 1, 1), (1, 3, 8, 3, 8, 6, 6, 0, 0, 1, 1)]
 
 
-@pytest.mark.usefixtures("restore_isa")
+@pytest.fixture(params=[False, True], ids=["per-tap", "fused-taps"])
+def fused_taps(request):
+    """Both ways the phase path may sum a tile's taps (tconv._fused_taps: the CPU picks one)."""
+    before = tconv._fused_taps(request.param)
+    yield request.param
+    tconv._fused_taps(before)
+
+
+@pytest.mark.usefixtures("restore_isa", "fused_taps")
 @pytest.mark.parametrize("name", ["ws8-fp32", "os4-bf16"])
 def test_phase_path_has_the_per_element_bits(monkeypatch, name):
     """The output-phase path (every phase's elements summed in registers, the input read in
     place through masks) against per-element GEMMs scattered by numpy, byte for byte, on
-    every SIMD path and with two threads; it ran on most of the layers (not where a phase is
-    wider than the input)."""
+    every SIMD path and with two threads, a tile's taps summed tap by tap or in one call; it
+    ran on most of the layers (not where a phase is wider than the input)."""
     from sysbench._kernels import systolic
 
     array = ARRAYS[name]
@@ -402,7 +410,7 @@ def test_phase_path_has_the_per_element_bits(monkeypatch, name):
         assert len(runs) >= 0.7 * len(PHASE_LAYERS), isa
 
 
-@pytest.mark.usefixtures("restore_isa")
+@pytest.mark.usefixtures("restore_isa", "fused_taps")
 @pytest.mark.parametrize("weight_bytes", [1, 12000])
 def test_phase_path_blocks_owned_by_threads_have_the_per_element_bits(monkeypatch, weight_bytes):
     """Where there are as many blocks of output channel tiles as threads or more, each thread
