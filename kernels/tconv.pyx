@@ -552,9 +552,12 @@ def _phases_f32(x, w, out, geo, plan, fold_depth, threads):
     the scatter (each element's sum over the input channels in the array's fold or chain
     order, then the elements from +0 in plan order), so the bits are the same.
 
-    Blocks of output channel tiles in turn, each block's weights (about half an L2,
+    Blocks of output channel tiles, each block's weights (about half an L2,
     PHASE_WEIGHT_BYTES) packed just before its work items, (image, panel), each doing every
-    phase, so that the output rows of a panel are complete while in cache. False (out then
+    phase, so that the output rows of a panel are complete while in cache: each thread its
+    own blocks where there are enough of them, else the threads together (_phase_blocks).
+    A tile's taps go through one call per half tile where the CPU gains by it (tconv_micro.h's
+    tc_fuse_taps, _fused_taps), else one call per tap. False (out then
     partly written) when a weight is inf or nan: the phase path does not take such weights."""
     groups = geo["groups"]
     cin_g, cout_g = geo["in_channels"] // groups, w.shape[1]
