@@ -2,6 +2,8 @@
 reference agree on a grid of layers; the kernel's gather/scatter gives the bits of a numpy
 scatter in the same order; torch's conv_transpose2d agrees when torch is installed."""
 import itertools
+import os
+import platform
 
 import numpy as np
 import pytest
@@ -383,6 +385,21 @@ def fused_taps(request):
     before = tconv._fused_taps(request.param)
     yield request.param
     tconv._fused_taps(before)
+
+
+def test_fused_taps_default_is_on_for_amd_family_19h_only():
+    """The CPU's default (tconv_micro.h reads CPUID) against what Linux reports of the CPU."""
+    if platform.machine() not in ("x86_64", "AMD64") or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("x86 Linux only")
+    fields = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0]
+                  .splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    expected = fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+    before = tconv._fused_taps(-1)
+    try:
+        assert tconv._fused_taps(-1) == expected
+    finally:
+        tconv._fused_taps(before)
 
 
 @pytest.mark.usefixtures("restore_isa", "fused_taps")
