@@ -619,12 +619,11 @@ def _phase_layout(plan, height, width, stride, padding, dilation, output, kw, ci
     offset, panels, first mask, first lane, first tap, ah, aw, qh, qw), each tap's input
     offset, lane masks and output lanes (_phase_tables), the bcache slot of each tap's shift
     and the slots per thread (nslots, 0: no cache), the taps' kernel indices, where each
-    phase's packed weights start, the packed floats and the output channel tiles per block.
-    The arrays are read-only: every call shares them."""
+    phase's packed weights start (for blocks of `block` output channel tiles, _phase_blocks)
+    and the packed floats of one block. The arrays are read-only: every call shares them."""
     cdef long mr = tc_tile_mr(kind), nr = tc_tile_nr(kind)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     ho, wo = output
-    tiles = -(-cout_g // mr)
     phases, shifts, taps_rs = [], [], []
     n_offsets = n_masks = n_lanes = 0
     for ah in range(sh):

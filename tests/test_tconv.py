@@ -438,10 +438,15 @@ def test_phase_path_blocks_owned_by_threads_have_the_per_element_bits(monkeypatc
 
     array = ARRAYS["ws8-fp32"]
     owned, blocks = [], tconv._phase_blocks
+
+    def recorded_blocks(*args):
+        block, is_owned = blocks(*args)
+        owned.append(is_owned)
+        return block, is_owned
+
     monkeypatch.setattr(tconv, "PHASE_WEIGHT_BYTES", weight_bytes)
     monkeypatch.setattr(tconv, "_phases_pay", _phases_allowed)
-    monkeypatch.setattr(tconv, "_phase_blocks", lambda *args: owned.append(blocks(*args)[1])
-                        or blocks(*args))
+    monkeypatch.setattr(tconv, "_phase_blocks", recorded_blocks)
     layers = [layer for layer in PHASE_LAYERS if layer[2] // layer[-1] >= 16]
     for isa in systolic.available_isas():
         systolic.set_isa(isa)
