@@ -32,7 +32,7 @@ cdef extern from "systolic_micro.h" nogil:
     float *sb_ws_take(size_t floats, size_t *got)
     void sb_ws_give(float *p, size_t floats)
     void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
-                   int mr, float *dst)
+                   int mr, float *dst, long ahead)
     void sb_pack_b_panels(const float *B, long ldb, long k0, long kc, long j0, long cols,
                           int nr, long p0, long p1, float *dst)
     void sb_pack_a_trans_panels(int isa, float *AT, long ldat, long k0, long kc, long i0,
@@ -321,8 +321,9 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                                        sgd_g, ldg, lr)
             else:
                 for p in range(npan):
-                    sb_pack_a(isa_code, A, lda, ib + p * mr, mr if mb - p * mr > mr else mb - p * mr,
-                              pc, kc, mr, pa + p * mr * kc)
+                    i0 = ib + p * mr
+                    sb_pack_a(isa_code, A, lda, i0, mr if mb - p * mr > mr else mb - p * mr,
+                              pc, kc, mr, pa + p * mr * kc, M - i0 - mr)
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc

@@ -406,11 +406,42 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
 
 #endif /* x86 */
 
-/* Pack one A panel with the fastest packer for `isa` (all give the same layout). */
+#if SIMD_X86
+/* One full AVX-512 A panel (mr = 12 rows of A, contiguous in k) by 16 x 16 register
+ * transposes, prefetching the next panel's rows (ahead rows of them) a cache line per
+ * block: each panel reads only kc floats of a row, too short a run for the hardware
+ * prefetcher, so without it the packing of a weight matrix from memory waits on each
+ * row's first lines (the MLP's forward packing took 13-16% of its GEMM). */
+__attribute__((target("avx512f")))
+static void sb_pack_a_avx512(const float *src, long lda, long kc, float *dst, long ahead)
+{
+    __m512 r[16];
+    const float *next = src + SB_A5_MR * lda;
+    long j0;
+    int i, j;
+    for (j0 = 0; j0 < kc; j0 += 16) {
+        const int w = kc - j0 < 16 ? (int)(kc - j0) : 16;
+        const __mmask16 take = (__mmask16)(w == 16 ? 0xFFFFu : (1u << w) - 1u);
+        for (i = 0; i < ahead; i++) _mm_prefetch((const char *)(next + i * lda + j0), _MM_HINT_T0);
+        for (i = 0; i < 16; i++)
+            r[i] = i < SB_A5_MR ? _mm512_maskz_loadu_ps(take, src + i * lda + j0) : _mm512_setzero_ps();
+        simd_transpose16_avx512(r);
+        for (j = 0; j < w; j++)
+            _mm512_mask_storeu_ps(dst + (j0 + j) * SB_A5_MR, (__mmask16)((1u << SB_A5_MR) - 1u), r[j]);
+    }
+}
+#endif
+
+/* Pack one A panel with the fastest packer for `isa` (all give the same layout). ahead:
+ * how many rows of A follow the panel (a hint for prefetching; 0 for none). */
 static void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
-                      int mr, float *dst)
+                      int mr, float *dst, long ahead)
 {
 #if SIMD_X86
+    if (isa == SIMD_ISA_AVX512 && mr == SB_A5_MR && rows == SB_A5_MR) {
+        sb_pack_a_avx512(A + i0 * lda + k0, lda, kc, dst, ahead < SB_A5_MR ? ahead : SB_A5_MR);
+        return;
+    }
     if (isa == SIMD_ISA_AVX512 && mr <= 16) {
         /* rows of A (contiguous in k) become columns of the panel */
         simd_transpose_avx512(A + i0 * lda + k0, lda, rows, kc, dst, mr, mr);

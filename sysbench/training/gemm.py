@@ -1,18 +1,20 @@
 """The training engine's choice of GEMM for a Linear layer (measured on the MLP suite's
 shapes: 2048 features, batch 256, against numpy's OpenBLAS).
 
-Both float32 backward GEMMs go through the project's chain-order kernel
+All three float32 GEMMs of a Linear layer go through the project's chain-order kernel
 (sysbench._kernels.systolic.matmul_f32: per output a sum of fused multiply-adds in k order,
 packed straight from the transposed operand) at any thread count, and the input gradient's
 pass over W also takes plain SGD's step on it (input_gradient(sgd=)). On one thread the
 kernel ran the weight gradient grad_y^T x (K = 256) 7-15% and the input gradient 5-10%
-faster than OpenBLAS on the project's Xeon; the forward W x^T stays numpy's there, which was
-4-10% faster. On more threads the forward is the kernel's too: with OpenBLAS in the step,
-its threads, which spin after each call, take cores from the kernel's OpenMP threads (a
-recompute schedule, which alternates the two, ran 25% slower), and an unfused SGD is a
-serial pass over every weight (14% of a two-thread step on Zen 4). On Zen 4 at two threads
-the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS. Small GEMMs on several
-threads stay numpy's (KERNEL_THREADED_MIN_MACS).
+faster than OpenBLAS on the project's Xeon. The forward W x^T was OpenBLAS's on one thread
+until its packing of W prefetched the next panel's rows (sb_pack_a_avx512): since then the
+step with the kernel's forward runs 3-5% faster there (in the step W comes from memory,
+where packing it had cost 13-16% of the GEMM). On more threads a step without OpenBLAS
+matters more: its threads, which spin after each call, take cores from the kernel's OpenMP
+threads (a recompute schedule, which alternated the two, ran 25% slower), and an unfused
+SGD is a serial pass over every weight (14% of a two-thread step on Zen 4). On Zen 4 at two
+threads the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS. Small GEMMs on
+several threads stay numpy's (KERNEL_THREADED_MIN_MACS).
 
 The kernel's sums are the same at any thread count and on every SIMD path (numpy's
 depend on its thread count: the workload's reference step runs on the case's threads).
@@ -66,10 +68,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x @ weight^T (batch, out), computed as weight @ x^T into out^T (see input_gradient):
-    numpy's on one thread or in other dtypes, the kernel's on more (see the module)."""
+    the kernel's or numpy's (see _kernel_threads)."""
     out_t = None if out is None else out.T
     threads = _kernel_threads(*weight.shape, x.shape[0], weight, x, out)
-    if threads > 1:
+    if threads:
         from .._kernels import systolic
 
         return systolic.matmul_f32(weight, x.T, out=out_t, threads=threads).T

@@ -106,10 +106,10 @@ def _uniform(rng: np.random.Generator | None, bound: float, shape: tuple) -> np.
 class Linear(Layer):
     """y = x W^T + b, W stored (out, in) as in PyTorch.
 
-    y and grad_x come out as transposed views of (features, batch) buffers: OpenBLAS runs
-    W @ x^T faster than x @ W^T, and a (features, batch) input is read the same way by the
-    next Linear; the element-wise layers between keep the layout. The backward GEMMs are
-    training.gemm's (the chain-order kernel for float32)."""
+    y and grad_x come out as transposed views of (features, batch) buffers: W @ x^T ran
+    faster than x @ W^T (on OpenBLAS, which had the forward first), and a (features, batch)
+    input is read the same way by the next Linear; the element-wise layers between keep the
+    layout. The GEMMs are training.gemm's (the chain-order kernel for float32)."""
 
     kind = "linear"
     has_params = True
