@@ -25,6 +25,7 @@ from libc.stdint cimport int8_t, int32_t
 cdef extern from "systolic_micro.h" nogil:
     int SB_FOLD
     int SB_CHAIN
+    int SB_STEP
     int sb_isa_mr(int isa)
     int sb_isa_nr(int isa)
     void *simd_alloc(size_t count, size_t size)
@@ -41,7 +42,7 @@ cdef extern from "systolic_micro.h" nogil:
     void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
                                 long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
-                  const float *pa, const float *pb, float *C, long ldc)
+                  const float *pa, const float *pb, float *C, long ldc, float lr)
 
 
 cdef extern from *:
@@ -124,7 +125,7 @@ def _layout(x, name):
     return np.ascontiguousarray(x), False
 
 
-def matmul_f32(a, b, out=None, threads=1, sgd=None):
+def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
     """float32 a (M x K) @ b (K x N) in chain order (the bits of gemm_f32(a, b, 0, True)),
     reading C- or F-contiguous operands in place (an F one, such as x.T, is packed from its
     transpose; other layouts are copied). out: None (a new C array) or a float32 (M, N)
@@ -134,10 +135,24 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None):
     writeable array; grad float32 of a's shape; lr * grad rounded, then the difference:
     numpy's np.subtract(a, np.multiply(grad, np.float32(lr)), out=a)). With a and grad
     both F-contiguous and a C or no out (a Linear layer's W.T in its input gradient), the
-    update is made as a is packed, in the one pass that reads it."""
+    update is made as a is packed, in the one pass that reads it.
+
+    step: None or lr: out = out - lr * (a @ b) instead of out = a @ b (out required: the
+    parameter; lr * product rounded, then the difference: plain SGD's bits on the product
+    numpy-style, np.subtract(out, np.multiply(a @ b, np.float32(lr)), out=out)). With K <=
+    CHAIN_KC and a C-contiguous out, each tile of the product is stepped with as it is
+    made and never stored: a weight gradient taken only for SGD costs no memory traffic
+    of its own. Not with sgd."""
     a_given = a
+    if sgd is not None and step is not None:
+        raise ValueError("sgd and step cannot be combined")
     if sgd is not None:
         sgd_grad, sgd_lr = _sgd_args(a, sgd)
+    if step is not None:
+        if out is None:
+            raise ValueError("step needs out: the parameter to step")
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.floating, np.integer)):
+            raise ValueError(f"step must be a learning rate (a number), got {step!r}")
     a, trans_a = _layout(a, "a")
     b, trans_b = _layout(b, "b")
     threads = check_threads(threads)
@@ -158,10 +173,18 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None):
     # trans_a: a is a_given's own memory (an F array, read through its transpose)
     fused = (sgd is not None and trans_a and sgd_grad.flags.f_contiguous and out.flags.c_contiguous
              and M > 0 and N > 0 and K > 0)
+    if step is not None and not (out.flags.c_contiguous and 0 < K <= CHAIN_KC and M > 0 and N > 0):
+        # the product first, then the step: the same bits
+        np.subtract(out, np.multiply(matmul_f32(a_given, b, threads=threads), np.float32(step)), out=out)
+        return out
     if M == 0 or N == 0:
         pass
     elif K == 0:
         out[...] = 0
+    elif step is not None:
+        rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads, None, np.float32(step), True)
+        if rc != 0:
+            raise MemoryError("could not allocate the packing buffers")
     else:
         if out.flags.c_contiguous:
             rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads,
@@ -192,8 +215,9 @@ def _sgd_args(a, sgd):
 
 cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
                       long M, long K, long N, bint trans_a, bint trans_b, int threads,
-                      object sgd_grad_t, float lr):
-    """sgd_grad_t: None, or the C-contiguous transpose of the gradient of the stored a."""
+                      object sgd_grad_t, float lr, bint step=False):
+    """sgd_grad_t: None, or the C-contiguous transpose of the gradient of the stored a.
+    step: out = out - lr * (a @ b) instead (K <= CHAIN_KC)."""
     cdef int rc
     cdef long kc = CHAIN_KC
     cdef const float[:, ::1] g
@@ -205,7 +229,8 @@ cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1
         ldg = g.shape[1]
     with nogil:
         rc = _gemm_f32_split(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
-                             out.shape[1], kc, SB_CHAIN, threads, _isa, trans_a, trans_b, gp, ldg, lr)
+                             out.shape[1], kc, SB_STEP if step else SB_CHAIN, threads, _isa, trans_a,
+                             trans_b, gp, ldg, lr)
     return rc
 
 
@@ -245,7 +270,7 @@ cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long 
                 hi = N
             rc = _gemm_f32_core_t(A, B + (lo * ldb if trans_b else lo), C + lo, M, K, hi - lo,
                                   lda, ldb, ldc, kc_max, mode, isa_code, trans_a, trans_b,
-                                  NULL, 0, 0.0)
+                                  NULL, 0, lr)  # lr: SB_STEP's
         failed += rc != 0  # a reduction
     return -1 if failed else 0
 
@@ -282,7 +307,9 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
     stored transposed: trans_a: A points at A^T (K x M, row stride lda); trans_b: B at B^T
     (N x K, row stride ldb). Only the packing differs, so the bits are those of the
     untransposed call. sgd_g (only with trans_a; NULL for none): A^T = A^T - lr * sgd_g as
-    it is packed (the caller's A must be writeable)."""
+    it is packed (the caller's A must be writeable). mode SB_STEP (K <= kc_max, one K
+    block): C = C - lr * (A @ B), the product never stored (sb_macro)."""
+    cdef int first_mode = mode if mode == SB_STEP else mode + 2  # the first K block's
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
     cdef long kc_cap = kc_max if kc_max < K else K
@@ -335,8 +362,8 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                 i0 = 0
                 while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0
-                    sb_macro(isa_code, mode + 2 if pc == 0 else mode, kc, rows, nb,
-                             pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc)
+                    sb_macro(isa_code, first_mode if pc == 0 else mode, kc, rows, nb,
+                             pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc, lr)
                     i0 += mc
                 jc += nb
             ib += mb

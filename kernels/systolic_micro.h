@@ -15,6 +15,9 @@
  *   SB_FOLD_FIRST / SB_CHAIN_FIRST: the first K block, as if C held +0 (C is not read):
  *     fold stores C = +0 + acc (turns a -0 psum into +0, as out = +0 + psum does),
  *     chain starts from acc = +0 and stores C = acc.
+ * sb_macro's SB_STEP (the only K block; C holds a parameter): the tile's chain sum from +0
+ * in a buffer, then C = C - lr * sum (the product rounded, then the difference: plain
+ * SGD's bits), so a gradient taken only to be stepped with is never stored.
  */
 #ifndef SYSBENCH_SYSTOLIC_MICRO_H
 #define SYSBENCH_SYSTOLIC_MICRO_H
@@ -29,6 +32,7 @@
 /* first K block: C is not read (it may be uninitialised); fold stores +0 + acc */
 #define SB_FOLD_FIRST 2
 #define SB_CHAIN_FIRST 3
+#define SB_STEP 4
 
 /* tile geometry per ISA */
 #define SB_S_MR 4
@@ -468,8 +472,26 @@ static sb_uk_fn sb_isa_kernel(int isa)
  * Full tiles go straight to C; edge tiles go through a zero-padded MR x NR buffer and
  * only their valid part is written back.
  */
+/* SB_STEP's update of one tile, C = C - lr * sum (sum: the tile's buffer, row stride nr;
+ * the product rounded, then the difference, as the scalar loop in sb_macro) */
+#if SIMD_X86
+__attribute__((target("avx512f")))
+static void sb_step_tile_avx512(float *c, long ldc, const float *sum, int nr, long rows, long cols,
+                                float lr)
+{
+    const __m512 vlr = _mm512_set1_ps(lr);
+    long i, j;
+    for (i = 0; i < rows; i++)
+        for (j = 0; j < cols; j += 16) {
+            const __mmask16 m = (__mmask16)(cols - j >= 16 ? 0xFFFFu : (1u << (cols - j)) - 1u);
+            const __m512 t = _mm512_mul_ps(vlr, _mm512_maskz_loadu_ps(m, sum + i * nr + j));
+            _mm512_mask_storeu_ps(c + i * ldc + j, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, c + i * ldc + j), t));
+        }
+}
+#endif
+
 static void sb_macro(int isa, int mode, long kc, long rows, long cols,
-                     const float *pa, const float *pb, float *C, long ldc)
+                     const float *pa, const float *pb, float *C, long ldc, float lr)
 {
     const int mr = sb_isa_mr(isa), nr = sb_isa_nr(isa);
     sb_uk_fn uk = sb_isa_kernel(isa);
@@ -482,7 +504,20 @@ static void sb_macro(int isa, int mode, long kc, long rows, long cols,
             const float *pai = pa + (ir / mr) * kc * mr;
             long mc = rows - ir < mr ? rows - ir : mr;
             float *cij = C + ir * ldc + jr;
-            if (mc == mr && nc == nr) {
+            if (mode == SB_STEP) {
+                uk(kc, pai, pbj, tmp, nr, SB_CHAIN_FIRST);
+#if SIMD_X86
+                if (isa == SIMD_ISA_AVX512) {
+                    sb_step_tile_avx512(cij, ldc, tmp, nr, mc, nc, lr);
+                    continue;
+                }
+#endif
+                for (i = 0; i < mc; i++)
+                    for (j = 0; j < nc; j++) {
+                        const float t = lr * tmp[i * nr + j];
+                        cij[i * ldc + j] = cij[i * ldc + j] - t;
+                    }
+            } else if (mc == mr && nc == nr) {
                 uk(kc, pai, pbj, cij, ldc, mode);
             } else {
                 for (i = 0; i < mr; i++)

@@ -59,24 +59,27 @@ def test_float32_forward_is_the_kernels_on_any_thread_count(monkeypatch):
     assert not np.array_equal(np.matmul(w, x.T).T, chain)  # the test tells the two apart
 
 
-def test_small_float32_gemms_on_several_threads_are_numpys(monkeypatch):
+def test_small_float32_gemms_on_several_threads_run_on_one_thread_of_the_kernel(monkeypatch):
     layer, x, grad_y = linear(batch=64, fin=1500, fout=90)
     w = layer.params["weight"]
     macs = 64 * 1500 * 90
-    for threshold, numpys in ((macs + 1, True), (macs, False)):
+    want_w = systolic.gemm_f32(np.ascontiguousarray(grad_y.T), x, 1, True)
+    want_x = systolic.gemm_f32(np.ascontiguousarray(w.T), np.ascontiguousarray(grad_y.T), 1, True).T
+    want_y = systolic.gemm_f32(w, np.ascontiguousarray(x.T), 1, True).T
+    real, used = systolic.matmul_f32, []
+    monkeypatch.setattr(systolic, "matmul_f32", lambda *a, threads=1, **k: used.append(threads) or real(
+        *a, threads=threads, **k))
+    for threshold, threads in ((macs + 1, 1), (macs, 2)):
         monkeypatch.setattr(gemm, "KERNEL_THREADED_MIN_MACS", threshold)
+        used.clear()
         with blas_threads(2):
             grad_x, grads = layer.backward(grad_y, layer.saved_of(x))
             y = gemm.output(w, x)
-            want_w = np.matmul(grad_y.T, x) if numpys else systolic.gemm_f32(
-                np.ascontiguousarray(grad_y.T), x, 1, True)
-            want_x = np.matmul(w.T, grad_y.T).T if numpys else systolic.gemm_f32(
-                np.ascontiguousarray(w.T), np.ascontiguousarray(grad_y.T), 1, True).T
-            want_y = np.matmul(w, x.T).T if numpys else systolic.gemm_f32(w, np.ascontiguousarray(x.T), 1, True).T
+        assert used == [threads] * 3
         assert np.array_equal(grads["weight"].view(np.uint32), want_w.view(np.uint32))
         assert np.array_equal(grad_x.view(np.uint32), want_x.view(np.uint32))
         assert np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
-    assert not np.array_equal(np.matmul(w, x.T).T, want_y)  # the two sums differ here
+    assert not np.array_equal(np.matmul(w, x.T).T, want_y)  # numpy's sums differ here
 
 
 def test_float32_weight_gradient_within_rounding_of_float64():
@@ -97,10 +100,15 @@ def test_float64_weight_gradient_is_numpys():
 
 @pytest.mark.parametrize("threads", (1, 2))
 def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does(threads):
-    for dtype in (np.float32, np.float64):
-        layer, x, grad_y = linear(seed=3)
+    """float32 with batch <= CHAIN_KC: stepped inside the weight-gradient GEMM, no weight
+    gradient returned; a larger batch or float64: the gradient, and the step in the input
+    gradient's pass. The weights' bits are SGD's either way."""
+    for dtype, batch, unstored in ((np.float32, 37, True), (np.float32, systolic.CHAIN_KC, True),
+                                   (np.float32, systolic.CHAIN_KC + 1, False), (np.float64, 37, False)):
+        layer, x, grad_y = linear(batch=batch, seed=3)
         layer.astype(dtype)
         x, grad_y = x.astype(dtype), np.ascontiguousarray(grad_y.T.astype(dtype)).T  # as run_program's
+        assert layer.steps_unstored(grad_y.shape, dtype) == unstored
         before = {k: v.copy() for k, v in layer.params.items()}
         plain = L.Linear(70)
         plain.params = {k: v.copy() for k, v in before.items()}
@@ -108,23 +116,62 @@ def test_linear_backward_with_sgd_lr_steps_the_weight_as_sgd_does(threads):
             grad_x, grads = layer.backward(grad_y, x, sgd_lr=0.05)
             want_x, want = plain.backward(grad_y, x)
         assert np.array_equal(grad_x, want_x)  # from the weights before the step
-        assert np.array_equal(grads["weight"], want["weight"])
+        assert ("weight" in grads) != unstored
+        if not unstored:
+            assert np.array_equal(grads["weight"], want["weight"])
+        assert np.array_equal(grads["bias"], want["bias"])
         SGD(0.05).step_layer(0, plain, want)
-        assert np.array_equal(layer.params["weight"], plain.params["weight"])
+        assert not np.array_equal(plain.params["weight"], before["weight"])  # the step changes bits
+        assert np.array_equal(layer.params["weight"].view(np.uint8), plain.params["weight"].view(np.uint8)), \
+            (dtype, batch)
         assert np.array_equal(layer.params["bias"], before["bias"])  # the caller's to step
 
 
-@pytest.mark.parametrize("threads", (1, 2))
-def test_a_step_with_fused_sgd_has_the_unfused_weights(threads, monkeypatch):
+@pytest.mark.parametrize("isa", systolic.available_isas())
+def test_matmul_step_is_sgd_on_the_product_in_every_layout_isa_and_thread_count(isa):
+    previous = systolic.isa()
+    systolic.set_isa(isa)
+    try:
+        _check_matmul_step()
+    finally:
+        systolic.set_isa(previous)
+
+
+def _check_matmul_step():
+    rng = np.random.default_rng(5)
+    for m, k, n in ((1, 1, 1), (13, 5, 29), (50, 256, 33), (70, 257, 9), (25, 0, 4), (40, 64, 100)):
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        p = rng.standard_normal((m, n), dtype=np.float32)
+        p[0, 0] = np.inf  # non-finite parameters step as numpy's do
+        want = np.subtract(p, np.multiply(systolic.matmul_f32(a, b), np.float32(0.3)))
+        for a_in in (a, np.asfortranarray(a)):
+            for threads in (1, 2):
+                for out in (p.copy(), np.asfortranarray(p)):
+                    got = systolic.matmul_f32(a_in, b, out=out, threads=threads, step=0.3)
+                    assert got is out and np.array_equal(out.view(np.uint32), want.view(np.uint32)), (m, k, n)
+    with pytest.raises(ValueError, match="needs out"):
+        systolic.matmul_f32(a, b, step=0.1)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        systolic.matmul_f32(a, b, out=p.copy(), step=0.1, sgd=(a.copy(), 0.1))
+    with pytest.raises(ValueError, match="learning rate"):
+        systolic.matmul_f32(a, b, out=p.copy(), step="0.1")
+
+
+@pytest.mark.parametrize("threads,batch", ((1, 24), (2, 24), (1, 300)))
+def test_a_step_with_fused_sgd_has_the_unfused_weights(threads, batch, monkeypatch):
     """run_program fuses plain SGD into the Linear layers' backward (eager schedules); the
     weights after the step equal the workload's reference step's (every activation kept,
     SGD afterwards, unfused) in every schedule. With momentum nothing is fused, and the
     schedules still agree."""
-    fused = []
-    real = gemm.input_gradient
-    monkeypatch.setattr(L, "input_gradient", lambda *a, sgd=None, **k: fused.append(sgd is not None) or real(
-        *a, sgd=sgd, **k))
-    net = network.build({"model": "mlp", "layers": 3, "width": 40, "batch": 24}, seed=2)
+    fused = []  # per Linear backward: how its weight was stepped
+    real, real_step = gemm.input_gradient, gemm.weight_step
+    monkeypatch.setattr(L, "input_gradient", lambda *a, sgd=None, **k: fused.append(
+        "input pass" if sgd is not None else "no") or real(*a, sgd=sgd, **k))
+    monkeypatch.setattr(L, "weight_step", lambda *a, **k: fused.append("unstored") or real_step(*a, **k))
+    # the unstored step's product has a single K block
+    fused_as = "input pass" if batch > systolic.CHAIN_KC else "unstored"
+    net = network.build({"model": "mlp", "layers": 3, "width": 40, "batch": batch}, seed=2)
     x, target = net.make_batch(2)
     initial = net.copy_params()
     want = {"plain": reference_step(net, x, target, initial, 0.1, threads)["weights"]}
@@ -136,7 +183,10 @@ def test_a_step_with_fused_sgd_has_the_unfused_weights(threads, monkeypatch):
             fused.clear()
             with blas_threads(threads):
                 rc.run_program(net, x, target, ops, optimizer=optimizer(), pool=rc.BufferPool())
-            assert fused and all(f == fuses for f in fused)
+            if fuses:  # every Linear but the first steps its own weight
+                assert fused.count(fused_as) == 2 and fused.count("no") == (fused_as == "unstored") * 2, fused
+            else:
+                assert fused == ["no", "no"], fused
             got = net.copy_params()
             want.setdefault(name, got)  # momentum: store_all's
             for mine, theirs in zip(got, want[name]):

@@ -14,7 +14,7 @@ matters more: its threads, which spin after each call, take cores from the kerne
 threads (a recompute schedule, which alternated the two, ran 25% slower), and an unfused
 SGD is a serial pass over every weight (14% of a two-thread step on Zen 4). On Zen 4 at two
 threads the kernel ran each of the three GEMMs 5-13% faster than OpenBLAS. Small GEMMs on
-several threads stay numpy's (KERNEL_THREADED_MIN_MACS).
+several threads run on one thread of the kernel (KERNEL_THREADED_MIN_MACS).
 
 The kernel's sums are the same at any thread count and on every SIMD path (numpy's
 depend on its thread count: the workload's reference step runs on the case's threads).
@@ -40,20 +40,24 @@ def blas_thread_count() -> int:
     return max((lib.get_num_threads() for lib in _blas), default=1) or 1
 
 
-# On several threads, a GEMM of fewer multiply-adds stays numpy's: in a network whose other
-# GEMMs are OpenBLAS's (Conv2d's im2col products), the kernel's OpenMP threads and
-# OpenBLAS's spin against each other (the CNN suite's 10-class Linear on the kernel made a
-# two-thread step 11% slower); the MLP suite's GEMMs have 2^30.
+# On several threads, a GEMM of fewer multiply-adds runs on one thread of the kernel: in a
+# network whose other GEMMs are OpenBLAS's (Conv2d's im2col products), the kernel's OpenMP
+# threads and OpenBLAS's spin against each other (the CNN suite's 10-class Linear on two
+# threads of the kernel made a two-thread step 11% slower); one thread opens no OpenMP
+# region. (It was numpy's: on one thread of the kernel, the sums, and so SGD's unstored
+# step, training.weight_step, are the same at every thread count.) The MLP suite's GEMMs
+# have 2^30.
 KERNEL_THREADED_MIN_MACS = 1 << 24
 
 
 def _kernel_threads(m: int, k: int, n: int, *arrays) -> int:
     """The thread count the chain-order kernel runs (m x k) @ (k x n) on, 0 for numpy's:
-    float32, and on several threads at least KERNEL_THREADED_MIN_MACS multiply-adds."""
+    float32 (any other dtype is numpy's), on one thread below KERNEL_THREADED_MIN_MACS
+    multiply-adds."""
     if not all(x is None or x.dtype == np.float32 for x in arrays):
         return 0
     threads = blas_thread_count()
-    return threads if threads == 1 or m * k * n >= KERNEL_THREADED_MIN_MACS else 0
+    return threads if m * k * n >= KERNEL_THREADED_MIN_MACS else 1
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -81,6 +85,34 @@ def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> 
 def weight_gradient(grad_y: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """grad_y^T @ x (out, in) for grad_y (batch, out) and x (batch, in), into out if given."""
     return matmul(grad_y.T, x, out=out)
+
+
+def steps_unstored(batch: int, dtype) -> bool:
+    """Whether weight_step takes SGD's step on a Linear's weight without storing its
+    gradient: float32 and one K block of the kernel (batch <= CHAIN_KC). Shapes and dtype
+    only, so that a dry run (interpreter.dry_run) counts the same memory as the real one."""
+    from .._kernels import systolic
+
+    return np.dtype(dtype) == np.float32 and 0 < batch <= systolic.CHAIN_KC
+
+
+def weight_step(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, lr: float,
+                scratch: np.ndarray | None = None) -> None:
+    """weight -= lr * (grad_y^T @ x), plain SGD's bits on weight_gradient's sums (the
+    kernel's chain order: weight_gradient's for float32 at any thread count). Where
+    steps_unstored, each tile of the gradient is stepped with as the kernel makes it and
+    never stored (matmul_f32(step=)): the 16 MB gradient of a 2048 x 2048 Linear is neither
+    written nor read again; else the gradient first (into scratch if given: a buffer of
+    weight's shape), then optim.sgd_update."""
+    threads = _kernel_threads(weight.shape[0], grad_y.shape[0], weight.shape[1], grad_y, x, weight)
+    if threads and steps_unstored(grad_y.shape[0], weight.dtype):
+        from .._kernels import systolic
+
+        systolic.matmul_f32(grad_y.T, x, out=weight, threads=threads, step=lr)
+        return
+    # not float32 or more than one K block: the gradient (scratch, or a transient), then the
+    # step (the bits of weight_gradient's route)
+    sgd_update(weight, weight_gradient(grad_y, x, out=scratch), lr)
 
 
 def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | None = None,

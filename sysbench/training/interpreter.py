@@ -17,12 +17,14 @@ from .solvers import program_for
 @dataclass
 class StepResult:
     loss: float
-    grads: list                    # per layer: {param name: gradient}
+    grads: list                    # per layer: {param name: gradient}, but `unstored`'s
     tracker: MemoryTracker
     layer_forwards: int
     forward_flops: int
     seconds: float = 0.0
     events: list = field(default_factory=list)
+    unstored: set = field(default_factory=set)  # layers whose backward stepped their fuses_sgd
+    # parameter without storing its gradient (so grads[i] has no entry for it)
 
 
 class _Placeholder:
@@ -71,6 +73,8 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     # eager plain SGD: a layer that can steps its weights inside its backward (in the pass
     # of the input gradient that reads them); `fused` names the layers that did
     sgd_lr = optimizer.fused_lr() if eager and not dry and hasattr(optimizer, "fused_lr") else None
+    # a dry run's optimizer is a workload's plain SGD: fused where a real one would be
+    fuses = eager if dry else sgd_lr is not None
     fused: set = set()
     for op, k in ops:
         if op == "F":
@@ -92,10 +96,10 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
             d_handle = tracker.hold(f"d{n}", d, "gradient")
             tracker.remove(ws)
             d, d_handle = _backward(net, spans, k, held[n], d, d_handle, tracker, grads, grad_handles, dry, pool,
-                                    sgd_lr, fused)
+                                    sgd_lr, fused, fuses)
         else:
             d, d_handle = _backward(net, spans, k, held[k - 1], d, d_handle, tracker, grads, grad_handles, dry,
-                                    pool, sgd_lr, fused)
+                                    pool, sgd_lr, fused, fuses)
             if eager:
                 for i in backward_layers(net, spans, k):
                     if net.layers[i].params:
@@ -109,7 +113,8 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
                 _update(net, i, grads, optimizer, tracker, dry)
         for h in grad_handles:
             tracker.remove(h)
-    return StepResult(loss, grads, tracker, forwards, flops)
+    unstored = {i for i in fused if net.layers[i].fuses_sgd not in grads[i]}
+    return StepResult(loss, grads, tracker, forwards, flops, unstored=unstored)
 
 
 def _forwards_end_before_backward(ops) -> bool:
@@ -165,11 +170,14 @@ def _forward_stage(net, span, x, k, tracker, dry, pool):
     return y, handle
 
 
-def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool, sgd_lr=None, fused=None):
+def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool, sgd_lr=None, fused=None,
+              fuses=False):
     """The layers of B(k) (chain.backward_layers) from the gradient d: stage k's first layer
     reads a_{k-1} (x), as does stage k-1's tail, which rewrites the gradient in place; the
     layers between read nothing. sgd_lr: a layer with fuses_sgd that computes an input
-    gradient takes that SGD step itself, and its index goes into `fused`. Returns
+    gradient takes that SGD step itself, and its index goes into `fused`; where the layer
+    steps_unstored, its weight gradient is not stored (nor, in a dry run with `fuses`,
+    counted). Returns
     (d_{k-1} or None, its handle)."""
     n = len(spans)
     first = spans[k - 1][0] if k <= n else None
@@ -189,7 +197,9 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, 
         else:
             if dry:
                 d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
-                grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items()}
+                skip = (layer.fuses_sgd if fuses and layer.fuses_sgd and i > 0
+                        and layer.steps_unstored(net.shapes[i], net.dtype) else None)
+                grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items() if name != skip}
             else:
                 extra = {}
                 if sgd_lr is not None and layer.fuses_sgd and i > 0:

@@ -11,8 +11,9 @@ checks; `layer.astype(np.float64)` converts its parameters) and has:
 A layer with accepts_out (Linear) also takes forward(x, out=) and backward(..., out=,
 weight_out=): buffers to write y, grad_x and the weight gradient into (a BufferPool's).
 One with fuses_sgd (Linear: "weight") takes backward(..., sgd_lr=) too: plain SGD's step
-on that parameter, taken in the input-gradient GEMM's pass over it (the same bits as
-optim.SGD's own step).
+on that parameter (the same bits as optim.SGD's own step), taken by the weight-gradient
+GEMM as it makes each tile, the gradient then not stored and not in the returned dict
+(training.gemm.steps_unstored), or else in the input-gradient GEMM's pass over it.
 
 `saved` is always built from the layer's input alone (a reference to x, or x's shape), never
 a new buffer: a schedule that holds a layer's input can run that layer's backward without
@@ -33,7 +34,7 @@ import math
 
 import numpy as np
 
-from .gemm import input_gradient, output, weight_gradient
+from .gemm import input_gradient, output, steps_unstored, weight_gradient, weight_step
 
 
 class Layer:
@@ -143,10 +144,18 @@ class Linear(Layer):
         return y, x
 
     def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None, sgd_lr=None):
-        """sgd_lr (with need_input_grad): also take plain SGD's step on the weight, in the
-        pass of the input gradient that reads it (optim.SGD.fused_lr; the caller steps the
-        other parameters)."""
+        """sgd_lr (with need_input_grad): also take plain SGD's step on the weight
+        (optim.SGD.fused_lr; the caller steps the other parameters): where
+        gemm.steps_unstored, inside the weight-gradient GEMM, which then returns no
+        weight gradient; else in the pass of the input gradient that reads W."""
         x = saved
+        weight = self.params["weight"]
+        if sgd_lr is not None and need_input_grad and self.steps_unstored(grad_y.shape, grad_y.dtype):
+            # the input gradient reads W before the weight gradient steps it, tile by tile
+            grads = {"bias": grad_y.sum(axis=0)} if self.bias else {}
+            grad_x = input_gradient(weight, grad_y, out=out)
+            weight_step(grad_y, x, weight, sgd_lr, scratch=weight_out)
+            return grad_x, grads
         grads = {"weight": weight_gradient(grad_y, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
@@ -155,6 +164,11 @@ class Linear(Layer):
             sgd = None if sgd_lr is None else (grads["weight"], sgd_lr)
             grad_x = input_gradient(self.params["weight"], grad_y, out=out, sgd=sgd)
         return grad_x, grads
+
+    def steps_unstored(self, in_shape, dtype) -> bool:
+        """Whether backward(sgd_lr=) steps the weight inside the weight-gradient GEMM and
+        returns no weight gradient (gemm.steps_unstored)."""
+        return steps_unstored(in_shape[0], dtype)
 
     def flops(self, in_shape):
         b, fin = in_shape
