@@ -70,8 +70,9 @@ def run_program(net, x: np.ndarray, target: np.ndarray, ops: list, tracker: Memo
     grad_handles = []
     forwards = flops = 0
     eager = optimizer is not None and _forwards_end_before_backward(ops)
-    # eager plain SGD: a layer that can steps its weights inside its backward (in the pass
-    # of the input gradient that reads them); `fused` names the layers that did
+    # eager plain SGD: a layer that can steps its weights inside its backward (in its
+    # weight-gradient GEMM, or in the pass of the input gradient that reads them); `fused`
+    # names the layers that did
     sgd_lr = optimizer.fused_lr() if eager and not dry and hasattr(optimizer, "fused_lr") else None
     # a dry run's optimizer is a workload's plain SGD: fused where a real one would be
     fuses = eager if dry else sgd_lr is not None

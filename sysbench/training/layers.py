@@ -75,6 +75,11 @@ class Layer:
     def backward(self, grad_y: np.ndarray, saved, need_input_grad: bool = True):
         raise NotImplementedError
 
+    def steps_unstored(self, in_shape: tuple, dtype) -> bool:
+        """Whether backward(sgd_lr=) steps fuses_sgd's parameter without returning its
+        gradient (Linear's, gemm.steps_unstored)."""
+        return False
+
     def flops(self, in_shape: tuple) -> tuple[int, int, int]:
         n = math.prod(in_shape)
         return n, n, 0
@@ -150,7 +155,7 @@ class Linear(Layer):
         weight gradient; else in the pass of the input gradient that reads W."""
         x = saved
         weight = self.params["weight"]
-        if sgd_lr is not None and need_input_grad and self.steps_unstored(grad_y.shape, grad_y.dtype):
+        if sgd_lr is not None and need_input_grad and self.steps_unstored(x.shape, grad_y.dtype):
             # the input gradient reads W before the weight gradient steps it, tile by tile
             grads = {"bias": grad_y.sum(axis=0)} if self.bias else {}
             grad_x = input_gradient(weight, grad_y, out=out)
