@@ -151,8 +151,7 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
     if step is not None:
         if out is None:
             raise ValueError("step needs out: the parameter to step")
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.floating, np.integer)):
-            raise ValueError(f"step must be a learning rate (a number), got {step!r}")
+        step = _learning_rate(step, "step must be a learning rate (a number)")
     a, trans_a = _layout(a, "a")
     b, trans_b = _layout(b, "b")
     threads = check_threads(threads)
@@ -175,14 +174,14 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
              and M > 0 and N > 0 and K > 0)
     if step is not None and not (out.flags.c_contiguous and 0 < K <= CHAIN_KC and M > 0 and N > 0):
         # the product first, then the step: the same bits
-        np.subtract(out, np.multiply(matmul_f32(a_given, b, threads=threads), np.float32(step)), out=out)
+        np.subtract(out, np.multiply(matmul_f32(a_given, b, threads=threads), step), out=out)
         return out
     if M == 0 or N == 0:
         pass
     elif K == 0:
         out[...] = 0
     elif step is not None:
-        rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads, None, np.float32(step), True)
+        rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads, None, step, True)
         if rc != 0:
             raise MemoryError("could not allocate the packing buffers")
     else:
@@ -208,9 +207,14 @@ def _sgd_args(a, sgd):
     if not isinstance(grad, np.ndarray) or grad.dtype != np.float32 or grad.shape != a.shape:
         raise ValueError(f"sgd's grad must be a float32 array of a's shape {a.shape}, got "
                          f"{getattr(grad, 'dtype', type(grad).__name__)} {getattr(grad, 'shape', '')}")
+    return grad, _learning_rate(lr, "sgd's lr must be a number")
+
+
+def _learning_rate(lr, message):
+    """lr as float32, or ValueError(message, got lr) when it is not a number."""
     if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (int, float, np.floating, np.integer)):
-        raise ValueError(f"sgd's lr must be a number, got {lr!r}")
-    return grad, np.float32(lr)
+        raise ValueError(f"{message}, got {lr!r}")
+    return np.float32(lr)
 
 
 cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,

@@ -410,45 +410,25 @@ static void sb_uk_avx512(long kc, const float *a, const float *b, float *c, long
 
 #endif /* x86 */
 
-#if SIMD_X86
-/* One full AVX-512 A panel (mr = 12 rows of A, contiguous in k) by 16 x 16 register
- * transposes, prefetching the next panel's rows (ahead rows of them) a cache line per
- * block: each panel reads only kc floats of a row, too short a run for the hardware
- * prefetcher, so without it the packing of a weight matrix from memory waits on each
- * row's first lines (the MLP's forward packing took 13-16% of its GEMM). */
-__attribute__((target("avx512f")))
-static void sb_pack_a_avx512(const float *src, long lda, long kc, float *dst, long ahead)
-{
-    __m512 r[16];
-    const float *next = src + SB_A5_MR * lda;
-    long j0;
-    int i, j;
-    for (j0 = 0; j0 < kc; j0 += 16) {
-        const int w = kc - j0 < 16 ? (int)(kc - j0) : 16;
-        const __mmask16 take = (__mmask16)(w == 16 ? 0xFFFFu : (1u << w) - 1u);
-        for (i = 0; i < ahead; i++) _mm_prefetch((const char *)(next + i * lda + j0), _MM_HINT_T0);
-        for (i = 0; i < 16; i++)
-            r[i] = i < SB_A5_MR ? _mm512_maskz_loadu_ps(take, src + i * lda + j0) : _mm512_setzero_ps();
-        simd_transpose16_avx512(r);
-        for (j = 0; j < w; j++)
-            _mm512_mask_storeu_ps(dst + (j0 + j) * SB_A5_MR, (__mmask16)((1u << SB_A5_MR) - 1u), r[j]);
-    }
-}
-#endif
-
 /* Pack one A panel with the fastest packer for `isa` (all give the same layout). ahead:
  * how many rows of A follow the panel (a hint for prefetching; 0 for none). */
 static void sb_pack_a(int isa, const float *A, long lda, long i0, long rows, long k0, long kc,
                       int mr, float *dst, long ahead)
 {
 #if SIMD_X86
-    if (isa == SIMD_ISA_AVX512 && mr == SB_A5_MR && rows == SB_A5_MR) {
-        sb_pack_a_avx512(A + i0 * lda + k0, lda, kc, dst, ahead < SB_A5_MR ? ahead : SB_A5_MR);
-        return;
-    }
     if (isa == SIMD_ISA_AVX512 && mr <= 16) {
-        /* rows of A (contiguous in k) become columns of the panel */
-        simd_transpose_avx512(A + i0 * lda + k0, lda, rows, kc, dst, mr, mr);
+        /* rows of A (contiguous in k) become columns of the panel, 16 k's at a time, each
+         * step also prefetching a cache line of the next panel's rows: a panel reads only
+         * kc floats of a row, too short a run for the hardware prefetcher, so the packing
+         * of a weight matrix from memory otherwise waits on each row's first lines (the
+         * MLP's forward packing took 13-16% of its GEMM) */
+        const float *src = A + i0 * lda + k0, *next = src + mr * lda;
+        long j0, i;
+        if (ahead > mr) ahead = mr;
+        for (j0 = 0; j0 < kc; j0 += 16) {
+            for (i = 0; i < ahead; i++) _mm_prefetch((const char *)(next + i * lda + j0), _MM_HINT_T0);
+            simd_transpose_avx512(src + j0, lda, rows, kc - j0 < 16 ? kc - j0 : 16, dst + j0 * mr, mr, mr);
+        }
         return;
     }
 #endif
@@ -466,12 +446,6 @@ static sb_uk_fn sb_isa_kernel(int isa)
     return sb_uk_scalar;
 }
 
-/* ---------------------------------------------------------------- macro-kernel
- * C block rows x cols (C points at its top-left, row stride ldc) from packed A panels
- * (ceil(rows/MR) panels of MR*kc) and packed B panels (ceil(cols/NR) panels of kc*NR).
- * Full tiles go straight to C; edge tiles go through a zero-padded MR x NR buffer and
- * only their valid part is written back.
- */
 /* SB_STEP's update of one tile, C = C - lr * sum (sum: the tile's buffer, row stride nr;
  * the product rounded, then the difference, as the scalar loop in sb_macro) */
 #if SIMD_X86
@@ -490,6 +464,12 @@ static void sb_step_tile_avx512(float *c, long ldc, const float *sum, int nr, lo
 }
 #endif
 
+/* ---------------------------------------------------------------- macro-kernel
+ * C block rows x cols (C points at its top-left, row stride ldc) from packed A panels
+ * (ceil(rows/MR) panels of MR*kc) and packed B panels (ceil(cols/NR) panels of kc*NR).
+ * Full tiles go straight to C; edge tiles go through a zero-padded MR x NR buffer and
+ * only their valid part is written back; SB_STEP's tiles all go through the buffer.
+ */
 static void sb_macro(int isa, int mode, long kc, long rows, long cols,
                      const float *pa, const float *pb, float *C, long ldc, float lr)
 {
