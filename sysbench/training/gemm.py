@@ -7,7 +7,7 @@ packed straight from the transposed operand) at any thread count, and the input 
 pass over W also takes plain SGD's step on it (input_gradient(sgd=)). On one thread the
 kernel ran the weight gradient grad_y^T x (K = 256) 7-15% and the input gradient 5-10%
 faster than OpenBLAS on the project's Xeon. The forward W x^T was OpenBLAS's on one thread
-until its packing of W prefetched the next panel's rows (sb_pack_a_avx512): since then the
+until its packing of W prefetched the next panel's rows (sb_pack_a): since then the
 step with the kernel's forward runs 3-5% faster there (in the step W comes from memory,
 where packing it had cost 13-16% of the GEMM). On more threads a step without OpenBLAS
 matters more: its threads, which spin after each call, take cores from the kernel's OpenMP
