@@ -42,7 +42,8 @@ cdef extern from "systolic_micro.h" nogil:
     void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
                                 long cols, int nr, long p0, long p1, float *dst)
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
-                  const float *pa, const float *pb, float *C, long ldc, float lr)
+                  const float *pa, const float *pb, float *C, long ldc, float lr,
+                  const float *pf, long pf_ld, long pf_rows, long pf_cols)
 
 
 cdef extern from *:
@@ -76,9 +77,12 @@ cdef long _mc_floats = 24576
 
 
 def _set_blocking(nc_floats, mc_floats):
-    """Tune the cache blocking (floats of packed B per N block, of packed A per tile)."""
+    """Tune the cache blocking (floats of packed B per N block, of packed A per tile; each
+    at least one panel). Returns the previous pair. The bits do not depend on it."""
     global _nc_floats, _mc_floats
+    previous = (_nc_floats, _mc_floats)
     _nc_floats, _mc_floats = int(nc_floats), int(mc_floats)
+    return previous
 
 
 # ------------------------------------------------------------------ validation
@@ -307,7 +311,8 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                           int trans_a, int trans_b, const float *sgd_g, long ldg,
                           float lr) noexcept nogil:
     """One thread's GEMM, BLIS loops: K blocks (pc; each a fold in fold order) > M chunks
-    (pack A) > N blocks (pack B) > output tiles > micro-tiles (sb_macro). Operands may be
+    (pack A) > N blocks (pack B) > output tiles > micro-tiles (sb_macro); with one N block,
+    B is packed first and each M chunk is one output tile. Operands may be
     stored transposed: trans_a: A points at A^T (K x M, row stride lda); trans_b: B at B^T
     (N x K, row stride ldb). Only the packing differs, so the bits are those of the
     untransposed call. sgd_g (only with trans_a; NULL for none): A^T = A^T - lr * sgd_g as
@@ -332,6 +337,14 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
         mc = mr
     if mc > mb_blk:
         mc = mb_blk
+    # one N block: B is packed once per K block, then A one output tile at a time, each
+    # multiplied while its packing is still in cache, the next tile's A fetched meanwhile
+    # (packing 4096 rows first sent them to L3 and back: the MLP's store_all step 1-2%
+    # slower). Several N blocks: A is packed once per M chunk (a fused SGD must see each
+    # row of A once) and B once per N block.
+    cdef bint b_once = N <= nc_blk
+    if b_once:
+        mb_blk = mc
     # one workspace for both packed blocks (pb starts on a cache line)
     cdef size_t pa_floats = (<size_t>mb_blk * kc_cap + 15) // 16 * 16
     cdef size_t ws_floats
@@ -339,10 +352,13 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
     if pa == NULL:
         return -1
     cdef float *pb = pa + pa_floats
-    cdef long pc, kc, ib, mb, jc, nb, p, npan, i0, rows
+    cdef long pc, kc, ib, mb, jc, nb, p, npan, i0, rows, nxt, pf_ld, pf_rows, pf_cols
+    cdef const float *pf
     pc = 0
     while pc < K:
         kc = kc_max if K - pc > kc_max else K - pc
+        if b_once:
+            _pack_b_block(B, ldb, pc, kc, 0, N, nr, trans_b, isa_code, pb)
         ib = 0
         while ib < M:
             mb = mb_blk if M - ib > mb_blk else M - ib
@@ -358,22 +374,38 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
-                npan = (nb + nr - 1) // nr
-                if trans_b:
-                    sb_pack_b_trans_panels(isa_code, B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
+                if not b_once:
+                    _pack_b_block(B, ldb, pc, kc, jc, nb, nr, trans_b, isa_code, pb)
+                # the next tile's A, fetched while this one is multiplied (one N block)
+                nxt = mc if M - ib - mb > mc else M - ib - mb
+                if not b_once or nxt <= 0:
+                    pf, pf_ld, pf_rows, pf_cols = NULL, 0, 0, 0
+                elif trans_a:
+                    pf, pf_ld, pf_rows, pf_cols = A + pc * lda + ib + mb, lda, kc, nxt
                 else:
-                    sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
+                    pf, pf_ld, pf_rows, pf_cols = A + (ib + mb) * lda + pc, lda, nxt, kc
                 i0 = 0
                 while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0
                     sb_macro(isa_code, first_mode if pc == 0 else mode, kc, rows, nb,
-                             pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc, lr)
+                             pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc, lr,
+                             pf, pf_ld, pf_rows, pf_cols)
                     i0 += mc
                 jc += nb
             ib += mb
         pc += kc
     sb_ws_give(pa, ws_floats)
     return 0
+
+
+cdef inline void _pack_b_block(const float *B, long ldb, long pc, long kc, long jc, long nb,
+                               int nr, bint trans_b, int isa_code, float *pb) noexcept nogil:
+    """Pack B's block (K block pc, kc deep; columns jc to jc + nb) as its panels."""
+    cdef long npan = (nb + nr - 1) // nr
+    if trans_b:
+        sb_pack_b_trans_panels(isa_code, B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
+    else:
+        sb_pack_b_panels(B, ldb, pc, kc, jc, nb, nr, 0, npan, pb)
 
 
 # ------------------------------------------------------------------ int8 GEMM

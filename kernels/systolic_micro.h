@@ -471,12 +471,19 @@ static void sb_step_tile_avx512(float *c, long ldc, const float *sum, int nr, lo
  * only their valid part is written back; SB_STEP's tiles all go through the buffer.
  */
 static void sb_macro(int isa, int mode, long kc, long rows, long cols,
-                     const float *pa, const float *pb, float *C, long ldc, float lr)
+                     const float *pa, const float *pb, float *C, long ldc, float lr,
+                     const float *pf, long pf_ld, long pf_rows, long pf_cols)
 {
     const int mr = sb_isa_mr(isa), nr = sb_isa_nr(isa);
     sb_uk_fn uk = sb_isa_kernel(isa);
     float tmp[SB_MAX_MR * SB_MAX_NR] __attribute__((aligned(64)));
     long jr, ir, i, j;
+    /* pf (NULL for none): a pf_rows x pf_cols rectangle of floats (row stride pf_ld) the
+     * caller reads next, fetched an equal share of its cache lines before each tile */
+    const long pf_lpr = pf == NULL ? 0 : (pf_cols * 4 + 63) / 64 + 1;  /* +1: unaligned rows */
+    const long tiles = ((rows + mr - 1) / mr) * ((cols + nr - 1) / nr);
+    const long pf_share = tiles > 0 ? (pf_rows * pf_lpr + tiles - 1) / tiles : 0;
+    long pf_r = 0, pf_l = 0, q;
     for (jr = 0; jr < cols; jr += nr) {
         const float *pbj = pb + (jr / nr) * kc * nr;
         long nc = cols - jr < nr ? cols - jr : nr;
@@ -484,7 +491,14 @@ static void sb_macro(int isa, int mode, long kc, long rows, long cols,
             const float *pai = pa + (ir / mr) * kc * mr;
             long mc = rows - ir < mr ? rows - ir : mr;
             float *cij = C + ir * ldc + jr;
+            for (q = 0; q < pf_share && pf_r < pf_rows; q++) {
+                __builtin_prefetch((const char *)(pf + pf_r * pf_ld) + pf_l * 64, 0, 3);
+                if (++pf_l == pf_lpr) { pf_l = 0; pf_r++; }
+            }
             if (mode == SB_STEP) {
+                /* the tile of the parameter is read after the product: fetch it meanwhile */
+                for (i = 0; i < mc; i++)
+                    for (j = 0; j < nc; j += 16) __builtin_prefetch(cij + i * ldc + j, 1, 3);
                 uk(kc, pai, pbj, tmp, nr, SB_CHAIN_FIRST);
 #if SIMD_X86
                 if (isa == SIMD_ISA_AVX512) {

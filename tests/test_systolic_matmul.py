@@ -137,3 +137,40 @@ def test_bad_sgd_arguments(sgd, match):
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="a must be a writeable"):
         systolic.matmul_f32(read_only, np.ones((3, 2), np.float32), sgd=(np.ones((2, 3), np.float32), 0.1))
+
+
+@pytest.fixture
+def one_panel_blocks():
+    """Every N block one B panel and every output tile one micro-tile: an N past one panel
+    takes the loop order with several N blocks, a narrower one the single-block order."""
+    previous = systolic._set_blocking(1, 1)
+    yield
+    systolic._set_blocking(*previous)
+
+
+@pytest.mark.parametrize("shape", [(30, 300, 4), (3, 300, 40), (25, 20, 70), (37, 9, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_cache_blocks_do_not_change_the_bits(shape, one_panel_blocks, restore_isa):
+    """The product, the fused SGD on a and the unstored step on out, against the emulator's
+    chain order and numpy's two roundings, with the smallest blocks on every path."""
+    m, k, n = shape
+    a, b = operands(m, k, n)
+    rng = np.random.default_rng([m, k, n, 3])
+    grad = rng.standard_normal((m, k), dtype=np.float32)
+    param = rng.standard_normal((m, n), dtype=np.float32)
+    product = emulate_gemm(a, b, 8, 8, "os", "serial")[0]
+    stepped_a = bits(np.subtract(a, np.multiply(grad, np.float32(0.01))))
+    stepped_out = bits(np.subtract(param, np.multiply(product, np.float32(0.3))))
+    for isa in ISAS:
+        systolic.set_isa(isa)
+        for (ta, tb, out_f), threads in itertools.product(LAYOUTS, (1, 2)):
+            out = np.full((n, m), np.nan, np.float32).T if out_f else None
+            got = systolic.matmul_f32(stored(a, ta), stored(b, tb), out=out, threads=threads)
+            assert np.array_equal(bits(got), bits(product)), (isa, ta, tb, out_f, threads)
+        for threads in (1, 2):
+            a_run, g_run = a.T.copy().T, grad.T.copy().T  # both F: the packer steps a
+            got = systolic.matmul_f32(a_run, b, threads=threads, sgd=(g_run, 0.01))
+            assert np.array_equal(bits(got), bits(product)) and np.array_equal(bits(a_run), stepped_a)
+            out = param.copy()
+            systolic.matmul_f32(stored(a, threads == 2), b, out=out, threads=threads, step=0.3)
+            assert np.array_equal(bits(out), stepped_out), (isa, threads)
