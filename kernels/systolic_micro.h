@@ -484,12 +484,15 @@ static void sb_macro(int isa, int mode, long kc, long rows, long cols,
     const long tiles = ((rows + mr - 1) / mr) * ((cols + nr - 1) / nr);
     const long pf_share = tiles > 0 ? (pf_rows * pf_lpr + tiles - 1) / tiles : 0;
     long pf_r = 0, pf_l = 0, q;
-    for (jr = 0; jr < cols; jr += nr) {
-        const float *pbj = pb + (jr / nr) * kc * nr;
-        long nc = cols - jr < nr ? cols - jr : nr;
-        for (ir = 0; ir < rows; ir += mr) {
-            const float *pai = pa + (ir / mr) * kc * mr;
-            long mc = rows - ir < mr ? rows - ir : mr;
+    /* tiles along C's rows: the A panel stays in L1 while B's panels stream from L2, and C
+     * (a parameter from memory, for SB_STEP) is walked row by row, which the hardware
+     * prefetcher follows (down B's panel, the column order, made SB_STEP 8-10% slower) */
+    for (ir = 0; ir < rows; ir += mr) {
+        const float *pai = pa + (ir / mr) * kc * mr;
+        long mc = rows - ir < mr ? rows - ir : mr;
+        for (jr = 0; jr < cols; jr += nr) {
+            const float *pbj = pb + (jr / nr) * kc * nr;
+            long nc = cols - jr < nr ? cols - jr : nr;
             float *cij = C + ir * ldc + jr;
             for (q = 0; q < pf_share && pf_r < pf_rows; q++) {
                 __builtin_prefetch((const char *)(pf + pf_r * pf_ld) + pf_l * 64, 0, 3);
