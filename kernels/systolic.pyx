@@ -371,19 +371,19 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                     i0 = ib + p * mr
                     sb_pack_a(isa_code, A, lda, i0, mr if mb - p * mr > mr else mb - p * mr,
                               pc, kc, mr, pa + p * mr * kc, M - i0 - mr)
+            # one N block: the next tile's A, fetched while this one is multiplied
+            nxt = mc if M - ib - mb > mc else M - ib - mb
+            if not b_once or nxt <= 0:
+                pf, pf_ld, pf_rows, pf_cols = NULL, 0, 0, 0
+            elif trans_a:
+                pf, pf_ld, pf_rows, pf_cols = A + pc * lda + ib + mb, lda, kc, nxt
+            else:
+                pf, pf_ld, pf_rows, pf_cols = A + (ib + mb) * lda + pc, lda, nxt, kc
             jc = 0
             while jc < N:
                 nb = nc_blk if N - jc > nc_blk else N - jc
                 if not b_once:
                     _pack_b_block(B, ldb, pc, kc, jc, nb, nr, trans_b, isa_code, pb)
-                # the next tile's A, fetched while this one is multiplied (one N block)
-                nxt = mc if M - ib - mb > mc else M - ib - mb
-                if not b_once or nxt <= 0:
-                    pf, pf_ld, pf_rows, pf_cols = NULL, 0, 0, 0
-                elif trans_a:
-                    pf, pf_ld, pf_rows, pf_cols = A + pc * lda + ib + mb, lda, kc, nxt
-                else:
-                    pf, pf_ld, pf_rows, pf_cols = A + (ib + mb) * lda + pc, lda, nxt, kc
                 i0 = 0
                 while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0

@@ -171,6 +171,7 @@ def test_cache_blocks_do_not_change_the_bits(shape, one_panel_blocks, restore_is
             a_run, g_run = a.T.copy().T, grad.T.copy().T  # both F: the packer steps a
             got = systolic.matmul_f32(a_run, b, threads=threads, sgd=(g_run, 0.01))
             assert np.array_equal(bits(got), bits(product)) and np.array_equal(bits(a_run), stepped_a)
+        for ta, threads in itertools.product((False, True), (1, 2)):
             out = param.copy()
-            systolic.matmul_f32(stored(a, threads == 2), b, out=out, threads=threads, step=0.3)
-            assert np.array_equal(bits(out), stepped_out), (isa, threads)
+            systolic.matmul_f32(stored(a, ta), b, out=out, threads=threads, step=0.3)
+            assert np.array_equal(bits(out), stepped_out), (isa, ta, threads)
