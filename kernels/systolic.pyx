@@ -41,9 +41,14 @@ cdef extern from "systolic_micro.h" nogil:
                                 const float *g, long ldg, float lr)
     void sb_pack_b_trans_panels(int isa, const float *BT, long ldbt, long k0, long kc, long j0,
                                 long cols, int nr, long p0, long p1, float *dst)
+    ctypedef struct sb_epilogue:
+        const float *bias
+        int relu
+        const float *mask
+        long ldm
     void sb_macro(int isa, int mode, long kc, long rows, long cols,
                   const float *pa, const float *pb, float *C, long ldc, float lr,
-                  const float *pf, long pf_ld, long pf_rows, long pf_cols)
+                  const float *pf, long pf_ld, long pf_rows, long pf_cols, const sb_epilogue *epi)
 
 
 cdef extern from *:
@@ -129,7 +134,7 @@ def _layout(x, name):
     return np.ascontiguousarray(x), False
 
 
-def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
+def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None, bias=None, relu=False, relu_mask=None):
     """float32 a (M x K) @ b (K x N) in chain order (the bits of gemm_f32(a, b, 0, True)),
     reading C- or F-contiguous operands in place (an F one, such as x.T, is packed from its
     transpose; other layouts are copied). out: None (a new C array) or a float32 (M, N)
@@ -146,10 +151,21 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
     numpy-style, np.subtract(out, np.multiply(a @ b, np.float32(lr)), out=out)). With K <=
     CHAIN_KC and a C-contiguous out, each tile of the product is stepped with as it is
     made and never stored: a weight gradient taken only for SGD costs no memory traffic
-    of its own. Not with sgd."""
+    of its own. Not with sgd.
+
+    bias (float32, M), relu, relu_mask (float32, M x N): then, in this order, out += bias
+    per row (Linear's bias), out = np.maximum(out, 0) (its ReLU), out = the gradient
+    through a ReLU whose output is relu_mask (np.multiply(out, relu_mask > 0), then
+    out += 0: where relu_mask > 0 the product, else +0), with numpy's bits. With a
+    C-contiguous out (and mask), on each tile of the last K block while it is in cache
+    (systolic_micro.h's epilogue); else as those numpy passes afterwards. Not with step."""
     a_given = a
     if sgd is not None and step is not None:
         raise ValueError("sgd and step cannot be combined")
+    relu = check_bool(relu, "relu")
+    epilogue = bias is not None or relu or relu_mask is not None
+    if step is not None and epilogue:
+        raise ValueError("step cannot be combined with bias, relu or relu_mask")
     if sgd is not None:
         sgd_grad, sgd_lr = _sgd_args(a, sgd)
     if step is not None:
@@ -173,6 +189,14 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
                              f"{getattr(out, 'shape', type(out).__name__)}")
         if not (out.flags.c_contiguous or out.flags.f_contiguous) or not out.flags.writeable:
             raise ValueError("out must be a writeable C- or F-contiguous array")
+    if bias is not None:
+        bias = _float32_operand(bias, "bias", (M,))
+    if relu_mask is not None:
+        relu_mask = _float32_operand(relu_mask, "relu_mask", (M, N))
+    # the epilogue in the kernel: on a C out (the kernel's own layout), bias and mask
+    in_kernel = (epilogue and out.flags.c_contiguous and M > 0 and N > 0 and K > 0
+                 and (bias is None or bias.flags.c_contiguous)
+                 and (relu_mask is None or relu_mask.flags.c_contiguous))
     # trans_a: a is a_given's own memory (an F array, read through its transpose)
     fused = (sgd is not None and trans_a and sgd_grad.flags.f_contiguous and out.flags.c_contiguous
              and M > 0 and N > 0 and K > 0)
@@ -191,14 +215,37 @@ def matmul_f32(a, b, out=None, threads=1, sgd=None, step=None):
     else:
         if out.flags.c_contiguous:
             rc = _matmul_shim(a, b, out, M, K, N, trans_a, trans_b, threads,
-                              sgd_grad.T if fused else None, sgd_lr if fused else 0.0)
+                              sgd_grad.T if fused else None, sgd_lr if fused else 0.0, False,
+                              bias if in_kernel else None, relu and in_kernel,
+                              relu_mask if in_kernel else None)
         else:  # out^T = b^T a^T: fmaf(x, y, acc) is symmetric in x and y, so the same bits
             rc = _matmul_shim(b, a, out.T, N, K, M, not trans_b, not trans_a, threads, None, 0.0)
         if rc != 0:
             raise MemoryError("could not allocate the packing buffers")
+    if epilogue and not in_kernel:
+        _epilogue_passes(out, bias, relu, relu_mask)
     if sgd is not None and not fused:
         np.subtract(a_given, np.multiply(sgd_grad, np.float32(sgd_lr)), out=a_given)
     return out
+
+
+def _epilogue_passes(out, bias, relu, relu_mask):
+    """matmul_f32's epilogue as numpy passes over out (the bits the kernel's has)."""
+    if bias is not None:
+        out += bias[:, None]
+    if relu:
+        np.maximum(out, np.float32(0), out=out)
+    if relu_mask is not None:
+        np.multiply(out, relu_mask > 0, out=out)
+        out += np.float32(0)
+
+
+def _float32_operand(x, name, shape):
+    """x checked as a float32 array of `shape` (ValueError naming it otherwise)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
+        raise ValueError(f"{name} must be a float32 array of shape {shape}, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    return x
 
 
 def _sgd_args(a, sgd):
@@ -223,29 +270,60 @@ def _learning_rate(lr, message):
 
 cdef int _matmul_shim(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
                       long M, long K, long N, bint trans_a, bint trans_b, int threads,
-                      object sgd_grad_t, float lr, bint step=False):
+                      object sgd_grad_t, float lr, bint step=False, object bias=None,
+                      bint relu=False, object relu_mask=None):
     """sgd_grad_t: None, or the C-contiguous transpose of the gradient of the stored a.
-    step: out = out - lr * (a @ b) instead (K <= CHAIN_KC)."""
+    step: out = out - lr * (a @ b) instead (K <= CHAIN_KC). bias (contiguous, M), relu,
+    relu_mask (C-contiguous, M x N): the epilogue (matmul_f32)."""
     cdef int rc
     cdef long kc = CHAIN_KC
     cdef const float[:, ::1] g
     cdef const float *gp = NULL
     cdef long ldg = 0
+    cdef const float[::1] bias_v
+    cdef const float[:, ::1] mask_v
+    cdef sb_epilogue epi = _no_epilogue()
     if sgd_grad_t is not None:
         g = sgd_grad_t
         gp = &g[0, 0]
         ldg = g.shape[1]
+    if bias is not None:
+        bias_v = bias
+        epi.bias = &bias_v[0]
+    if relu_mask is not None:
+        mask_v = relu_mask
+        epi.mask = &mask_v[0, 0]
+        epi.ldm = mask_v.shape[1]
+    epi.relu = relu
     with nogil:
         rc = _gemm_f32_split(&a[0, 0], &b[0, 0], &out[0, 0], M, K, N, a.shape[1], b.shape[1],
                              out.shape[1], kc, SB_STEP if step else SB_CHAIN, threads, _isa, trans_a,
-                             trans_b, gp, ldg, lr)
+                             trans_b, gp, ldg, lr, epi)
     return rc
+
+
+cdef inline sb_epilogue _no_epilogue() noexcept nogil:
+    cdef sb_epilogue e
+    e.bias = NULL
+    e.relu = 0
+    e.mask = NULL
+    e.ldm = 0
+    return e
+
+
+cdef inline sb_epilogue _epilogue_at(sb_epilogue e, long i, long j) noexcept nogil:
+    """e for the block of C that starts at row i, column j of e's."""
+    if e.bias != NULL:
+        e.bias = e.bias + i
+    if e.mask != NULL:
+        e.mask = e.mask + i * e.ldm + j
+    return e
 
 
 cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long K, long N,
                          long lda, long ldb, long ldc, long kc_max, int mode, int threads,
                          int isa_code, bint trans_a, bint trans_b, const float *sgd_g, long ldg,
-                         float lr) noexcept nogil:
+                         float lr, sb_epilogue epi) noexcept nogil:
     """Every GEMM on `threads` threads, as one parallel region: each thread computes a whole
     single-threaded GEMM (_gemm_f32_core_t) on its share of the output's rows (of its
     columns when there are fewer rows and no SGD is fused), packing its own blocks. The
@@ -263,7 +341,7 @@ cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long 
     cdef int rc = 0, failed = 0
     if parts <= 1:
         return _gemm_f32_core_t(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, isa_code,
-                                trans_a, trans_b, sgd_g, ldg, lr)
+                                trans_a, trans_b, sgd_g, ldg, lr, epi)
     for t in prange(parts, num_threads=parts, schedule="static"):
         lo = units * t // parts * unit
         hi = units * (t + 1) // parts * unit
@@ -272,13 +350,13 @@ cdef int _gemm_f32_split(const float *A, const float *B, float *C, long M, long 
                 hi = M
             rc = _gemm_f32_core_t(A + (lo if trans_a else lo * lda), B, C + lo * ldc, hi - lo, K, N,
                                   lda, ldb, ldc, kc_max, mode, isa_code, trans_a, trans_b,
-                                  NULL if sgd_g == NULL else sgd_g + lo, ldg, lr)
+                                  NULL if sgd_g == NULL else sgd_g + lo, ldg, lr, _epilogue_at(epi, lo, 0))
         else:
             if hi > N:
                 hi = N
             rc = _gemm_f32_core_t(A, B + (lo * ldb if trans_b else lo), C + lo, M, K, hi - lo,
                                   lda, ldb, ldc, kc_max, mode, isa_code, trans_a, trans_b,
-                                  NULL, 0, lr)  # lr: SB_STEP's
+                                  NULL, 0, lr, _epilogue_at(epi, 0, lo))  # lr: SB_STEP's
         failed += rc != 0  # a reduction
     return -1 if failed else 0
 
@@ -303,13 +381,13 @@ cdef int _gemm_f32_core(const float *A, const float *B, float *C, long M, long K
     """C = A @ B on `threads` threads (_gemm_f32_split). Row strides lda, ldb, ldc
     (elements) let a caller (tconv) pass sub-blocks of larger arrays."""
     return _gemm_f32_split(A, B, C, M, K, N, lda, ldb, ldc, kc_max, mode, threads, isa_code,
-                           0, 0, NULL, 0, 0.0)
+                           0, 0, NULL, 0, 0.0, _no_epilogue())
 
 
 cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long K, long N,
                           long lda, long ldb, long ldc, long kc_max, int mode, int isa_code,
                           int trans_a, int trans_b, const float *sgd_g, long ldg,
-                          float lr) noexcept nogil:
+                          float lr, sb_epilogue epi) noexcept nogil:
     """One thread's GEMM, BLIS loops: K blocks (pc; each a fold in fold order) > M chunks
     (pack A) > N blocks (pack B) > output tiles > micro-tiles (sb_macro); with one N block,
     B is packed first and each M chunk is one output tile. Operands may be
@@ -317,7 +395,8 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
     (N x K, row stride ldb). Only the packing differs, so the bits are those of the
     untransposed call. sgd_g (only with trans_a; NULL for none): A^T = A^T - lr * sgd_g as
     it is packed (the caller's A must be writeable). mode SB_STEP (K <= kc_max, one K
-    block): C = C - lr * (A @ B), the product never stored (sb_macro)."""
+    block): C = C - lr * (A @ B), the product never stored (sb_macro). epi: the epilogue
+    (at C's top-left), on each tile of the last K block."""
     cdef int first_mode = mode if mode == SB_STEP else mode + 2  # the first K block's
     cdef int mr = sb_isa_mr(isa_code)
     cdef int nr = sb_isa_nr(isa_code)
@@ -354,6 +433,8 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
     cdef float *pb = pa + pa_floats
     cdef long pc, kc, ib, mb, jc, nb, p, npan, i0, rows, nxt, pf_ld, pf_rows, pf_cols
     cdef const float *pf
+    cdef bint epi_any = epi.bias != NULL or epi.relu or epi.mask != NULL
+    cdef sb_epilogue epi_tile
     pc = 0
     while pc < K:
         kc = kc_max if K - pc > kc_max else K - pc
@@ -387,9 +468,11 @@ cdef int _gemm_f32_core_t(const float *A, const float *B, float *C, long M, long
                 i0 = 0
                 while i0 < mb:
                     rows = mc if mb - i0 > mc else mb - i0
+                    epi_tile = _epilogue_at(epi, ib + i0, jc)
                     sb_macro(isa_code, first_mode if pc == 0 else mode, kc, rows, nb,
                              pa + (i0 // mr) * mr * kc, pb, C + (ib + i0) * ldc + jc, ldc, lr,
-                             pf, pf_ld, pf_rows, pf_cols)
+                             pf, pf_ld, pf_rows, pf_cols,
+                             &epi_tile if epi_any and pc + kc == K else NULL)
                     i0 += mc
                 jc += nb
             ib += mb

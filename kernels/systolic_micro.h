@@ -464,15 +464,104 @@ static void sb_step_tile_avx512(float *c, long ldc, const float *sum, int nr, lo
 }
 #endif
 
+/* ---------------------------------------------------------------- epilogue
+ * What a caller applies to the finished product, element by element, in the last K block
+ * while each tile is still in L1 (a training layer's element-wise passes, without their
+ * own trip through memory). Pointers are at the C block's top-left (row i, column j):
+ *   bias (or NULL): y = y + bias[i]                               (Linear's bias)
+ *   relu:           then y = y if y > 0 or y is NaN, else +0      (np.maximum(y, 0))
+ *   mask (or NULL): then y = y * (mask[i, j] > 0 ? 1 : 0) + 0    (ReLU's backward, whose
+ *                   output is mask: numpy's np.multiply(y, mask > 0) then y += 0)
+ * A chain sum from +0 is never -0 (fma(a, b, +0) is +0 for a zero product), nor then is
+ * y + bias, so the relu's ±0 case, where numpy versions differ, does not arise. */
+typedef struct {
+    const float *bias;
+    int relu;
+    const float *mask;
+    long ldm;
+} sb_epilogue;
+
+#if SIMD_X86
+__attribute__((target("avx512f")))
+static void sb_epilogue_tile_avx512(float *c, long ldc, long rows, long cols, const sb_epilogue *e,
+                                    long i0, long j0)
+{
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    long i, j;
+    for (i = 0; i < rows; i++) {
+        const __m512 b = e->bias == NULL ? zero : _mm512_set1_ps(e->bias[i0 + i]);
+        for (j = 0; j < cols; j += 16) {
+            const __mmask16 m = (__mmask16)(cols - j >= 16 ? 0xFFFFu : (1u << (cols - j)) - 1u);
+            float *cp = c + i * ldc + j;
+            __m512 y = _mm512_maskz_loadu_ps(m, cp);
+            if (e->bias != NULL) y = _mm512_add_ps(y, b);
+            if (e->relu) y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_NLE_UQ), y);
+            if (e->mask != NULL) {
+                const __m512 s = _mm512_maskz_loadu_ps(m, e->mask + (i0 + i) * e->ldm + j0 + j);
+                const __m512 f = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), one);
+                y = _mm512_add_ps(_mm512_mul_ps(y, f), zero);
+            }
+            _mm512_mask_storeu_ps(cp, m, y);
+        }
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static long sb_epilogue_row_avx2(float *c, long cols, const sb_epilogue *e, long i, long j0)
+{
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 b = e->bias == NULL ? zero : _mm256_set1_ps(e->bias[i]);
+    long j;
+    for (j = 0; j + 8 <= cols; j += 8) {
+        __m256 y = _mm256_loadu_ps(c + j);
+        if (e->bias != NULL) y = _mm256_add_ps(y, b);
+        if (e->relu) y = _mm256_and_ps(_mm256_cmp_ps(y, zero, _CMP_NLE_UQ), y);
+        if (e->mask != NULL) {
+            const __m256 s = _mm256_loadu_ps(e->mask + i * e->ldm + j0 + j);
+            y = _mm256_add_ps(_mm256_mul_ps(y, _mm256_and_ps(_mm256_cmp_ps(s, zero, _CMP_GT_OQ), one)), zero);
+        }
+        _mm256_storeu_ps(c + j, y);
+    }
+    return j;  /* the columns done */
+}
+#endif
+
+/* the epilogue on the rows x cols tile at c, which is (i0, j0) of the C block */
+static void sb_epilogue_tile(int isa, float *c, long ldc, long rows, long cols, const sb_epilogue *e,
+                             long i0, long j0)
+{
+    long i, j;
+#if SIMD_X86
+    if (isa == SIMD_ISA_AVX512) {
+        sb_epilogue_tile_avx512(c, ldc, rows, cols, e, i0, j0);
+        return;
+    }
+#endif
+    for (i = 0; i < rows; i++) {
+        j = 0;
+#if SIMD_X86
+        if (isa == SIMD_ISA_AVX2) j = sb_epilogue_row_avx2(c + i * ldc, cols, e, i0 + i, j0);
+#endif
+        for (; j < cols; j++) {
+            float y = c[i * ldc + j];
+            if (e->bias != NULL) y = y + e->bias[i0 + i];
+            if (e->relu && !(y > 0.0f || y != y)) y = 0.0f;
+            if (e->mask != NULL) y = y * (e->mask[(i0 + i) * e->ldm + j0 + j] > 0.0f ? 1.0f : 0.0f) + 0.0f;
+            c[i * ldc + j] = y;
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- macro-kernel
  * C block rows x cols (C points at its top-left, row stride ldc) from packed A panels
  * (ceil(rows/MR) panels of MR*kc) and packed B panels (ceil(cols/NR) panels of kc*NR).
  * Full tiles go straight to C; edge tiles go through a zero-padded MR x NR buffer and
  * only their valid part is written back; SB_STEP's tiles all go through the buffer.
+ * epi (NULL for none; not with SB_STEP): applied to each finished tile (the last K block).
  */
 static void sb_macro(int isa, int mode, long kc, long rows, long cols,
                      const float *pa, const float *pb, float *C, long ldc, float lr,
-                     const float *pf, long pf_ld, long pf_rows, long pf_cols)
+                     const float *pf, long pf_ld, long pf_rows, long pf_cols, const sb_epilogue *epi)
 {
     const int mr = sb_isa_mr(isa), nr = sb_isa_nr(isa);
     sb_uk_fn uk = sb_isa_kernel(isa);
@@ -524,6 +613,7 @@ static void sb_macro(int isa, int mode, long kc, long rows, long cols,
                 for (i = 0; i < mc; i++)
                     for (j = 0; j < nc; j++) cij[i * ldc + j] = tmp[i * nr + j];
             }
+            if (epi != NULL) sb_epilogue_tile(isa, cij, ldc, mc, nc, epi, ir, jr);
         }
     }
 }

@@ -175,3 +175,101 @@ def test_cache_blocks_do_not_change_the_bits(shape, one_panel_blocks, restore_is
             out = param.copy()
             systolic.matmul_f32(stored(a, ta), b, out=out, threads=threads, step=0.3)
             assert np.array_equal(bits(out), stepped_out), (isa, ta, threads)
+
+
+def epilogue_want(product, bias, relu, mask):
+    """matmul_f32's epilogue by its definition (not by the passes it falls back to): + bias
+    per row; relu keeps y > 0 and NaN, else +0; the mask keeps y + 0 where mask > 0, else
+    y * 0 + 0 (+0, or NaN for an infinite or NaN y)."""
+    y = product.copy()
+    if bias is not None:
+        y = y + bias[:, None]
+    if relu:
+        y = np.where((y > 0) | np.isnan(y), y, np.float32(0))
+    if mask is not None:
+        zero = np.float32(0)
+        y = np.where(mask > 0, y + zero, y * zero + zero)
+    return y
+
+
+def epilogue_operands(m, k, n):
+    """a, b, bias, mask with every special case: an infinite a (inf and NaN products), a
+    bias that cancels a product to +0, a mask with +0, -0, NaN, inf and negatives."""
+    a, b = operands(m, k, n)
+    rng = np.random.default_rng([m, k, n, 11])
+    if k:
+        a[m // 2, 0] = np.inf
+    bias = rng.standard_normal(m, dtype=np.float32)
+    mask = rng.standard_normal((m, n), dtype=np.float32)
+    specials = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, -1.0, 2.0], np.float32)
+    mask.reshape(-1)[:specials.size] = specials[:mask.size]
+    if k:
+        product = systolic.gemm_f32(a, b, 1, True)
+        bias[m - 1] = -product[m - 1, n - 1]  # y = +0 there
+    return a, b, bias, mask
+
+
+EPILOGUES = [(True, False, False), (False, True, False), (True, True, False), (False, False, True),
+             (True, True, True)]  # (bias, relu, mask)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(4, 0, 3)], ids=lambda s: "x".join(map(str, s)))
+def test_epilogue_has_its_definitions_bits_everywhere(shape, restore_isa):
+    """bias, relu and the ReLU-gradient mask, alone and together, on every path: in the
+    kernel (C out and mask; both thread splits, by rows and, for M < N, by columns) and as
+    numpy passes afterwards (an F out or mask), and with the fused SGD of a."""
+    m, k, n = shape
+    a, b, bias, mask = epilogue_operands(m, k, n)
+    product = systolic.gemm_f32(a, b, 1, True) if k else np.zeros((m, n), np.float32)
+    with np.errstate(invalid="ignore"):  # inf * 0 in the numpy passes
+        _check_epilogue(a, b, bias, mask, product)
+
+
+def _check_epilogue(a, b, bias, mask, product):
+    (m, k), n = a.shape, b.shape[1]
+    for isa in ISAS:
+        systolic.set_isa(isa)
+        for (with_bias, relu, with_mask), (ta, tb, out_f), strided, threads in itertools.product(
+                EPILOGUES, LAYOUTS, (False, True), (1, 2)):
+            if strided and not (with_bias or with_mask):
+                continue
+            # strided: an F mask and a bias with a stride (taken by the numpy passes)
+            kwargs = {"bias": (np.repeat(bias, 2)[::2] if strided else bias) if with_bias else None, "relu": relu,
+                      "relu_mask": stored(mask, strided) if with_mask else None}
+            want = bits(epilogue_want(product, kwargs["bias"], relu, mask if with_mask else None))
+            out = np.full((n, m), np.nan, np.float32).T if out_f else None
+            got = systolic.matmul_f32(stored(a, ta), stored(b, tb), out=out, threads=threads, **kwargs)
+            assert np.array_equal(bits(got), want), (isa, with_bias, relu, with_mask, ta, tb, out_f, strided, threads)
+        grad = np.full((m, k), 0.5, np.float32)
+        for threads in (1, 2):
+            a_run = a.T.copy().T
+            got = systolic.matmul_f32(a_run, b, threads=threads, sgd=(grad.T.copy().T, 0.01), relu_mask=mask)
+            assert np.array_equal(bits(got), bits(epilogue_want(product, None, False, mask))), (isa, threads)
+            assert np.array_equal(bits(a_run), bits(np.subtract(a, np.multiply(grad, np.float32(0.01)))))
+
+
+@pytest.mark.parametrize("shape", [(30, 300, 4), (25, 20, 70), (37, 9, 33)], ids=lambda s: "x".join(map(str, s)))
+def test_epilogue_with_one_panel_blocks(shape, one_panel_blocks, restore_isa):
+    """The epilogue's offsets in every N block and output tile of both loop orders."""
+    m, k, n = shape
+    a, b, bias, mask = epilogue_operands(m, k, n)
+    with np.errstate(invalid="ignore"):
+        want = bits(epilogue_want(systolic.gemm_f32(a, b, 1, True), bias, True, mask))
+    for isa in ISAS:
+        systolic.set_isa(isa)
+        for ta, threads in itertools.product((False, True), (1, 2)):
+            got = systolic.matmul_f32(stored(a, ta), b, threads=threads, bias=bias, relu=True, relu_mask=mask)
+            assert np.array_equal(bits(got), want), (isa, ta, threads)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bias": np.ones(3, np.float32)}, r"bias must be a float32 array of shape \(2,\)"),
+    ({"bias": np.ones(2)}, "bias must be a float32 array"),
+    ({"relu": 1}, "relu must be a bool"),
+    ({"relu_mask": np.ones((2, 3), np.float32)}, r"relu_mask must be a float32 array of shape \(2, 2\)"),
+    ({"relu_mask": [[1.0, 1.0]]}, "relu_mask must be a float32 array"),
+    ({"relu": True, "step": 0.1, "out": np.ones((2, 2), np.float32)}, "step cannot be combined"),
+])
+def test_bad_epilogue_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        systolic.matmul_f32(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), **kwargs)

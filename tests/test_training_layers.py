@@ -226,3 +226,38 @@ def test_relu_backward_reads_input_or_output_and_in_place_gives_the_same_bits():
         assert relu.backward_inplace(g.copy(), saved).tobytes() == expected.tobytes()
     assert relu.forward_inplace(x.copy()).tobytes() == y.tobytes()
     assert relu.backward_reads == "either" and L.Flatten.backward_reads == "nothing"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_with_a_fused_relu_has_the_two_layers_bits(dtype, bias):
+    """Linear.forward(relu=True) is Linear then ReLU, and backward(relu_input=True) is
+    Linear's backward then the backward of the ReLU whose output x is, bit for bit: in the
+    kernel's epilogue (float32, also into buffers laid out as the pool's) and as numpy
+    passes (float64); with and without the fused SGD step."""
+    rng = np.random.default_rng(4)
+    batch, fin, fout = 40, 70, 33
+    x = np.maximum(rng.standard_normal((batch, fin)), 0).astype(dtype)  # a ReLU's output: zeros
+    g = rng.standard_normal((batch, fout)).astype(dtype)
+    for out_buffers in (False, True):
+        linear, relu = L.Linear(fout, bias=bias), L.ReLU()
+        linear.build((batch, fin), np.random.default_rng(1))
+        linear.astype(dtype)
+        relu.build((batch, fout), None)
+        pool = (lambda rows, cols: np.empty((cols, rows), dtype).T) if out_buffers else (lambda rows, cols: None)
+        want_y = relu.forward(linear.forward(x)[0])[0]
+        got_y = linear.forward(x, out=pool(batch, fout), relu=True)[0]
+        assert got_y.tobytes() == want_y.tobytes()
+        for sgd_lr in (None, 0.1):
+            initial = linear.params["weight"].copy()
+            want_gx, want_grads = linear.backward(g, x, sgd_lr=sgd_lr)
+            want_gx = relu.backward_inplace(want_gx, x)
+            want_w = linear.params["weight"].copy()
+            linear.params["weight"][...] = initial
+            got_gx, got_grads = linear.backward(g, x, out=pool(batch, fin), sgd_lr=sgd_lr, relu_input=True)
+            assert got_gx.tobytes() == want_gx.tobytes() and np.any(got_gx == 0) and np.any(got_gx != 0)
+            assert linear.params["weight"].tobytes() == want_w.tobytes()
+            assert want_grads.keys() == got_grads.keys()
+            for key in want_grads:
+                assert got_grads[key].tobytes() == want_grads[key].tobytes()
+            linear.params["weight"][...] = initial

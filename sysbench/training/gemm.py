@@ -70,16 +70,24 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return np.matmul(a, b, out=out)
 
 
-def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def output(weight: np.ndarray, x: np.ndarray, out: np.ndarray | None = None, bias: np.ndarray | None = None,
+           relu: bool = False) -> np.ndarray:
     """x @ weight^T (batch, out), computed as weight @ x^T into out^T (see input_gradient):
-    the kernel's or numpy's (see _kernel_threads)."""
+    the kernel's or numpy's (see _kernel_threads); then + bias (if given) and, with relu,
+    np.maximum(y, 0): in the kernel, on each tile as it is finished (matmul_f32's epilogue),
+    else as numpy passes, with the same bits."""
     out_t = None if out is None else out.T
     threads = _kernel_threads(*weight.shape, x.shape[0], weight, x, out)
     if threads:
         from .._kernels import systolic
 
-        return systolic.matmul_f32(weight, x.T, out=out_t, threads=threads).T
-    return np.matmul(weight, x.T, out=out_t).T
+        return systolic.matmul_f32(weight, x.T, out=out_t, threads=threads, bias=bias, relu=relu).T
+    y = np.matmul(weight, x.T, out=out_t).T
+    if bias is not None:
+        y += bias
+    if relu:
+        np.maximum(y, y.dtype.type(0), out=y)
+    return y
 
 
 def weight_gradient(grad_y: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -116,20 +124,26 @@ def weight_step(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, lr: float
 
 
 def input_gradient(weight: np.ndarray, grad_y: np.ndarray, out: np.ndarray | None = None,
-                   sgd: tuple | None = None) -> np.ndarray:
+                   sgd: tuple | None = None, relu_output: np.ndarray | None = None) -> np.ndarray:
     """grad_y @ weight (batch, in) for weight (out, in), computed as weight^T @ grad_y^T
     into out^T: a (batch, in) view of an (in, batch) buffer, as Linear lays it out.
     sgd: None or (weight_grad, lr): then weight -= lr * weight_grad once the product has
     read it (SGD's bits, optim.SGD; in float32 fused into the kernel's one pass over the
-    weights)."""
+    weights). relu_output (batch, in): the gradient comes out through the ReLU whose output
+    it is (ReLU.backward_inplace's bits; in the kernel, on each tile as it is finished)."""
     out_t = None if out is None else out.T
-    threads = _kernel_threads(weight.shape[1], weight.shape[0], grad_y.shape[0], weight, grad_y, out)
+    threads = _kernel_threads(weight.shape[1], weight.shape[0], grad_y.shape[0], weight, grad_y, out,
+                              relu_output)
     if threads:
         from .._kernels import systolic
 
         sgd_t = None if sgd is None else (sgd[0].T, sgd[1])
-        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=threads, sgd=sgd_t).T
+        mask_t = None if relu_output is None else relu_output.T
+        return systolic.matmul_f32(weight.T, grad_y.T, out=out_t, threads=threads, sgd=sgd_t, relu_mask=mask_t).T
     grad_x = np.matmul(weight.T, grad_y.T, out=out_t).T
     if sgd is not None:
         sgd_update(weight, sgd[0], sgd[1])
+    if relu_output is not None:
+        np.multiply(grad_x, relu_output > 0, out=grad_x)
+        grad_x += grad_x.dtype.type(0)
     return grad_x

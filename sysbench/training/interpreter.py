@@ -141,25 +141,36 @@ def _update(net, i, grads, optimizer, tracker, dry, done=()):
     tracker.remove(ws)
 
 
+def _fuses_relu(net, i: int, j: int) -> bool:
+    """Whether layer i makes the element-wise pass of the ReLU j, which follows it in the
+    forward or precedes it in the backward, on its own output (Layer.fuses_relu)."""
+    return net.layers[i].fuses_relu and net.layers[j].kind == "relu"
+
+
 def _forward_stage(net, span, x, k, tracker, dry, pool):
     """a_k from a_{k-1} through the stage's layers; the tensors between them are transient
-    (an in-place layer after the first writes over its input). Returns (a_k, its handle)."""
+    (an in-place layer after the first writes over its input, or, for a ReLU after a layer
+    that fuses_relu, is applied by that layer). Returns (a_k, its handle)."""
     first, end = span
     y, handle = x, None
+    fused_relu = None  # the ReLU the previous layer applied
     for i in range(first, end):
         layer = net.layers[i]
         ws = tracker.add(f"ws F{k}", net.workspace(i)[0], "workspace")
         if i > first and layer.inplace:
-            if not dry:
+            if not dry and i != fused_relu:
                 y = layer.forward_inplace(y)
             tracker.remove(ws)
             continue
+        extra = {}
+        if i + 1 < end and net.layers[i + 1].inplace and _fuses_relu(net, i, i + 1):
+            extra["relu"], fused_relu = True, i + 1
         if dry:
             out = _Placeholder(net.activation_bytes(i + 1))
         elif pool is not None and layer.accepts_out:
-            out = layer.forward(y, out=pool.take_transposed(net.shapes[i + 1], net.dtype))[0]
+            out = layer.forward(y, out=pool.take_transposed(net.shapes[i + 1], net.dtype), **extra)[0]
         else:
-            out = layer.forward(y)[0]  # saved: rebuilt at B
+            out = layer.forward(y, **extra)[0]  # saved: rebuilt at B
         new = tracker.hold(f"a{k}" if i == end - 1 else f"a{k}:{i - first}", out)
         tracker.remove(ws)
         if handle is not None:
@@ -171,18 +182,22 @@ def _forward_stage(net, span, x, k, tracker, dry, pool):
     return y, handle
 
 
-def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool, sgd_lr=None, fused=None,
+def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, pool, sgd_lr=None, fused_sgd=None,
               fuses=False):
     """The layers of B(k) (chain.backward_layers) from the gradient d: stage k's first layer
     reads a_{k-1} (x), as does stage k-1's tail, which rewrites the gradient in place; the
-    layers between read nothing. sgd_lr: a layer with fuses_sgd that computes an input
-    gradient takes that SGD step itself, and its index goes into `fused`; where the layer
-    steps_unstored, its weight gradient is not stored (nor, in a dry run with `fuses`,
-    counted). Returns
-    (d_{k-1} or None, its handle)."""
+    layers between read nothing. sgd_lr: a layer with fuses_sgd takes that SGD step itself,
+    and its index goes into `fused_sgd`; where the layer steps_unstored, its weight gradient
+    is not stored (nor, in a dry run with `fuses`, counted). Where stage k - 1's tail is a
+    ReLU and stage k's first layer, which runs just before it, fuses_relu, that layer's
+    backward makes the ReLU's pass (both read a_{k-1}). Returns (d_{k-1} or None, its
+    handle)."""
     n = len(spans)
     first = spans[k - 1][0] if k <= n else None
-    for i in backward_layers(net, spans, k):
+    order = backward_layers(net, spans, k)
+    tail = spans[k - 2][1] - 1 if k >= 2 else None
+    fused_relu = tail if order[-2:] == [first, tail] and _fuses_relu(net, first, tail) else None
+    for i in order:
         layer = net.layers[i]
         ws = tracker.add(f"ws B{k}", net.workspace(i)[1], "workspace")
         if dry:
@@ -192,20 +207,23 @@ def _backward(net, spans, k, x, d, d_handle, tracker, grads, grad_handles, dry, 
         else:
             saved = layer.saved_of_shape(net.shapes[i])
         if i > 0 and layer.inplace:
-            if not dry:
+            # (a fused ReLU's mask is still counted as its workspace: a conservative bound)
+            if not dry and i != fused_relu:
                 d = layer.backward_inplace(d, saved)
             grads[i] = {}
         else:
             if dry:
                 d_in = _Placeholder(net.activation_bytes(i)) if i > 0 else None
-                skip = (layer.fuses_sgd if fuses and layer.fuses_sgd and i > 0
+                skip = (layer.fuses_sgd if fuses and layer.fuses_sgd
                         and layer.steps_unstored(net.shapes[i], net.dtype) else None)
                 grads[i] = {name: _Placeholder(p.nbytes) for name, p in layer.params.items() if name != skip}
             else:
                 extra = {}
-                if sgd_lr is not None and layer.fuses_sgd and i > 0:
+                if sgd_lr is not None and layer.fuses_sgd:
                     extra["sgd_lr"] = sgd_lr
-                    fused.add(i)
+                    fused_sgd.add(i)
+                if i == first and fused_relu is not None:
+                    extra["relu_input"] = True
                 if pool is not None and layer.accepts_out:
                     extra["out"] = pool.take_transposed(net.shapes[i], net.dtype) if i > 0 else None
                     extra["weight_out"] = pool.lend(pool.take(layer.params["weight"].shape, net.dtype))

@@ -10,6 +10,10 @@ checks; `layer.astype(np.float64)` converts its parameters) and has:
     saved_of(x)                             the `saved` forward(x) returns, computed at no cost
 A layer with accepts_out (Linear) also takes forward(x, out=) and backward(..., out=,
 weight_out=): buffers to write y, grad_x and the weight gradient into (a BufferPool's).
+One with fuses_relu (Linear) takes forward(x, relu=True) (y is then the following ReLU's
+output) and backward(..., relu_input=True) (x is a ReLU's output, and grad_x comes out
+as the gradient of that ReLU's input): the ReLU's element-wise pass, with its bits, made
+on each tile of the layer's GEMM as it is finished.
 One with fuses_sgd (Linear: "weight") takes backward(..., sgd_lr=) too: plain SGD's step
 on that parameter (the same bits as optim.SGD's own step), taken by the weight-gradient
 GEMM as it makes each tile, the gradient then not stored and not in the returned dict
@@ -35,6 +39,7 @@ import math
 import numpy as np
 
 from .gemm import input_gradient, output, steps_unstored, weight_gradient, weight_step
+from .optim import sgd_update
 
 
 class Layer:
@@ -42,6 +47,9 @@ class Layer:
     has_params = False
     accepts_out = False
     fuses_sgd = None  # a parameter backward(..., sgd_lr=) steps itself (Linear's weight)
+    # forward(x, relu=True) also applies a ReLU that follows it, and backward(...,
+    # relu_input=True) the backward of one that precedes it (Linear: in its GEMMs' epilogue)
+    fuses_relu = False
     # what backward reads of this layer's tensors: "input" (its saved_of(x)), "either" (its
     # input or its output give the same saved: ReLU's sign), "nothing" (Flatten: a shape)
     backward_reads = "input"
@@ -121,6 +129,7 @@ class Linear(Layer):
     has_params = True
     accepts_out = True
     fuses_sgd = "weight"  # backward(sgd_lr=) updates this parameter
+    fuses_relu = True
 
     def __init__(self, out_features: int, bias: bool = True):
         super().__init__()
@@ -141,33 +150,37 @@ class Linear(Layer):
             self.params["bias"] = _uniform(rng, bound, (self.out_features,))
         return out
 
-    def forward(self, x, out=None):
-        """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed."""
-        y = output(self.params["weight"], x, out=out)
-        if self.bias:
-            y += self.params["bias"]
+    def forward(self, x, out=None, relu=False):
+        """out: a (batch, out) buffer laid out (features, batch), as BufferPool.take_transposed.
+        relu: y is the following ReLU's output (fuses_relu)."""
+        y = output(self.params["weight"], x, out=out, bias=self.params["bias"] if self.bias else None, relu=relu)
         return y, x
 
-    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None, sgd_lr=None):
-        """sgd_lr (with need_input_grad): also take plain SGD's step on the weight
-        (optim.SGD.fused_lr; the caller steps the other parameters): where
-        gemm.steps_unstored, inside the weight-gradient GEMM, which then returns no
-        weight gradient; else in the pass of the input gradient that reads W."""
+    def backward(self, grad_y, saved, need_input_grad=True, out=None, weight_out=None, sgd_lr=None,
+                 relu_input=False):
+        """sgd_lr: also take plain SGD's step on the weight (optim.SGD.fused_lr; the caller
+        steps the other parameters): where gemm.steps_unstored, inside the weight-gradient
+        GEMM, which then returns no weight gradient; else in the pass of the input gradient
+        that reads W (or, with no input gradient, after the weight gradient). relu_input:
+        x is a ReLU's output, and grad_x the gradient of that ReLU's input (fuses_relu)."""
         x = saved
         weight = self.params["weight"]
-        if sgd_lr is not None and need_input_grad and self.steps_unstored(x.shape, grad_y.dtype):
+        relu_output = x if relu_input else None
+        if sgd_lr is not None and self.steps_unstored(x.shape, grad_y.dtype):
             # the input gradient reads W before the weight gradient steps it, tile by tile
             grads = {"bias": grad_y.sum(axis=0)} if self.bias else {}
-            grad_x = input_gradient(weight, grad_y, out=out)
+            grad_x = input_gradient(weight, grad_y, out=out, relu_output=relu_output) if need_input_grad else None
             weight_step(grad_y, x, weight, sgd_lr, scratch=weight_out)
             return grad_x, grads
         grads = {"weight": weight_gradient(grad_y, x, out=weight_out)}
         if self.bias:
             grads["bias"] = grad_y.sum(axis=0)
         grad_x = None
+        sgd = None if sgd_lr is None else (grads["weight"], sgd_lr)
         if need_input_grad:
-            sgd = None if sgd_lr is None else (grads["weight"], sgd_lr)
-            grad_x = input_gradient(self.params["weight"], grad_y, out=out, sgd=sgd)
+            grad_x = input_gradient(weight, grad_y, out=out, sgd=sgd, relu_output=relu_output)
+        elif sgd is not None:
+            sgd_update(weight, *sgd)
         return grad_x, grads
 
     def steps_unstored(self, in_shape, dtype) -> bool:
