@@ -13,8 +13,7 @@ Targets:
   - full_recompute and budget schedules on the MLP: measured step-time ratio to store_all
     within 10% of the FLOP-predicted ratio 1 + recompute FLOPs / store_all step FLOPs;
   - store_all step on the MLP (16 x Linear 2048 + ReLU, batch 256) no slower than torch
-    (TARGET; asserted is the bound measured on the project's Xeon, STEP_BOUND, which the
-    target is not yet reliably under: see the README), and its activation memory once the
+    (TARGET, asserted at every thread count: STEP_BOUND), and its activation memory once the
     loss has run (the input, what backward keeps, the loss's own) no more than torch's
     saved tensors at the same point.
 The CNN's ratios are reported, not asserted: its im2col copies and element-wise layers cost
@@ -47,9 +46,11 @@ SCHEDULES = {
 }
 ASSERTED = ("full_recompute", "budget=")
 TARGET = 1.0  # store_all step time / torch's
-# the ratio's spread on the shared 2-core Xeon (Sapphire Rapids) at load 1.5-3.5, final code:
-# 0.92-1.07 at one thread, 0.70-1.17 at two (README); a step beyond it is a regression
-STEP_BOUND = {1: 1.10, 2: 1.20}
+# asserted: the target itself. On the shared 2-core Xeon (Sapphire Rapids; 2026-12-04, with
+# the ReLU passes in the GEMMs' epilogue) the ratio measured 0.84-0.94 at one thread and
+# 0.84-0.96 at two over seven runs each (README); torch's own time moves by up to 25% from
+# session to session there, ours by ~5%
+STEP_BOUND = {1: TARGET, 2: TARGET}
 TABLE: dict = {}
 
 
@@ -209,7 +210,7 @@ def test_store_all_vs_torch(benchmark):
     print(f"\nstore_all MLP step, {THREADS} thread(s), CPU time: ours {min(our_times):.3f} s, "
           f"torch {min(torch_times):.3f} s, "
           f"ratio {ratio:.2f} (target <= {TARGET}; {'met' if ratio <= TARGET else 'NOT met'}; "
-          f"asserted: <= {bound}, the measured spread)")
+          f"asserted: <= {bound})")
     assert ratio <= bound
 
 
